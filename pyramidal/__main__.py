@@ -1,0 +1,5 @@
+import sys
+
+from pyramidal.cli import main
+
+sys.exit(main())
