@@ -1,0 +1,106 @@
+"""Safe, atomic weight files: `.safetensors` weights plus a JSON sidecar holding the architecture."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pyramidal.errors import PyramidalError
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call `write(tmp_path)`, fsync, then rename over `path`: a crash never leaves a broken file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sidecar_path(weights: str | os.PathLike) -> Path:
+    return Path(weights).with_suffix(".json")
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None, half: bool = False) -> None:
+    """Write `model`'s state to `path` (safetensors) and its spec plus `metadata` to the JSON sidecar."""
+    from safetensors.torch import save_file
+
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        raise ValueError("model has no .spec; build it with pyramidal.create_model")
+    state = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu()
+        if half and value.is_floating_point():
+            value = value.half()
+        state[key] = value.contiguous()
+    sidecar = {**spec, **(metadata or {})}
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"model": spec["model"]}))
+    atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2) + "\n"))
+
+
+def read_sidecar(path: str | os.PathLike) -> dict:
+    side = sidecar_path(path)
+    if not side.exists():
+        raise PyramidalError(f"{path}: no sidecar {side.name} describing the architecture")
+    try:
+        info = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PyramidalError(f"{side}: unreadable sidecar ({exc})") from None
+    if "model" not in info:
+        raise PyramidalError(f"{side}: sidecar does not name a model")
+    return info
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy `state` into `model`, naming exactly what does not match."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        model_name = getattr(model, "spec", {}).get("model", type(model).__name__)
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[0]})")
+        raise PyramidalError(f"{source}: weights do not match model {model_name}: " + "; ".join(parts))
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def load_weights(path: str | os.PathLike, **overrides) -> nn.Module:
+    """Rebuild the model named in the sidecar and load the safetensors weights into it (eval mode)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from pyramidal.models import create_model
+
+    path = Path(path)
+    if not path.exists():
+        raise PyramidalError(f"{path}: no such weights file")
+    info = read_sidecar(path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise PyramidalError(f"{path}: not a readable safetensors file ({exc})") from None
+    model = create_model(info["model"], **{**info.get("options", {}), **overrides})
+    load_state_into(model, state, str(path))
+    model.info = info
+    return model.eval()

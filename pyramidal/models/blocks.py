@@ -1,0 +1,91 @@
+"""Basic building blocks: activations, input / conv / transposed-conv / output blocks, padding helpers."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pyramidal.registry import Registry
+
+ACTIVATIONS = Registry("activation")
+BLOCKS = Registry("block")
+
+
+@ACTIVATIONS.register("relu")
+def relu() -> nn.Module:
+    return nn.ReLU(inplace=True)
+
+
+@ACTIVATIONS.register("leakyrelu")
+def leakyrelu(negative_slope: float = 0.2) -> nn.Module:
+    return nn.LeakyReLU(negative_slope, inplace=True)
+
+
+@BLOCKS.register("input")
+def input_block(in_channels: int, out_channels: int, activation: str = "relu") -> nn.Sequential:
+    """3×3 conv + activation: the stem that lifts RGB to the first feature width."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), ACTIVATIONS.get(activation)())
+
+
+@BLOCKS.register("conv")
+def conv_block(in_channels: int, out_channels: int, stride: int = 1, activation: str = "relu") -> nn.Sequential:
+    """3×3 conv + BN + activation; stride 2 halves the resolution."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        ACTIVATIONS.get(activation)(),
+    )
+
+
+@BLOCKS.register("convtranspose")
+def convtranspose_block(in_channels: int, out_channels: int, activation: str = "relu") -> nn.Sequential:
+    """3×3 stride-2 transposed conv + BN + activation: exactly doubles the resolution."""
+    return nn.Sequential(
+        nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        ACTIVATIONS.get(activation)(),
+    )
+
+
+class OutputBlock(nn.Module):
+    """3×3 conv to RGB, then Tanh; with `residual`, the conv predicts a correction added to the input."""
+
+    def __init__(self, in_channels: int, out_channels: int = 3, residual: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.residual = residual
+
+    def forward(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        out = self.conv(features)
+        if self.residual:
+            # Clamp rather than Tanh: identity stays reachable, and output stays in [-1, 1].
+            return (image + out).clamp(-1.0, 1.0)
+        return torch.tanh(out)
+
+
+BLOCKS.register("output")(OutputBlock)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad H and W at the bottom/right to a multiple; reflect where possible, else replicate."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x, (h, w)
+    # Reflect needs the pad smaller than the size; tiny images fall back to edge replication.
+    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode), (h, w)
+
+
+class PaddedModel(nn.Module):
+    """Base for models that down-sample `levels` times: pads the input to 2**levels and crops back."""
+
+    levels: int = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded, (h, w) = pad_to_multiple(x, 2**self.levels)
+        return self.body(padded)[..., :h, :w]
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,152 @@
+"""DenseNet-style layers and blocks, and the registered transitions down and up."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from pyramidal.registry import Registry
+
+DOWN = Registry("transition down")
+UP = Registry("transition up")
+
+
+class DenseLayer(nn.Module):
+    """concat(features) → BN → ReLU → 3×3 conv to `growth` features → dropout."""
+
+    def __init__(self, in_channels: int, growth: int, dropout: float = 0.2, memory_efficient: bool = False):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(in_channels)
+        self.conv = nn.Conv2d(in_channels, growth, 3, padding=1)
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.memory_efficient = memory_efficient
+
+    def _bn_relu_conv(self, features: list[torch.Tensor], update_stats: bool) -> torch.Tensor:
+        x = torch.cat(features, 1) if len(features) > 1 else features[0]
+        if update_stats or not self.norm.training:
+            x = self.norm(x)
+        else:
+            # Recomputation in backward: same batch statistics, but the running averages
+            # were already updated by the first pass and must not move twice.
+            x = F.batch_norm(x, None, None, self.norm.weight, self.norm.bias, True, 0.0, self.norm.eps)
+        return self.conv(F.relu(x))
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        if self.memory_efficient and torch.is_grad_enabled() and any(f.requires_grad for f in features):
+            calls = []
+
+            def run(*feats: torch.Tensor) -> torch.Tensor:
+                calls.append(None)
+                return self._bn_relu_conv(list(feats), update_stats=len(calls) == 1)
+
+            # Only the conv output is stored; the concat and BN-ReLU maps are recomputed in backward,
+            # which makes a block's activation memory linear instead of quadratic in its depth.
+            out = checkpoint(run, *features, use_reentrant=False, preserve_rng_state=False)
+        else:
+            out = self._bn_relu_conv(features, update_stats=True)
+        return self.dropout(out)
+
+
+class DenseBlock(nn.Module):
+    """`num_layers` DenseLayers; each sees the block input plus every earlier layer's output.
+
+    Returns only the `num_layers * growth` new features, as in FC-DenseNet.
+    """
+
+    concat_input = True
+
+    def __init__(
+        self,
+        in_channels: int,
+        growth: int,
+        num_layers: int,
+        dropout: float = 0.2,
+        memory_efficient: bool = False,
+    ):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            DenseLayer(in_channels + i * growth, growth, dropout, memory_efficient) for i in range(num_layers)
+        )
+        self.out_channels = num_layers * growth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [x]
+        for layer in self.layers:
+            features.append(layer(features))
+        return torch.cat(features[1:], 1)  # B × (num_layers*growth) × H × W
+
+
+class PlainBlock(nn.Module):
+    """`num_layers` BN → ReLU → conv layers in sequence, no dense connections (for the depth baseline)."""
+
+    concat_input = False
+
+    def __init__(self, in_channels: int, growth: int, num_layers: int, dropout: float = 0.2, **_: object):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            DenseLayer(in_channels if i == 0 else growth, growth, dropout) for i in range(num_layers)
+        )
+        self.out_channels = growth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer([x])
+        return x
+
+
+def _pointwise(channels: int, dropout: float) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(channels, channels, 1), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+    if dropout > 0:
+        layers.append(nn.Dropout2d(dropout))
+    return layers
+
+
+@DOWN.register("maxpool")
+def maxpool_down(channels: int, dropout: float = 0.2) -> nn.Module:
+    """1×1 conv + BN + ReLU + dropout + 2×2 max pool, as in the research."""
+    return nn.Sequential(*_pointwise(channels, dropout), nn.MaxPool2d(2))
+
+
+@DOWN.register("avgpool")
+def avgpool_down(channels: int, dropout: float = 0.2) -> nn.Module:
+    """1×1 conv + BN + ReLU + dropout + 2×2 average pool."""
+    return nn.Sequential(*_pointwise(channels, dropout), nn.AvgPool2d(2))
+
+
+@DOWN.register("strided")
+def strided_down(channels: int, dropout: float = 0.2) -> nn.Module:
+    """3×3 stride-2 conv + BN + ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+@UP.register("convtranspose")
+def convtranspose_up(in_channels: int, out_channels: int) -> nn.Module:
+    """3×3 stride-2 transposed conv (exact ×2)."""
+    return nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1)
+
+
+@UP.register("upsample")
+def upsample_up(in_channels: int, out_channels: int) -> nn.Module:
+    """Bilinear ×2 up-sampling followed by a 3×3 conv."""
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+        nn.Conv2d(in_channels, out_channels, 3, padding=1),
+    )
+
+
+@UP.register("upsample_nearest")
+def upsample_nearest_up(in_channels: int, out_channels: int) -> nn.Module:
+    """Nearest-neighbour ×2 up-sampling followed by a 3×3 conv."""
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(in_channels, out_channels, 3, padding=1))
+
+
+@UP.register("pixelshuffle")
+def pixelshuffle_up(in_channels: int, out_channels: int) -> nn.Module:
+    """3×3 conv to 4×out_channels, then PixelShuffle(2): sub-pixel up-sampling with a controlled width."""
+    return nn.Sequential(nn.Conv2d(in_channels, 4 * out_channels, 3, padding=1), nn.PixelShuffle(2))

@@ -1,0 +1,142 @@
+"""Dense pyramids (FC-DenseNet-like) built from a block-config tuple, and the registered zoo members."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from pyramidal.models import MODELS
+from pyramidal.models.blocks import OutputBlock, PaddedModel
+from pyramidal.models.dense import DOWN, UP, DenseBlock, PlainBlock
+
+
+@dataclass
+class DensePyramidConfig:
+    """Everything that defines a dense pyramid; stored in checkpoints to rebuild it exactly."""
+
+    blocks: tuple[int, ...] = (4, 5, 7, 10, 12)  # encoder dense-block sizes, one per level
+    bottleneck: int = 15
+    m: int = 48  # stem width
+    growth: int = 16  # k: features each dense layer adds
+    down: str = "maxpool"
+    up: str = "convtranspose"
+    dropout: float = 0.2
+    residual: bool = False
+    memory_efficient: bool = False
+    dense: bool = True  # False: plain sequential layers (the vanishing-gradient baseline)
+    skips: bool = True
+    in_channels: int = 3
+    out_channels: int = 3
+    decoder_blocks: tuple[int, ...] | None = field(default=None)  # default: the encoder sizes reversed
+
+
+class DensePyramid(PaddedModel):
+    """Stem → [dense block → transition down]×L → bottleneck → [transition up → concat skip → dense block]×L → output."""
+
+    def __init__(self, config: DensePyramidConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        DOWN.get(c.down), UP.get(c.up)  # fail early with the list of valid names
+        block_cls = DenseBlock if c.dense else PlainBlock
+        decoder_sizes = tuple(c.decoder_blocks) if c.decoder_blocks is not None else tuple(reversed(c.blocks))
+        if len(decoder_sizes) != len(c.blocks):
+            raise ValueError(f"decoder_blocks {decoder_sizes} must have one entry per encoder block {tuple(c.blocks)}")
+        self.levels = len(c.blocks)
+
+        def block(in_ch: int, n: int) -> nn.Module:
+            return block_cls(in_ch, c.growth, n, c.dropout, memory_efficient=c.memory_efficient)
+
+        self.stem = nn.Sequential(nn.Conv2d(c.in_channels, c.m, 3, padding=1), nn.ReLU(inplace=True))
+        channels = c.m
+        self.encoder, self.down = nn.ModuleList(), nn.ModuleList()
+        skip_channels = []
+        for n in c.blocks:
+            blk = block(channels, n)
+            self.encoder.append(blk)
+            channels = channels + blk.out_channels if blk.concat_input else blk.out_channels
+            skip_channels.append(channels)
+            self.down.append(DOWN.get(c.down)(channels, c.dropout))
+        self.bottleneck = block(channels, c.bottleneck)
+        # FC-DenseNet: only the new features of a block go up, which keeps the decoder narrow.
+        up_channels = self.bottleneck.out_channels
+        self.up, self.decoder = nn.ModuleList(), nn.ModuleList()
+        for n, skip in zip(decoder_sizes, reversed(skip_channels)):
+            self.up.append(UP.get(c.up)(up_channels, up_channels))
+            in_ch = up_channels + (skip if c.skips else 0)
+            blk = block(in_ch, n)
+            self.decoder.append(blk)
+            up_channels = blk.out_channels
+            last_in = in_ch
+        # The last block keeps its input too (FC-DenseNet), so the output sees the stem-level skip.
+        final = up_channels + (last_in if self.decoder and self.decoder[-1].concat_input else 0)
+        if not c.blocks:
+            final = channels + self.bottleneck.out_channels if self.bottleneck.concat_input else up_channels
+        self.output = OutputBlock(final, c.out_channels, residual=c.residual)
+
+    def body(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.stem(image)
+        skips = []
+        for block, down in zip(self.encoder, self.down):
+            new = block(x)
+            x = torch.cat([x, new], 1) if block.concat_input else new
+            skips.append(x)
+            x = down(x)
+        new = self.bottleneck(x)
+        if not self.decoder:
+            x = torch.cat([x, new], 1) if self.bottleneck.concat_input else new
+        for up, block, skip in zip(self.up, self.decoder, reversed(skips)):
+            x = up(new)
+            if self.config.skips:
+                x = torch.cat([x, skip], 1)
+            new = block(x)
+        if self.decoder:
+            x = torch.cat([x, new], 1) if self.decoder[-1].concat_input else new
+        return self.output(x, image)
+
+    def rf_path(self) -> list[tuple[str, int, int]]:
+        """Longest path as (kind, kernel, stride) steps, for the theoretical receptive field."""
+        c = self.config
+        decoder_sizes = tuple(c.decoder_blocks) if c.decoder_blocks is not None else tuple(reversed(c.blocks))
+        down_k = {"maxpool": 2, "avgpool": 2, "strided": 3}[c.down]
+        path = [("conv", 3, 1)]
+        for n in c.blocks:
+            path += [("conv", 3, 1)] * n + [("conv", down_k, 2)]
+        path += [("conv", 3, 1)] * c.bottleneck
+        up_k = {"convtranspose": 3, "upsample": 4, "upsample_nearest": 4, "pixelshuffle": 3}[c.up]
+        for n in decoder_sizes:
+            path += [("up", up_k, 2)] + [("conv", 3, 1)] * n
+        return path + [("conv", 3, 1)]
+
+
+def _dense(name: str, **defaults):
+    """Register a dense pyramid with its defaults; any config field can be overridden at creation."""
+
+    @MODELS.register(name)
+    def build(**options) -> DensePyramid:
+        valid = set(DensePyramidConfig.__dataclass_fields__)
+        unknown = set(options) - valid
+        if unknown:
+            raise ValueError(f"unknown option(s) {sorted(unknown)} for model {name!r}; valid: {sorted(valid)}")
+        for key in ("blocks", "decoder_blocks"):
+            if options.get(key) is not None:
+                options[key] = tuple(options[key])
+        return DensePyramid(DensePyramidConfig(**{**defaults, **options}))
+
+    build.__doc__ = f"Dense pyramid {name}: " + ", ".join(f"{k}={v}" for k, v in defaults.items())
+    return build
+
+
+# Names list the encoder block sizes followed by the bottleneck size.
+_dense("pyramidal44", blocks=(4,), bottleneck=4)
+_dense("pyramidal457", blocks=(4, 5), bottleneck=7)
+_dense("pyramidal4571012", blocks=(4, 5, 7, 10), bottleneck=12)
+_dense("pyramidal457101215", blocks=(4, 5, 7, 10, 12), bottleneck=15)
+# Same depth (103 convs) and transitions as pyramidal457101215, but neither dense connections nor skips.
+_dense("plain103", blocks=(4, 5, 7, 10, 12), bottleneck=15, dense=False, skips=False, growth=48)
+
+
+def config_dict(config: DensePyramidConfig) -> dict:
+    return asdict(config)

@@ -1,0 +1,117 @@
+"""The research's plain and pyramidal autoencoders: basic21/22/51/52, pyramidal51/52/51cat."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pyramidal.models import MODELS
+from pyramidal.models.blocks import OutputBlock, PaddedModel, conv_block, convtranspose_block, input_block
+
+
+def default_channels(levels: int, width: int = 32, max_width: int = 256) -> tuple[int, ...]:
+    """Width per resolution: `width` at full size, doubling per level, capped at `max_width`."""
+    return tuple(min(width * 2**i, max_width) for i in range(levels + 1))
+
+
+@dataclass
+class AutoencoderConfig:
+    levels: int = 5
+    convs_per_level: int = 1
+    skip: str = "none"  # none | add | cat
+    channels: tuple[int, ...] | None = None  # levels+1 widths; default 32, 64, 128, 256, 256, 256
+    activation: str = "relu"
+    residual: bool = False
+    in_channels: int = 3
+    out_channels: int = 3
+
+
+class Autoencoder(PaddedModel):
+    """Conv encoder-decoder: stride-2 convs down, stride-2 transposed convs up, optional skips per level.
+
+    Level i: (convs_per_level - 1) conv blocks at width c[i-1], then a stride-2 conv to c[i].
+    The decoder mirrors it; with skips, the encoder map at each resolution joins the decoder there.
+    """
+
+    def __init__(self, config: AutoencoderConfig):
+        super().__init__()
+        c = config
+        if c.skip not in ("none", "add", "cat"):
+            raise ValueError(f"unknown skip mode {c.skip!r}; choose one of: add, cat, none")
+        if c.levels < 1 or c.convs_per_level < 1:
+            raise ValueError("levels and convs_per_level must be at least 1")
+        widths = tuple(c.channels) if c.channels is not None else default_channels(c.levels)
+        if len(widths) != c.levels + 1:
+            raise ValueError(f"channels needs {c.levels + 1} widths for {c.levels} levels, got {widths}")
+        self.config, self.levels, self.widths = c, c.levels, widths
+        act = c.activation
+        extra = c.convs_per_level - 1
+        self.stem = input_block(c.in_channels, widths[0], act)
+        self.encoder = nn.ModuleList()
+        for i in range(c.levels):
+            self.encoder.append(
+                nn.Sequential(
+                    *[conv_block(widths[i], widths[i], activation=act) for _ in range(extra)],
+                    conv_block(widths[i], widths[i + 1], stride=2, activation=act),
+                )
+            )
+        self.decoder = nn.ModuleList()
+        self.up = nn.ModuleList()
+        incoming = widths[-1]
+        for i in reversed(range(c.levels)):
+            self.up.append(convtranspose_block(incoming, widths[i], act))
+            merged = 2 * widths[i] if c.skip == "cat" else widths[i]
+            convs = [conv_block(merged if j == 0 else widths[i], widths[i], activation=act) for j in range(extra)]
+            self.decoder.append(nn.Sequential(*convs))
+            incoming = widths[i] if extra else merged
+        self.output = OutputBlock(incoming, c.out_channels, residual=c.residual)
+
+    def body(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.stem(image)
+        skips = []
+        for stage in self.encoder:
+            skips.append(x)
+            x = stage(x)
+        for up, stage, skip in zip(self.up, self.decoder, reversed(skips)):
+            x = up(x)
+            if self.config.skip == "add":
+                x = x + skip
+            elif self.config.skip == "cat":
+                x = torch.cat([x, skip], 1)
+            x = stage(x)
+        return self.output(x, image)
+
+    def rf_path(self) -> list[tuple[str, int, int]]:
+        n = self.config.convs_per_level - 1
+        path = [("conv", 3, 1)]
+        for _ in range(self.levels):
+            path += [("conv", 3, 1)] * n + [("conv", 3, 2)]
+        for _ in range(self.levels):
+            path += [("up", 3, 2)] + [("conv", 3, 1)] * n
+        return path + [("conv", 3, 1)]
+
+
+def _autoencoder(name: str, **defaults):
+    @MODELS.register(name)
+    def build(**options) -> Autoencoder:
+        valid = set(AutoencoderConfig.__dataclass_fields__)
+        unknown = set(options) - valid
+        if unknown:
+            raise ValueError(f"unknown option(s) {sorted(unknown)} for model {name!r}; valid: {sorted(valid)}")
+        if options.get("channels") is not None:
+            options["channels"] = tuple(options["channels"])
+        return Autoencoder(AutoencoderConfig(**{**defaults, **options}))
+
+    build.__doc__ = f"Autoencoder {name}: " + ", ".join(f"{k}={v}" for k, v in defaults.items())
+    return build
+
+
+_autoencoder("basic21", levels=2, convs_per_level=1)
+_autoencoder("basic22", levels=2, convs_per_level=2)
+_autoencoder("basic51", levels=5, convs_per_level=1)
+_autoencoder("basic52", levels=5, convs_per_level=2)
+_autoencoder("pyramidal51", levels=5, convs_per_level=1, skip="add")
+_autoencoder("pyramidal52", levels=5, convs_per_level=2, skip="add")
+_autoencoder("pyramidal51cat", levels=5, convs_per_level=1, skip="cat")
