@@ -1,0 +1,152 @@
+"""Model zoo: shapes, value range, gradient flow, layer counts and registry behaviour."""
+
+import pytest
+import torch
+from torch import nn
+
+import pyramidal
+from pyramidal.models import MODELS, create_model
+from pyramidal.models.dense import DOWN, UP, DenseBlock
+from pyramidal.models.summary import count_convs, count_parameters, receptive_field
+
+# Narrow variants keep the parametrized tests fast; structure (levels, depth, skips) is unchanged.
+SMALL = {
+    "basic21": {"channels": (4, 8, 8)},
+    "basic22": {"channels": (4, 8, 8)},
+    "basic51": {"channels": (4, 8, 8, 8, 8, 8)},
+    "basic52": {"channels": (4, 8, 8, 8, 8, 8)},
+    "pyramidal51": {"channels": (4, 8, 8, 8, 8, 8)},
+    "pyramidal52": {"channels": (4, 8, 8, 8, 8, 8)},
+    "pyramidal51cat": {"channels": (4, 8, 8, 8, 8, 8)},
+}
+DENSE_SMALL = {"m": 8, "growth": 4}
+
+
+def small(name: str) -> nn.Module:
+    options = SMALL.get(name, DENSE_SMALL)
+    return create_model(name, **options)
+
+
+def first_conv(model: nn.Module) -> nn.Module:
+    return next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+@pytest.mark.parametrize("size", [(64, 64), (37, 53), (1, 1)])
+def test_output_shape_range_and_gradient(name, size):
+    torch.manual_seed(0)
+    model = small(name)
+    x = torch.rand(2, 3, *size) * 2 - 1
+    y = model(x)
+    assert y.shape == x.shape
+    assert torch.isfinite(y).all()
+    assert y.min() >= -1 and y.max() <= 1
+    y.square().mean().backward()
+    grad = first_conv(model).weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["basic21", "pyramidal51", "pyramidal44"])
+def test_full_size_defaults_build_and_run(name):
+    model = create_model(name).eval()
+    with torch.no_grad():
+        y = model(torch.zeros(1, 3, 33, 47))
+    assert y.shape == (1, 3, 33, 47)
+
+
+def _dense_layer(c, k):
+    return 2 * c + 9 * c * k + k  # BN (scale, shift) + 3×3 conv weights + bias
+
+
+def _dense_block(c, k, n):
+    return sum(_dense_layer(c + i * k, k) for i in range(n))
+
+
+def fc_densenet_parameters(m=48, k=16, blocks=(4, 5, 7, 10, 12), bottleneck=15, out=3):
+    """Parameter count of the FC-DenseNet-style pyramid, written out independently of the model code."""
+    total = 9 * 3 * m + m  # stem
+    c, skips = m, []
+    for n in blocks:
+        total += _dense_block(c, k, n)
+        c += n * k
+        skips.append(c)
+        total += c * c + c + 2 * c  # transition down: 1×1 conv + BN
+    total += _dense_block(c, k, bottleneck)
+    up = bottleneck * k
+    for n, skip in zip(reversed(blocks), reversed(skips)):
+        total += 9 * up * up + up  # 3×3 transposed conv
+        c = up + skip
+        total += _dense_block(c, k, n)
+        up = n * k
+    total += 9 * (c + up) * out + out  # output conv sees the last block's input and its new features
+    return total
+
+
+def test_final_model_has_103_layers_and_formula_parameters():
+    model = create_model("pyramidal457101215")
+    assert count_convs(model) == 103
+    expected = fc_densenet_parameters()
+    assert count_parameters(model) == expected
+    assert 9.2e6 < expected < 9.4e6
+
+
+def test_dense_block_channels_and_connectivity():
+    block = DenseBlock(in_channels=6, growth=4, num_layers=5)
+    assert [layer.conv.in_channels for layer in block.layers] == [6, 10, 14, 18, 22]
+    out = block(torch.randn(2, 6, 8, 8))
+    assert out.shape == (2, 20, 8, 8)
+
+
+def test_unknown_names_list_valid_ones():
+    with pytest.raises(ValueError, match="unknown model 'nope'.*pyramidal51"):
+        create_model("nope")
+    with pytest.raises(ValueError, match="unknown transition down 'bogus'.*maxpool"):
+        create_model("pyramidal44", down="bogus")
+    with pytest.raises(ValueError, match="unknown transition up 'bogus'.*convtranspose"):
+        create_model("pyramidal44", up="bogus")
+    with pytest.raises(ValueError, match="unknown option"):
+        create_model("pyramidal44", widht=3)
+
+
+def _kinds(modules):
+    return {type(m).__name__ for mod in modules for m in mod.modules()}
+
+
+@pytest.mark.parametrize("down", DOWN.names())
+@pytest.mark.parametrize("up", UP.names())
+def test_swapping_transitions_changes_every_transition(down, up):
+    model = create_model("pyramidal457", m=8, growth=4, down=down, up=up)
+    reference_down = _kinds([DOWN.get(down)(8)])
+    reference_up = _kinds([UP.get(up)(8, 8)])
+    assert len(model.down) == 2 and len(model.up) == 2
+    for transition in model.down:
+        assert _kinds([transition]) == reference_down
+    for transition in model.up:
+        assert _kinds([transition]) == reference_up
+    x = torch.rand(1, 3, 20, 28) * 2 - 1
+    assert model(x).shape == x.shape
+
+
+def test_residual_output_is_clamped_correction():
+    model = create_model("pyramidal44", m=8, growth=4, residual=True)
+    with torch.no_grad():
+        model.output.conv.weight.zero_()
+        model.output.conv.bias.zero_()
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    assert torch.equal(model.eval()(x), x)
+
+
+def test_receptive_field_of_a_chain():
+    assert receptive_field([("conv", 3, 1)] * 3) == 7
+    assert receptive_field([("conv", 3, 1), ("conv", 2, 2), ("conv", 3, 1)]) == 8
+
+
+def test_spec_rebuilds_the_same_architecture():
+    model = create_model("pyramidal457", m=8, growth=4, blocks=[3, 2])
+    rebuilt = create_model(model.spec["model"], **model.spec["options"])
+    assert [tuple(p.shape) for p in rebuilt.parameters()] == [tuple(p.shape) for p in model.parameters()]
+
+
+def test_public_api():
+    assert "pyramidal457101215" in pyramidal.list_models()
+    assert isinstance(pyramidal.create_model("basic21"), nn.Module)
