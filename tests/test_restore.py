@@ -1,0 +1,163 @@
+"""`pyramidal restore`: awkward inputs, tiling, self-ensemble, never overwriting inputs, built-in weights."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pyramidal.checkpoint import save_weights
+from pyramidal.cli import main
+from pyramidal.errors import PyramidalError
+from pyramidal.models import create_model
+from pyramidal.restore import builtin_weights_path, read_image, restore_image, tile_starts
+
+FAST = ["--device", "cpu", "--precision", "fp32"]
+
+
+@pytest.fixture
+def weights(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "w" / "tiny.safetensors"
+    save_weights(create_model("basic21", channels=(4, 8, 8)).eval(), path, {"task": "noise"})
+    return path
+
+
+def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (h // 16 + 2, w // 16 + 2, 3), dtype=np.uint8)
+    return np.array(Image.fromarray(small).resize((w, h), Image.BICUBIC))
+
+
+def test_restore_mixed_inputs(tmp_path, weights, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    rgba = np.dstack([smooth_image(300, 517), np.tile(np.arange(517, dtype=np.uint8)[None] // 3, (300, 1))])
+    Image.fromarray(rgba, "RGBA").save(src / "photo.png")
+    Image.fromarray(smooth_image(40, 70)[..., 0], "L").save(src / "gray.jpg")
+    deep = (np.arange(50 * 60, dtype=np.uint32).reshape(50, 60) * 21).astype(np.uint16)
+    Image.fromarray(deep).save(src / "deep.png")  # mode I;16
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a PNG")
+    out = tmp_path / "out"
+    files = [src / n for n in ("photo.png", "gray.jpg", "deep.png", "broken.png")]
+    code = main(["restore", "--weights", str(weights), "--task", "noise", *map(str, files), "-o", str(out),
+                 "--tile", "128", *FAST])
+    captured = capsys.readouterr()
+    assert code != 0
+    errors = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(errors) == 1, captured.err
+    assert errors[0].startswith("pyramidal restore: error: ") and "broken.png" in errors[0]
+    assert sorted(p.name for p in out.iterdir()) == ["deep.png", "gray.png", "photo.png"]
+    photo = Image.open(out / "photo.png")
+    assert photo.mode == "RGBA" and photo.size == (517, 300)
+    assert np.array_equal(np.asarray(photo)[..., 3], rgba[..., 3])  # alpha kept exactly
+    gray = Image.open(out / "gray.png")
+    assert gray.size == (70, 40) and gray.mode == "L"
+    assert Image.open(out / "deep.png").size == (60, 50)
+
+
+def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
+    deep = np.full((8, 9), 65535, dtype=np.uint16)
+    deep[:, :3] = 257 * 100
+    Image.fromarray(deep).save(tmp_path / "d.png")
+    loaded = read_image(tmp_path / "d.png")
+    assert loaded.bit_depth == 16 and loaded.grayscale
+    assert loaded.rgb.shape == (8, 9, 3)
+    assert loaded.rgb[0, 0, 0] == 100 and loaded.rgb[0, -1, 2] == 255
+
+
+def test_exif_rotation_applied(tmp_path, weights):
+    img = Image.fromarray(smooth_image(30, 50))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display
+    img.save(tmp_path / "cam.jpg", exif=exif.tobytes())
+    assert read_image(tmp_path / "cam.jpg").rgb.shape == (50, 30, 3)
+    out = tmp_path / "out"
+    assert main(["restore", "--weights", str(weights), str(tmp_path / "cam.jpg"), "-o", str(out), *FAST]) == 0
+    assert Image.open(out / "cam.png").size == (30, 50)
+
+
+def test_tiled_matches_untiled(weights):
+    from pyramidal.checkpoint import load_weights
+
+    torch.manual_seed(1)
+    path = weights.with_name("deep.safetensors")
+    save_weights(create_model("pyramidal51", channels=(4, 8, 8, 8, 8, 8)).eval(), path, {"task": "noise"})
+    model = load_weights(path)
+    img = smooth_image(300, 300)
+    whole = restore_image(model, img, tile=0, device="cpu", precision="fp32").astype(np.float64)
+    tiled = restore_image(model, img, tile=128, overlap=32, batch_size=3, device="cpu", precision="fp32")
+    assert whole.shape == tiled.shape == (300, 300, 3)
+    assert whole.std() > 2  # the model really changes the image, so the comparison means something
+    assert np.abs(whole - tiled).mean() < 0.5
+
+
+def test_tile_starts_cover_everything():
+    for length in (1, 100, 256, 257, 300, 517, 1000):
+        starts = tile_starts(length, 256, 32)
+        assert starts[0] == 0 and starts[-1] + min(256, length) == length
+        assert all(b - a <= 256 - 32 for a, b in zip(starts, starts[1:]))
+
+
+def test_restore_image_layouts(weights):
+    from pyramidal.checkpoint import load_weights
+
+    model = load_weights(weights)
+    img = smooth_image(20, 33)
+    hwc = restore_image(model, img, device="cpu", precision="fp32")
+    chw = restore_image(model, torch.from_numpy(img).permute(2, 0, 1), device="cpu", precision="fp32")
+    assert hwc.dtype == np.uint8 and hwc.shape == (20, 33, 3)
+    assert isinstance(chw, torch.Tensor) and chw.dtype == torch.uint8 and chw.shape == (3, 20, 33)
+    assert np.array_equal(hwc, chw.permute(1, 2, 0).numpy())
+    assert restore_image(model, img[..., 0], device="cpu", precision="fp32").shape == (20, 33, 3)
+    with pytest.raises(PyramidalError):
+        restore_image(model, img.astype(np.float32))
+
+
+def test_ensemble_averages_the_eight_symmetries():
+    torch.manual_seed(0)
+    kernel = torch.randn(3, 3, 5, 5)
+
+    def model(x):  # deliberately not symmetric
+        return F.conv2d(x, kernel, padding=2) * 0.05
+
+    # Averaging f over the dihedral group equals convolving with the symmetrized kernel.
+    sym = sum(torch.rot90(k, r, dims=(-2, -1)) for k in (kernel, kernel.flip(-1)) for r in range(4)) / 8
+    img = smooth_image(24, 31)
+    x = torch.from_numpy(img).permute(2, 0, 1).float() / 127.5 - 1
+    expected = (F.conv2d(x[None], sym, padding=2) * 0.05).clamp(-1, 1)[0]
+    expected = ((expected + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    got = restore_image(model, img, ensemble=True, device="cpu", precision="fp32")
+    plain = restore_image(model, img, ensemble=False, device="cpu", precision="fp32")
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+    assert np.abs(plain.astype(int) - expected.astype(int)).mean() > 1  # the test can tell them apart
+    identity = restore_image(lambda t: t, img, ensemble=True, device="cpu", precision="fp32")
+    assert np.array_equal(identity, img)
+
+
+def test_input_never_overwritten(tmp_path, weights, capsys):
+    original = smooth_image(24, 24)
+    Image.fromarray(original).save(tmp_path / "a.png")
+    before = (tmp_path / "a.png").read_bytes()
+    code = main(["restore", "--weights", str(weights), str(tmp_path / "a.png"), "-o", str(tmp_path), *FAST])
+    assert code != 0
+    assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "a.png").read_bytes() == before
+    code = main(["restore", "--weights", str(weights), str(tmp_path / "a.png"), "-o", str(tmp_path),
+                 "--overwrite", *FAST])
+    assert code == 0
+    assert (tmp_path / "a.png").read_bytes() != before
+
+
+def test_builtin_weights_missing_is_clear(monkeypatch, tmp_path, capsys):
+    import pyramidal.restore as restore
+
+    monkeypatch.setattr(restore, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(PyramidalError, match="none are installed"):
+        builtin_weights_path("noise")
+    save_weights(create_model("basic21", channels=(4, 8, 8)), tmp_path / "jpeg.safetensors", {"task": "jpeg"})
+    with pytest.raises(PyramidalError, match="jpeg"):
+        builtin_weights_path("noise")
+    assert builtin_weights_path("jpeg") == tmp_path / "jpeg.safetensors"
+    assert main(["restore", "--task", "noise", str(tmp_path / "x.png"), "-o", str(tmp_path / "o")]) == 2
+    assert "pyramidal restore: error: --weights builtin" in capsys.readouterr().err
