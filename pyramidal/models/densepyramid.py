@@ -134,6 +134,9 @@ _dense("pyramidal44", blocks=(4,), bottleneck=4)
 _dense("pyramidal457", blocks=(4, 5), bottleneck=7)
 _dense("pyramidal4571012", blocks=(4, 5, 7, 10), bottleneck=12)
 _dense("pyramidal457101215", blocks=(4, 5, 7, 10, 12), bottleneck=15)
+# A light 4-level pyramid (0.8 M parameters, 0.57 GFLOPs at 64×64) sized for CPU training:
+# the built-in weights use it, residual, so eight of them ship in a few MB.
+_dense("pyramidal23456", blocks=(2, 3, 4, 5), bottleneck=6, m=24, growth=12, residual=True)
 # Same depth (103 convs) and transitions as pyramidal457101215, but neither dense connections nor skips.
 _dense("plain103", blocks=(4, 5, 7, 10, 12), bottleneck=15, dense=False, skips=False, growth=48)
 
