@@ -175,6 +175,7 @@ def test_folder_split_is_deterministic(tmp_path):
     assert [len(capped.files[s]) for s in ("train", "val", "test")] == [8, 1, 1]
     other = load_source(f"folder:{tmp_path / 'd'}", size=8, split_seed=1)
     assert other.files != a.files
+    assert split_counts(100) == (80, 10, 10) and split_counts(19) == (17, 1, 1)
     assert split_counts(1) == (1, 0, 0) and split_counts(2) == (1, 1, 0) and split_counts(3) == (1, 1, 1)
 
 
@@ -302,6 +303,16 @@ def test_loader_resume_reproduces_uninterrupted_run(builtin):
     # A different seed gives a different run.
     other = make_loader(ds, "noise", batch_size=8, seed=6)
     assert not torch.equal(next(iter(other))[1], full[0][0][1])
+
+
+def test_loader_samples_do_not_depend_on_batching(builtin):
+    # Every random choice is a function of (seed, epoch, sample index), so the batch size (or the DDP
+    # rank a sample lands on) changes nothing about any one sample.
+    ds = builtin.split("train")
+    a = batches_of(make_loader(ds, "mixed", batch_size=8, seed=2))
+    b = batches_of(make_loader(ds, "mixed", batch_size=4, seed=2))
+    assert torch.equal(torch.cat([d for d, _ in a]), torch.cat([d for d, _ in b]))
+    assert torch.equal(torch.cat([c for _, c in a]), torch.cat([c for _, c in b]))
 
 
 def test_loader_with_workers_matches(builtin):
