@@ -646,15 +646,28 @@ class _EpochView(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
         if hasattr(self.dataset, "get"):
-            return self.dataset.get(int(index), self.epoch)
+            return index, self.dataset.get(int(index), self.epoch)
         item = self.dataset[index]
-        return item[0] if isinstance(item, (tuple, list)) else item
+        return index, (item[0] if isinstance(item, (tuple, list)) else item)
 
 
-def _stack(items: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack(items)
+class _DamageCollate:
+    """Stacks one batch and damages it with per-sample seeds (picklable: runs inside worker processes)."""
+
+    def __init__(self, task: Task, train: bool, seed: int, epoch: int):
+        self.task, self.train, self.seed, self.epoch = task, train, seed, epoch
+
+    def seeds(self, indices: Sequence[int]) -> list[int]:
+        if self.train:
+            return [derive_seed(_TAG_DAMAGE, self.seed, self.epoch, i) for i in indices]
+        return [eval_seed(i) for i in indices]
+
+    def __call__(self, items: list[tuple[int, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        indices = [i for i, _ in items]
+        clean = torch.stack([x for _, x in items])
+        return self.task(clean, seeds=self.seeds(indices)), clean
 
 
 class PairLoader:
@@ -708,34 +721,31 @@ class PairLoader:
 
     def sample_seeds(self, indices: Sequence[int], epoch: int | None = None) -> list[int]:
         """Per-sample damage seeds: from (seed, epoch, index) in training, eval_seed(index) otherwise."""
-        e = self.epoch if epoch is None else epoch
-        if self.train:
-            return [derive_seed(_TAG_DAMAGE, self.seed, e, i) for i in indices]
-        return [eval_seed(i) for i in indices]
+        return self._collate(self.epoch if epoch is None else epoch).seeds(indices)
 
-    def pair(self, clean: torch.Tensor, indices: Sequence[int], epoch: int | None = None):
-        """Damage a clean uint8 batch: returns float (damaged, clean)."""
-        damaged = self.task(clean, seeds=self.sample_seeds(indices, epoch))
-        return to_float(damaged), to_float(clean)
+    def _collate(self, epoch: int) -> _DamageCollate:
+        return _DamageCollate(self.task, self.train, self.seed, epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch, skip = self.epoch, self._skip
         self._skip = 0
         batches = self.batches()[skip:]
         view = _EpochView(self.dataset, epoch)
+        collate = self._collate(epoch)
         if self.num_workers <= 0:
-            for idx in batches:
-                yield self.pair(torch.stack([view[i] for i in idx]), idx, epoch)
-            return
-        dl = torch.utils.data.DataLoader(view, batch_sampler=batches, num_workers=self.num_workers,
-                                         collate_fn=_stack)
-        for idx, clean in zip(batches, dl):
-            yield self.pair(clean, idx, epoch)
+            pairs: Any = (collate([view[i] for i in idx]) for idx in batches)
+        else:
+            # Workers load and damage whole batches; every draw is seeded per sample, so the pixels are
+            # the same as with num_workers=0.
+            pairs = torch.utils.data.DataLoader(view, batch_sampler=batches, num_workers=self.num_workers,
+                                                collate_fn=collate)
+        for damaged, clean in pairs:
+            yield to_float(damaged), to_float(clean)
 
 
 def make_loader(dataset: torch.utils.data.Dataset, task: Task | str, batch_size: int = 32, train: bool = True,
                 seed: int = 0, sampler: Any = None, drop_last: bool | None = None, num_workers: int = 0) -> PairLoader:
-    """A resumable loader of (damaged, clean) pairs; see PairLoader."""
+    """A resumable loader of (damaged, clean) float pairs in [-1, 1]; see PairLoader."""
     return PairLoader(dataset, task, batch_size=batch_size, train=train, seed=seed, sampler=sampler,
                       drop_last=drop_last, num_workers=num_workers)
 
@@ -747,21 +757,21 @@ _BENCH_SOURCES: dict[int, Source] = {}
 
 
 def bench_pairs_per_second(task_name: str, size: int = 64, batch_size: int = 32, seconds: float = 2.0,
-                           source: Source | None = None, damage_only: bool = False) -> float:
-    """Training pairs per second (built-in patches + augmentation + damage + float conversion, one process)."""
+                           source: Source | None = None, damage_only: bool = False, num_workers: int = 0) -> float:
+    """Training pairs per second: built-in patches + augmentation + damage + float conversion (or damage only)."""
     if source is None:
         source = _BENCH_SOURCES.get(size) or _BENCH_SOURCES.setdefault(size, load_source("builtin", size=size))
     task = create_task(task_name, train=True)
-    loader = make_loader(source.split("train"), task, batch_size=batch_size, train=True, seed=0)
+    ds = source.split("train")
     if damage_only:
-        clean = next(iter(make_loader(source.split("train"), "gray", batch_size=batch_size)))[1]
-        clean = to_uint8(clean)
-        task(clean, seeds=list(range(len(clean))))  # warm-up
-        n, start, b = 0, time.perf_counter(), 0
+        clean = torch.stack([ds.get(i, 0) for i in range(batch_size)])
+        task(clean, seeds=list(range(batch_size)))  # warm-up
+        n, b, start = 0, 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
-            task(clean, seeds=[derive_seed(b, i) for i in range(len(clean))])
-            n, b = n + len(clean), b + 1
+            task(clean, seeds=[derive_seed(b, i) for i in range(batch_size)])
+            n, b = n + batch_size, b + 1
         return n / (time.perf_counter() - start)
+    loader = make_loader(ds, task, batch_size=batch_size, train=True, seed=0, num_workers=num_workers)
     epoch, n = 0, 0
     it = iter(loader)
     next(it)  # warm-up
