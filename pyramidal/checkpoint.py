@@ -104,3 +104,66 @@ def load_weights(path: str | os.PathLike, **overrides) -> nn.Module:
     load_state_into(model, state, str(path))
     model.info = info
     return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training checkpoints: one torch.save dict of tensors and plain types, loadable with weights_only=True.
+
+CHECKPOINT_FORMAT = "pyramidal-train-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """Atomically write a training checkpoint (`state` holds only tensors and plain Python types)."""
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a training checkpoint safely (weights_only=True); damaged or foreign files raise PyramidalError."""
+    path = Path(path)
+    if not path.exists():
+        raise PyramidalError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, bad pickle, disallowed global: all mean "not loadable"
+        size = path.stat().st_size
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PyramidalError(
+            f"{path}: truncated or corrupt checkpoint ({size} bytes; {reason}); "
+            "resume from an intact copy or restart the run"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise PyramidalError(f"{path}: not a pyramidal training checkpoint")
+    if state.get("version", 0) > CHECKPOINT_VERSION:
+        raise PyramidalError(
+            f"{path}: checkpoint version {state['version']} is newer than this pyramidal "
+            f"(reads up to {CHECKPOINT_VERSION})"
+        )
+    return state
+
+
+def describe_spec(spec: dict) -> str:
+    """`name(opt=value, ...)` for messages."""
+    options = spec.get("options") or {}
+    return spec.get("model", "?") + "(" + ", ".join(f"{k}={v}" for k, v in sorted(options.items())) + ")"
+
+
+def load_checkpoint_model(saved: dict, model: nn.Module, source: str) -> None:
+    """Load a checkpoint's weights into `model`, refusing another architecture with a message naming both.
+
+    Options that leave the weights unchanged (dropout, memory_efficient) may differ; the model name may not.
+    """
+    own = getattr(model, "spec", None) or {"model": type(model).__name__, "options": {}}
+    spec = saved.get("spec") or {"model": "?", "options": {}}
+    if spec.get("model") != own.get("model"):
+        raise PyramidalError(
+            f"{source}: checkpoint is for {describe_spec(spec)}, but this run builds {describe_spec(own)}; "
+            "different architectures"
+        )
+    try:
+        load_state_into(model, saved["model"], source)
+    except PyramidalError as exc:
+        raise PyramidalError(
+            f"{exc} (checkpoint: {describe_spec(spec)}; this run: {describe_spec(own)})"
+        ) from None

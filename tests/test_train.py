@@ -1,0 +1,333 @@
+"""Training system: TensorBoard output, rising PSNR, checkpoints, kill-and-resume, errors, DDP (all on CPU, tiny)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyramidal.checkpoint import load_checkpoint, load_weights
+from pyramidal.errors import PyramidalError
+from pyramidal.train import TrainConfig, Trainer, TrainingDiverged, psnr_from_mse, train
+
+# A tiny dense pyramid: 8-wide stem, growth 4, one level; dropout stays on (its RNG must resume exactly).
+TINY = dict(task="squares", model="pyramidal44", m=8, growth=4, data="builtin", size=32, batch_size=4,
+            patches_per_epoch=16, val_images=4, log_images=4, precision="fp32", log_every=2, quiet=True)
+TINY_ARGS = ["--task", "squares", "--model", "pyramidal44", "--m", "8", "--growth", "4", "--data", "builtin",
+             "--size", "32", "--batch-size", "4", "--val-images", "4", "--log-images", "4",
+             "--precision", "fp32", "--quiet", "--device", "cpu"]
+assert TINY_ARGS[4:8] == ["--m", "8", "--growth", "4"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"  # same thread count in every process: identical float reductions
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pyramidal", "train", *args], capture_output=True, text=True,
+                          env=_env(), timeout=timeout, cwd=REPO)
+
+
+def _run_dir(out: Path) -> Path:
+    dirs = [p for p in out.glob("*/*/*") if p.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP barriers make two threads far slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """Six steps over two epochs of four steps; shared by the read-only checks below."""
+    out = tmp_path_factory.mktemp("runs")
+    run_dir = train(TrainConfig(**TINY, steps=6, out=str(out), ema=0.9, progress=False))
+    return run_dir
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Output of a run
+
+
+def test_run_folder_layout(tiny_run: Path):
+    assert tiny_run.parent.parent.name == "squares" and tiny_run.parent.name == "pyramidal44"
+    assert len(tiny_run.name) == len("20240101-120000") and tiny_run.name[8] == "-"
+    for name in ("config.toml", "config.json", "metrics.csv", "last.ckpt", "best.safetensors", "best.json"):
+        assert (tiny_run / name).is_file(), name
+    assert not list(tiny_run.glob(".*.tmp")), "an atomic write left a temporary file behind"
+
+
+def test_tensorboard_scalars_images_and_config(tiny_run: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tiny_run), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    for tag in ("PSNR/train", "PSNR/val", "loss/train", "loss/val", "lr", "images_per_s"):
+        assert tag in tags["scalars"], tag
+    for panel in ("1 output (val)", "2 input", "3 ground truth", "4 output (train)"):
+        assert panel in tags["images"], panel
+    assert acc.Tensors("config/text_summary"), "config is not logged as text"
+    # PSNR is 10·log10(4/MSE) of the logged MSE, and there is a validation at the start and the end.
+    val = {e.step: e.value for e in acc.Scalars("PSNR/val")}
+    loss = {e.step: e.value for e in acc.Scalars("loss/val")}
+    assert 0 in val and 6 in val
+    assert val[6] == pytest.approx(psnr_from_mse(loss[6]), abs=1e-3)
+    # "1 output (val)" every epoch (steps 0, 4) and at the end; the input and ground truth once.
+    assert [e.step for e in acc.Images("1 output (val)")] == [0, 4, 6]
+    assert len(acc.Images("2 input")) == 1 and len(acc.Images("3 ground truth")) == 1
+
+
+def test_metrics_csv_matches_tensorboard(tiny_run: Path):
+    rows = _rows(tiny_run)
+    assert list(rows[0]) == ["step", "epoch", "elapsed_s", "loss/train", "PSNR/train", "loss/val", "PSNR/val",
+                             "PSNR/val_input", "lr", "images_per_s"]
+    train_rows = [r for r in rows if r["PSNR/train"]]
+    val_rows = [r for r in rows if r["PSNR/val"]]
+    assert [int(r["step"]) for r in train_rows] == [2, 4, 6]
+    assert [int(r["step"]) for r in val_rows] == [0, 4, 6]
+    for r in train_rows:
+        assert float(r["PSNR/train"]) == pytest.approx(10 * math.log10(4 / float(r["loss/train"])), abs=1e-3)
+        assert float(r["images_per_s"]) > 0 and float(r["lr"]) == pytest.approx(3e-4)
+    assert float(rows[0]["PSNR/val_input"]) > 5
+
+
+def test_best_weights_and_sidecar(tiny_run: Path):
+    model = load_weights(tiny_run / "best.safetensors")
+    assert model.spec == {"model": "pyramidal44", "options": {"m": 8, "growth": 4}}
+    info = json.loads((tiny_run / "best.json").read_text())
+    assert info["model"] == "pyramidal44" and info["task"] == "squares" and info["data"] == "builtin"
+    assert info["config"]["ema"] == 0.9 and info["steps"] in (4, 6)
+    assert info["val_psnr"] == pytest.approx(max(float(r["PSNR/val"]) for r in _rows(tiny_run)
+                                                 if r["PSNR/val"] and int(r["step"]) > 0), abs=1e-3)
+    out = model(torch.zeros(1, 3, 32, 32))
+    assert out.shape == (1, 3, 32, 32)
+
+
+def test_last_checkpoint_contents(tiny_run: Path):
+    ckpt = load_checkpoint(tiny_run / "last.ckpt")
+    assert ckpt["step"] == 6 and ckpt["epoch"] == 1 and ckpt["batch_in_epoch"] == 2 and ckpt["finished"]
+    for key in ("model", "optimizer", "scaler", "scheduler", "ema", "best_psnr", "rng", "config", "spec"):
+        assert key in ckpt, key
+    assert set(ckpt["rng"]) == {"torch", "numpy", "random", "cuda"}
+    assert ckpt["ema"] is not None and ckpt["spec"]["model"] == "pyramidal44"
+
+
+def test_saved_config_reruns(tiny_run: Path, tmp_path: Path):
+    from pyramidal.train import resolve_config
+
+    config = resolve_config({"out": str(tmp_path)}, config_file=str(tiny_run / "config.toml"))
+    assert config.model == "pyramidal44" and config.m == 8 and config.steps == 6 and config.ema == 0.9
+    assert config.resume is None and config.out == str(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Learning
+
+
+@pytest.mark.slow
+def test_validation_psnr_rises_pyramidal51_squares(tmp_path: Path):
+    # The research's pyramidal51 (five levels, additive skips), narrowed so that it trains in seconds.
+    run_dir = train(TrainConfig(task="squares", model="pyramidal51", channels=[8, 16, 16, 16, 16, 16],
+                                data="builtin", size=32, batch_size=8, patches_per_epoch=160, steps=60,
+                                val_every=20, val_images=16, lr=2e-3, precision="fp32", out=str(tmp_path),
+                                quiet=True, progress=False, log_images=2))
+    val = [(int(r["step"]), float(r["PSNR/val"])) for r in _rows(run_dir) if r["PSNR/val"]]
+    steps = [s for s, _ in val]
+    assert steps == [0, 20, 40, 60]
+    psnr = [p for _, p in val]
+    assert psnr[-1] > psnr[0] + 5, psnr  # from random output to a real restoration
+    assert psnr[-1] > psnr[1], psnr  # and still improving after the first 20 steps
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoints: kill and resume, damaged files, other architectures
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path: Path):
+    # 100 steps per epoch; a checkpoint every 3 steps. The first run would go on for 1000 steps: it is
+    # killed as soon as a mid-epoch checkpoint exists. Dropout, EMA and warm-up all have to resume exactly.
+    common = [*TINY_ARGS, "--patches-per-epoch", "400", "--ema", "0.99", "--warmup-steps", "5",
+              "--checkpoint-every-steps", "3", "--checkpoint-minutes", "0", "--log-every", "10"]
+    killed_out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "pyramidal", "train", *common, "--steps", "1000",
+                             "--out", str(killed_out)], env=_env(), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(killed_out.glob("*/*/*/last.ckpt")):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    run_dir = _run_dir(killed_out)
+    ckpt = load_checkpoint(run_dir / "last.ckpt")
+    assert 0 < ckpt["batch_in_epoch"] < 100 and ckpt["epoch"] == 0, "the kill did not land mid-epoch"
+    assert not ckpt["finished"]
+
+    # Resume to step 106: the rest of epoch 0, then six steps into epoch 1.
+    resumed = _cli("--resume", str(run_dir), "--steps", "106")
+    assert resumed.returncode == 0, resumed.stderr
+    reference = _cli(*common, "--steps", "106", "--out", str(tmp_path / "reference"))
+    assert reference.returncode == 0, reference.stderr
+
+    a = load_checkpoint(run_dir / "last.ckpt")
+    b = load_checkpoint(_run_dir(tmp_path / "reference") / "last.ckpt")
+    assert a["step"] == b["step"] == 106 and a["epoch"] == b["epoch"] == 1
+    for part in ("model", "ema"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resume"
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(pa["exp_avg"], pb["exp_avg"]) and torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"])
+    # The metrics a crashed run logged after its last checkpoint are replaced, not duplicated.
+    steps = [int(r["step"]) for r in _rows(run_dir) if r["PSNR/train"]]
+    assert steps == sorted(set(steps)) and steps[-1] == 106
+
+
+def test_truncated_checkpoint_gives_clear_error(tiny_run: Path, tmp_path: Path):
+    broken = tmp_path / "last.ckpt"
+    data = (tiny_run / "last.ckpt").read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    with pytest.raises(PyramidalError, match="truncated or corrupt checkpoint") as info:
+        load_checkpoint(broken)
+    assert str(broken) in str(info.value)
+
+
+def test_truncated_checkpoint_on_resume_cli(tiny_run: Path, tmp_path: Path):
+    import shutil
+
+    from pyramidal.cli import main
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    ckpt = run_dir / "last.ckpt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    assert main(["train", "--resume", str(run_dir), "--steps", "8"]) == 2
+
+
+def test_other_architecture_refused_naming_both(tiny_run: Path, tmp_path: Path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    from pyramidal.train import resume_config
+
+    resolved = resume_config(run_dir, {"model": "basic21", "channels": [4, 8, 8], "m": None, "growth": None})
+    with pytest.raises(PyramidalError) as info:
+        Trainer(resolved)
+    message = str(info.value)
+    assert "last.ckpt" in message and "pyramidal44" in message and "basic21" in message
+    # Same name, other widths: the mismatching tensors are named, with both specs.
+    resolved = resume_config(run_dir, {"m": 12})
+    with pytest.raises(PyramidalError, match=r"pyramidal44\(growth=4, m=8\).*pyramidal44\(growth=4, m=12\)"):
+        Trainer(resolved)
+
+
+def test_init_weights_from_other_architecture_refused(tiny_run: Path, tmp_path: Path):
+    with pytest.raises(PyramidalError, match="pyramidal44.*basic21"):
+        Trainer(TrainConfig(**{**TINY, "model": "basic21", "m": None, "growth": None}, channels=[4, 8, 8],
+                            init_weights=str(tiny_run), steps=1, out=str(tmp_path)))
+
+
+def test_resume_without_checkpoint_is_clear(tmp_path: Path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.raises(PyramidalError, match="no config.json"):
+        train(TrainConfig(resume=str(run_dir)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Non-finite loss
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch):
+    import torch.nn.functional as F
+
+    real = F.mse_loss
+    calls = {"train": 0}
+
+    def poisoned(input, target, *args, **kwargs):
+        if kwargs.get("reduction", "mean") == "mean":  # the training loss; validation sums
+            calls["train"] += 1
+            if calls["train"] == 5:
+                return real(input, target) * float("nan")
+        return real(input, target, *args, **kwargs)
+
+    monkeypatch.setattr(F, "mse_loss", poisoned)
+    trainer = Trainer(TrainConfig(**TINY, steps=8, checkpoint_every_steps=2, out=str(tmp_path)))
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.fit()
+    message = str(info.value)
+    assert "non-finite" in message and "step 5" in message and "last.ckpt" in message and "step 4" in message
+    ckpt = load_checkpoint(trainer.run_dir / "last.ckpt")
+    assert ckpt["step"] == 4
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_nonfinite_loss_cli_exit_code(tmp_path: Path):
+    from pyramidal.cli import main
+
+    code = main(["train", *TINY_ARGS, "--lr", "1e30", "--steps", "6", "--patches-per-epoch", "16",
+                 "--out", str(tmp_path)])
+    assert code != 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# DDP
+
+
+# torchrun's own parser takes `--m` for an abbreviation of its options: model options go as --model-option.
+DDP_ARGS = [*TINY_ARGS[:4], "--model-option", "m=8", "--model-option", "growth=4", *TINY_ARGS[8:]]
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_only_rank0_writes(tmp_path: Path):
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "pyramidal", "train", *DDP_ARGS, "--steps", "4", "--patches-per-epoch", "16",
+           "--sync-bn", "--out", str(out)]  # --sync-bn: a note on the CPU, not an error
+    env = _env()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_dir = _run_dir(out)
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
+    ckpt = load_checkpoint(run_dir / "last.ckpt")
+    assert ckpt["world_size"] == 2 and ckpt["step"] == 4
+    # 16 patches / 2 processes / batch 4 = 2 steps per epoch; images/s counts both processes.
+    assert ckpt["epoch"] == 2
+    train_rows = [r for r in _rows(run_dir) if r["PSNR/train"]]
+    assert [int(r["step"]) for r in train_rows] == [2, 4]
+    assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("events")) == [
+        "best.json", "best.safetensors", "config.json", "config.toml", "last.ckpt", "metrics.csv"]
