@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from pyramidal.damage import Task, create_task, derive_seed, eval_seed
+from pyramidal.damage import Task, create_task, derive_seed, eval_seed, one_thread
 from pyramidal.errors import PyramidalError
 
 __all__ = [
@@ -499,7 +499,7 @@ class FolderSource(Source):
     def __init__(self, path: str | Path, size: int = 64, seed: int = 0, max_images: int | None = None,
                  split_seed: int = 0, **_: Any):
         super().__init__(size)
-        self.root, self.seed = Path(path), int(seed)
+        self.root, self.seed = Path(path).expanduser(), int(seed)
         if not self.root.is_dir():
             raise PyramidalError(f"{self.root}: no such folder")
         good, bad = scan_images(self.root)
@@ -540,7 +540,7 @@ class CelebASource(Source):
     def __init__(self, path: str | Path, size: int = 64, seed: int = 0, max_images: int | None = None,
                  split_seed: int = 0, **_: Any):
         super().__init__(size)
-        self.root, self.seed = Path(path), int(seed)
+        self.root, self.seed = Path(path).expanduser(), int(seed)
         img_dir = self.root / "img_align_celeba"
         if not img_dir.is_dir() and self.root.name == "img_align_celeba" and self.root.is_dir():
             img_dir, self.root = self.root, self.root.parent  # the image folder itself was given
@@ -733,14 +733,20 @@ class PairLoader:
         view = _EpochView(self.dataset, epoch)
         collate = self._collate(epoch)
         if self.num_workers <= 0:
-            pairs: Any = (collate([view[i] for i in idx]) for idx in batches)
-        else:
-            # Workers load and damage whole batches; every draw is seeded per sample, so the pixels are
-            # the same as with num_workers=0.
-            pairs = torch.utils.data.DataLoader(view, batch_sampler=batches, num_workers=self.num_workers,
-                                                collate_fn=collate)
-        for damaged, clean in pairs:
-            yield to_float(damaged), to_float(clean)
+            for idx in batches:
+                with one_thread():  # small tensors: see damage.one_thread
+                    damaged, clean = collate([view[i] for i in idx])
+                    pair = to_float(damaged), to_float(clean)
+                yield pair
+            return
+        # Workers load and damage whole batches; every draw is seeded per sample, so the pixels are the
+        # same as with num_workers=0.
+        loader = torch.utils.data.DataLoader(view, batch_sampler=batches, num_workers=self.num_workers,
+                                             collate_fn=collate)
+        for damaged, clean in loader:
+            with one_thread():
+                pair = to_float(damaged), to_float(clean)
+            yield pair
 
 
 def make_loader(dataset: torch.utils.data.Dataset, task: Task | str, batch_size: int = 32, train: bool = True,

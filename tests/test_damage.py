@@ -104,6 +104,7 @@ def test_seed_errors():
         t(images(), seeds=[1, 2, 3, 4], generator=torch.Generator())
     with pytest.raises(TypeError):
         t(images().float())
+    assert t(images(), seeds=[-1, -2, 3, 4]).shape == (4, 3, 64, 64)
 
 
 def test_single_image_and_empty_batch():
