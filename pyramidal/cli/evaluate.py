@@ -55,6 +55,7 @@ def write_figures(result: dict, folder: str, rows: int = 4) -> list[str]:
     """One PNG per setting: ground truth, damaged, best classical method, model (and ensemble)."""
     from pathlib import Path
 
+    from pyramidal.compare import spread
     from pyramidal.evaluate import best_baseline, psnr
     from pyramidal.figures import image_grid
 
@@ -71,7 +72,7 @@ def write_figures(result: dict, folder: str, rows: int = 4) -> list[str]:
                 methods.append(r["method"])
                 titles.append("model + ensemble" if r["kind"] == "ensemble" else "model")
         grid, captions = [], []
-        for i in range(min(rows, len(images["clean"]))):
+        for i in spread(len(images["clean"]), rows):
             clean = images["clean"][i]
             grid.append([clean] + [images[m][i] for m in methods])
             captions.append([result["image_names"][i]] + [f"{psnr(clean, images[m][i]):.2f} dB" for m in methods])

@@ -7,7 +7,7 @@ import argparse
 HELP = "gradient-flow report: conv gradient norms vs depth after a few steps (plain deep stack vs dense)"
 
 
-def parse_options(items: list[str] | None) -> dict:
+def parse_options(items: list[str] | None, flag: str = "--option") -> dict:
     """KEY=VALUE strings → dict, values parsed as JSON where possible (8 → int, [4,5] → list)."""
     import json
 
@@ -17,7 +17,7 @@ def parse_options(items: list[str] | None) -> dict:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise PyramidalError(f"--option {item!r}: expected KEY=VALUE")
+            raise PyramidalError(f"{flag} {item!r}: expected KEY=VALUE")
         try:
             options[key] = json.loads(value)
         except json.JSONDecodeError:

@@ -1,0 +1,232 @@
+"""Train several models under one budget, seed and data set, evaluate them alike, and tabulate and draw them.
+
+This reproduces the research's comparisons (its "Basic21 / Basic51 / Pyramidal51" figure) with one command.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from pyramidal.errors import PyramidalError
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The research's comparison: plain shallow, plain deep, pyramidal (add skips), pyramidal (concat skips).
+    "research": {"task": "squares", "models": ["basic21", "basic51", "pyramidal51", "pyramidal51cat"]},
+}
+
+
+def parse_model_options(items: list[str] | None, models: list[str]) -> dict[str, dict]:
+    """'KEY=VALUE' (every model) or 'MODEL:KEY=VALUE' (one model) → {model: options}; values parsed as JSON."""
+    import json
+
+    options: dict[str, dict] = {m: {} for m in models}
+    for item in items or []:
+        target, key_value = (item.split(":", 1) if ":" in item.split("=", 1)[0] else (None, item))
+        key, sep, value = key_value.partition("=")
+        if not sep or not key:
+            raise PyramidalError(f"--model-option {item!r}: expected KEY=VALUE or MODEL:KEY=VALUE")
+        if target is not None and target not in options:
+            raise PyramidalError(f"--model-option {item!r}: {target} is not one of --models {','.join(models)}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        for m in [target] if target else models:
+            options[m][key] = parsed
+    return options
+
+
+def _count_parameters(weights: Path) -> int:
+    from pyramidal.checkpoint import load_weights
+
+    return sum(p.numel() for p in load_weights(weights).parameters())
+
+
+def compare(
+    models: list[str],
+    task: str = "squares",
+    *,
+    steps: int | None = None,
+    budget_minutes: float | None = None,
+    data: str = "builtin",
+    size: int = 64,
+    batch_size: int = 16,
+    seed: int = 0,
+    out: str | os.PathLike = "runs/compare",
+    model_options: dict[str, dict] | None = None,
+    train_options: dict[str, Any] | None = None,
+    eval_crop: int | None | str = "auto",
+    eval_crops: int | None = None,
+    eval_limit: int | None = None,
+    settings: list[dict] | None = None,
+    baselines: str = "fast",
+    device: str = "auto",
+    precision: str = "auto",
+    figure_rows: int = 4,
+    log=print,
+) -> dict:
+    """Train each model (same budget, seed, data), evaluate each on the same images, write table and figure.
+
+    Exactly one of `steps` and `budget_minutes` sets the budget of every model. Returns the results dict
+    with 'folder', 'files' (written paths), 'runs' (per model) and 'settings' (merged evaluation rows).
+    """
+    from pyramidal.evaluate import evaluate
+    from pyramidal.train import resolve_config, train
+
+    if not models:
+        raise PyramidalError("--models: give at least one model name")
+    if len(set(models)) != len(models):
+        raise PyramidalError(f"--models {','.join(models)}: a model is listed twice")
+    if (steps is None) == (budget_minutes is None):
+        raise PyramidalError("give exactly one budget: --steps N or --budget-minutes M")
+    if steps is not None and steps < 1 or budget_minutes is not None and budget_minutes <= 0:
+        raise PyramidalError("the budget must be positive")
+    from pyramidal.models import MODELS
+
+    for name in models:
+        MODELS.get(name)  # an unknown name fails before any training
+    model_options = model_options or {}
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder = Path(out) / task / stamp
+    n = 1
+    while folder.exists():
+        n += 1
+        folder = Path(out) / task / f"{stamp}-{n}"
+    folder.mkdir(parents=True)
+    budget = f"{steps} steps" if steps is not None else f"{budget_minutes:g} minutes"
+    log(f"compare {', '.join(models)} on {task}: {budget} each, seed {seed}, data {data}, {size} px, "
+        f"batch {batch_size}; results in {folder}")
+
+    runs = []
+    for name in models:
+        overrides = {
+            **(train_options or {}),
+            "task": task, "model": name, "data": data, "size": size, "batch_size": batch_size, "seed": seed,
+            "steps": steps, "max_minutes": budget_minutes, "device": device, "precision": precision,
+            "out": str(folder / "runs"), "model_options": model_options.get(name, {}),
+        }
+        if budget_minutes is not None:
+            overrides["epochs"] = None
+        config = resolve_config(overrides)
+        log(f"\n[{len(runs) + 1}/{len(models)}] training {name}")
+        start = time.perf_counter()
+        run_dir = Path(train(config))
+        seconds = time.perf_counter() - start
+        weights = run_dir / "best.safetensors"
+        if not weights.exists():
+            raise PyramidalError(f"{run_dir}: training wrote no best.safetensors")
+        from pyramidal.checkpoint import read_sidecar
+
+        info = read_sidecar(weights)
+        runs.append({
+            "model": name,
+            "options": model_options.get(name, {}),
+            "run_dir": str(run_dir),
+            "weights": str(weights),
+            "train_seconds": round(seconds, 1),
+            "steps": info.get("steps"),
+            "val_psnr_training": info.get("val_psnr"),
+            "parameters": _count_parameters(weights),
+        })
+
+    log("\nevaluating")
+    merged = None
+    kept = []
+    for i, run in enumerate(runs):
+        result = evaluate(run["weights"], task, data, crop=eval_crop, crops=eval_crops, limit=eval_limit,
+                          settings=settings, baselines=baselines if i == 0 else "none", device=device,
+                          precision=precision, keep_images=True)
+        images = result.pop("images")
+        if merged is None:
+            merged = copy.deepcopy(result)
+            merged["model"] = None
+            kept = [{"clean": im["clean"], "damaged": im["damaged"]} for im in images]
+            for setting in merged["settings"]:
+                setting["rows"] = [r for r in setting["rows"] if r["kind"] != "model"]
+        for setting, new_setting, keep, im in zip(merged["settings"], result["settings"], kept, images):
+            row = next(r for r in new_setting["rows"] if r["kind"] == "model")
+            row.update(model=run["model"], parameters=run["parameters"], steps=run["steps"],
+                       train_seconds=run["train_seconds"], val_psnr_training=run["val_psnr_training"])
+            setting["rows"].append(row)
+            keep[run["model"]] = im[row["method"]]
+    merged.update(models=models, budget=budget, seed=seed, size=size, batch_size=batch_size, runs=runs,
+                  folder=str(folder))
+    files = write_outputs(merged, kept, folder, figure_rows)
+    merged["files"] = [str(p) for p in files]
+    return merged
+
+
+def format_markdown(result: dict) -> str:
+    """Markdown: the setup, then per setting one table of baselines and trained models."""
+    from pyramidal.evaluate import _fmt
+
+    lines = [f"### `pyramidal compare` on `{result['task']}`", "",
+             f"Budget {result['budget']} per model, seed {result['seed']}, training data {result['data']}, "
+             f"{result['size']} px patches, batch {result['batch_size']}.",
+             f"Evaluation: {result['described']}.", f"Metrics: {result['metrics']}."]
+    for setting in result["settings"]:
+        lines += ["", f"**{result['task']}" + (f", {setting['label']}" if setting["label"] else "") + "**", "",
+                  "| method | parameters | steps | train time | PSNR (dB) | SSIM |", "|---|---:|---:|---:|---:|---:|"]
+        for r in setting["rows"]:
+            if r["kind"] == "model":
+                extra = f"{r['parameters']:,} | {r['steps']} | {r['train_seconds']:.0f} s"
+                name = f"`{r['model']}`"
+            else:
+                extra, name = " | | ", r["method"]
+            lines.append(f"| {name} | {extra} | {_fmt(r['psnr'], 2)} | {_fmt(r['ssim'], 4)} |")
+    return "\n".join(lines) + "\n"
+
+
+def format_table(result: dict) -> str:
+    """Plain-text version of the results for the terminal."""
+    from pyramidal.evaluate import _fmt
+
+    lines = []
+    for setting in result["settings"]:
+        title = result["task"] + (f" ({setting['label']})" if setting["label"] else "")
+        lines += [title, f"  {'method':<44} {'params':>10} {'steps':>6} {'train s':>8} {'PSNR dB':>8} {'SSIM':>7}"]
+        for r in setting["rows"]:
+            if r["kind"] == "model":
+                name, extra = r["model"], f"{r['parameters']:>10,} {r['steps']:>6} {r['train_seconds']:>8.0f}"
+            else:
+                name, extra = r["method"], f"{'':>10} {'':>6} {'':>8}"
+            lines.append(f"  {name:<44} {extra} {_fmt(r['psnr'], 2):>8} {_fmt(r['ssim'], 4):>7}")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def spread(n: int, k: int) -> list[int]:
+    """k indices spread evenly over range(n), so a figure shows different photographs, not one."""
+    if k >= n:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(k)})
+
+
+def write_outputs(result: dict, images: list[dict], folder: Path, figure_rows: int = 4) -> list[Path]:
+    """compare.json, compare.md and one figure per setting (ground truth, input, one column per model)."""
+    from pyramidal.evaluate import psnr, write_json, write_text
+    from pyramidal.figures import image_grid
+
+    files = [folder / "compare.json", folder / "compare.md"]
+    write_json(result, files[0])
+    write_text(format_markdown(result), files[1])
+    for setting, im in zip(result["settings"], images):
+        columns = ["damaged"] + result["models"]
+        titles = ["ground truth", "input"] + result["models"]
+        grid, captions = [], []
+        for i in spread(len(im["clean"]), figure_rows):
+            clean = im["clean"][i]
+            grid.append([clean] + [im[c][i] for c in columns])
+            captions.append([result["image_names"][i]] + [f"{psnr(clean, im[c][i]):.2f} dB" for c in columns])
+        suffix = ("_" + setting["label"].replace("=", "").replace(", ", "_")) if setting["label"] else ""
+        path = folder / f"compare_{result['task']}{suffix}.png"
+        title = (f"{result['task']} {setting['label']}".strip()
+                 + f": {result['budget']} each, seed {result['seed']}, {result['data']}")
+        image_grid(grid, path, column_titles=titles, captions=captions, title=title)
+        files.append(path)
+    return files
