@@ -50,7 +50,7 @@ DEFAULT_EPOCHS = 10  # when no --epochs, --steps or --max-minutes is given
 TASK_SHORTHANDS = ("sigma", "factor", "quality")
 MODEL_SHORTHANDS = ("m", "growth", "down", "up", "dropout", "residual", "memory_efficient", "channels")
 # Fields that may change when a run is resumed without a note (they do not change what is computed).
-RESUME_QUIET = {"resume", "config", "epochs", "steps", "max_minutes", "device", "num_workers", "progress",
+RESUME_QUIET = {"resume", "config", "epochs", "steps", "max_minutes", "device", "threads", "num_workers", "progress",
                 "quiet", "checkpoint_minutes", "checkpoint_every_steps", "out"}
 CSV_COLUMNS = ("step", "epoch", "elapsed_s", "loss/train", "PSNR/train", "loss/val", "PSNR/val",
                "PSNR/val_input", "lr", "images_per_s")
@@ -104,6 +104,7 @@ class TrainConfig:
     # Machine.
     seed: int = 0
     device: str = "auto"
+    threads: int | None = None  # CPU threads for torch (torch.set_num_threads); None = torch's default
     precision: str = "auto"
     channels_last: bool = True
     compile: bool = False
@@ -420,6 +421,8 @@ class Trainer:
 
         self.config = c = config
         self._validate_config()
+        if c.threads:
+            torch.set_num_threads(c.threads)
         self._init_distributed()
         self.precision = resolve_precision(c.precision, self.device)
         self.is_main = self.rank == 0
@@ -820,8 +823,10 @@ class Trainer:
         if c.epochs is not None and self.epoch >= c.epochs:
             return True
         # Under DDP only rank 0 watches the clock; its verdict reaches every rank through _stop_flag.
-        if not self.distributed and c.max_minutes is not None and self._elapsed() >= c.max_minutes * 60:
-            return True
+        if not self.distributed:
+            if c.max_minutes is not None and self._elapsed() >= c.max_minutes * 60:
+                return True
+            self._stop_flag = self._stop_flag or self._stop.requested
         return self._stop_flag
 
     def _train_step(self, damaged: torch.Tensor, clean: torch.Tensor) -> None:

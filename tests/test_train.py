@@ -156,12 +156,14 @@ def test_validation_psnr_rises_pyramidal51_squares(tmp_path: Path):
                                 data="builtin", size=32, batch_size=8, patches_per_epoch=160, steps=60,
                                 val_every=20, val_images=16, lr=2e-3, precision="fp32", out=str(tmp_path),
                                 quiet=True, progress=False, log_images=2))
-    val = [(int(r["step"]), float(r["PSNR/val"])) for r in _rows(run_dir) if r["PSNR/val"]]
+    rows = _rows(run_dir)
+    val = [(int(r["step"]), float(r["PSNR/val"])) for r in rows if r["PSNR/val"]]
     steps = [s for s, _ in val]
     assert steps == [0, 20, 40, 60]
     psnr = [p for _, p in val]
     assert psnr[-1] > psnr[0] + 5, psnr  # from random output to a real restoration
     assert psnr[-1] > psnr[1], psnr  # and still improving after the first 20 steps
+    assert psnr[-1] > float(rows[0]["PSNR/val_input"]), psnr  # better than the damaged input
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -214,6 +216,12 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path: Path):
     # The metrics a crashed run logged after its last checkpoint are replaced, not duplicated.
     steps = [int(r["step"]) for r in _rows(run_dir) if r["PSNR/train"]]
     assert steps == sorted(set(steps)) and steps[-1] == 106
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    tb_steps = [e.step for e in acc.Scalars("PSNR/train")]
+    assert tb_steps == steps
 
 
 def test_truncated_checkpoint_gives_clear_error(tiny_run: Path, tmp_path: Path):
@@ -331,3 +339,163 @@ def test_torchrun_two_cpu_processes_only_rank0_writes(tmp_path: Path):
     assert [int(r["step"]) for r in train_rows] == [2, 4]
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("events")) == [
         "best.json", "best.safetensors", "config.json", "config.toml", "last.ckpt", "metrics.csv"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Config files, flags and presets
+
+
+def test_config_file_then_flags_override(tmp_path: Path):
+    from pyramidal.cli import build_parser
+    from pyramidal.cli.train import overrides_from_args
+    from pyramidal.train import resolve_config
+
+    path = tmp_path / "c.toml"
+    path.write_text('task = "noise"\nsigma = 50\nlr = 1e-3\nbatch-size = 8\n'
+                    '[model_options]\nchannels = [4, 8, 8]\nactivation = "leakyrelu"\n')
+    args = build_parser().parse_args(["train", "--config", str(path), "--lr", "0.01", "--model", "basic21",
+                                      "--model-option", "activation=relu", "--no-channels-last"])
+    overrides = overrides_from_args(args)
+    assert set(overrides) == {"config", "lr", "model", "model_options", "channels_last"}
+    config = resolve_config(overrides)
+    assert (config.task, config.sigma, config.batch_size, config.lr) == ("noise", 50.0, 8, 0.01)
+    assert config.model_kwargs() == {"channels": [4, 8, 8], "activation": "relu"}
+    assert config.task_kwargs() == {"sigma": 50.0} and config.channels_last is False
+    assert config.weight_decay == 1e-4 and config.config == str(path)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("bogus = 1\n", "unknown option 'bogus'"),
+    ("lr = \"fast\"\n", "lr must be a number"),
+    ("steps = 2.5\n", "steps must be a whole number"),
+    ("task = [\n", "not valid TOML"),
+])
+def test_bad_config_file_names_file_and_key(tmp_path: Path, text: str, match: str):
+    from pyramidal.train import resolve_config
+
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(PyramidalError, match=match) as info:
+        resolve_config(config_file=str(path))
+    assert str(path) in str(info.value)
+
+
+def test_toml_round_trip():
+    from pyramidal.config import load_toml, parse_options, to_toml, tomllib
+
+    data = {"a": 1, "b": 2.5, "c": "x\"y", "d": True, "e": [1, 2], "f": None, "t": {"k": "v", "n": [1.0]}}
+
+    assert tomllib.loads(to_toml(data)) == {k: v for k, v in data.items() if v is not None}
+    assert parse_options(["m=8", "blocks=[4, 5]", "down=strided", "residual=true", "x=True"], "--o") == {
+        "m": 8, "blocks": [4, 5], "down": "strided", "residual": True, "x": True}
+    with pytest.raises(PyramidalError, match="KEY=VALUE"):
+        parse_options(["oops"], "--model-option")
+    with pytest.raises(PyramidalError, match="no such config file"):
+        load_toml("/nonexistent/x.toml")
+
+
+PRESETS = sorted((REPO / "configs").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=[p.stem for p in PRESETS])
+def test_presets_resolve(path: Path):
+    from pyramidal.damage import TASKS
+    from pyramidal.models import MODELS
+    from pyramidal.train import resolve_config
+
+    config = resolve_config(config_file=str(path))
+    assert config.task in TASKS and config.model in MODELS
+    if path.stem != "quick":
+        assert path.stem == config.task
+        assert config.model == "pyramidal457101215" and config.batch_size == 100
+        assert config.data.startswith("celeba:") and config.size == 64
+
+
+def test_research_presets_cover_every_experiment():
+    assert {p.stem for p in PRESETS} >= {"noise", "pixelate", "block", "squares", "blur", "jpeg", "grid"}
+
+
+def test_research_preset_runs_small_on_builtin(tmp_path: Path):
+    from pyramidal.train import resolve_config
+
+    config = resolve_config({"data": "builtin", "size": 32, "batch_size": 2, "steps": 2, "val_images": 2,
+                             "num_workers": 0, "model_options": {"m": 8, "growth": 4}, "out": str(tmp_path),
+                             "quiet": True, "precision": "fp32"}, config_file=str(REPO / "configs" / "noise.toml"))
+    run_dir = Trainer(config).fit()
+    info = json.loads((run_dir / "best.json").read_text())
+    assert info["model"] == "pyramidal457101215" and info["task"] == "noise"
+
+
+def test_celeba_missing_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(PyramidalError, match="CelebA not found"):
+        Trainer(TrainConfig(**{**TINY, "data": f"celeba:{tmp_path}/none"}, steps=1, out=str(tmp_path)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Schedules, EMA, patch-size phases, graceful stop
+
+
+def test_learning_rate_schedules(tmp_path: Path):
+    t = Trainer(TrainConfig(**TINY, steps=110, schedule="cosine", warmup_steps=10, min_lr=1e-5, out=str(tmp_path)))
+    assert t._lr_at(0) == pytest.approx(3e-5) and t._lr_at(9) == pytest.approx(3e-4)
+    assert t._lr_at(10) == pytest.approx(3e-4) and t._lr_at(60) == pytest.approx((3e-4 + 1e-5) / 2)
+    assert t._lr_at(110) == pytest.approx(1e-5)
+    t = Trainer(TrainConfig(**TINY, steps=10, schedule="step", lr_step=4, lr_gamma=0.5, out=str(tmp_path)))
+    assert [t._lr_at(s) for s in (0, 3, 4, 8)] == pytest.approx([3e-4, 3e-4, 1.5e-4, 7.5e-5])
+    with pytest.raises(PyramidalError, match="cosine needs --steps or --epochs"):
+        Trainer(TrainConfig(**TINY, max_minutes=1, schedule="cosine", out=str(tmp_path)))
+    with pytest.raises(PyramidalError, match="--lr-step"):
+        Trainer(TrainConfig(**TINY, steps=1, schedule="step", out=str(tmp_path)))
+
+
+def test_ema_follows_weights():
+    from pyramidal.train import EMA
+
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, 0.5)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model, step=1000)  # decay 0.5 once the warm-up ramp is over
+    assert torch.allclose(ema.model.weight, model.weight - 0.5)
+    with pytest.raises(PyramidalError, match="between 0 and 1"):
+        EMA(model, 1.5)
+
+
+def test_size_schedule_switches_patch_size_at_epoch_start(tmp_path: Path):
+    from pyramidal.train import parse_size_schedule
+
+    assert parse_size_schedule("8:128:16, 4:96") == [(4, 96, None), (8, 128, 16)]
+    with pytest.raises(PyramidalError, match="STEP:SIZE"):
+        parse_size_schedule("4-96")
+    # Epoch 0: 4 steps of 4 patches at 32 px. From step 3 on, 48 px in batches of 2: epoch 1 has 8 steps.
+    t = Trainer(TrainConfig(**TINY, steps=9, size_schedule="3:48:2", out=str(tmp_path)))
+    assert t._planned_steps() == 9
+    sizes = []
+    real = t._train_step
+
+    def spy(damaged, clean):
+        sizes.append(tuple(damaged.shape))
+        real(damaged, clean)
+
+    t._train_step = spy
+    t.fit()
+    assert sizes == [(4, 3, 32, 32)] * 4 + [(2, 3, 48, 48)] * 5
+    ckpt = load_checkpoint(t.run_dir / "last.ckpt")
+    assert ckpt["phase"] == 1 and ckpt["batch_in_epoch"] == 5
+
+
+def test_sigint_stops_after_the_step_and_checkpoints(tmp_path: Path):
+    t = Trainer(TrainConfig(**TINY, steps=50, out=str(tmp_path)))
+    real = t._train_step
+
+    def step_then_interrupt(damaged, clean):
+        real(damaged, clean)
+        if t.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    t._train_step = step_then_interrupt
+    t.fit()
+    assert t.interrupted
+    ckpt = load_checkpoint(t.run_dir / "last.ckpt")
+    assert ckpt["step"] == 3 and not ckpt["finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -82,6 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("machine")
     g.add_argument("--seed", type=int, default=S, help="random seed; fixed seed = reproducible on the CPU [0]")
     g.add_argument("--device", default=S, help="auto, cpu or cuda [auto]")
+    g.add_argument("--threads", type=int, default=S, help="CPU threads for torch [torch's default]")
     g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=S,
                    help="auto: bf16 where the CPU/GPU supports it, fp16 + gradient scaler on older GPUs [auto]")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=S,
