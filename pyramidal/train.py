@@ -419,7 +419,7 @@ class Trainer:
         from pyramidal.damage import create_task
         from pyramidal.models import create_model
 
-        self.config = c = config
+        self.config = c = dataclasses.replace(config)  # a copy: defaults filled in here stay ours
         self._validate_config()
         if c.threads:
             torch.set_num_threads(c.threads)
@@ -515,8 +515,8 @@ class Trainer:
             v = getattr(c, name)
             if v is not None and v < 0:
                 raise PyramidalError(f"--{name.replace('_', '-')} must be >= 0, got {v}")
-        if not (c.lr > 0 and math.isfinite(c.lr)) and c.lr != 0:
-            raise PyramidalError(f"--lr must be a positive number, got {c.lr}")
+        if not (c.lr >= 0 and math.isfinite(c.lr)):
+            raise PyramidalError(f"--lr must be a non-negative number, got {c.lr}")
         if c.ema and not 0.0 < c.ema < 1.0:
             raise PyramidalError(f"--ema {c.ema}: the decay must be between 0 and 1 (e.g. 0.999)")
         if c.clip_grad is not None and c.clip_grad <= 0:
@@ -826,7 +826,8 @@ class Trainer:
         if not self.distributed:
             if c.max_minutes is not None and self._elapsed() >= c.max_minutes * 60:
                 return True
-            self._stop_flag = self._stop_flag or self._stop.requested
+            if self._stop.requested:
+                self._stop_flag = self._interrupted = True
         return self._stop_flag
 
     def _train_step(self, damaged: torch.Tensor, clean: torch.Tensor) -> None:
@@ -845,20 +846,20 @@ class Trainer:
             output = self.train_model(damaged)
         loss = F.mse_loss(output.float(), clean.float())
         value = loss.detach()
-        stop_here = self._stop.requested or (
-            self.is_main and c.max_minutes is not None and self._elapsed() >= c.max_minutes * 60
-        )
         if self.distributed:
             import torch.distributed as dist
 
-            # One collective per step carries the mean loss (for logging and a shared NaN verdict) and any
-            # rank's stop request, so that every process leaves the loop at the same step.
-            packet = torch.stack([value.float(), torch.tensor(float(stop_here), device=value.device)])
+            # One collective per step carries the mean loss (for logging and a shared NaN verdict), any
+            # rank's signal and rank 0's clock, so that every process leaves the loop at the same step.
+            out_of_time = self.is_main and c.max_minutes is not None and self._elapsed() >= c.max_minutes * 60
+            flags = torch.tensor([float(self._stop.requested), float(out_of_time)], device=value.device)
+            packet = torch.cat([value.float().reshape(1), flags])
             dist.all_reduce(packet)
             loss_value = packet[0].item() / self.world_size
-            stop_here = packet[1].item() > 0
+            signalled, out_of_time = packet[1].item() > 0, packet[2].item() > 0
         else:
             loss_value = value.item()
+            signalled = out_of_time = False  # checked between steps by _should_stop
         if not math.isfinite(loss_value):
             raise self._diverged("the training loss", loss_value, self.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
@@ -879,7 +880,8 @@ class Trainer:
             self.ema.update(self.model, self.step)
         self.step += 1
         self.batch_in_epoch += 1
-        self._stop_flag = self._stop_flag or stop_here
+        self._stop_flag = self._stop_flag or signalled or out_of_time
+        self._interrupted = self._interrupted or signalled
         n = damaged.shape[0] * self.world_size
         self._acc_loss += loss_value
         self._acc_n += 1
@@ -925,7 +927,8 @@ class Trainer:
                 self.writer.add_image("3 ground truth", image_grid(shown[2]), self.step)
         self.last_val_step = self.step
         self.last_val_psnr = psnr
-        if math.isfinite(psnr) and psnr > self.best_psnr and not first:
+        # Step 0 counts too: a run stopped by --max-minutes before its first update still leaves weights.
+        if math.isfinite(psnr) and psnr > self.best_psnr:
             self.best_psnr = psnr
             self.best_step = self.step
             self._save_best(psnr)
@@ -994,7 +997,8 @@ class Trainer:
         from tqdm import tqdm
 
         c = self.config
-        self._stop_flag = False
+        self._stop_flag = False  # stop after this step: a signal, or --max-minutes under DDP
+        self._interrupted = False  # the stop came from a signal
         self._acc_loss = self._acc_n = self._acc_images = 0
         self._excluded = 0.0
         self._interval_start = self._step_end = time.perf_counter()
@@ -1019,6 +1023,7 @@ class Trainer:
             total = len(loader)
             bar = tqdm(total=total, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}",
                        disable=not self.progress, leave=False, dynamic_ncols=True, file=sys.stderr)
+            stopped_early = False
             try:
                 for damaged, clean in loader:
                     self._train_step(damaged, clean)
@@ -1034,20 +1039,21 @@ class Trainer:
                     if c.val_every and self.step % c.val_every == 0:
                         self._maybe_validate()
                     if self._should_stop():
+                        stopped_early = True
                         break
                     if self._checkpoint_due():
                         self._timed_save()
             finally:
                 bar.close()
-            if self.batch_in_epoch >= total:
+            if not stopped_early:  # (a loader that ran short also ends its epoch here)
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 self._end_of_epoch()
                 if not self._should_stop():
                     self._timed_save()
-            elif self._should_stop():
+            else:
                 break
-        self.interrupted = self._stop_flag
+        self.interrupted = self._interrupted
         self.finished = not self.interrupted
         if self.is_main:
             self._log_train()
@@ -1057,7 +1063,9 @@ class Trainer:
             self.writer.flush()
             if not c.quiet:
                 why = "stopped on request" if self.interrupted else "done"
-                best = f"best PSNR/val {self.best_psnr:.2f} dB at step {self.best_step}" if self.best_step else ""
+                best = ""
+                if self.best_step is not None:
+                    best = f"best PSNR/val {self.best_psnr:.2f} dB at step {self.best_step}"
                 print(f"{why}: step {self.step}, epoch {self.epoch}; {best}; {self.run_dir}", flush=True)
 
     def _checkpoint_due(self) -> bool:
