@@ -303,7 +303,7 @@ def evaluate(
     """
     from pyramidal.damage import create_task, eval_seed
     from pyramidal.device import resolve_device, resolve_precision
-    from pyramidal.restore import restore_image
+    from pyramidal.restore import restore_images
 
     if baselines not in BASELINE_LEVELS:
         raise PyramidalError(f"--baselines {baselines!r}: choose one of {', '.join(BASELINE_LEVELS)}")
@@ -374,7 +374,7 @@ def evaluate(
             if progress:
                 progress(f"{task_name} {label}".strip() + f": {name}")
             start = time.perf_counter()
-            restored = [restore_image(model, d, ensemble=use_ensemble, **restore_opts) for d in damaged]
+            restored = restore_images(model, damaged, ensemble=use_ensemble, **restore_opts)
             seconds = (time.perf_counter() - start) / len(images)
             outputs[name] = restored
             rows.append(_summarize(name, "ensemble" if use_ensemble else "model",

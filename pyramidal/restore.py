@@ -254,6 +254,35 @@ def restore_array(
     return (out / weight).clamp(-1, 1)
 
 
+def _to_float_chw(image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, bool, bool]:
+    """uint8 image in any accepted layout → (float 3×H×W in [-1, 1], was a tensor, was H×W×3 or H×W numpy)."""
+    is_tensor = isinstance(image, torch.Tensor)
+    if is_tensor:
+        arr = image.detach().cpu()
+    else:
+        image = np.asarray(image)
+        arr = torch.from_numpy(image if image.flags.writeable else image.copy())
+    if arr.dtype != torch.uint8:
+        raise PyramidalError(f"restore_image expects uint8 pixels, got {arr.dtype}")
+    hwc = False
+    if arr.ndim == 2:
+        arr = arr[None].expand(3, -1, -1)
+        hwc = not is_tensor
+    elif arr.ndim == 3 and not is_tensor and arr.shape[-1] == 3:
+        arr = arr.permute(2, 0, 1)
+        hwc = True
+    elif arr.ndim != 3 or arr.shape[0] != 3:
+        raise PyramidalError(f"restore_image expects H×W×3, 3×H×W or H×W pixels, got shape {tuple(arr.shape)}")
+    return arr.float().div(127.5).sub(1.0), is_tensor, hwc
+
+
+def _from_float_chw(y: torch.Tensor, is_tensor: bool, hwc: bool) -> np.ndarray | torch.Tensor:
+    out = y.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+    if hwc:
+        out = out.permute(1, 2, 0).contiguous()
+    return out if is_tensor else out.numpy()
+
+
 def restore_image(
     model: Callable,
     image: np.ndarray | torch.Tensor,
@@ -271,30 +300,46 @@ def restore_image(
     `model`: an nn.Module (moved to `device`, eval, channels_last) or any callable B×3×H×W → B×3×H×W in [-1, 1].
     `tile=None` or 0 runs the whole image at once.
     """
-    is_tensor = isinstance(image, torch.Tensor)
-    if is_tensor:
-        arr = image.detach().cpu()
-    else:
-        image = np.asarray(image)
-        arr = torch.from_numpy(image if image.flags.writeable else image.copy())
-    if arr.dtype != torch.uint8:
-        raise PyramidalError(f"restore_image expects uint8 pixels, got {arr.dtype}")
-    channels_last_layout = False
-    if arr.ndim == 2:
-        arr = arr[None].expand(3, -1, -1)
-        channels_last_layout = not is_tensor
-    elif arr.ndim == 3 and not is_tensor and arr.shape[-1] == 3:
-        arr = arr.permute(2, 0, 1)
-        channels_last_layout = True
-    elif arr.ndim != 3 or arr.shape[0] != 3:
-        raise PyramidalError(f"restore_image expects H×W×3, 3×H×W or H×W pixels, got shape {tuple(arr.shape)}")
-    x = arr.float().div(127.5).sub(1.0)
+    x, is_tensor, hwc = _to_float_chw(image)
     y = restore_array(model, x, tile=tile, overlap=overlap, batch_size=batch_size, device=device,
                       precision=precision, ensemble=ensemble)
-    out = y.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
-    if channels_last_layout:
-        out = out.permute(1, 2, 0).contiguous()
-    return out if is_tensor else out.numpy()
+    return _from_float_chw(y, is_tensor, hwc)
+
+
+def restore_images(
+    model: Callable,
+    images: Sequence[np.ndarray | torch.Tensor],
+    *,
+    tile: int | None = 256,
+    overlap: int = 32,
+    batch_size: int = 4,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    ensemble: bool = False,
+) -> list[np.ndarray | torch.Tensor]:
+    """`restore_image` for many images: same-size images that fit in one tile go through in batches."""
+    dev = resolve_device(device) if isinstance(device, str) else (device or _model_device(model))
+    prec = resolve_precision(precision, dev)
+    opts = dict(tile=tile, overlap=overlap, batch_size=batch_size, device=dev, precision=prec, ensemble=ensemble)
+    converted = [_to_float_chw(im) for im in images]
+    results: list[np.ndarray | torch.Tensor | None] = [None] * len(images)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (x, _, _) in enumerate(converted):
+        groups.setdefault(tuple(x.shape[1:]), []).append(i)
+    for (h, w), indices in groups.items():
+        if tile and (h > tile or w > tile):
+            for i in indices:
+                results[i] = _from_float_chw(restore_array(model, converted[i][0], **opts), *converted[i][1:])
+            continue
+        model = prepare_model(model, dev)
+        for start in range(0, len(indices), max(1, batch_size)):
+            chunk = indices[start:start + max(1, batch_size)]
+            batch = torch.stack([converted[i][0] for i in chunk]).to(dev).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode(), autocast(dev, prec):
+                out = _forward(model, batch, ensemble).clamp(-1, 1).cpu()
+            for i, y in zip(chunk, out):
+                results[i] = _from_float_chw(y, *converted[i][1:])
+    return results
 
 
 # --------------------------------------------------------------------------- files

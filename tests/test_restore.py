@@ -161,3 +161,18 @@ def test_builtin_weights_missing_is_clear(monkeypatch, tmp_path, capsys):
     assert builtin_weights_path("jpeg") == tmp_path / "jpeg.safetensors"
     assert main(["restore", "--task", "noise", str(tmp_path / "x.png"), "-o", str(tmp_path / "o")]) == 2
     assert "pyramidal restore: error: --weights builtin" in capsys.readouterr().err
+
+
+def test_restore_images_batches_like_single_images(weights):
+    from pyramidal.checkpoint import load_weights
+    from pyramidal.restore import restore_images
+
+    model = load_weights(weights)
+    images = [smooth_image(24, 24, seed) for seed in range(5)] + [smooth_image(40, 30, 9)]
+    images.append(torch.from_numpy(smooth_image(20, 20, 7)).permute(2, 0, 1))
+    many = restore_images(model, images, batch_size=3, tile=32, overlap=8, device="cpu", precision="fp32")
+    assert len(many) == len(images)
+    for image, got in zip(images, many):
+        one = restore_image(model, image, tile=32, overlap=8, device="cpu", precision="fp32")
+        assert type(got) is type(one) and got.shape == one.shape
+        assert np.abs(np.asarray(got, dtype=int) - np.asarray(one, dtype=int)).max() <= 1
