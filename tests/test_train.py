@@ -499,3 +499,16 @@ def test_sigint_stops_after_the_step_and_checkpoints(tmp_path: Path):
     ckpt = load_checkpoint(t.run_dir / "last.ckpt")
     assert ckpt["step"] == 3 and not ckpt["finished"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_every_config_field_is_a_cli_flag():
+    import dataclasses
+
+    from pyramidal.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["train"]
+    dests = {a.dest for a in sub._actions}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert fields <= dests, fields - dests
+    assert dests - {"help"} <= fields, dests - fields
