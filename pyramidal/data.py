@@ -451,7 +451,8 @@ class BuiltinSource(Source):
     kind = "builtin"
 
     def __init__(self, size: int = 64, seed: int = 0, patches_per_epoch: int = 1024, val_crops: int = 16,
-                 max_images: int | None = None, **_: Any):
+                 max_images: int | None = None, extra: str | Path | None = None, extra_max_side: int = 800,
+                 **_: Any):
         super().__init__(size)
         self.seed, self.patches_per_epoch, self.val_crops = int(seed), int(patches_per_epoch), int(val_crops)
         folder = _skimage_data_dir()
@@ -473,9 +474,36 @@ class BuiltinSource(Source):
             self.names["train"] = self.names["train"][: max(1, int(max_images))]
         if not self.names["train"] or not self.names["val"]:
             raise PyramidalError(f"builtin: photographs missing from {folder}; reinstall scikit-image")
+        self.extra = None if extra is None else Path(extra)
+        if self.extra is not None:
+            self._add_extra_photos(self.extra, int(extra_max_side))
+
+    def _add_extra_photos(self, root: Path, max_side: int) -> None:
+        """More training photographs (never validation): every readable image under `root`.
+
+        Large photos are shrunk to `max_side` so a 64-px patch shows a scene, not a blur of one leaf.
+        """
+        if not root.is_dir():
+            raise PyramidalError(f"{root}: no such folder of extra training photographs")
+        good, bad = scan_images(root)
+        for f, reason in bad:
+            self.skipped.append((str(f), reason))
+            warnings.warn(f"{f}: skipped, {reason}", SkippedImageWarning, stacklevel=3)
+        if not good:
+            raise PyramidalError(f"{root}: no readable images in this folder")
+        for f in good:
+            im = open_rgb(f)
+            if max(im.size) > max_side:
+                scale = max_side / max(im.size)
+                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+                               Image.Resampling.LANCZOS)
+            name = f"extra/{f.relative_to(root).as_posix()}"
+            self.photos[name] = im
+            self.names["train"].append(name)
 
     def describe(self) -> str:
-        return (f"builtin: {len(self.names['train'])} training photographs, "
+        extra = f" (with extra photographs from {self.extra})" if self.extra is not None else ""
+        return (f"builtin{extra}: {len(self.names['train'])} training photographs, "
                 f"{len(self.names['val'])} validation photographs ({', '.join(self.names['val'])})")
 
     def split(self, name: str) -> torch.utils.data.Dataset:
@@ -619,9 +647,13 @@ class CelebASource(Source):
 
 def load_source(spec: str = "builtin", size: int = 64, max_images: int | None = None, seed: int = 0,
                 patches_per_epoch: int = 1024, val_crops: int = 16, **kw: Any) -> Source:
-    """Open a data source: "builtin", "folder:PATH" or "celeba:PATH" (a bare existing folder means folder:)."""
+    """Open a data source: "builtin", "builtin+PATH" (extra training photos under PATH), "folder:PATH" or
+    "celeba:PATH" (a bare existing folder means folder:)."""
     spec = str(spec)
     kind, _, path = spec.partition(":")
+    if kind.startswith("builtin+"):  # builtin+PATH: the built-in photographs plus more training photos
+        return BuiltinSource(size=size, seed=seed, patches_per_epoch=patches_per_epoch, val_crops=val_crops,
+                             max_images=max_images, extra=spec[len("builtin+"):].removeprefix("folder:"), **kw)
     if kind == "builtin" and not path:
         return BuiltinSource(size=size, seed=seed, patches_per_epoch=patches_per_epoch, val_crops=val_crops,
                              max_images=max_images, **kw)
@@ -630,7 +662,7 @@ def load_source(spec: str = "builtin", size: int = 64, max_images: int | None = 
         return cls(path, size=size, seed=seed, max_images=max_images, **kw)
     if Path(spec).is_dir():
         return FolderSource(spec, size=size, seed=seed, max_images=max_images, **kw)
-    raise PyramidalError(f"{spec}: unknown data source; use builtin, folder:PATH or celeba:PATH")
+    raise PyramidalError(f"{spec}: unknown data source; use builtin, builtin+PATH, folder:PATH or celeba:PATH")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -359,3 +359,21 @@ def test_small_epoch_is_not_dropped(builtin):
     src = load_source("builtin", size=16, patches_per_epoch=5)
     loader = make_loader(src.split("train"), "blur", batch_size=8)
     assert len(loader) == 1 and batches_of(loader)[0][0].shape[0] == 5
+
+
+def test_builtin_plus_extra_photos_only_grow_the_training_split(tmp_path):
+    from PIL import Image
+
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    Image.fromarray(np.full((1200, 900, 3), 120, np.uint8)).save(extra / "big.png")
+    (extra / "broken.jpg").write_bytes(b"not a jpeg")
+    plain = load_source("builtin", size=32)
+    with pytest.warns(SkippedImageWarning, match="broken.jpg"):
+        more = load_source(f"builtin+{extra}", size=32)
+    assert more.names["val"] == plain.names["val"]
+    assert more.names["train"] == plain.names["train"] + ["extra/big.png"]
+    assert max(more.photos["extra/big.png"].size) == 800
+    assert more.num_skipped == 1
+    with pytest.raises(PyramidalError, match="no such folder"):
+        load_source(f"builtin+{tmp_path / 'missing'}", size=32)
