@@ -25,13 +25,17 @@ class DenseLayer(nn.Module):
 
     def _bn_relu_conv(self, features: list[torch.Tensor], update_stats: bool) -> torch.Tensor:
         x = torch.cat(features, 1) if len(features) > 1 else features[0]
-        if update_stats or not self.norm.training:
-            x = self.norm(x)
+        norm = self.norm
+        if update_stats or not norm.training:
+            x = norm(x)
         else:
-            # Recomputation in backward: same batch statistics, but the running averages
-            # were already updated by the first pass and must not move twice.
-            x = F.batch_norm(x, None, None, self.norm.weight, self.norm.bias, True, 0.0, self.norm.eps)
-        return self.conv(F.relu(x))
+            # Recomputation in backward: same batch statistics, but the running averages were already
+            # updated by the first pass and must not move twice. Scratch copies of the running stats keep
+            # the saved-tensor layout of the first pass (checkpoint checks it) and leave the real ones alone.
+            x = F.batch_norm(x, norm.running_mean.clone(), norm.running_var.clone(), norm.weight, norm.bias,
+                             True, 0.0, norm.eps)
+        # In place: the BN output is a fresh tensor that BN's backward does not need.
+        return self.conv(F.relu(x, inplace=True))
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         if self.memory_efficient and torch.is_grad_enabled() and any(f.requires_grad for f in features):

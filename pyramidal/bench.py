@@ -1,0 +1,463 @@
+"""`pyramidal bench`: training and inference speed, FLOPs, peak memory, matmul peak and data-pipeline rate.
+
+Timings are medians over steps after warm-up. With a plain reference, its steps alternate with the fast
+path's (A, B, A, B, ...), so that a busy machine slows both alike; ratios are medians of per-pair ratios.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from pyramidal.device import autocast, resolve_device, resolve_precision
+from pyramidal.errors import PyramidalError
+from pyramidal.fastpath import memory_format, prepare_for_inference, tune_cpu_allocator
+
+__all__ = ["BenchConfig", "run_bench", "prepare_for_inference", "count_flops", "matmul_peak", "format_report"]
+
+REFERENCE_FILE = Path(__file__).resolve().parent.parent / "benchmarks" / "plain_fc_densenet.py"
+MODES = ("train", "infer", "both")
+
+
+@dataclass
+class BenchConfig:
+    model: str = "pyramidal457101215"
+    size: int = 64
+    batch_size: int = 8
+    mode: str = "both"  # train | infer | both
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    memory_efficient: bool = False
+    device: str = "auto"
+    steps: int = 10
+    warmup: int = 2
+    reference: bool = False  # also time the plain fp32 NCHW implementation, interleaved
+    reference_file: str | None = None
+    data: bool = True  # also time the data pipeline (damaged pairs/s per task)
+    data_seconds: float = 1.0
+    tasks: tuple[str, ...] | None = None  # default: every registered task
+    matmul_seconds: float = 0.5
+    tune_allocator: bool = True
+    threads: int | None = None
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # extra create_model options
+
+    @classmethod
+    def smoke(cls, **overrides: Any) -> BenchConfig:
+        """A seconds-long run that exercises every code path (for CI)."""
+        base = dict(model="pyramidal44", size=32, batch_size=2, steps=2, warmup=1, data_seconds=0.05,
+                    matmul_seconds=0.05, tasks=None)
+        return cls(**{**base, **overrides})
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise PyramidalError(f"--mode {self.mode!r}: choose one of {', '.join(MODES)}")
+        if self.size < 1 or self.batch_size < 1:
+            raise PyramidalError("--size and --batch-size must be at least 1")
+        if self.steps < 1 or self.warmup < 1:
+            raise PyramidalError("--steps and --warmup must be at least 1 (the first warm-up step measures memory)")
+        if self.threads is not None and self.threads < 1:
+            raise PyramidalError("--threads must be at least 1")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Measuring tools
+
+
+def _status_kb(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class PeakMemory:
+    """Peak memory of a code section: CUDA max allocated, or on Linux the process's peak RSS (VmHWM).
+
+    Writing 5 to /proc/self/clear_refs resets VmHWM to the current RSS, so the peak belongs to the section.
+    `peak_mb` is the process's peak RSS during the section (what the machine must have); `delta_mb` the
+    part above the RSS at its start.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_mb: float | None = None
+        self.delta_mb: float | None = None
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        else:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+                self._start = _status_kb("VmRSS")
+            except OSError:
+                self._start = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+            self.peak_mb, self.delta_mb = peak / 2**20, (peak - self._start) / 2**20
+        elif self._start is not None:
+            peak = _status_kb("VmHWM")
+            if peak is not None:
+                self.peak_mb, self.delta_mb = peak / 1024, (peak - self._start) / 1024
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def count_flops(model: nn.Module, size: int, train: bool) -> float:
+    """FLOPs per image of one forward pass (eval) or one training step (forward + backward), by FlopCounterMode.
+
+    Counted on a copy on the meta device: shapes only, no arithmetic. Matmuls and convolutions count
+    (a multiply-add = 2 FLOPs); with memory-efficient blocks the backward includes the recomputed convs.
+    """
+    meta = copy.deepcopy(model).to("meta")
+    meta.train(train)
+    x = torch.empty(1, 3, size, size, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        if train:
+            meta(x).float().square().mean().backward()
+        else:
+            with torch.no_grad():
+                meta(x)
+    return float(counter.get_total_flops())
+
+
+def matmul_peak(device: torch.device, precision: str, seconds: float = 0.5) -> float:
+    """The machine's own square-matmul rate in GFLOP/s in `precision` (best of three rounds)."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    n = (8192 if device.type == "cuda" else 2048) if seconds >= 0.2 else 512
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    torch.mm(a, b, out=out)
+    _sync(device)
+    best = 0.0
+    for _ in range(3):
+        k, start = 0, time.perf_counter()
+        while True:
+            torch.mm(a, b, out=out)
+            k += 1
+            if k % 4 == 0 or device.type == "cpu":
+                _sync(device)
+                elapsed = time.perf_counter() - start
+                if elapsed >= seconds / 3:
+                    break
+        best = max(best, 2 * n**3 * k / elapsed / 1e9)
+    return best
+
+
+def load_reference_module(path: str | Path | None = None) -> ModuleType:
+    """Import benchmarks/plain_fc_densenet.py by file path (it is not part of the installed package)."""
+    path = Path(path) if path else REFERENCE_FILE
+    if not path.is_file():
+        raise PyramidalError(
+            f"{path}: plain reference not found (it lives in the source tree's benchmarks/, which an installed "
+            "package does not have; pass --reference-file PATH)")
+    spec = importlib.util.spec_from_file_location("pyramidal_plain_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Steps
+
+
+def _train_step_fn(model: nn.Module, device: torch.device, precision: str, x: torch.Tensor,
+                   y: torch.Tensor) -> Callable[[], None]:
+    """One training step as the trainer does it: autocast forward, fp32 MSE, backward, Adam step."""
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        with autocast(device, precision):
+            out = model(x)
+        loss = F.mse_loss(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def _plain_train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """The plain reference's training step: fp32, NCHW, nothing special."""
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        loss = F.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def _plain_infer_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    model.eval()
+
+    def step() -> None:
+        with torch.no_grad():
+            model(x)
+
+    return step
+
+
+def _time_interleaved(fns: list[Callable[[], None]], steps: int, device: torch.device) -> list[list[float]]:
+    """Seconds per call of each function, called in turn A, B, A, B, ... `steps` times each."""
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(steps):
+        for i, fn in enumerate(fns):
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[i].append(time.perf_counter() - start)
+    return times
+
+
+def _paired_ratio(slow: list[float], fast: list[float]) -> float:
+    return statistics.median(a / b for a, b in zip(slow, fast))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The benchmark
+
+
+def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the benchmark described by `config`; returns a JSON-able dict (see docs/performance.md)."""
+    from pyramidal.models import create_model
+
+    c = config
+    c.validate()
+    say = log or (lambda _msg: None)
+    device = resolve_device(c.device)
+    precision = resolve_precision(c.precision, device)
+    if c.threads:
+        torch.set_num_threads(c.threads)
+    notes: list[str] = []
+    tuned = tune_cpu_allocator() if (c.tune_allocator and device.type == "cpu") else False
+    torch.manual_seed(c.seed)
+
+    options = dict(c.options)
+    if c.memory_efficient:
+        options["memory_efficient"] = True
+    try:
+        model = create_model(c.model, **options)
+    except ValueError as exc:
+        if c.memory_efficient and "memory_efficient" in str(exc):
+            raise PyramidalError(f"--memory-efficient: model {c.model} has no dense blocks") from None
+        raise
+    result: dict[str, Any] = {
+        "model": c.model, "size": c.size, "batch_size": c.batch_size, "mode": c.mode,
+        "device": str(device), "precision": precision, "channels_last": c.channels_last, "compile": c.compile,
+        "memory_efficient": c.memory_efficient, "threads": torch.get_num_threads(), "allocator_tuned": tuned,
+        "steps": c.steps, "warmup": c.warmup,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+    say("counting FLOPs")
+    fwd = count_flops(model, c.size, train=False)
+    result["gflop_per_image"] = fwd / 1e9
+    do_train, do_infer = c.mode in ("train", "both"), c.mode in ("infer", "both")
+    if do_train:
+        result["train_gflop_per_image"] = count_flops(model, c.size, train=True) / 1e9
+    say(f"measuring the {precision} matmul peak")
+    peak = matmul_peak(device, precision, c.matmul_seconds)
+    result["matmul_peak_gflop_per_s"] = peak
+
+    reference = None
+    if c.reference:
+        try:
+            ref_module = load_reference_module(c.reference_file)
+            config_obj = getattr(model, "config", None)
+            if config_obj is None or not hasattr(ref_module, "from_config"):
+                raise ValueError(f"no plain reference for model {c.model}")
+            ref_options = {**asdict(config_obj), "memory_efficient": False}
+            reference = ref_module.from_config(type(config_obj)(**ref_options))
+            reference.load_state_dict(model.state_dict())
+        except (PyramidalError, ValueError) as exc:
+            notes.append(f"reference skipped: {exc}")
+            reference = None
+
+    fmt = memory_format(c.channels_last)
+    model.to(device=device, memory_format=fmt)
+    gen = torch.Generator().manual_seed(c.seed)
+    x_cpu = torch.rand(c.batch_size, 3, c.size, c.size, generator=gen) * 2 - 1
+    y_cpu = torch.rand(c.batch_size, 3, c.size, c.size, generator=gen) * 2 - 1
+    x = x_cpu.to(device).contiguous(memory_format=fmt)
+    y = y_cpu.to(device)
+    run_model = torch.compile(model) if c.compile else model
+
+    if do_train:
+        say(f"training steps ({c.warmup} warm-up + {c.steps})")
+        step = _train_step_fn(run_model, device, precision, x, y)
+        with PeakMemory(device) as mem:
+            for _ in range(c.warmup):
+                step()
+            _sync(device)
+        result["peak_memory_mb"] = mem.peak_mb
+        result["train_peak_memory_mb"] = mem.peak_mb
+        result["train_step_memory_mb"] = mem.delta_mb
+        fns = [step]
+        if reference is not None:
+            ref = copy.deepcopy(reference).to(device)
+            ref_step = _plain_train_step_fn(ref, x_cpu.to(device), y)
+            for _ in range(c.warmup):
+                ref_step()
+            fns.append(ref_step)
+        times = _time_interleaved(fns, c.steps, device)
+        result["train_step_s"] = statistics.median(times[0])
+        result["train_images_per_s"] = c.batch_size / result["train_step_s"]
+        result["train_images_per_s_best"] = c.batch_size / min(times[0])
+        result["train_gflop_per_s"] = result["train_gflop_per_image"] * result["train_images_per_s"]
+        result["train_peak_fraction"] = result["train_gflop_per_s"] / peak
+        if reference is not None:
+            result["reference_train_images_per_s"] = c.batch_size / statistics.median(times[1])
+            result["train_speedup"] = _paired_ratio(times[1], times[0])
+            del ref, ref_step
+        del step, fns
+
+    if do_infer:
+        say(f"inference passes ({c.warmup} warm-up + {c.steps})")
+        fast = prepare_for_inference(model, device, precision, channels_last=c.channels_last, compile=c.compile)
+
+        def infer() -> None:
+            fast(x)
+
+        with PeakMemory(device) as mem:
+            for _ in range(c.warmup):
+                infer()
+            _sync(device)
+        if not do_train or device.type == "cuda":
+            # After training on the CPU the heap already holds the training peak, so RSS can't show this one.
+            result["infer_peak_memory_mb"] = mem.peak_mb
+            result.setdefault("peak_memory_mb", mem.peak_mb)
+        fns = [infer]
+        if reference is not None:
+            ref = copy.deepcopy(reference).to(device)
+            ref_infer = _plain_infer_fn(ref, x_cpu.to(device))
+            for _ in range(c.warmup):
+                ref_infer()
+            fns.append(ref_infer)
+        times = _time_interleaved(fns, c.steps, device)
+        result["infer_batch_s"] = statistics.median(times[0])
+        result["infer_images_per_s"] = c.batch_size / result["infer_batch_s"]
+        result["infer_images_per_s_best"] = c.batch_size / min(times[0])
+        result["infer_gflop_per_s"] = result["gflop_per_image"] * result["infer_images_per_s"]
+        result["infer_peak_fraction"] = result["infer_gflop_per_s"] / peak
+        if reference is not None:
+            result["reference_infer_images_per_s"] = c.batch_size / statistics.median(times[1])
+            result["infer_speedup"] = _paired_ratio(times[1], times[0])
+
+    if c.data:
+        result.update(_bench_data(c, result.get("train_images_per_s"), notes, say))
+    result["notes"] = notes
+    return result
+
+
+def _bench_data(c: BenchConfig, train_rate: float | None, notes: list[str],
+                say: Callable[[str], None]) -> dict[str, Any]:
+    """Damaged training pairs per second for each task, through the data module's own benchmark."""
+    try:
+        from pyramidal.damage import TASKS
+        from pyramidal.data import bench_pairs_per_second
+    except ImportError as exc:
+        notes.append(f"data pipeline not benched: {exc}")
+        return {}
+    tasks = list(c.tasks) if c.tasks else TASKS.names()
+    rates: dict[str, float] = {}
+    threads = torch.get_num_threads()
+    for name in tasks:
+        say(f"data pipeline: {name}")
+        try:
+            rates[name] = bench_pairs_per_second(name, size=c.size, batch_size=32, seconds=c.data_seconds)
+        except (ValueError, PyramidalError) as exc:
+            notes.append(f"data pipeline task {name} failed: {exc}")
+        finally:
+            torch.set_num_threads(threads)  # the data code may drop to one thread
+    out: dict[str, Any] = {"data_pairs_per_s": rates}
+    if rates:
+        slowest = min(rates, key=rates.get)
+        out["data_slowest_task"] = slowest
+        out["data_min_pairs_per_s"] = rates[slowest]
+        if train_rate:
+            out["data_to_train_ratio"] = rates[slowest] / train_rate
+    return out
+
+
+def _fmt(value: Any, unit: str = "", digits: int = 2) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:,.{digits}f}{unit}"
+    return f"{value}{unit}"
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """A human-readable summary of a `run_bench` result."""
+    lines = [
+        f"model {r['model']} ({r['parameters']:,} parameters), {r['size']}×{r['size']}, batch {r['batch_size']}, "
+        f"{r['device']} ({r['threads']} threads), {r['precision']}, "
+        f"{'channels_last' if r['channels_last'] else 'NCHW'}"
+        + (", compiled" if r["compile"] else "") + (", memory-efficient" if r["memory_efficient"] else "")
+        + (", allocator tuned" if r.get("allocator_tuned") else ""),
+        f"FLOPs per image: forward {_fmt(r['gflop_per_image'], ' GFLOP', 3)}"
+        + (f", training step {_fmt(r['train_gflop_per_image'], ' GFLOP', 3)}" if "train_gflop_per_image" in r else ""),
+        f"matmul peak ({r['precision']}): {_fmt(r['matmul_peak_gflop_per_s'], ' GFLOP/s', 1)}",
+    ]
+    if "train_images_per_s" in r:
+        lines.append(
+            f"training:  {_fmt(r['train_images_per_s'])} images/s median (best {_fmt(r['train_images_per_s_best'])}), "
+            f"{_fmt(r['train_gflop_per_s'], ' GFLOP/s', 1)} = {_fmt(100 * r['train_peak_fraction'], '%', 1)} of peak, "
+            f"peak memory {_fmt(r['train_peak_memory_mb'], ' MB', 0)} (+{_fmt(r['train_step_memory_mb'], ' MB', 0)})")
+        if "train_speedup" in r:
+            lines.append(f"  plain fp32 NCHW reference: {_fmt(r['reference_train_images_per_s'])} images/s → "
+                         f"speed-up ×{_fmt(r['train_speedup'])} (median of paired steps)")
+    if "infer_images_per_s" in r:
+        mem = f", peak memory {_fmt(r['infer_peak_memory_mb'], ' MB', 0)}" if "infer_peak_memory_mb" in r else ""
+        lines.append(
+            f"inference: {_fmt(r['infer_images_per_s'])} images/s median (best {_fmt(r['infer_images_per_s_best'])}), "
+            f"{_fmt(r['infer_gflop_per_s'], ' GFLOP/s', 1)} = {_fmt(100 * r['infer_peak_fraction'], '%', 1)} of peak"
+            + mem)
+        if "infer_speedup" in r:
+            lines.append(f"  plain fp32 NCHW reference: {_fmt(r['reference_infer_images_per_s'])} images/s → "
+                         f"speed-up ×{_fmt(r['infer_speedup'])} (median of paired passes)")
+    if r.get("data_pairs_per_s"):
+        rates = ", ".join(f"{k} {v:,.0f}" for k, v in r["data_pairs_per_s"].items())
+        lines.append(f"data pipeline (damaged pairs/s, one thread): {rates}")
+        if "data_to_train_ratio" in r:
+            lines.append(f"  slowest task {r['data_slowest_task']}: ×{_fmt(r['data_to_train_ratio'], '', 1)} "
+                         "the training images/s")
+    for note in r.get("notes", []):
+        lines.append(f"note: {note}")
+    return "\n".join(lines)

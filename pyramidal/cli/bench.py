@@ -1,0 +1,71 @@
+"""`pyramidal bench --model NAME`: training/inference images/s, FLOPs, memory, matmul peak, data pipeline."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "benchmark training and inference speed, FLOPs, peak memory and the data pipeline"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="registered model (default pyramidal457101215; smoke pyramidal44)")
+    parser.add_argument("--size", type=int, help="image side in px (default 64; smoke 32)")
+    parser.add_argument("--batch-size", type=int, help="images per step (default 8; smoke 2)")
+    parser.add_argument("--mode", default="both", choices=("train", "infer", "both"), help="what to time (default both)")
+    parser.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (default auto)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                        help="NHWC activations and weights (default on)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (slow to start)")
+    parser.add_argument("--memory-efficient", action="store_true",
+                        help="recompute concat-BN-ReLU-conv of dense layers in backward (less memory)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--steps", type=int, help="timed steps (default 10; smoke 2)")
+    parser.add_argument("--warmup", type=int, help="untimed warm-up steps, also used for peak memory (default 2)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--reference", action="store_true",
+                        help="also time the plain fp32 NCHW implementation (benchmarks/plain_fc_densenet.py), "
+                             "interleaved, and report the speed-up")
+    parser.add_argument("--reference-file", metavar="PATH", help="where plain_fc_densenet.py is, if not in ./benchmarks")
+    parser.add_argument("--data", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the data pipeline, damaged pairs/s per task (default on)")
+    parser.add_argument("--tasks", help="comma-separated damage tasks for --data (default all)")
+    parser.add_argument("--tune-allocator", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep freed CPU memory for reuse instead of page-faulting it back every step (default on)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds-long run for CI: pyramidal44 unless --model is given, 32 px, batch 2, 2 steps")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from pyramidal.bench import BenchConfig, format_report, run_bench
+
+    explicit = {
+        "size": args.size, "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
+    }
+    explicit = {k: v for k, v in explicit.items() if v is not None}
+    common = dict(
+        mode=args.mode, precision=args.precision, channels_last=args.channels_last, compile=args.compile,
+        memory_efficient=args.memory_efficient, device=args.device, threads=args.threads,
+        reference=args.reference, reference_file=args.reference_file, data=args.data,
+        tasks=tuple(t for t in args.tasks.split(",") if t) if args.tasks else None,
+        tune_allocator=args.tune_allocator,
+    )
+    if args.smoke:
+        model = {"model": args.model} if args.model else {}
+        config = BenchConfig.smoke(**common, **model, **explicit)
+    else:
+        config = BenchConfig(model=args.model or "pyramidal457101215", **common, **explicit)
+
+    def log(msg: str) -> None:
+        if not args.json:
+            print(f"… {msg}", file=sys.stderr, flush=True)
+
+    result = run_bench(config, log=log)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_report(result))
+    return 0

@@ -1,0 +1,92 @@
+"""`pyramidal bench`: the CI smoke run works and reports sane values (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pyramidal.cli import main
+
+KEYS = ("train_images_per_s", "infer_images_per_s", "gflop_per_image", "peak_memory_mb", "precision")
+
+
+def test_bench_smoke_json_cli():
+    """The exact command CI runs, in a fresh process (the allocator tuning is process-wide)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyramidal", "bench", "--smoke", "--json", "--reference", "--tasks", "noise"],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stdout  # one JSON object, nothing else on stdout
+    result = json.loads(lines[0])
+    for key in KEYS:
+        assert key in result, key
+    for key in ("train_images_per_s", "infer_images_per_s", "gflop_per_image", "peak_memory_mb",
+                "train_gflop_per_image", "matmul_peak_gflop_per_s", "train_gflop_per_s",
+                "reference_train_images_per_s", "train_speedup", "infer_speedup"):
+        assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0, key
+    assert result["precision"] in ("fp32", "bf16", "fp16")
+    assert result["model"] == "pyramidal44"
+    # A training step costs about 3 forward passes (backward: input and weight gradients).
+    assert 2.0 < result["train_gflop_per_image"] / result["gflop_per_image"] < 3.5
+    assert result["data_pairs_per_s"]["noise"] > 0
+    assert result["notes"] == []
+
+
+def test_bench_smoke_in_process_fp32_memory_efficient(capsys):
+    assert main(["bench", "--smoke", "--precision", "fp32", "--no-channels-last", "--memory-efficient",
+                 "--mode", "train", "--no-data", "--no-tune-allocator", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["precision"] == "fp32" and result["memory_efficient"] and not result["channels_last"]
+    assert "infer_images_per_s" not in result and result["train_images_per_s"] > 0
+    assert not result["allocator_tuned"]
+
+
+def test_bench_human_report(capsys):
+    assert main(["bench", "--smoke", "--mode", "infer", "--no-data", "--no-tune-allocator"]) == 0
+    out = capsys.readouterr().out
+    assert "inference:" in out and "GFLOP" in out and "training:" not in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--memory-efficient", "--model", "basic21"], "has no dense blocks"),
+    (["--precision", "fp64"], "--precision"),
+    (["--steps", "0"], "--steps"),
+    (["--model", "nosuchmodel"], "nosuchmodel"),
+])
+def test_bench_user_errors(argv, message, capsys):
+    assert main(["bench", "--smoke", "--no-data", "--no-tune-allocator", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pyramidal bench: error:") and message in err
+
+
+def test_reference_missing_is_a_note(tmp_path, capsys):
+    assert main(["bench", "--smoke", "--no-data", "--no-tune-allocator", "--mode", "infer", "--reference",
+                 "--reference-file", str(tmp_path / "absent.py"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert any("plain reference not found" in n for n in result["notes"])
+    assert "infer_speedup" not in result
+
+
+def test_reference_matches_package_model():
+    """The plain reference is the same function as the package model (same weights, same outputs)."""
+    import torch
+
+    from pyramidal.bench import load_reference_module
+    from pyramidal.models import create_model
+
+    plain = load_reference_module()
+    model = create_model("pyramidal457", m=8, growth=4).eval()
+    ref = plain.from_config(model.config).eval()
+    ref.load_state_dict(model.state_dict())
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(model(x), ref(x))
+    with pytest.raises(ValueError, match="only builds"):
+        plain.from_config(create_model("plain103").config)
