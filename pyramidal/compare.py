@@ -41,6 +41,18 @@ def parse_model_options(items: list[str] | None, models: list[str]) -> dict[str,
     return options
 
 
+def trained_steps(run_dir: Path) -> int | None:
+    """The last step logged in a run's metrics.csv (the steps actually trained)."""
+    import csv
+
+    try:
+        with open(run_dir / "metrics.csv", newline="") as fh:
+            steps = [int(r["step"]) for r in csv.DictReader(fh) if r.get("step")]
+    except (OSError, ValueError):
+        return None
+    return max(steps, default=None)
+
+
 def _count_parameters(weights: Path) -> int:
     from pyramidal.checkpoint import load_weights
 
@@ -129,7 +141,8 @@ def compare(
             "run_dir": str(run_dir),
             "weights": str(weights),
             "train_seconds": round(seconds, 1),
-            "steps": info.get("steps"),
+            "steps": trained_steps(run_dir),
+            "best_step": info.get("steps"),
             "val_psnr_training": info.get("val_psnr"),
             "parameters": _count_parameters(weights),
         })
@@ -150,7 +163,7 @@ def compare(
                 setting["rows"] = [r for r in setting["rows"] if r["kind"] != "model"]
         for setting, new_setting, keep, im in zip(merged["settings"], result["settings"], kept, images):
             row = next(r for r in new_setting["rows"] if r["kind"] == "model")
-            row.update(model=run["model"], parameters=run["parameters"], steps=run["steps"],
+            row.update(model=run["model"], parameters=run["parameters"], steps=run["steps"], best_step=run["best_step"],
                        train_seconds=run["train_seconds"], val_psnr_training=run["val_psnr_training"])
             setting["rows"].append(row)
             keep[run["model"]] = im[row["method"]]
@@ -171,10 +184,11 @@ def format_markdown(result: dict) -> str:
              f"Evaluation: {result['described']}.", f"Metrics: {result['metrics']}."]
     for setting in result["settings"]:
         lines += ["", f"**{result['task']}" + (f", {setting['label']}" if setting["label"] else "") + "**", "",
-                  "| method | parameters | steps | train time | PSNR (dB) | SSIM |", "|---|---:|---:|---:|---:|---:|"]
+                  "| method | parameters | steps (best at) | train time | PSNR (dB) | SSIM |",
+                  "|---|---:|---:|---:|---:|---:|"]
         for r in setting["rows"]:
             if r["kind"] == "model":
-                extra = f"{r['parameters']:,} | {r['steps']} | {r['train_seconds']:.0f} s"
+                extra = f"{r['parameters']:,} | {r['steps']} ({r['best_step']}) | {r['train_seconds']:.0f} s"
                 name = f"`{r['model']}`"
             else:
                 extra, name = " | | ", r["method"]

@@ -450,13 +450,13 @@ def _jsonable(value: Any) -> Any:
 
 def write_json(result: dict | list, path: str | os.PathLike) -> None:
     """Write results as JSON (non-finite PSNR as the string 'inf'; kept images left out)."""
-    from pyramidal.checkpoint import atomic_write
+    from pyramidal.restore import write_atomic
 
     text = json.dumps(_jsonable(result), indent=2, ensure_ascii=False) + "\n"
-    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_atomic(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def write_text(text: str, path: str | os.PathLike) -> None:
-    from pyramidal.checkpoint import atomic_write
+    from pyramidal.restore import write_atomic
 
-    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_atomic(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -132,9 +132,9 @@ def measure(models: list[str], **kwargs: Any) -> dict:
 
 def write_reports(report: dict, out: str | os.PathLike) -> dict[str, Path]:
     """gradients.png (norm vs depth, log y), gradients.csv (one row per layer) and gradients.json."""
-    from pyramidal.checkpoint import atomic_write
     from pyramidal.evaluate import write_json
     from pyramidal.figures import line_plot
+    from pyramidal.restore import write_atomic
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,7 +160,7 @@ def write_reports(report: dict, out: str | os.PathLike) -> dict[str, Path]:
                     writer.writerow([m["model"], r["depth"], r["layer"], r["kind"], f"{r['grad_norm']:.6g}",
                                      f"{r['grad_rms']:.6g}", f"{r['weight_norm']:.6g}"])
 
-    atomic_write(paths["csv"], write_csv)
+    write_atomic(paths["csv"], write_csv)
     write_json(report, paths["json"])
     return paths
 

@@ -67,6 +67,16 @@ def load_restorer(weights: str | os.PathLike, task: str | None = None) -> nn.Mod
 # --------------------------------------------------------------------------- image files
 
 
+def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """`atomic_write`, then the permissions a plain open() would give (the temporary file is private)."""
+    from pyramidal.checkpoint import atomic_write
+
+    atomic_write(path, write)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 @dataclass
 class LoadedImage:
     """An input image as 8-bit RGB plus what is needed to write the result back in the same form."""
@@ -133,8 +143,6 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | No
     """Write an 8-bit PNG atomically: RGB, RGBA with the given alpha, or grayscale (L / LA)."""
     from PIL import Image
 
-    from pyramidal.checkpoint import atomic_write
-
     if grayscale:
         img = Image.fromarray(rgb, "RGB").convert("L")
         if alpha is not None:
@@ -143,7 +151,7 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | No
         img = Image.fromarray(rgb, "RGB")
         if alpha is not None:
             img = Image.merge("RGBA", (*img.split(), Image.fromarray(alpha, "L")))
-    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+    write_atomic(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 # --------------------------------------------------------------------------- inference

@@ -1,5 +1,7 @@
 """`pyramidal restore`: awkward inputs, tiling, self-ensemble, never overwriting inputs, built-in weights."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -48,6 +50,9 @@ def test_restore_mixed_inputs(tmp_path, weights, capsys):
     assert len(errors) == 1, captured.err
     assert errors[0].startswith("pyramidal restore: error: ") and "broken.png" in errors[0]
     assert sorted(p.name for p in out.iterdir()) == ["deep.png", "gray.png", "photo.png"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "photo.png").stat().st_mode & 0o777 == 0o666 & ~umask  # not private like a temp file
     photo = Image.open(out / "photo.png")
     assert photo.mode == "RGBA" and photo.size == (517, 300)
     assert np.array_equal(np.asarray(photo)[..., 3], rgba[..., 3])  # alpha kept exactly
