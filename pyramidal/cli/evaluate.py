@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 HELP = "score a model against classical baselines (PSNR/SSIM on fixed eval damage); table, JSON, Markdown"
 
@@ -88,6 +89,13 @@ def run(args: argparse.Namespace) -> int:
     from pyramidal.evaluate import evaluate, format_markdown, format_table, write_json, write_text
 
     weights = None if args.weights == "none" else args.weights
+    if weights not in (None, "builtin"):
+        from pyramidal.checkpoint import read_sidecar
+
+        trained_for = read_sidecar(weights).get("task") if Path(weights).exists() else None
+        if trained_for and trained_for != args.task:
+            print(f"pyramidal evaluate: warning: {weights} was trained for task {trained_for!r}, not {args.task!r}",
+                  file=sys.stderr)
     crop = "auto" if args.crop is None else args.crop
     result = evaluate(
         weights, args.task, args.data, split=args.split, crop=crop, crops=args.crops, limit=args.limit,
