@@ -487,6 +487,7 @@ class Trainer:
         self.elapsed = 0.0
         self.last_val_step: int | None = None
         self.interrupted = False
+        self._out_of_time = False
         self.finished = False
         self.resumed = False
 
@@ -825,6 +826,7 @@ class Trainer:
         # Under DDP only rank 0 watches the clock; its verdict reaches every rank through _stop_flag.
         if not self.distributed:
             if c.max_minutes is not None and self._elapsed() >= c.max_minutes * 60:
+                self._out_of_time = True
                 return True
             if self._stop.requested:
                 self._stop_flag = self._interrupted = True
@@ -881,6 +883,7 @@ class Trainer:
         self.step += 1
         self.batch_in_epoch += 1
         self._stop_flag = self._stop_flag or signalled or out_of_time
+        self._out_of_time = self._out_of_time or out_of_time
         self._interrupted = self._interrupted or signalled
         n = damaged.shape[0] * self.world_size
         self._acc_loss += loss_value
@@ -1062,7 +1065,8 @@ class Trainer:
             self._save_last()
             self.writer.flush()
             if not c.quiet:
-                why = "stopped on request" if self.interrupted else "done"
+                why = "stopped on request" if self.interrupted else (
+                    "time budget (--max-minutes) reached" if self._out_of_time else "done")
                 best = ""
                 if self.best_step is not None:
                     best = f"best PSNR/val {self.best_psnr:.2f} dB at step {self.best_step}"
