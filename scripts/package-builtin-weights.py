@@ -26,14 +26,21 @@ def main(task: str, run_dir: str) -> None:
     info = model.info
     config = json.loads((run / "config.json").read_text())
     out = ROOT / "pyramidal" / "weights" / f"{task}.safetensors"
+    steps = info.get("step", info.get("steps"))
+    command = f"pyramidal train --config configs/builtin/{task}.toml"
+    if config.get("init_weights"):  # a second phase, started from the first phase's best weights
+        phase1 = json.loads(Path(config["init_weights"]).with_suffix(".json").read_text())
+        steps = phase1["steps"] + steps
+        command += (f" && pyramidal train --config configs/builtin/{task}-phase2.toml"
+                    " --init-weights <phase-1 run>/best.safetensors")
     metadata = {
         "task": task,
         "task_options": info.get("task_options", {}),
         "parameters": count_parameters(model),
         "data": config["data"],
-        "steps": info.get("step", info.get("steps")),
+        "steps": steps,
         "val_psnr_64px": info.get("val_psnr"),
-        "command": f"pyramidal train --config configs/builtin/{task}.toml",
+        "command": command,
         "config": {k: v for k, v in config.items() if v is not None},
         "dtype": "float16",
     }
