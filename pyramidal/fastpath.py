@@ -65,7 +65,7 @@ class InferenceModel(nn.Module):
         self.__dict__["_compiled"] = compiled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        run = self._compiled or self.model
+        run = self._compiled if self._compiled is not None else self.model
         with torch.inference_mode(), autocast(self.device, self.precision):
             x = x.to(self.device, non_blocking=True).contiguous(memory_format=memory_format(self.channels_last))
             return run(x).float()

@@ -90,3 +90,23 @@ def test_reference_matches_package_model():
         assert torch.equal(model(x), ref(x))
     with pytest.raises(ValueError, match="only builds"):
         plain.from_config(create_model("plain103").config)
+
+
+def test_prepare_for_inference_fp32_matches_eval_model():
+    import torch
+
+    from pyramidal.bench import prepare_for_inference
+    from pyramidal.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("pyramidal44", m=8, growth=4)
+    x = torch.rand(2, 3, 20, 12) * 2 - 1
+    with torch.no_grad():
+        expected = model.eval()(x)
+    fast = prepare_for_inference(model, "cpu", "fp32")
+    out = fast(x)
+    assert out.dtype == torch.float32 and not out.requires_grad
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert set(fast.state_dict()) == {"model." + k for k in model.state_dict()}
+    bf16 = prepare_for_inference(model, "cpu", "bf16")(x)
+    assert bf16.dtype == torch.float32 and (bf16 - expected).abs().max() < 0.1

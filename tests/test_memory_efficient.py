@@ -127,3 +127,15 @@ def test_memory_efficient_saves_most_activation_memory():
     plain = _saved_bytes(DenseBlock(16, 16, 12, dropout=0.0).train(), x)
     efficient = _saved_bytes(DenseBlock(16, 16, 12, dropout=0.0, memory_efficient=True).train(), x)
     assert efficient * 3 < plain, (plain, efficient)
+
+
+def test_training_flops_include_the_recomputation():
+    from pyramidal.bench import count_flops
+
+    plain, efficient = _pair()
+    forward = count_flops(plain, 16, train=False)
+    step_plain = count_flops(plain, 16, train=True)
+    step_efficient = count_flops(efficient, 16, train=True)
+    assert count_flops(efficient, 16, train=False) == forward
+    # The recomputed dense-layer convs are most, but not all, of a forward pass.
+    assert step_plain + 0.3 * forward < step_efficient < step_plain + forward
