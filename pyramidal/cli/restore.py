@@ -22,19 +22,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ensemble", action="store_true",
                         help="average the 8 flips and rotations (test-time self-ensemble, 8× slower)")
     parser.add_argument("--overwrite", action="store_true", help="allow an output to replace an input file")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                        help="torch (default) or onnx: run a model written by `pyramidal export` with onnxruntime "
+                             "(--weights MODEL.onnx; pip install -e .[onnx])")
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
     from pyramidal.device import resolve_device, resolve_precision
     from pyramidal.errors import PyramidalError
-    from pyramidal.restore import load_restorer, restore_files
+    from pyramidal.restore import load_restorer
 
     if args.batch_size < 1:
         raise PyramidalError("--batch-size must be at least 1")
     if args.tile < 0:
         raise PyramidalError("--tile must be 0 (no tiling) or a positive size")
+    if args.backend == "onnx":
+        return _run_onnx(args)
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     model = load_restorer(args.weights, args.task)
@@ -43,6 +46,32 @@ def run(args: argparse.Namespace) -> int:
         print(f"pyramidal restore: warning: {args.weights} was trained for task {trained_for!r}, not {args.task!r}",
               file=sys.stderr)
     print(f"model {model.info['model']} from {model.weights_path} on {device} ({precision})")
+
+    return _restore_all(model, args, device=device, precision=precision)
+
+
+def _run_onnx(args: argparse.Namespace) -> int:
+    import torch
+
+    from pyramidal.errors import PyramidalError
+    from pyramidal.onnx_backend import onnx_restore_fn
+
+    if not str(args.weights).endswith(".onnx"):
+        raise PyramidalError(f"--backend onnx needs --weights MODEL.onnx (write one with `pyramidal export`), "
+                             f"not {args.weights!r}")
+    if args.ensemble:
+        raise PyramidalError("--ensemble is only available with the torch backend")
+    model = onnx_restore_fn(args.weights)
+    print(f"ONNX model {args.weights} on cpu (onnxruntime, fp32)")
+    # The model pads internally; tiles below its minimum side are padded by the restorer.
+    return _restore_all(model, args, device=torch.device("cpu"), precision="fp32")
+
+
+def _restore_all(model, args: argparse.Namespace, device, precision: str) -> int:
+    import time
+
+    from pyramidal.errors import PyramidalError
+    from pyramidal.restore import restore_files
 
     start = time.perf_counter()
 
