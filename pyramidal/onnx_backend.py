@@ -58,12 +58,15 @@ class OnnxRestorer:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
             raise PyramidalError(f"{self.path}: expected a B×3×H×W batch, got shape {tuple(x.shape)}")
-        if min(x.shape[-2:]) < self.min_side:
-            raise PyramidalError(f"{self.path}: images must be at least {self.min_side} px on each side for "
-                                 f"this model, got {x.shape[-2]}×{x.shape[-1]} (use a larger --tile or the torch backend)")
-        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        out = self.session.run(None, {self.input_name: array})[0]
-        return torch.from_numpy(out)
+        h, w = x.shape[-2:]
+        x = x.detach().to("cpu", torch.float32)
+        pad_h, pad_w = (-h) % self.min_side, (-w) % self.min_side
+        if pad_h >= h or pad_w >= w:
+            # The exported graph reflect-pads, which needs the pad smaller than the side; the torch model
+            # replicates the edges instead for such tiny images, so do exactly that here, then crop back.
+            x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x.numpy())})[0]
+        return torch.from_numpy(out)[..., :h, :w]
 
 
 def onnx_restore_fn(path: str | os.PathLike, threads: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
