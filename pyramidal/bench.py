@@ -278,7 +278,7 @@ def _paired_ratio(slow: list[float], fast: list[float]) -> float:
 
 
 def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run the benchmark described by `config`; returns a JSON-able dict (see docs/performance.md)."""
+    """Run the benchmark described by `config`; returns a JSON-able dict (see the README, Performance)."""
     from pyramidal.models import create_model
 
     c = config

@@ -5,7 +5,7 @@ Randomness is per image: image i's damage depends only on the task options, ``se
 so a batch can be split, reordered or resumed without changing any pixel. All random draws use NumPy
 generators seeded from those per-image seeds, so results do not depend on the torch device.
 
-The exact protocol of every task is documented in docs/damage-and-data.md.
+The exact protocol of every task is documented in the README (Damage tasks, Data).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Every random choice of the training pipeline (sample order, photograph, crop, au
 pure function of (seed, epoch, sample index), so `set_epoch(e)` + `skip_batches(k)` reproduces exactly the
 batches an uninterrupted run would have produced, with any number of workers or DDP ranks.
 
-Protocols and error behaviour are documented in docs/damage-and-data.md.
+Protocols and error behaviour are documented in the README (Damage tasks, Data).
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, train_minutes: 
         task="squares", model="pyramidal51", data="builtin", size=32 if quick else 64,
         batch_size=4 if quick else 16, patches_per_epoch=16 if quick else 800, val_images=8 if quick else 48,
         lr=1e-3, schedule="cosine", warmup_steps=2 if quick else 30,
-        steps=4 if quick else 600, max_minutes=None if quick else train_minutes,
+        steps=4 if quick else 900, max_minutes=None if quick else train_minutes,
         threads=1, out=str(out / "train"), log_every=2 if quick else 25, progress=True, seed=0,
     )
     run_dir = train(config)

@@ -1,6 +1,6 @@
 """Fast paths for training and inference: allocator tuning, channels_last, autocast, optional torch.compile.
 
-Every choice here was measured with `pyramidal bench` (see docs/performance.md); none changes fp32 results.
+Every choice here was measured with `pyramidal bench` (see the README, Performance); none changes fp32 results.
 """
 
 from __future__ import annotations

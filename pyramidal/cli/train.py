@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "Defaults are shown in brackets; a --config TOML file may set any option (keys are the flags in "
         "snake_case) and flags override it. Multi-GPU / multi-node: torchrun --nproc-per-node N -m pyramidal "
-        "train ... (see docs/training.md)."
+        "train ... (see the README, Training)."
     )
     g = parser.add_argument_group("what to learn")
     g.add_argument("--config", metavar="FILE", default=S, help="TOML file with any of these options")
