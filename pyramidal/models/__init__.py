@@ -10,6 +10,24 @@ from pyramidal.registry import Registry
 
 MODELS = Registry("model")
 
+
+def register_configured(name: str, model_cls: type, config_cls: type, tuple_fields: tuple[str, ...] = (),
+                        **defaults) -> None:
+    """Register `name` as `model_cls(config_cls(**defaults, **options))`; unknown options fail clearly."""
+
+    def build(**options) -> nn.Module:
+        valid = set(config_cls.__dataclass_fields__)
+        unknown = set(options) - valid
+        if unknown:
+            raise ValueError(f"unknown option(s) {sorted(unknown)} for model {name!r}; valid: {sorted(valid)}")
+        for key in tuple_fields:  # JSON sidecars and TOML give lists
+            if options.get(key) is not None:
+                options[key] = tuple(options[key])
+        return model_cls(config_cls(**{**defaults, **options}))
+
+    build.__doc__ = f"{model_cls.__name__} {name}: " + ", ".join(f"{k}={v}" for k, v in defaults.items())
+    MODELS.register(name)(build)
+
 # Registration happens on import of these modules.
 from pyramidal.models import densepyramid, plain  # noqa: E402,F401
 

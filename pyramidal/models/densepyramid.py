@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from pyramidal.models import MODELS
+from pyramidal.models import register_configured
 from pyramidal.models.blocks import OutputBlock, PaddedModel
 from pyramidal.models.dense import DOWN, UP, DenseBlock, PlainBlock
 
@@ -111,22 +111,9 @@ class DensePyramid(PaddedModel):
         return path + [("conv", 3, 1)]
 
 
-def _dense(name: str, **defaults):
+def _dense(name: str, **defaults) -> None:
     """Register a dense pyramid with its defaults; any config field can be overridden at creation."""
-
-    @MODELS.register(name)
-    def build(**options) -> DensePyramid:
-        valid = set(DensePyramidConfig.__dataclass_fields__)
-        unknown = set(options) - valid
-        if unknown:
-            raise ValueError(f"unknown option(s) {sorted(unknown)} for model {name!r}; valid: {sorted(valid)}")
-        for key in ("blocks", "decoder_blocks"):
-            if options.get(key) is not None:
-                options[key] = tuple(options[key])
-        return DensePyramid(DensePyramidConfig(**{**defaults, **options}))
-
-    build.__doc__ = f"Dense pyramid {name}: " + ", ".join(f"{k}={v}" for k, v in defaults.items())
-    return build
+    register_configured(name, DensePyramid, DensePyramidConfig, ("blocks", "decoder_blocks"), **defaults)
 
 
 # Names list the encoder block sizes followed by the bottleneck size.

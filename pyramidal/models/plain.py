@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pyramidal.models import MODELS
+from pyramidal.models import register_configured
 from pyramidal.models.blocks import OutputBlock, PaddedModel, conv_block, convtranspose_block, input_block
 
 
@@ -93,19 +93,8 @@ class Autoencoder(PaddedModel):
         return path + [("conv", 3, 1)]
 
 
-def _autoencoder(name: str, **defaults):
-    @MODELS.register(name)
-    def build(**options) -> Autoencoder:
-        valid = set(AutoencoderConfig.__dataclass_fields__)
-        unknown = set(options) - valid
-        if unknown:
-            raise ValueError(f"unknown option(s) {sorted(unknown)} for model {name!r}; valid: {sorted(valid)}")
-        if options.get("channels") is not None:
-            options["channels"] = tuple(options["channels"])
-        return Autoencoder(AutoencoderConfig(**{**defaults, **options}))
-
-    build.__doc__ = f"Autoencoder {name}: " + ", ".join(f"{k}={v}" for k, v in defaults.items())
-    return build
+def _autoencoder(name: str, **defaults) -> None:
+    register_configured(name, Autoencoder, AutoencoderConfig, ("channels",), **defaults)
 
 
 _autoencoder("basic21", levels=2, convs_per_level=1)
