@@ -46,6 +46,30 @@ def test_same_outputs_and_gradients_fp32():
         torch.testing.assert_close(p.grad, grads_p[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
+@pytest.mark.parametrize("down", ["maxpool", "avgpool", "strided"])
+def test_same_outputs_and_gradients_with_dropout(down):
+    """Dropout in the layers and inside the checkpointed transitions: the recomputation replays the same
+    masks, so the same seed gives the plain path's outputs and gradients exactly."""
+    plain, efficient = _pair(dropout=0.2, down=down)
+    x = torch.rand(2, 3, 16, 12, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    results = []
+    for model in (plain, efficient):
+        torch.manual_seed(5)
+        results.append(_step(model, x, x))
+    assert torch.equal(results[0][0], results[1][0])
+    grads_p = dict((n, p.grad) for n, p in plain.named_parameters())
+    for name, p in efficient.named_parameters():
+        torch.testing.assert_close(p.grad, grads_p[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_whole_model_keeps_far_less_for_backward():
+    """Transitions and the output conv are recomputed too: beyond the dense layers, nothing full-width stays."""
+    plain, efficient = _pair("pyramidal4571012")
+    x = torch.rand(2, 3, 32, 32)
+    saved = [_saved_bytes(model, x) for model in (plain, efficient)]
+    assert saved[1] * 4 < saved[0], saved
+
+
 def test_bn_running_stats_match_plain_path_after_steps():
     plain, efficient = _pair()
     opt_p = torch.optim.SGD(plain.parameters(), lr=0.01)
@@ -89,8 +113,8 @@ def test_bf16_autocast_runs():
     assert all(p.grad is not None for p in efficient.parameters())
 
 
-def _saved_bytes(block: DenseBlock, x: torch.Tensor) -> int:
-    """Bytes of distinct storages autograd keeps for backward after a block's forward."""
+def _saved_bytes(block: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes of distinct storages autograd keeps for backward after a block's (or model's) forward."""
     storages: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:

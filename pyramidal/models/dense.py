@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,6 +14,55 @@ from pyramidal.registry import Registry
 
 DOWN = Registry("transition down")
 UP = Registry("transition up")
+
+
+def concat(features: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(features, 1) if len(features) > 1 else features[0]
+
+
+@contextmanager
+def frozen_running_stats(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers in `module` normalise with batch statistics but leave their running averages alone.
+
+    For recomputation under gradient checkpointing: the first pass already updated the averages. Momentum 0
+    runs the very same op (checkpoint checks that the recomputed saved tensors match the first pass's) and
+    leaves the averages bit-for-bit unchanged; the batch counter is put back afterwards.
+    """
+    norms = [m for m in module.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    saved = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+             for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, count in saved:
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+
+
+def checkpointed(fn: Callable[..., torch.Tensor], module: nn.Module, features: list[torch.Tensor],
+                 *extra: torch.Tensor, preserve_rng_state: bool = True) -> torch.Tensor:
+    """`fn(concat(features), *extra)` under gradient checkpointing, the concatenation included.
+
+    Only the inputs (kept alive anyway) and the output are stored; everything in between is recomputed in
+    backward, with `module`'s BatchNorm running averages updated once, not twice. `preserve_rng_state`
+    replays the same dropout masks in the recomputation.
+    """
+    calls = []
+
+    def run(*tensors: torch.Tensor) -> torch.Tensor:
+        calls.append(None)
+        with nullcontext() if len(calls) == 1 else frozen_running_stats(module):
+            return fn(concat(list(tensors[:len(features)])), *tensors[len(features):])
+
+    return checkpoint(run, *features, *extra, use_reentrant=False, preserve_rng_state=preserve_rng_state)
+
+
+def wants_checkpoint(features: list[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(f.requires_grad for f in features)
 
 
 class DenseLayer(nn.Module):
@@ -23,33 +75,18 @@ class DenseLayer(nn.Module):
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.memory_efficient = memory_efficient
 
-    def _bn_relu_conv(self, features: list[torch.Tensor], update_stats: bool) -> torch.Tensor:
-        x = torch.cat(features, 1) if len(features) > 1 else features[0]
-        norm = self.norm
-        if update_stats or not norm.training:
-            x = norm(x)
-        else:
-            # Recomputation in backward: same batch statistics, but the running averages were already
-            # updated by the first pass and must not move twice. Scratch copies of the running stats keep
-            # the saved-tensor layout of the first pass (checkpoint checks it) and leave the real ones alone.
-            x = F.batch_norm(x, norm.running_mean.clone(), norm.running_var.clone(), norm.weight, norm.bias,
-                             True, 0.0, norm.eps)
+    def _bn_relu_conv(self, x: torch.Tensor) -> torch.Tensor:
         # In place: the BN output is a fresh tensor that BN's backward does not need.
-        return self.conv(F.relu(x, inplace=True))
+        return self.conv(F.relu(self.norm(x), inplace=True))
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        if self.memory_efficient and torch.is_grad_enabled() and any(f.requires_grad for f in features):
-            calls = []
-
-            def run(*feats: torch.Tensor) -> torch.Tensor:
-                calls.append(None)
-                return self._bn_relu_conv(list(feats), update_stats=len(calls) == 1)
-
+        if self.memory_efficient and wants_checkpoint(features):
             # Only the conv output is stored; the concat and BN-ReLU maps are recomputed in backward,
-            # which makes a block's activation memory linear instead of quadratic in its depth.
-            out = checkpoint(run, *features, use_reentrant=False, preserve_rng_state=False)
+            # which makes a block's activation memory linear instead of quadratic in its depth. Dropout
+            # stays outside, so no RNG state needs replaying.
+            out = checkpointed(self._bn_relu_conv, self.norm, features, preserve_rng_state=False)
         else:
-            out = self._bn_relu_conv(features, update_stats=True)
+            out = self._bn_relu_conv(concat(features))
         return self.dropout(out)
 
 
@@ -75,11 +112,16 @@ class DenseBlock(nn.Module):
         )
         self.out_channels = num_layers * growth
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = [x]
+    def extend(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The input feature maps followed by each layer's new ones, never concatenated here."""
+        features = list(features)
         for layer in self.layers:
             features.append(layer(features))
-        return torch.cat(features[1:], 1)  # B × (num_layers*growth) × H × W
+        return features
+
+    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        inputs = list(x) if isinstance(x, (list, tuple)) else [x]
+        return torch.cat(self.extend(inputs)[len(inputs):], 1)  # B × (num_layers*growth) × H × W
 
 
 class PlainBlock(nn.Module):
@@ -94,7 +136,8 @@ class PlainBlock(nn.Module):
         )
         self.out_channels = growth
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        x = concat(list(x)) if isinstance(x, (list, tuple)) else x
         for layer in self.layers:
             x = layer([x])
         return x

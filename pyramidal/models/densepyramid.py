@@ -9,7 +9,7 @@ from torch import nn
 
 from pyramidal.models import register_configured
 from pyramidal.models.blocks import OutputBlock, PaddedModel
-from pyramidal.models.dense import DOWN, UP, DenseBlock, PlainBlock
+from pyramidal.models.dense import DOWN, UP, DenseBlock, PlainBlock, checkpointed, concat, wants_checkpoint
 
 
 @dataclass
@@ -76,25 +76,36 @@ class DensePyramid(PaddedModel):
             final = channels + self.bottleneck.out_channels if self.bottleneck.concat_input else up_channels
         self.output = OutputBlock(final, c.out_channels, residual=c.residual)
 
+    def _stage(self, module: nn.Module, features: list[torch.Tensor], *extra: torch.Tensor) -> torch.Tensor:
+        """`module(concat(features), *extra)`; memory-efficiently, the concat and the module's inner maps
+        (a transition's conv, BN and pooling inputs, the output conv's wide input) are recomputed in backward."""
+        if self.config.memory_efficient and wants_checkpoint(features):
+            return checkpointed(module, module, features, *extra)
+        return module(concat(features), *extra)
+
+    @staticmethod
+    def _block(block: nn.Module, inputs: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(what goes on: the inputs and the new maps for a dense block, only the output for a plain one;
+        the new maps alone)."""
+        if block.concat_input:
+            features = block.extend(inputs)
+            return features, features[len(inputs):]
+        out = [block(inputs)]
+        return out, out
+
     def body(self, image: torch.Tensor) -> torch.Tensor:
-        x = self.stem(image)
+        # Feature maps travel as lists (block input, then each layer's new maps) and are concatenated only
+        # where a layer consumes them, so no level holds a second, concatenated copy of its skip.
+        features = [self.stem(image)]
         skips = []
         for block, down in zip(self.encoder, self.down):
-            new = block(x)
-            x = torch.cat([x, new], 1) if block.concat_input else new
-            skips.append(x)
-            x = down(x)
-        new = self.bottleneck(x)
-        if not self.decoder:
-            x = torch.cat([x, new], 1) if self.bottleneck.concat_input else new
+            features, _ = self._block(block, features)
+            skips.append(features)
+            features = [self._stage(down, features)]
+        features, new = self._block(self.bottleneck, features)
         for up, block, skip in zip(self.up, self.decoder, reversed(skips)):
-            x = up(new)
-            if self.config.skips:
-                x = torch.cat([x, skip], 1)
-            new = block(x)
-        if self.decoder:
-            x = torch.cat([x, new], 1) if self.decoder[-1].concat_input else new
-        return self.output(x, image)
+            features, new = self._block(block, [self._stage(up, new)] + (skip if self.config.skips else []))
+        return self._stage(self.output, features, image)
 
     def rf_path(self) -> list[tuple[str, int, int]]:
         """Longest path as (kind, kernel, stride) steps, for the theoretical receptive field."""
