@@ -277,6 +277,29 @@ def _paired_ratio(slow: list[float], fast: list[float]) -> float:
 # The benchmark
 
 
+def _timed(kind: str, unit: str, fn: Callable[[], None], reference: Callable[[], None] | None, c: BenchConfig,
+           device: torch.device, gflop_per_image: float, peak: float) -> dict:
+    """Median rate of `fn` (already warm), interleaved with the warmed-up plain `reference` when given."""
+    fns = [fn]
+    if reference is not None:
+        for _ in range(c.warmup):
+            reference()
+        fns.append(reference)
+    times = _time_interleaved(fns, c.steps, device)
+    median = statistics.median(times[0])
+    r = {f"{kind}_times_s": times[0], f"{kind}_{unit}_s": median,
+         f"{kind}_images_per_s": c.batch_size / median, f"{kind}_images_per_s_best": c.batch_size / min(times[0])}
+    r[f"{kind}_gflop_per_s"] = gflop_per_image * r[f"{kind}_images_per_s"]
+    r[f"{kind}_peak_fraction"] = r[f"{kind}_gflop_per_s"] / peak
+    if reference is not None:
+        ref_median = statistics.median(times[1])
+        r[f"reference_{kind}_times_s"] = times[1]
+        r[f"reference_{kind}_images_per_s"] = c.batch_size / ref_median
+        r[f"{kind}_speedup"] = ref_median / median
+        r[f"{kind}_speedup_paired"] = _paired_ratio(times[1], times[0])
+    return r
+
+
 def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the benchmark described by `config`; returns a JSON-able dict (see the README, Performance)."""
     from pyramidal.models import create_model
@@ -356,27 +379,10 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None) -> 
         result["peak_memory_mb"] = mem.peak_mb
         result["train_peak_memory_mb"] = mem.peak_mb
         result["train_step_memory_mb"] = mem.delta_mb
-        fns = [step]
-        if reference is not None:
-            ref = copy.deepcopy(reference).to(device)
-            ref_step = _plain_train_step_fn(ref, x_cpu.to(device), y)
-            for _ in range(c.warmup):
-                ref_step()
-            fns.append(ref_step)
-        times = _time_interleaved(fns, c.steps, device)
-        result["train_times_s"] = times[0]
-        result["train_step_s"] = statistics.median(times[0])
-        result["train_images_per_s"] = c.batch_size / result["train_step_s"]
-        result["train_images_per_s_best"] = c.batch_size / min(times[0])
-        result["train_gflop_per_s"] = result["train_gflop_per_image"] * result["train_images_per_s"]
-        result["train_peak_fraction"] = result["train_gflop_per_s"] / peak
-        if reference is not None:
-            result["reference_train_times_s"] = times[1]
-            result["reference_train_images_per_s"] = c.batch_size / statistics.median(times[1])
-            result["train_speedup"] = statistics.median(times[1]) / statistics.median(times[0])
-            result["train_speedup_paired"] = _paired_ratio(times[1], times[0])
-            del ref, ref_step
-        del step, fns
+        ref_step = None if reference is None else _plain_train_step_fn(
+            copy.deepcopy(reference).to(device), x_cpu.to(device), y)
+        result.update(_timed("train", "step", step, ref_step, c, device, result["train_gflop_per_image"], peak))
+        del step, ref_step
 
     if do_infer:
         say(f"inference passes ({c.warmup} warm-up + {c.steps})")
@@ -393,25 +399,9 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None) -> 
             # After training on the CPU the heap already holds the training peak, so RSS can't show this one.
             result["infer_peak_memory_mb"] = mem.peak_mb
             result.setdefault("peak_memory_mb", mem.peak_mb)
-        fns = [infer]
-        if reference is not None:
-            ref = copy.deepcopy(reference).to(device)
-            ref_infer = _plain_infer_fn(ref, x_cpu.to(device))
-            for _ in range(c.warmup):
-                ref_infer()
-            fns.append(ref_infer)
-        times = _time_interleaved(fns, c.steps, device)
-        result["infer_times_s"] = times[0]
-        result["infer_batch_s"] = statistics.median(times[0])
-        result["infer_images_per_s"] = c.batch_size / result["infer_batch_s"]
-        result["infer_images_per_s_best"] = c.batch_size / min(times[0])
-        result["infer_gflop_per_s"] = result["gflop_per_image"] * result["infer_images_per_s"]
-        result["infer_peak_fraction"] = result["infer_gflop_per_s"] / peak
-        if reference is not None:
-            result["reference_infer_times_s"] = times[1]
-            result["reference_infer_images_per_s"] = c.batch_size / statistics.median(times[1])
-            result["infer_speedup"] = statistics.median(times[1]) / statistics.median(times[0])
-            result["infer_speedup_paired"] = _paired_ratio(times[1], times[0])
+        ref_infer = None if reference is None else _plain_infer_fn(
+            copy.deepcopy(reference).to(device), x_cpu.to(device))
+        result.update(_timed("infer", "batch", infer, ref_infer, c, device, result["gflop_per_image"], peak))
 
     if c.data:
         result.update(_bench_data(c, result.get("train_images_per_s"), notes, say))
