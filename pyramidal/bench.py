@@ -136,39 +136,20 @@ def count_flops(model: nn.Module, size: int, train: bool) -> float:
     """FLOPs per image of one forward pass (eval) or one training step (forward + backward), by FlopCounterMode.
 
     Counted on a copy on the meta device: shapes only, no arithmetic. Matmuls and convolutions count
-    (a multiply-add = 2 FLOPs). FlopCounterMode does not see what checkpointing recomputes in backward, so
-    for memory-efficient dense layers their convs are added once more (the work really done).
+    (a multiply-add = 2 FLOPs). In memory-efficient mode the counter also sees what checkpointing really
+    recomputes in backward: the transitions' and output's convs. A dense layer's conv is not run again:
+    recomputation stops as soon as the tensors backward needs are back, and its conv needs only its input.
     """
-    from pyramidal.models.dense import DenseLayer
-
     meta = copy.deepcopy(model).to("meta")
     meta.train(train)
     x = torch.empty(1, 3, size, size, device="meta")
-    recomputed = [0.0]
-    in_forward = [True]
-
-    def add_conv(module: nn.Conv2d, inputs: tuple, output: torch.Tensor) -> None:
-        if in_forward[0]:
-            kh, kw = module.kernel_size
-            recomputed[0] += 2.0 * output.numel() * (module.in_channels // module.groups) * kh * kw
-
-    hooks = []
-    if train:
-        hooks = [m.conv.register_forward_hook(add_conv) for m in meta.modules()
-                 if isinstance(m, DenseLayer) and m.memory_efficient]
-    try:
-        with FlopCounterMode(display=False) as counter:
-            if train:
-                loss = meta(x).float().square().mean()
-                in_forward[0] = False
-                loss.backward()
-            else:
-                with torch.no_grad():
-                    meta(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return float(counter.get_total_flops()) + recomputed[0]
+    with FlopCounterMode(display=False) as counter:
+        if train:
+            meta(x).float().square().mean().backward()
+        else:
+            with torch.no_grad():
+                meta(x)
+    return float(counter.get_total_flops())
 
 
 def matmul_peak(device: torch.device, precision: str, seconds: float = 0.5) -> float:

@@ -154,12 +154,26 @@ def test_memory_efficient_saves_most_activation_memory():
 
 
 def test_training_flops_include_the_recomputation():
+    """The FLOP count of a memory-efficient step adds exactly the convs that really run again in backward."""
     from pyramidal.bench import count_flops
 
     plain, efficient = _pair()
-    forward = count_flops(plain, 16, train=False)
-    step_plain = count_flops(plain, 16, train=True)
-    step_efficient = count_flops(efficient, 16, train=True)
-    assert count_flops(efficient, 16, train=False) == forward
-    # The recomputed dense-layer convs are most, but not all, of a forward pass.
-    assert step_plain + 0.3 * forward < step_efficient < step_plain + forward
+    size = 16
+    assert count_flops(efficient, size, train=False) == count_flops(plain, size, train=False)
+    rerun: list[float] = []
+
+    def record(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        kh, kw = module.kernel_size
+        if isinstance(module, torch.nn.ConvTranspose2d):
+            rerun.append(2.0 * inputs[0].numel() * module.out_channels * kh * kw)
+        else:
+            rerun.append(2.0 * output.numel() * module.in_channels * kh * kw)
+
+    loss = efficient(torch.rand(1, 3, size, size)).square().mean()
+    hooks = [m.register_forward_hook(record) for m in efficient.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    loss.backward()
+    for h in hooks:
+        h.remove()
+    assert len(rerun) >= 3  # two transitions down and the output conv at least
+    assert count_flops(efficient, size, train=True) == count_flops(plain, size, train=True) + sum(rerun)
