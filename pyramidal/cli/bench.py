@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="NHWC activations and weights (default on)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (slow to start)")
     parser.add_argument("--memory-efficient", action="store_true",
-                        help="recompute concat-BN-ReLU-conv of dense layers in backward (less memory)")
+                        help="checkpoint dense layers, transitions and the output conv: recompute them in backward (less memory)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--steps", type=int, help="timed steps (default 10; smoke 2)")
     parser.add_argument("--warmup", type=int, help="untimed warm-up steps, also used for peak memory (default 2)")

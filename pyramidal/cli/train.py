@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--residual", action=argparse.BooleanOptionalAction, default=S,
                    help="predict a correction added to the input (clamped) instead of the image")
     g.add_argument("--memory-efficient", action=argparse.BooleanOptionalAction, default=S,
-                   help="dense pyramids: recompute concatenations in backward (less memory, slower)")
+                   help="dense pyramids: recompute concatenations, BN-ReLU and transitions in backward (less memory, slower)")
     g.add_argument("--channels", type=_ints, default=S, help="plain autoencoders: widths per level, e.g. 16,32,64")
     g.add_argument("--model-option", dest="model_options", action="append", metavar="KEY=VALUE", default=S,
                    help="any other model option (repeatable), e.g. blocks=[4,5] or activation=leakyrelu")
