@@ -53,7 +53,7 @@ class BenchConfig:
     data_seconds: float = 1.0
     tasks: tuple[str, ...] | None = None  # default: every registered task
     matmul_seconds: float = 0.5
-    tune_allocator: bool = True
+    tune_allocator: bool | None = None  # None: on, except with memory_efficient (as `pyramidal train`)
     threads: int | None = None
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # extra create_model options
@@ -297,7 +297,8 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None) -> 
     if c.threads:
         torch.set_num_threads(c.threads)
     notes: list[str] = []
-    tuned = tune_cpu_allocator() if (c.tune_allocator and device.type == "cpu") else False
+    tune = (not c.memory_efficient) if c.tune_allocator is None else c.tune_allocator
+    tuned = tune_cpu_allocator() if (tune and device.type == "cpu") else False
     torch.manual_seed(c.seed)
 
     options = dict(c.options)

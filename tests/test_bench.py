@@ -37,6 +37,17 @@ def test_bench_smoke_json_cli():
     assert 2.0 < result["train_gflop_per_image"] / result["gflop_per_image"] < 3.5
     assert result["data_pairs_per_s"]["noise"] > 0
     assert result["notes"] == []
+    assert result["allocator_tuned"] == sys.platform.startswith("linux")  # the speed default
+
+
+def test_bench_memory_efficient_keeps_the_default_allocator():
+    """As `pyramidal train` does: a memory-efficient run's RSS must show what the step needs, not a kept heap."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyramidal", "bench", "--smoke", "--json", "--memory-efficient", "--mode", "train",
+         "--no-data"], capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["memory_efficient"] and result["allocator_tuned"] is False
 
 
 def test_bench_smoke_in_process_fp32_memory_efficient(capsys):

@@ -29,8 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", action=argparse.BooleanOptionalAction, default=True,
                         help="also time the data pipeline, damaged pairs/s per task (default on)")
     parser.add_argument("--tasks", help="comma-separated damage tasks for --data (default all)")
-    parser.add_argument("--tune-allocator", action=argparse.BooleanOptionalAction, default=True,
-                        help="keep freed CPU memory for reuse instead of page-faulting it back every step (default on)")
+    parser.add_argument("--tune-allocator", action=argparse.BooleanOptionalAction, default=None,
+                        help="keep freed CPU memory for reuse instead of page-faulting it back every step "
+                             "(default on, off with --memory-efficient, as in pyramidal train)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     parser.add_argument("--smoke", action="store_true",
                         help="seconds-long run for CI: pyramidal44 unless --model is given, 32 px, batch 2, 2 steps")
