@@ -27,12 +27,18 @@ def main(task: str, run_dir: str) -> None:
     config = json.loads((run / "config.json").read_text())
     out = ROOT / "pyramidal" / "weights" / f"{task}.safetensors"
     steps = info.get("step", info.get("steps"))
-    command = f"pyramidal train --config configs/builtin/{task}.toml"
-    if config.get("init_weights"):  # a second phase, started from the first phase's best weights
-        phase1 = json.loads(Path(config["init_weights"]).with_suffix(".json").read_text())
-        steps = phase1["steps"] + steps
-        command += (f" && pyramidal train --config configs/builtin/{task}-phase2.toml"
-                    " --init-weights <phase-1 run>/best.safetensors")
+    # Later phases start from the previous phase's best weights: follow init_weights back to phase 1, adding
+    # up the steps each phase's best weights had, and chain the commands in order.
+    commands = [f"pyramidal train --config {config['config']}"]
+    previous = config.get("init_weights")
+    while previous:
+        earlier = Path(previous).parent
+        steps += json.loads(Path(previous).with_suffix(".json").read_text())["steps"]
+        earlier_config = json.loads((earlier / "config.json").read_text())
+        commands[0] += f" --init-weights <{earlier_config['config']} run>/best.safetensors"
+        commands.insert(0, f"pyramidal train --config {earlier_config['config']}")
+        previous = earlier_config.get("init_weights")
+    command = " && ".join(commands)
     metadata = {
         "task": task,
         "task_options": info.get("task_options", {}),

@@ -22,25 +22,35 @@ for ((i = 0; i < ${#tasks[@]}; i += 2)); do
   if ((i + 1 < ${#tasks[@]})); then train_one "${tasks[i + 1]}" & fi
   wait
 done
-# Phase 2 (only where configs/builtin/TASK-phase2.toml exists): more steps from phase 1's best weights.
-phase2=()
-for task in "${tasks[@]}"; do [ -f "configs/builtin/$task-phase2.toml" ] && phase2+=("$task"); done
-train_phase2() {
-  local task=$1 first
-  first=$(ls -d runs/builtin/"$task"/*/* | sort | tail -n 1)
-  "$py" -m pyramidal train --config "configs/builtin/$task-phase2.toml" --init-weights "$first/best.safetensors" \
-    --no-progress >"runs/builtin/logs/$task-phase2.log" 2>&1
+# Later phases (only where configs/builtin/TASK-phaseK.toml exists): more steps from the previous phase's
+# best weights. Phase K writes its runs under runs/builtin-phaseK.
+run_of() {  # newest run of TASK in phase $2 (1 = runs/builtin)
+  local dir=runs/builtin
+  [ "$2" -gt 1 ] && dir=runs/builtin-phase$2
+  ls -d "$dir/$1"/*/* | sort | tail -n 1
 }
-for ((i = 0; i < ${#phase2[@]}; i += 2)); do
-  train_phase2 "${phase2[i]}" &
-  if ((i + 1 < ${#phase2[@]})); then train_phase2 "${phase2[i + 1]}" & fi
-  wait
+train_phase() {
+  local task=$1 phase=$2
+  "$py" -m pyramidal train --config "configs/builtin/$task-phase$phase.toml" \
+    --init-weights "$(run_of "$task" $((phase - 1)))/best.safetensors" \
+    --no-progress >"runs/builtin/logs/$task-phase$phase.log" 2>&1
+}
+last_phase=()
+for task in "${tasks[@]}"; do last_phase+=(1); done
+for phase in 2 3 4 5 6; do
+  pairs=()
+  for i in "${!tasks[@]}"; do
+    task=${tasks[i]}
+    [ -f "configs/builtin/$task-phase$phase.toml" ] || continue
+    last_phase[i]=$phase
+    pairs+=("$task")
+  done
+  for ((i = 0; i < ${#pairs[@]}; i += 2)); do
+    train_phase "${pairs[i]}" $phase &
+    if ((i + 1 < ${#pairs[@]})); then train_phase "${pairs[i + 1]}" $phase & fi
+    wait
+  done
 done
-for task in "${tasks[@]}"; do
-  if [ -f "configs/builtin/$task-phase2.toml" ]; then
-    run=$(ls -d runs/builtin-phase2/"$task"/*/* | sort | tail -n 1)
-  else
-    run=$(ls -d runs/builtin/"$task"/*/* | sort | tail -n 1)
-  fi
-  "$py" scripts/package-builtin-weights.py "$task" "$run"
+for i in "${!tasks[@]}"; do
+  "$py" scripts/package-builtin-weights.py "${tasks[i]}" "$(run_of "${tasks[i]}" "${last_phase[i]}")"
 done
