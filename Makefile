@@ -11,7 +11,7 @@ $(BIN)/pyramidal: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[dev,baselines,onnx]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,baselines,onnx,web]"
 	@touch $@
 
 setup: $(BIN)/pyramidal

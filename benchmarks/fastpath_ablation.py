@@ -20,11 +20,12 @@ import time
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8192")
 
 import torch
-import torch.nn.functional as F
 
-from pyramidal.device import autocast
+from pyramidal.config import TrainConfig
 from pyramidal.fastpath import memory_format, tune_cpu_allocator
+from pyramidal.inference import prepare_for_inference
 from pyramidal.models import create_model
+from pyramidal.train import make_optimizer, train_step
 
 CONFIGS = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
 
@@ -34,25 +35,25 @@ def make_step(model_name: str, precision: str, channels_last: bool, mode: str, s
     torch.manual_seed(0)
     fmt = memory_format(channels_last)
     model = create_model(model_name, **(options or {})).to(memory_format=fmt)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x = (torch.rand(batch, 3, size, size) * 2 - 1).contiguous(memory_format=fmt)
     y = torch.rand(batch, 3, size, size) * 2 - 1
     cpu = torch.device("cpu")
+    if mode == "train":  # the step of `pyramidal train`, with its optimizer
+        c = TrainConfig()
+        opt = make_optimizer(model.parameters(), c.optimizer, c.lr, c.weight_decay, cpu)
+        model.train()
+
+        def run() -> None:
+            train_step(model, opt, x, y, device=cpu, precision=precision, channels_last=channels_last)
+    else:  # what `pyramidal restore` runs
+        prepared = prepare_for_inference(model, cpu, precision, channels_last=channels_last)
+
+        def run() -> None:
+            prepared(x)
 
     def step() -> tuple[float, float]:
         wall, proc = time.perf_counter(), time.process_time()
-        if mode == "train":
-            model.train()
-            with autocast(cpu, precision):
-                out = model(x)
-            loss = F.mse_loss(out.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        else:
-            model.eval()
-            with torch.inference_mode(), autocast(cpu, precision):
-                model(x)
+        run()
         return time.perf_counter() - wall, time.process_time() - proc
 
     return step

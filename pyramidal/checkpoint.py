@@ -1,72 +1,210 @@
-"""Safe, atomic weight files: `.safetensors` weights plus a JSON sidecar holding the architecture."""
+"""Self-contained weight files and training checkpoints.
+
+A `.safetensors` weight file carries everything needed to rebuild its model in its own metadata (safetensors
+metadata maps strings to strings, so the record is stored JSON-encoded under the key "pyramidal"): the
+architecture name and options, the task, scores and provenance. A JSON sidecar beside it (`best.json` for
+`best.safetensors`) is a human-readable copy; older files that only have the sidecar still load. A Hugging
+Face-style folder (`model.safetensors` + `config.json`) loads too.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from pyramidal.errors import PyramidalError
+from pyramidal.io import atomic_write, jsonable, read_json
 
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)`, fsync, then rename over `path`: a crash never leaves a broken file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp makes the file private (0600); give it the permissions an ordinary new file gets.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# The safetensors metadata key holding the JSON-encoded record (architecture, options, task, scores, ...).
+METADATA_KEY = "pyramidal"
+# A folder in the shape `from_pretrained` users carry around.
+FOLDER_WEIGHTS = "model.safetensors"
+FOLDER_CONFIG = "config.json"
 
 
 def sidecar_path(weights: str | os.PathLike) -> Path:
+    """The JSON sidecar of a weight file: `best.safetensors` → `best.json`.
+
+    Args:
+        weights: path of a `.safetensors` file.
+
+    Returns:
+        The sidecar's path (it may not exist).
+    """
     return Path(weights).with_suffix(".json")
 
 
-def save_weights(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None, half: bool = False) -> None:
-    """Write `model`'s state to `path` (safetensors) and its spec plus `metadata` to the JSON sidecar."""
-    from safetensors.torch import save_file
+def weights_file(path: str | os.PathLike) -> Path:
+    """The weight file that `path` names: the file itself, or inside a folder `model.safetensors`
+    (Hugging Face style) or `best.safetensors` (a training run).
 
-    spec = getattr(model, "spec", None)
-    if spec is None:
-        raise ValueError("model has no .spec; build it with pyramidal.create_model")
+    Args:
+        path: a `.safetensors` file or a folder holding one.
+
+    Returns:
+        The path of the `.safetensors` file.
+
+    Raises:
+        PyramidalError: nothing to load there.
+    """
+    path = Path(path)
+    if path.is_dir():
+        for name in (FOLDER_WEIGHTS, "best.safetensors"):
+            if (path / name).is_file():
+                return path / name
+        raise PyramidalError(f"{path}: folder holds no {FOLDER_WEIGHTS} (with {FOLDER_CONFIG}) or best.safetensors")
+    if not path.exists():
+        raise PyramidalError(f"{path}: no such weights file")
+    return path
+
+
+def _state_for_saving(model: nn.Module, half: bool) -> dict[str, torch.Tensor]:
     state = {}
     for key, value in model.state_dict().items():
         value = value.detach().cpu()
         if half and value.is_floating_point():
             value = value.half()
         state[key] = value.contiguous()
-    sidecar = {**spec, **(metadata or {})}
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"model": spec["model"]}))
-    atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2) + "\n"))
+    return state
 
 
-def read_sidecar(path: str | os.PathLike) -> dict:
-    side = sidecar_path(path)
-    if not side.exists():
-        raise PyramidalError(f"{path}: no sidecar {side.name} describing the architecture")
-    try:
-        info = json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PyramidalError(f"{side}: unreadable sidecar ({exc})") from None
+def save_state(state: dict[str, torch.Tensor], path: str | os.PathLike, info: dict[str, Any],
+               sidecar: bool = True) -> None:
+    """Write tensors and their record to one self-contained `.safetensors` file, atomically.
+
+    Args:
+        state: tensor name → tensor, written as they are (dtype and bytes unchanged).
+        path: the `.safetensors` file to write.
+        info: the record; must name the architecture (`"model"`) and may hold `options`, `task`, scores,
+            provenance... Any JSON-serialisable values.
+        sidecar: also write the record as indented JSON beside the file (`<stem>.json`), for people to read.
+
+    Returns:
+        None.
+    """
+    from safetensors.torch import save_file
+
     if "model" not in info:
-        raise PyramidalError(f"{side}: sidecar does not name a model")
+        raise ValueError("the record of a weight file must name its model")
+    record = jsonable(info)
+    header = {"format": "pt", "model": str(info["model"]), METADATA_KEY: json.dumps(record, ensure_ascii=False)}
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=header))
+    if sidecar:
+        text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
+        atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None, half: bool = False) -> None:
+    """Write `model`'s weights and everything needed to rebuild it into one `.safetensors` file.
+
+    Args:
+        model: a model built by `pyramidal.create_model` (it carries `model.spec`: name and options).
+        path: the `.safetensors` file to write (a JSON sidecar copy of the record is written beside it).
+        metadata: more of the record: task, steps, scores, licence, provenance...
+        half: store floating-point tensors as float16 (half the size; loading converts back).
+
+    Returns:
+        None.
+    """
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        raise ValueError("model has no .spec; build it with pyramidal.create_model")
+    save_state(_state_for_saving(model, half), path, {**spec, **(metadata or {})})
+
+
+def save_pretrained(model: nn.Module, folder: str | os.PathLike, metadata: dict | None = None,
+                    half: bool = False) -> Path:
+    """Write a Hugging Face-style folder: `model.safetensors` (self-contained) plus `config.json`.
+
+    Args:
+        model: a model built by `pyramidal.create_model`.
+        folder: the folder to write (created if needed).
+        metadata: more of the record (task, scores, ...), as for `save_weights`.
+        half: store floating-point tensors as float16.
+
+    Returns:
+        The folder's path; `create_model(name, pretrained=folder)` and `--weights folder` load it.
+    """
+    folder = Path(folder)
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        raise ValueError("model has no .spec; build it with pyramidal.create_model")
+    info = {**spec, **(metadata or {})}
+    save_state(_state_for_saving(model, half), folder / FOLDER_WEIGHTS, info, sidecar=False)
+    text = json.dumps(jsonable(info), indent=2, ensure_ascii=False) + "\n"
+    atomic_write(folder / FOLDER_CONFIG, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return folder
+
+
+def _embedded_info(path: Path) -> dict | None:
+    """The record stored in the file's own metadata, or None for a file written before it was embedded."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise PyramidalError(f"{path}: not a readable safetensors file ({exc})") from None
+    if METADATA_KEY not in header:
+        return None
+    try:
+        info = json.loads(header[METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise PyramidalError(f"{path}: unreadable {METADATA_KEY!r} metadata ({exc})") from None
+    if not isinstance(info, dict) or "model" not in info:
+        raise PyramidalError(f"{path}: its {METADATA_KEY!r} metadata does not name a model")
     return info
+
+
+def read_weights_info(path: str | os.PathLike) -> dict:
+    """The record of a weight file: architecture, options, task, scores, provenance.
+
+    Read from the file's own metadata; for a file without it, from its JSON sidecar (`best.json`), or from
+    `config.json` beside a `model.safetensors`. Only the header is read, not the tensors.
+
+    Args:
+        path: a `.safetensors` file, or a folder holding `model.safetensors` or `best.safetensors`.
+
+    Returns:
+        The record as a dict; it always has `"model"` (the architecture name).
+
+    Raises:
+        PyramidalError: unreadable file, or no record anywhere.
+    """
+    path = weights_file(path)
+    info = _embedded_info(path)
+    if info is not None:
+        return info
+    candidates = [sidecar_path(path)]
+    if path.name == FOLDER_WEIGHTS:
+        candidates.append(path.parent / FOLDER_CONFIG)
+    for side in candidates:
+        if side.exists():
+            info = read_json(side, "sidecar")
+            if not isinstance(info, dict) or "model" not in info:
+                raise PyramidalError(f"{side}: sidecar does not name a model")
+            return info
+    raise PyramidalError(f"{path}: no architecture recorded (neither in the file's metadata nor in a sidecar "
+                         f"{candidates[0].name}); was it written by `pyramidal train`?")
+
+
+# The name the commands and older code use: the record, wherever it is stored.
+read_sidecar = read_weights_info
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise PyramidalError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
 def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -89,24 +227,64 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
-def load_weights(path: str | os.PathLike, **overrides) -> nn.Module:
-    """Rebuild the model named in the sidecar and load the safetensors weights into it (eval mode)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def load_weights(path: str | os.PathLike, **overrides: Any) -> nn.Module:
+    """Rebuild the model a weight file describes and load its weights (eval mode).
 
+    Args:
+        path: a `.safetensors` file (self-contained, or with an older JSON sidecar), or a folder holding
+            `model.safetensors` + `config.json` (Hugging Face style) or `best.safetensors` (a training run).
+        **overrides: model options to change, e.g. `memory_efficient=True` (options that change the weights'
+            shapes fail with a message naming the mismatch).
+
+    Returns:
+        The model in eval mode on the CPU, float32, with `model.info` holding the file's record.
+
+    Raises:
+        PyramidalError: missing or unreadable file, no record, or weights that do not fit the architecture.
+    """
+    if Path(path).suffix == ".ckpt":
+        return _model_from_checkpoint(Path(path), overrides)
+    path = weights_file(path)
+    info = read_weights_info(path)
+    model = build_recorded_model(info, path, overrides)
+    load_state_into(model, _read_state(path), str(path))
+    model.info = info
+    return model.eval()
+
+
+def build_recorded_model(spec: dict, source: str | os.PathLike, overrides: dict | None = None) -> nn.Module:
+    """`create_model` from a file's record ({"model": name, "options": {...}}); a bad record names the file.
+
+    The options are validated (types, limits, size) before anything is allocated, so a damaged or hostile
+    record gives one line instead of a torch error or a huge allocation.
+    """
     from pyramidal.models import create_model
 
-    path = Path(path)
-    if not path.exists():
-        raise PyramidalError(f"{path}: no such weights file")
-    info = read_sidecar(path)
+    options = spec.get("options")
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise PyramidalError(f"{source}: the record's options must be a table of model options, got {options!r}")
+    if not isinstance(spec.get("model"), str):
+        raise PyramidalError(f"{source}: the record's model must be a model name, got {spec.get('model')!r}")
     try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise PyramidalError(f"{path}: not a readable safetensors file ({exc})") from None
-    model = create_model(info["model"], **{**info.get("options", {}), **overrides})
+        return create_model(spec["model"], **{**options, **(overrides or {})})
+    except ValueError as exc:  # OptionError, unknown model names
+        raise PyramidalError(f"{source}: {exc}") from None
+
+
+def _model_from_checkpoint(path: Path, overrides: dict) -> nn.Module:
+    """The weights in a training checkpoint as a model for inference: the EMA weights if the run kept
+    them (they are what its validation scored), else the trained ones; `model.info` from its config."""
+    saved = load_checkpoint(path)
+    spec = saved.get("spec") or {}
+    model = build_recorded_model(spec, path, overrides)
+    state = saved.get("ema") or saved.get("model")
+    if not isinstance(state, dict):
+        raise PyramidalError(f"{path}: checkpoint holds no model weights")
     load_state_into(model, state, str(path))
-    model.info = info
+    config = saved.get("config") or {}
+    model.info = {**spec, "task": config.get("task"), "steps": saved.get("step"), "checkpoint": str(path)}
     return model.eval()
 
 
@@ -131,8 +309,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, bad pickle, disallowed global: all mean "not loadable"
+        if "weights only load failed" in str(exc).lower():
+            # torch's own text suggests the unsafe weights_only=False; it is not quoted on purpose.
+            raise PyramidalError(
+                f"{path}: holds Python objects that pyramidal refuses to load (a checkpoint written by "
+                "`pyramidal train` holds only tensors and plain values); it was not written by pyramidal, "
+                "or it was altered"
+            ) from None
         size = path.stat().st_size
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
         raise PyramidalError(
             f"{path}: truncated or corrupt checkpoint ({size} bytes; {reason}); "
             "resume from an intact copy or restart the run"
@@ -171,3 +356,26 @@ def load_checkpoint_model(saved: dict, model: nn.Module, source: str) -> None:
         raise PyramidalError(
             f"{exc} (checkpoint: {describe_spec(spec)}; this run: {describe_spec(own)})"
         ) from None
+
+
+def load_init_weights(model: nn.Module, path: str) -> None:
+    """Start from weights in a .safetensors file, a .ckpt or a folder (its model.safetensors or best weights).
+
+    Args:
+        model: the model to fill (its architecture must match the file's).
+        path: a `.safetensors` file, a `.ckpt` training checkpoint, or a run / Hugging Face-style folder.
+
+    Returns:
+        None.
+    """
+    p = Path(path)
+    if p.suffix == ".ckpt":
+        saved = load_checkpoint(p)
+    else:
+        try:
+            p = weights_file(p)
+        except PyramidalError as exc:
+            raise PyramidalError(f"{exc} (--init-weights)") from None
+        info = read_weights_info(p)
+        saved = {"spec": {"model": info["model"], "options": info.get("options", {})}, "model": _read_state(p)}
+    load_checkpoint_model(saved, model, str(p))

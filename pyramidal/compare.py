@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pyramidal.errors import PyramidalError
+from pyramidal.io import format_number
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The research's comparison: plain shallow, plain deep, pyramidal (add skips), pyramidal (concat skips).
@@ -21,23 +22,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def parse_model_options(items: list[str] | None, models: list[str]) -> dict[str, dict]:
-    """'KEY=VALUE' (every model) or 'MODEL:KEY=VALUE' (one model) → {model: options}; values parsed as JSON."""
-    import json
+    """'KEY=VALUE' (every model) or 'MODEL:KEY=VALUE' (one model) → {model: options}; values as in
+    `config.parse_options` (TOML syntax)."""
+    from pyramidal.config import parse_options
 
     options: dict[str, dict] = {m: {} for m in models}
     for item in items or []:
         target, key_value = (item.split(":", 1) if ":" in item.split("=", 1)[0] else (None, item))
-        key, sep, value = key_value.partition("=")
-        if not sep or not key:
-            raise PyramidalError(f"--model-option {item!r}: expected KEY=VALUE or MODEL:KEY=VALUE")
         if target is not None and target not in options:
             raise PyramidalError(f"--model-option {item!r}: {target} is not one of --models {','.join(models)}")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
+        parsed = parse_options([key_value], "--model-option")
         for m in [target] if target else models:
-            options[m][key] = parsed
+            options[m].update(parsed)
     return options
 
 
@@ -88,7 +84,8 @@ def compare(
     with 'folder', 'files' (written paths), 'runs' (per model) and 'settings' (merged evaluation rows).
     """
     from pyramidal.evaluate import evaluate
-    from pyramidal.train import resolve_config, train
+    from pyramidal.config import resolve_config
+    from pyramidal.train import train
 
     if not models:
         raise PyramidalError("--models: give at least one model name")
@@ -176,8 +173,6 @@ def compare(
 
 def format_markdown(result: dict) -> str:
     """Markdown: the setup, then per setting one table of baselines and trained models."""
-    from pyramidal.evaluate import _fmt
-
     lines = [f"### `pyramidal compare` on `{result['task']}`", "",
              f"Budget {result['budget']} per model, seed {result['seed']}, training data {result['data']}, "
              f"{result['size']} px patches, batch {result['batch_size']}.",
@@ -192,14 +187,12 @@ def format_markdown(result: dict) -> str:
                 name = f"`{r['model']}`"
             else:
                 extra, name = " | | ", r["method"]
-            lines.append(f"| {name} | {extra} | {_fmt(r['psnr'], 2)} | {_fmt(r['ssim'], 4)} |")
+            lines.append(f"| {name} | {extra} | {format_number(r['psnr'], 2)} | {format_number(r['ssim'], 4)} |")
     return "\n".join(lines) + "\n"
 
 
 def format_table(result: dict) -> str:
     """Plain-text version of the results for the terminal."""
-    from pyramidal.evaluate import _fmt
-
     lines = []
     for setting in result["settings"]:
         title = result["task"] + (f" ({setting['label']})" if setting["label"] else "")
@@ -209,38 +202,28 @@ def format_table(result: dict) -> str:
                 name, extra = r["model"], f"{r['parameters']:>10,} {r['steps']:>6} {r['train_seconds']:>8.0f}"
             else:
                 name, extra = r["method"], f"{'':>10} {'':>6} {'':>8}"
-            lines.append(f"  {name:<44} {extra} {_fmt(r['psnr'], 2):>8} {_fmt(r['ssim'], 4):>7}")
+            lines.append(f"  {name:<44} {extra} {format_number(r['psnr'], 2):>8} {format_number(r['ssim'], 4):>7}")
         lines.append("")
     return "\n".join(lines).rstrip()
 
 
-def spread(n: int, k: int) -> list[int]:
-    """k indices spread evenly over range(n), so a figure shows different photographs, not one."""
-    if k >= n:
-        return list(range(n))
-    return sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(k)})
-
-
 def write_outputs(result: dict, images: list[dict], folder: Path, figure_rows: int = 4) -> list[Path]:
     """compare.json, compare.md and one figure per setting (ground truth, input, one column per model)."""
-    from pyramidal.evaluate import psnr, write_json, write_text
-    from pyramidal.figures import image_grid
+    from pyramidal.evaluate import per_image_psnr
+    from pyramidal.figures import comparison_figure, file_suffix
+    from pyramidal.io import write_json, write_text
 
     files = [folder / "compare.json", folder / "compare.md"]
     write_json(result, files[0])
     write_text(format_markdown(result), files[1])
     for setting, im in zip(result["settings"], images):
-        columns = ["damaged"] + result["models"]
-        titles = ["ground truth", "input"] + result["models"]
-        grid, captions = [], []
-        for i in spread(len(im["clean"]), figure_rows):
-            clean = im["clean"][i]
-            grid.append([clean] + [im[c][i] for c in columns])
-            captions.append([result["image_names"][i]] + [f"{psnr(clean, im[c][i]):.2f} dB" for c in columns])
-        suffix = ("_" + setting["label"].replace("=", "").replace(", ", "_")) if setting["label"] else ""
-        path = folder / f"compare_{result['task']}{suffix}.png"
+        damaged = next(r for r in setting["rows"] if r["kind"] == "input")
+        by_model = {r["model"]: r for r in setting["rows"] if r["kind"] == "model"}
+        columns = [("input", im["damaged"], per_image_psnr(damaged))]
+        columns += [(m, im[m], per_image_psnr(by_model[m])) for m in result["models"]]
+        path = folder / f"compare_{result['task']}{file_suffix(setting['label'])}.png"
         title = (f"{result['task']} {setting['label']}".strip()
                  + f": {result['budget']} each, seed {result['seed']}, {result['data']}")
-        image_grid(grid, path, column_titles=titles, captions=captions, title=title)
+        comparison_figure(path, im["clean"], columns, names=result["image_names"], rows=figure_rows, title=title)
         files.append(path)
     return files

@@ -1,11 +1,17 @@
-"""TOML config files: read them (tomllib / tomli), write resolved configs back, parse `key=value` options."""
+"""Training configuration: TrainConfig, TOML files in and out, `key=value` options, resolution and validation.
+
+Resolution: TrainConfig defaults ← a TOML config file ← explicit options; a resumed run starts from its saved
+config.json instead. Every bad value fails here with one line naming the option or the file.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +21,43 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
+
+
+# The presets shipped inside the package: `--config quick`, `--config builtin/noise`.
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def list_configs() -> list[str]:
+    """The config presets shipped with the package, by name.
+
+    Returns:
+        Sorted names such as "quick", "noise", "builtin/noise", "builtin/noise-phase2".
+    """
+    if not CONFIGS_DIR.is_dir():
+        return []
+    return sorted(p.relative_to(CONFIGS_DIR).with_suffix("").as_posix() for p in CONFIGS_DIR.rglob("*.toml"))
+
+
+def find_config(name: str | os.PathLike) -> Path:
+    """The TOML file for `--config NAME`: an existing path, else a preset shipped with the package.
+
+    Args:
+        name: a path to a TOML file, or a preset name ("quick", "builtin/noise"; a path such as
+            "configs/quick.toml" also names the preset "quick").
+
+    Returns:
+        The path of the TOML file.
+
+    Raises:
+        PyramidalError: neither a file nor a preset (the message lists the presets).
+    """
+    path = Path(name)
+    if path.is_file():
+        return path
+    preset = path.as_posix().removeprefix("./").removeprefix("configs/").removesuffix(".toml")
+    if preset in list_configs():
+        return CONFIGS_DIR / f"{preset}.toml"
+    raise PyramidalError(f"{name}: no such config file or preset; presets: {', '.join(list_configs())}")
 
 
 def load_toml(path: str | os.PathLike) -> dict[str, Any]:
@@ -89,3 +132,256 @@ def parse_options(items: list[str] | None, flag: str) -> dict[str, Any]:
             raise PyramidalError(f"{flag} {item!r}: expected KEY=VALUE")
         out[key] = parse_value(value.strip())
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training options: defaults ← config file ← explicit options, then validation.
+
+SCHEDULES = ("none", "cosine", "step")
+OPTIMIZERS = ("adam", "adamw")
+DEFAULT_EPOCHS = 10  # when no --epochs, --steps or --max-minutes is given
+TASK_SHORTHANDS = ("sigma", "factor", "quality")
+MODEL_SHORTHANDS = ("m", "growth", "down", "up", "dropout", "residual", "memory_efficient", "channels")
+# Fields that may change when a run is resumed without a note (they do not change what is computed).
+RESUME_QUIET = {"resume", "config", "epochs", "steps", "max_minutes", "device", "threads", "num_workers", "progress",
+                "quiet", "checkpoint_minutes", "checkpoint_every_steps", "out"}
+
+
+@dataclass
+class TrainConfig:
+    """Every training option; field names are the CLI flags in snake_case (`--batch-size` → batch_size)."""
+
+    # What to learn.
+    task: str = "squares"
+    task_options: dict[str, Any] = field(default_factory=dict)  # --task-option KEY=VALUE
+    sigma: float | None = None  # noise shorthand for task_options["sigma"]
+    factor: int | None = None  # pixelate
+    quality: int | None = None  # jpeg
+    model: str = "pyramidal51"
+    model_options: dict[str, Any] = field(default_factory=dict)  # --model-option KEY=VALUE
+    m: int | None = None
+    growth: int | None = None
+    down: str | None = None
+    up: str | None = None
+    dropout: float | None = None
+    residual: bool | None = None
+    memory_efficient: bool | None = None
+    channels: list[int] | None = None
+    init_weights: str | None = None  # start from these weights (.safetensors, .ckpt or a run folder)
+    # Data.
+    data: str = "builtin"
+    size: int = 64
+    max_images: int | None = None
+    patches_per_epoch: int = 1024
+    val_images: int = 256  # fixed validation crops for PSNR/val; 0 = the whole split
+    batch_size: int = 32  # per process
+    num_workers: int = 0
+    size_schedule: str | None = None  # "STEP:SIZE[:BATCH],...": bigger patches late in training
+    # Optimisation.
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    optimizer: str = "adam"  # adam: L2 weight decay as in the research; adamw: decoupled
+    schedule: str = "none"  # none | cosine | step
+    warmup_steps: int = 0
+    min_lr: float = 0.0  # cosine floor
+    lr_step: int = 0  # step schedule: multiply the LR by lr_gamma every lr_step steps
+    lr_gamma: float = 0.1
+    clip_grad: float | None = None  # max global gradient norm
+    ema: float | None = None  # e.g. 0.999; None/0 = off
+    # Length: training stops at whichever limit comes first.
+    epochs: int | None = None
+    steps: int | None = None
+    max_minutes: float | None = None  # total training time, summed over resumes
+    # Machine.
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None  # CPU threads for torch (torch.set_num_threads); None = torch's default
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    sync_bn: bool = False
+    # Monitoring and checkpoints.
+    out: str = "runs"
+    val_every: int = 0  # also validate every N steps; 0 = once per epoch only
+    log_every: int = 50  # train scalars every N steps (and at every epoch end)
+    log_images: int = 8  # images per TensorBoard grid
+    checkpoint_minutes: float = 10.0  # last.ckpt also every N minutes (0 = only per epoch)
+    checkpoint_every_steps: int = 0  # and every N steps (0 = off)
+    progress: bool | None = None  # progress bar; None = when stderr is a terminal
+    quiet: bool = False  # no epoch summary lines
+    # Where the options came from.
+    config: str | None = None
+    resume: str | None = None
+
+    def task_kwargs(self) -> dict[str, Any]:
+        """Task options with the shorthand fields applied."""
+        out = dict(self.task_options)
+        out.update({k: getattr(self, k) for k in TASK_SHORTHANDS if getattr(self, k) is not None})
+        return out
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Model options with the shorthand fields applied."""
+        out = dict(self.model_options)
+        out.update({k: getattr(self, k) for k in MODEL_SHORTHANDS if getattr(self, k) is not None})
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _defaults() -> dict[str, Any]:
+    return TrainConfig().to_dict()
+
+
+def _check_keys(data: dict[str, Any], source: str) -> dict[str, Any]:
+    valid = set(_defaults())
+    out = {}
+    for key, value in data.items():
+        k = key.replace("-", "_")
+        if k not in valid:
+            raise PyramidalError(f"{source}: unknown option {key!r}; valid: {', '.join(sorted(valid))}")
+        out[k] = value
+    return out
+
+
+def _coerce(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """Light type checks so a config-file typo fails here, not deep inside training."""
+    hints = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    out = {}
+    for key, value in data.items():
+        hint = str(hints[key])
+        if value is None:
+            out[key] = None
+            continue
+        if hint.startswith("dict") and not isinstance(value, dict):
+            raise PyramidalError(f"{source}: {key} must be a table of options, got {value!r}")
+        if hint.startswith(("int", "float")) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise PyramidalError(f"{source}: {key} must be a number, got {value!r}")
+        if hint.startswith("float"):
+            value = float(value)
+        elif hint.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise PyramidalError(f"{source}: {key} must be a whole number, got {value!r}")
+            value = int(value)
+        elif hint.startswith("bool") and not isinstance(value, bool):
+            raise PyramidalError(f"{source}: {key} must be true or false, got {value!r}")
+        elif hint.startswith("str") and not isinstance(value, str):
+            raise PyramidalError(f"{source}: {key} must be a string, got {value!r}")
+        out[key] = value
+    return out
+
+
+def resolve_config(overrides: dict[str, Any] | None = None, config_file: str | None = None) -> TrainConfig:
+    """TrainConfig from defaults, then `config_file` (TOML), then `overrides`; tables merge key by key."""
+    data = _defaults()
+    overrides = _coerce(_check_keys(dict(overrides or {}), "option"), "option")
+    config_file = overrides.get("config", config_file)
+    if config_file:
+        from_file = _coerce(_check_keys(load_toml(find_config(config_file)), str(config_file)), str(config_file))
+        data.update(from_file)
+        data["config"] = str(config_file)
+    for key, value in overrides.items():
+        if key in ("task_options", "model_options") and isinstance(value, dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return TrainConfig(**data)
+
+
+def resume_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The saved config of `run_dir` with `overrides` applied (e.g. a later --steps)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PyramidalError(f"{run_dir}: no such run folder")
+    saved_path = run_dir / "config.json"
+    if not saved_path.exists():
+        raise PyramidalError(f"{run_dir}: not a training run (no config.json)")
+    from pyramidal.io import read_json
+
+    saved = read_json(saved_path)
+    data = _defaults()
+    data.update(_check_keys(saved, str(saved_path)))
+    overrides = _coerce(_check_keys(dict(overrides or {}), "option"), "option")
+    overrides.pop("config", None)
+    for key, value in overrides.items():
+        if key in ("task_options", "model_options") and isinstance(value, dict):
+            value = {**data[key], **value}
+        if key not in RESUME_QUIET and value != data[key]:
+            print(f"note: resuming {run_dir} with {key} = {value!r} (was {data[key]!r})", file=sys.stderr)
+        data[key] = value
+    data["resume"] = str(run_dir)
+    return TrainConfig(**data)
+
+
+def non_default(config: TrainConfig) -> dict[str, Any]:
+    """The fields of `config` that differ from the TrainConfig defaults."""
+    defaults = _defaults()
+    return {k: v for k, v in config.to_dict().items() if v != defaults[k]}
+
+
+def parse_size_schedule(text: str | None) -> list[tuple[int, int, int | None]]:
+    """`"4000:96,8000:128:16"` → [(4000, 96, None), (8000, 128, 16)], sorted by step."""
+    if not text:
+        return []
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        bits = part.split(":")
+        try:
+            if len(bits) not in (2, 3):
+                raise ValueError
+            nums = [int(b) for b in bits]
+        except ValueError:
+            raise PyramidalError(f"--size-schedule {part!r}: expected STEP:SIZE or STEP:SIZE:BATCH") from None
+        if nums[0] < 0 or any(n <= 0 for n in nums[1:]):
+            raise PyramidalError(f"--size-schedule {part!r}: steps must be >= 0, sizes and batches > 0")
+        out.append((nums[0], nums[1], nums[2] if len(nums) == 3 else None))
+    return sorted(out)
+
+
+def validate_config(c: TrainConfig) -> None:
+    """One clear PyramidalError for an impossible option; fills in the default length (--epochs)."""
+    if c.schedule not in SCHEDULES:
+        raise PyramidalError(f"--schedule {c.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    if c.optimizer not in OPTIMIZERS:
+        raise PyramidalError(f"--optimizer {c.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    if c.schedule == "step" and c.lr_step <= 0:
+        raise PyramidalError("--schedule step needs --lr-step N (multiply the LR by --lr-gamma every N steps)")
+    for name in ("size", "batch_size", "patches_per_epoch", "log_every"):
+        if getattr(c, name) <= 0:
+            raise PyramidalError(f"--{name.replace('_', '-')} must be positive, got {getattr(c, name)}")
+    for name in ("epochs", "steps", "max_minutes"):
+        v = getattr(c, name)
+        if v is not None and v < 0:
+            raise PyramidalError(f"--{name.replace('_', '-')} must be >= 0, got {v}")
+    if not (c.lr >= 0 and math.isfinite(c.lr)):
+        raise PyramidalError(f"--lr must be a non-negative number, got {c.lr}")
+    if c.ema and not 0.0 < c.ema < 1.0:
+        raise PyramidalError(f"--ema {c.ema}: the decay must be between 0 and 1 (e.g. 0.999)")
+    if c.clip_grad is not None and c.clip_grad <= 0:
+        raise PyramidalError(f"--clip-grad must be positive, got {c.clip_grad}")
+    if c.epochs is None and c.steps is None and c.max_minutes is None:
+        c.epochs = DEFAULT_EPOCHS
+
+
+def learning_rate(c: TrainConfig, step: int, total_steps: int | None) -> float:
+    """The learning rate for the update after `step` completed steps: warm-up, then the schedule."""
+    if c.warmup_steps and step < c.warmup_steps:
+        return c.lr * (step + 1) / c.warmup_steps
+    if c.schedule == "cosine":
+        span = max(1, (total_steps or 1) - c.warmup_steps)
+        t = min(1.0, (step - c.warmup_steps) / span)
+        return c.min_lr + (c.lr - c.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+    if c.schedule == "step":
+        return c.lr * c.lr_gamma ** (step // c.lr_step)
+    return c.lr
+
+
+def size_phases(c: TrainConfig) -> list[tuple[int, int, int]]:
+    """(first step, patch size, batch size) of each phase: --size and --batch-size, then --size-schedule's."""
+    phases = [(0, c.size, c.batch_size)]
+    for at, size, batch in parse_size_schedule(c.size_schedule):
+        phases.append((at, size, batch if batch is not None else phases[-1][2]))
+    return phases

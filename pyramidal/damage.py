@@ -5,7 +5,10 @@ Randomness is per image: image i's damage depends only on the task options, ``se
 so a batch can be split, reordered or resumed without changing any pixel. All random draws use NumPy
 generators seeded from those per-image seeds, so results do not depend on the torch device.
 
-The exact protocol of every task is documented in the README (Damage tasks, Data).
+A task class also declares what the rest of the package needs to know about it, so adding a task touches
+this file alone (docs/adding-a-task.md): its command-line options (`declared_options`), whether it paints a
+mask, the classical baselines it is scored against, its evaluation crops and settings, a one-line
+description. Reading those declarations imports neither torch nor NumPy (`pyramidal --help` uses them).
 """
 
 from __future__ import annotations
@@ -15,14 +18,17 @@ import functools
 import importlib.util
 import io
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-
+from pyramidal.lazy import LazyModule
 from pyramidal.registry import Registry
+
+np = LazyModule("numpy")
+torch = LazyModule("torch")
+F = LazyModule("torch.nn.functional")
 
 TASKS = Registry("damage task")
 
@@ -63,7 +69,7 @@ def create_task(name: str, train: bool = False, **options: Any) -> Task:
     except TypeError as exc:
         if "unexpected keyword argument" not in str(exc):
             raise
-        allowed = ", ".join(cls.option_names) or "none"
+        allowed = ", ".join(o.name for o in cls.declared_options) or "none"
         given = ", ".join(sorted(options))
         raise ValueError(f"task {name!r} does not take option(s) {given}; its options: {allowed}") from None
 
@@ -108,11 +114,41 @@ def _to_u8(x: torch.Tensor) -> torch.Tensor:
     return x.round().clamp_(0, 255).to(torch.uint8)
 
 
+@dataclass(frozen=True)
+class TaskOption:
+    """One option of a task; `pyramidal degrade`, `evaluate` and `train` offer it as `--NAME`."""
+
+    name: str  # the keyword of the task's __init__, and the flag `--name`
+    type: Callable[[str], Any]  # parses the command-line text: float, int or str
+    help: str  # what the value means
+    default: str  # what evaluation and `degrade` use when it is not given
+    train_default: str | None = None  # what training does when it is not given (None: the same)
+
+
 class Task:
-    """A damage task; subclasses implement `_apply(images, seeds)`."""
+    """A damage task; subclasses implement `_apply(images, seeds)` and declare what they are.
+
+    The class attributes below are the task's knowledge that the rest of the package asks for: a new task
+    sets those that differ and is picked up by `degrade`, `evaluate`, `train` and the demo unchanged.
+    """
 
     name = ""
-    option_names: tuple[str, ...] = ()
+    description = ""  # one line for listings; defaults to the first line of the class docstring
+    declared_options: tuple[TaskOption, ...] = ()  # each stored by __init__ as `self._opt_<name>`
+    has_mask = False  # `apply` also returns the B×1×H×W mask of the pixels it painted
+    # The colour holes are painted with, which a blind model trained on the task expects inside a user's mask
+    # (None: the damage keeps its own pixels there, as text does).
+    hole_colour: ClassVar[tuple[int, int, int] | None] = None
+    baselines: tuple[str, ...] = ()  # classical methods scored next to a model: names in evaluate.BASELINES
+    eval_crop = 256  # side of the evaluation crops
+    eval_crops = 1  # fixed crops per built-in validation photograph at eval_crop (1: one centre crop)
+    headline_setting: ClassVar[dict[str, Any]] = {}  # the one eval setting shown where only one fits (demo)
+    input_note: str | None = None  # a note on the "damaged input" row of evaluation tables
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "description" not in cls.__dict__:
+            cls.description = (cls.__doc__ or "").strip().split("\n")[0]
 
     def __init__(self, train: bool = False):
         self.train = bool(train)
@@ -120,9 +156,11 @@ class Task:
     @property
     def options(self) -> dict[str, Any]:
         """Options such that `create_task(self.name, train=self.train, **self.options)` rebuilds the task."""
-        return {k: getattr(self, "_opt_" + k) for k in self.option_names if getattr(self, "_opt_" + k) is not None}
+        values = {o.name: getattr(self, "_opt_" + o.name) for o in self.declared_options}
+        return {k: v for k, v in values.items() if v is not None}
 
-    def eval_settings(self) -> list[dict[str, Any]]:
+    @classmethod
+    def eval_settings(cls) -> list[dict[str, Any]]:
         """The option dicts an evaluation reports separately."""
         return [{}]
 
@@ -153,8 +191,6 @@ class Task:
             out = out[0]
             mask = mask[0] if mask is not None else None
         return out, mask
-
-    has_mask = False
 
     def _seeds(self, b: int, generator: torch.Generator | None, seeds: Any) -> list[int]:
         if seeds is not None:
@@ -189,9 +225,14 @@ class NoiseTask(Task):
     """Additive white Gaussian noise N(0, σ²) on the 0-255 scale."""
 
     name = "noise"
-    option_names = ("sigma",)
     train_range = (0.0, 130.0)
     default_eval_sigma = 50.0
+    declared_options = (
+        TaskOption("sigma", float, "standard deviation σ on the 0-255 scale", f"{default_eval_sigma:g}",
+                   f"blind: drawn per image from {train_range[0]:g}-{train_range[1]:g}"),
+    )
+    baselines = ("bm3d", "opencv-nlmeans")
+    headline_setting = {"sigma": int(default_eval_sigma)}
 
     def __init__(self, train: bool = False, sigma: float | None = None):
         super().__init__(train)
@@ -203,7 +244,8 @@ class NoiseTask(Task):
         # The fixed σ (None in training when σ is drawn per image).
         self.sigma: float | None = sigma if sigma is not None else (None if train else self.default_eval_sigma)
 
-    def eval_settings(self) -> list[dict[str, Any]]:
+    @classmethod
+    def eval_settings(cls) -> list[dict[str, Any]]:
         return [{"sigma": 25}, {"sigma": 50}, {"sigma": 125}]
 
     def _apply(self, x, seeds):
@@ -222,7 +264,9 @@ class PixelateTask(Task):
     """×factor super-resolution input: bicubic antialiased down-scale, nearest-neighbour up-scale."""
 
     name = "pixelate"
-    option_names = ("factor",)
+    default_factor = 8
+    declared_options = (TaskOption("factor", int, "down-scaling factor", f"{default_factor}"),)
+    baselines = ("bilinear", "bicubic", "lanczos")
 
     def __init__(self, train: bool = False, factor: int | None = None):
         super().__init__(train)
@@ -231,7 +275,7 @@ class PixelateTask(Task):
                 raise ValueError(f"pixelate: factor must be a positive integer, got {factor}")
             factor = int(factor)
         self._opt_factor = factor
-        self.factor: int = factor if factor is not None else 8
+        self.factor: int = factor if factor is not None else self.default_factor
 
     def small_size(self, h: int, w: int) -> tuple[int, int]:
         """(H//f, W//f), with a side shorter than the factor reduced to one pixel."""
@@ -271,6 +315,7 @@ class BlurTask(Task):
     """Gaussian blur, 15×15 kernel, σ = 2.6, replicated borders."""
 
     name = "blur"
+    baselines = ("wiener", "richardson-lucy")
     size = 15
     sigma = 0.3 * ((15 - 1) / 2 - 1) + 0.8  # = 2.6
 
@@ -310,9 +355,14 @@ class JpegTask(Task):
     """JPEG round trip with the real codec."""
 
     name = "jpeg"
-    option_names = ("quality",)
     train_range = (5, 50)
     default_eval_quality = 10
+    declared_options = (
+        TaskOption("quality", int, "JPEG quality 1-100", f"{default_eval_quality}",
+                   f"random: drawn per image from {train_range[0]}-{train_range[1]}"),
+    )
+    headline_setting = {"quality": default_eval_quality}
+    input_note = "the decoded JPEG"  # the damaged input is what a JPEG decoder shows: the natural baseline
 
     def __init__(self, train: bool = False, quality: int | None = None):
         super().__init__(train)
@@ -323,7 +373,8 @@ class JpegTask(Task):
         self._opt_quality = quality
         self.quality: int | None = quality if quality is not None else (None if train else self.default_eval_quality)
 
-    def eval_settings(self) -> list[dict[str, Any]]:
+    @classmethod
+    def eval_settings(cls) -> list[dict[str, Any]]:
         return [{"quality": 10}, {"quality": 5}]
 
     def _apply(self, x, seeds):
@@ -336,6 +387,13 @@ class JpegTask(Task):
         return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous().to(x.device), None
 
 
+def _fill(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paint the pixels of a bool B×1×H×W mask magenta; returns (image, mask on the image's device)."""
+    mask = mask.to(x.device)
+    colour = torch.tensor(MAGENTA, dtype=torch.uint8, device=x.device).view(1, 3, 1, 1)
+    return torch.where(mask, colour, x), mask
+
+
 def _paint(x: torch.Tensor, boxes: list[list[tuple[int, int, int, int]]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Fill (top, left, height, width) boxes per image with magenta; returns (image, mask)."""
     b, _, h, w = x.shape
@@ -343,13 +401,22 @@ def _paint(x: torch.Tensor, boxes: list[list[tuple[int, int, int, int]]]) -> tup
     for i, image_boxes in enumerate(boxes):
         for top, left, bh, bw in image_boxes:
             mask[i, 0, top : top + bh, left : left + bw] = True
-    mask = mask.to(x.device)
-    colour = torch.tensor(MAGENTA, dtype=torch.uint8, device=x.device).view(1, 3, 1, 1)
-    return torch.where(mask, colour, x), mask
+    return _fill(x, mask)
+
+
+# Classical inpainting, given the true mask: what every task with holes is scored against.
+INPAINT_BASELINES = ("opencv-telea", "opencv-ns", "biharmonic")
 
 
 class _MaskTask(Task):
+    """Paints magenta boxes and reports them as a mask (inpainting), scored on 64-px crops."""
+
     has_mask = True
+    hole_colour = MAGENTA
+    baselines = INPAINT_BASELINES
+    # The research's inpainting protocol: 16 fixed 64-px crops per validation photograph.
+    eval_crop = 64
+    eval_crops = 16
 
     def boxes(self, h: int, w: int, seed: int) -> list[tuple[int, int, int, int]]:
         """The (top, left, height, width) magenta boxes for one h×w image and its seed."""
@@ -428,6 +495,55 @@ class GridTask(_MaskTask):
         return out
 
 
+@TASKS.register("strokes")
+class StrokesTask(_MaskTask):
+    """1-3 free-form magenta brush strokes of 2-6 segments, 2-10 px wide at 64 px (DeepFill v2 / LaMa style)."""
+
+    name = "strokes"
+    max_coverage = 0.5  # a stroke that would paint more than this fraction of the image is left out
+
+    def stroke_mask(self, h: int, w: int, seed: int) -> np.ndarray:
+        """H×W bool: the strokes painted on one h×w image for its seed (the same in training and evaluation)."""
+        from PIL import Image, ImageDraw
+
+        rng = _rng(seed)
+        m = min(h, w)
+        u = m / 64
+        thin = max(1, round(2 * u))
+        thick = max(thin, round(10 * u))
+        mask = np.zeros((h, w), dtype=bool)
+        for k in range(int(rng.integers(1, 4))):
+            canvas = Image.new("L", (w, h), 0)
+            draw = ImageDraw.Draw(canvas)
+            x, y = float(rng.uniform(0, w)), float(rng.uniform(0, h))
+            start = (min(int(y), h - 1), min(int(x), w - 1))
+            angle = float(rng.uniform(0, 2 * math.pi))
+            for _ in range(int(rng.integers(2, 7))):
+                # A brush turns by up to ±90° per segment and changes width: strokes, not straight bars.
+                angle += float(rng.uniform(-math.pi / 2, math.pi / 2))
+                length = float(rng.uniform(m / 8, m / 3))
+                width = int(rng.integers(thin, thick + 1))
+                nx = min(max(x + length * math.cos(angle), 0.0), w - 1.0)
+                ny = min(max(y + length * math.sin(angle), 0.0), h - 1.0)
+                draw.line([(x, y), (nx, ny)], fill=255, width=width)
+                r = width / 2  # round joints and ends, as a brush leaves them
+                for cx, cy in ((x, y), (nx, ny)):
+                    draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+                x, y = nx, ny
+            stroke = np.asarray(canvas) > 0
+            stroke[start] = True  # a stroke on a tiny image still paints its first pixel
+            merged = mask | stroke
+            if k > 0 and merged.mean() > self.max_coverage:
+                continue
+            mask = merged
+        return mask
+
+    def _apply(self, x, seeds):
+        h, w = x.shape[2:]
+        masks = np.stack([self.stroke_mask(h, w, s) for s in seeds])[:, None]
+        return _fill(x, torch.from_numpy(masks))
+
+
 @TASKS.register("gray")
 class GrayTask(Task):
     """RGB → luminance Y = 0.299 R + 0.587 G + 0.114 B (ITU-R BT.601), copied to three channels."""
@@ -503,6 +619,8 @@ class TextTask(Task):
     """Random words in random fonts, sizes, colours and positions drawn over the image."""
 
     name = "text"
+    has_mask = True  # the pixels the words touch, antialiased edges included
+    baselines = INPAINT_BASELINES
 
     def words(self, h: int, w: int, seed: int) -> list[tuple[str, int, int, tuple[int, int, int], int, int]]:
         """The (word, font index, size, colour, x, y) items drawn on one h×w image."""
@@ -526,14 +644,19 @@ class TextTask(Task):
 
         arr = x.permute(0, 2, 3, 1).cpu().numpy()
         out = np.empty_like(arr)
-        h, w = arr.shape[1:3]
+        b, h, w = arr.shape[:3]
+        masks = np.zeros((b, 1, h, w), dtype=bool)
         for i, s in enumerate(seeds):
             im = Image.fromarray(np.ascontiguousarray(arr[i]), "RGB")
-            draw = ImageDraw.Draw(im)
+            ink = Image.new("L", (w, h), 0)  # the same words drawn in white: where any ink lands
+            draw, draw_ink = ImageDraw.Draw(im), ImageDraw.Draw(ink)
             for word, font, size, colour, px, py in self.words(h, w, s):
                 draw.text((px, py), word, fill=colour, font=_font(font, size))
+                draw_ink.text((px, py), word, fill=255, font=_font(font, size))
             out[i] = np.asarray(im)
-        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous().to(x.device), None
+            masks[i, 0] = np.asarray(ink) > 0
+        damaged = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous().to(x.device)
+        return damaged, torch.from_numpy(masks).to(x.device)
 
 
 @TASKS.register("mixed")
@@ -541,8 +664,8 @@ class MixedTask(Task):
     """One or two of the other tasks (default: all nine), chosen and ordered at random per image."""
 
     name = "mixed"
-    option_names = ("tasks",)
     default_tasks = ("noise", "pixelate", "blur", "jpeg", "squares", "block", "grid", "gray", "text")
+    declared_options = (TaskOption("tasks", str, "comma-separated tasks to draw from", "all"),)
 
     def __init__(self, train: bool = False, tasks: str | list[str] | tuple[str, ...] | None = None):
         super().__init__(train)
@@ -553,11 +676,12 @@ class MixedTask(Task):
             names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else [str(t) for t in tasks]
             names = [t for t in names if t]
             if not names:
-                raise ValueError("mixed: tasks must name at least one task")
+                raise ValueError(f"{self.name}: tasks must name at least one task")
             for t in names:
-                if t == "mixed":
-                    raise ValueError("mixed: cannot contain itself")
-                TASKS.get(t)  # ValueError listing valid names
+                if t == self.name:
+                    raise ValueError(f"{self.name}: cannot contain itself")
+                if self.has_mask and not TASKS.get(t).has_mask:  # TASKS.get: ValueError listing valid names
+                    raise ValueError(f"{self.name}: task {t!r} has no holes; choose from tasks with a mask")
             self._opt_tasks = ",".join(names)
         self.tasks = [create_task(t, train=train) for t in names]
 
@@ -569,6 +693,7 @@ class MixedTask(Task):
 
     def _apply(self, x, seeds):
         out = x.clone()
+        mask = torch.zeros(x.shape[0], 1, *x.shape[2:], dtype=torch.bool, device=x.device) if self.has_mask else None
         plans = [self.choose(s) for s in seeds]
         # Step j applies each image's j-th task; images sharing a task go through it as one sub-batch,
         # which gives the same pixels as one image at a time because damage is per-image seeded.
@@ -577,5 +702,25 @@ class MixedTask(Task):
                 idx = [i for i, p in enumerate(plans) if len(p) > j and p[j] == t]
                 if idx:
                     sub_seeds = [derive_seed(_TAG_MIXED, seeds[i], j) for i in idx]
-                    out[idx] = self.tasks[t](out[idx], seeds=sub_seeds)
-        return out, None
+                    out[idx], painted = self.tasks[t].apply(out[idx], seeds=sub_seeds)
+                    if mask is not None:
+                        mask[idx] |= painted
+        return out, mask
+
+
+@TASKS.register("inpaint")
+class InpaintTask(MixedTask):
+    """One hole task per image, drawn at random (squares, block, grid, text, strokes); always with its mask."""
+
+    name = "inpaint"
+    has_mask = True
+    hole_colour = MAGENTA  # every part but text paints magenta
+    default_tasks = ("squares", "block", "grid", "text", "strokes")
+    declared_options = (TaskOption("tasks", str, "comma-separated tasks with holes to draw from", "all"),)
+    baselines = INPAINT_BASELINES
+    eval_crop = 64
+    eval_crops = 16
+
+    def choose(self, seed: int) -> list[int]:
+        """The index into self.tasks of the one task applied to an image."""
+        return [int(_rng(seed).integers(len(self.tasks)))]

@@ -16,16 +16,16 @@ import random
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from pyramidal.damage import Task, create_task, derive_seed, eval_seed, one_thread
 from pyramidal.errors import PyramidalError
+from pyramidal.io import read_rgb, scan_images
 
 __all__ = [
     "BUILTIN_PHOTOS",
@@ -38,11 +38,9 @@ __all__ = [
     "list_images",
     "load_source",
     "make_loader",
-    "read_image",
     "scan_images",
     "to_float",
     "to_uint8",
-    "write_image",
 ]
 
 # Photographs shipped inside scikit-image's wheel (skimage/data/), name -> file. Synthetic or document
@@ -97,86 +95,8 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.detach().float().add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
-def _pil_rgb(im: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB; 16/32-bit integer and float greyscale are scaled to 8 bits first."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(im).astype(np.float64)
-        top = 65535.0 if im.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
-        return Image.fromarray(np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8), "L").convert("RGB")
-    if im.mode == "F":
-        arr = np.asarray(im, dtype=np.float64)
-        if arr.size and np.nanmax(arr) <= 1.0:
-            arr = arr * 255.0  # float images in [0, 1]
-        return Image.fromarray(np.clip(np.round(np.nan_to_num(arr)), 0, 255).astype(np.uint8), "L").convert("RGB")
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    return im.convert("RGB")
-
-
-def open_rgb(path: str | Path) -> Image.Image:
-    """Decode an image file fully into an RGB PIL image; raises PyramidalError('<path>: <reason>')."""
-    try:
-        with Image.open(path) as im:
-            im.seek(0)  # first frame of animations / multi-page files
-            im.load()
-            return _pil_rgb(im)
-    except FileNotFoundError:
-        raise PyramidalError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise PyramidalError(f"{path}: is a directory") from None
-    except UnidentifiedImageError:
-        raise PyramidalError(f"{path}: not a readable image") from None
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-        raise PyramidalError(f"{path}: corrupt or unsupported image ({exc})") from None
-
-
 def _pil_to_tensor(im: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-
-
-def read_image(path: str | Path) -> torch.Tensor:
-    """Read any image file as uint8 3×H×W RGB (grey, palette and alpha images converted)."""
-    return _pil_to_tensor(open_rgb(path))
-
-
-def write_image(image: torch.Tensor, path: str | Path) -> None:
-    """Write a uint8 3×H×W tensor as an image file (format from the suffix; PNG is lossless)."""
-    arr = image.detach().cpu().permute(1, 2, 0).numpy()
-    Image.fromarray(np.ascontiguousarray(arr), "RGB").save(path)
-
-
-def _check_header(path: Path) -> str | None:
-    """None if PIL recognises the file as an image, else the reason."""
-    try:
-        with Image.open(path) as im:
-            if im.width < 1 or im.height < 1:
-                return "empty image"
-        return None
-    except UnidentifiedImageError:
-        return "not a readable image"
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-        return f"corrupt image ({exc})"
-
-
-def scan_images(root: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Files under root (recursively, hidden ones ignored) split into (readable images, [(file, reason)])."""
-    root = Path(root)
-    if root.is_file():
-        files = [root]
-    elif root.is_dir():
-        files = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            files.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
-        files.sort()
-    else:
-        raise PyramidalError(f"{root}: no such file or folder")
-    # Only headers are read here; opening is I/O bound, so threads help on big folders.
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        reasons = list(pool.map(_check_header, files))
-    good = [f for f, r in zip(files, reasons) if r is None]
-    bad = [(f, r) for f, r in zip(files, reasons) if r is not None]
-    return good, bad
 
 
 def list_images(root: str | Path) -> list[Path]:
@@ -325,7 +245,7 @@ class ImageFiles(_EpochDataset):
         if path in self.bad:
             return None
         try:
-            return open_rgb(path)
+            return read_rgb(path)
         except PyramidalError as exc:
             self.bad[path] = str(exc)
             warnings.warn(f"{exc}; skipped", SkippedImageWarning, stacklevel=3)
@@ -461,7 +381,7 @@ class BuiltinSource(Source):
         self.photos: dict[str, Image.Image] = {}
         for name, file in BUILTIN_PHOTOS.items():
             try:
-                self.photos[name] = open_rgb(folder / file)
+                self.photos[name] = read_rgb(folder / file)
             except PyramidalError as exc:
                 self.skipped.append((str(folder / file), str(exc)))
                 warnings.warn(f"{exc}; skipped", SkippedImageWarning, stacklevel=2)
@@ -492,7 +412,7 @@ class BuiltinSource(Source):
         if not good:
             raise PyramidalError(f"{root}: no readable images in this folder")
         for f in good:
-            im = open_rgb(f)
+            im = read_rgb(f)
             if max(im.size) > max_side:
                 scale = max_side / max(im.size)
                 im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
@@ -554,7 +474,7 @@ class FolderSource(Source):
         out = []
         for f in self.files[split][:limit]:
             try:
-                out.append((f, _crop_or_whole(open_rgb(self.root / f), crop)))
+                out.append((f, _crop_or_whole(read_rgb(self.root / f), crop)))
             except PyramidalError as exc:
                 warnings.warn(f"{exc}; skipped", SkippedImageWarning, stacklevel=2)
         return out
@@ -634,7 +554,7 @@ class CelebASource(Source):
         out = []
         for f in self.files[split][:limit]:
             try:
-                face = celeba_patch(open_rgb(self.img_dir / f), self.size, None)
+                face = celeba_patch(read_rgb(self.img_dir / f), self.size, None)
             except PyramidalError as exc:
                 warnings.warn(f"{exc}; skipped", SkippedImageWarning, stacklevel=2)
                 continue

@@ -8,9 +8,6 @@ from pathlib import Path
 
 from pyramidal.errors import PyramidalError
 
-# One evaluation setting per task keeps the demo short; `pyramidal evaluate` reports all of them.
-DEMO_SETTINGS = {"noise": {"sigma": 50}, "jpeg": {"quality": 10}}
-
 
 @dataclass
 class DemoRow:
@@ -26,12 +23,14 @@ class DemoRow:
 
 def restore_section(out: Path, tasks: list[str], limit: int, baselines: str, say=print) -> list[DemoRow]:
     """Restore built-in validation photos for each task; one figure per task: truth / damaged / classical / ours."""
-    from pyramidal.evaluate import evaluate
-    from pyramidal.figures import image_grid
+    from pyramidal.damage import TASKS
+    from pyramidal.evaluate import evaluate, per_image_psnr
+    from pyramidal.figures import comparison_figure
 
     rows = []
     for task in tasks:
-        options = DEMO_SETTINGS.get(task, {})
+        # One evaluation setting per task keeps the demo short; `pyramidal evaluate` reports all of them.
+        options = dict(TASKS.get(task).headline_setting)
         start = time.perf_counter()
         # One centre crop per validation photograph: a portrait, fur and a still life, not three
         # neighbouring crops of one photo.
@@ -42,23 +41,14 @@ def restore_section(out: Path, tasks: list[str], limit: int, baselines: str, say
         classical = [r for r in setting["rows"] if r["kind"] == "baseline" and r["psnr"] is not None]
         best = max(classical, key=lambda r: r["psnr"], default=None)
         ours = by_kind["model"]
-        shown = min(3, len(images["clean"]))
-        grid, captions = [], []
-        for i in range(shown):
-            tiles = [images["clean"][i], images["damaged"][i]]
-            caps = ["", f"{by_kind['input']['per_image'][i]['psnr']:.2f} dB"]
-            if best is not None:
-                tiles.append(images[best["method"]][i])
-                caps.append(f"{best['per_image'][i]['psnr']:.2f} dB")
-            tiles.append(images[ours["method"]][i])
-            caps.append(f"{ours['per_image'][i]['psnr']:.2f} dB")
-            grid.append(tiles)
-            captions.append(caps)
-        titles = ["ground truth", "damaged"] + (["classical"] if best else []) + ["ours"]
+        columns = [("damaged", images["damaged"], per_image_psnr(by_kind["input"]))]
+        if best is not None:
+            columns.append(("classical", images[best["method"]], per_image_psnr(best)))
+        columns.append(("ours", images[ours["method"]], per_image_psnr(ours)))
         label = f"{task} {setting['label']}".strip()
         classical_note = f"\nclassical = {best['method']}" if best else ""
-        figure = image_grid(grid, out / f"{task}.png", column_titles=titles, captions=captions,
-                            title=f"{label}: built-in validation photos, PSNR under each tile{classical_note}")
+        figure = comparison_figure(out / f"{task}.png", images["clean"], columns, rows=3,
+                                   title=f"{label}: built-in validation photos, PSNR under each tile{classical_note}")
         row = DemoRow(task, setting["label"], len(images["clean"]), by_kind["input"]["psnr"],
                       best["psnr"] if best else None, best["method"] if best else "-", ours["psnr"], figure)
         rows.append(row)
@@ -79,8 +69,10 @@ def format_table(rows: list[DemoRow]) -> str:
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, train_minutes: float = 2.0,
              tasks: list[str] | None = None, say=print) -> dict:
     """Restore with every built-in weight file, print a PSNR table and figures, then train a small model."""
-    from pyramidal.restore import available_builtin_weights
-    from pyramidal.train import TrainConfig, train
+    from pyramidal.inference import available_builtin_weights
+    from pyramidal.io import write_text
+    from pyramidal.config import TrainConfig
+    from pyramidal.train import train
 
     out = Path(out)
     available = available_builtin_weights()
@@ -95,7 +87,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, train_minutes: 
     say("     PSNR in dB on 8-bit RGB (scikit-image), mean over the images shown in each figure")
     rows = restore_section(out, tasks, limit=1 if quick else 3, baselines="fast" if quick else "all", say=say)
     table = format_table(rows)
-    (out / "restore.md").write_text(table + "\n")
+    write_text(table + "\n", out / "restore.md")
     say(f"     figures: {', '.join(str(r.figure) for r in rows)}")
     say(f"     table:   {out / 'restore.md'}")
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 
-import torch
-
 from pyramidal.errors import PyramidalError
+from pyramidal.lazy import LazyModule
+
+torch = LazyModule("torch")  # PRECISIONS is read by the command-line flags, which must not load torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -49,3 +50,23 @@ def autocast(device: torch.device, precision: str):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def init_distributed(spec: str = "auto") -> tuple[torch.device, int, int]:
+    """(device, world size, rank) for this process; under torchrun also joins the process group.
+
+    Each process of a multi-GPU run takes the GPU named by LOCAL_RANK; NCCL connects GPUs, gloo CPUs.
+    """
+    import os
+
+    world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    device = resolve_device(spec)
+    if world_size > 1:
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, world_size, rank

@@ -2,25 +2,27 @@
 
 Metrics are scikit-image's `peak_signal_noise_ratio(data_range=255)` and
 `structural_similarity(channel_axis=-1, data_range=255)` on H×W×3 uint8 images, averaged over images.
+Tasks with holes are also scored over the hole alone (`hole_scores`): PSNR from the hole pixels' MSE, SSIM
+as the mean of the SSIM map over the hole pixels.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from pyramidal.damage import TASKS
 from pyramidal.errors import PyramidalError
+from pyramidal.io import format_number
+from pyramidal.registry import Registry
 
-HOLE_TASKS = ("squares", "block", "grid")
 BASELINE_LEVELS = ("auto", "none", "fast", "all")
 # `auto` runs the slow baselines (BM3D) only up to this many images.
 AUTO_SLOW_LIMIT = 16
@@ -50,16 +52,47 @@ def psnr(reference: np.ndarray | torch.Tensor, image: np.ndarray | torch.Tensor)
     return float(peak_signal_noise_ratio(ref, img, data_range=255))
 
 
-def ssim(reference: np.ndarray | torch.Tensor, image: np.ndarray | torch.Tensor) -> float:
-    """SSIM on 8-bit RGB (scikit-image, channel_axis=-1, data_range=255; 7×7 window, smaller for tiny images)."""
+def _ssim_full(ref: np.ndarray, img: np.ndarray) -> tuple[float, np.ndarray | None]:
+    """(SSIM, its H×W×3 map); (NaN, None) for images under 3 px."""
     from skimage.metrics import structural_similarity
 
-    ref, img = _hwc(reference), _hwc(image)
     side = min(ref.shape[:2])
     win = min(7, side if side % 2 else side - 1)
     if win < 3:
-        return float("nan")
-    return float(structural_similarity(ref, img, channel_axis=-1, data_range=255, win_size=win))
+        return float("nan"), None
+    value, full = structural_similarity(ref, img, channel_axis=-1, data_range=255, win_size=win, full=True)
+    return float(value), full
+
+
+def ssim(reference: np.ndarray | torch.Tensor, image: np.ndarray | torch.Tensor) -> float:
+    """SSIM on 8-bit RGB (scikit-image, channel_axis=-1, data_range=255; 7×7 window, smaller for tiny images)."""
+    return _ssim_full(_hwc(reference), _hwc(image))[0]
+
+
+def hole_scores(reference: np.ndarray | torch.Tensor, image: np.ndarray | torch.Tensor,
+                mask: np.ndarray) -> tuple[float, float]:
+    """(PSNR, SSIM) over the hole pixels (H×W bool mask) alone; NaN for an empty hole.
+
+    PSNR comes from the MSE of the hole's pixels (all three channels); SSIM is the mean of scikit-image's SSIM
+    map over them, so each hole pixel is scored with its 7×7 window, which reaches into the known pixels.
+    """
+    ref, img = _hwc(reference), _hwc(image)
+    hole = np.asarray(mask, dtype=bool)
+    if not hole.any():
+        return float("nan"), float("nan")
+    mse = float(np.mean((ref[hole].astype(np.float64) - img[hole].astype(np.float64)) ** 2))
+    value = math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+    _, full = _ssim_full(ref, img)
+    return value, float("nan") if full is None else float(full[hole].mean())
+
+
+def scores(reference: np.ndarray | torch.Tensor, image: np.ndarray | torch.Tensor,
+           mask: np.ndarray | None = None) -> dict[str, float]:
+    """{"psnr", "ssim"} of one image; with a mask also {"psnr_hole", "ssim_hole"} (`hole_scores`)."""
+    out = {"psnr": psnr(reference, image), "ssim": ssim(reference, image)}
+    if mask is not None:
+        out["psnr_hole"], out["ssim_hole"] = hole_scores(reference, image, mask)
+    return out
 
 
 # --------------------------------------------------------------------------- baselines
@@ -165,30 +198,36 @@ def _inpaint(flag_name: str) -> Callable[[np.ndarray, Context], np.ndarray]:
     return run
 
 
+def biharmonic_inpaint(damaged: np.ndarray, ctx: Context) -> np.ndarray:
+    """skimage.restoration.inpaint_biharmonic with the true mask, the three channels together."""
+    from skimage.restoration import inpaint_biharmonic
+
+    if ctx.mask is None or not ctx.mask.any():
+        return damaged.copy()
+    filled = inpaint_biharmonic(damaged.astype(np.float64) / 255.0, ctx.mask, channel_axis=-1)
+    return np.where(ctx.mask[..., None], _to_u8(filled), damaged)
+
+
+# Every classical method by name; each damage task names those it is scored against (`Task.baselines`).
+BASELINES = Registry("baseline")
+for _name, _baseline in (
+    ("bm3d", Baseline("BM3D (CBM3D, true σ)", bm3d_denoise, slow=True, requires="bm3d")),
+    ("opencv-nlmeans", Baseline("OpenCV non-local means (true σ)", nlmeans_denoise)),
+    ("bilinear", Baseline("bilinear up-scaling", _upscale("bilinear"))),
+    ("bicubic", Baseline("bicubic up-scaling", _upscale("bicubic"))),
+    ("lanczos", Baseline("Lanczos up-scaling", _upscale("lanczos"))),
+    ("wiener", Baseline("Wiener deconvolution (known kernel)", wiener_deblur)),
+    ("richardson-lucy", Baseline(f"Richardson–Lucy, {RL_ITERATIONS} it. (known kernel)", richardson_lucy_deblur)),
+    ("opencv-telea", Baseline("OpenCV Telea inpainting (true mask)", _inpaint("INPAINT_TELEA"))),
+    ("opencv-ns", Baseline("OpenCV Navier–Stokes inpainting (true mask)", _inpaint("INPAINT_NS"))),
+    ("biharmonic", Baseline("scikit-image biharmonic inpainting (true mask)", biharmonic_inpaint)),
+):
+    BASELINES.register(_name)(_baseline)
+
+
 def baselines_for(task_name: str) -> list[Baseline]:
     """The classical methods reported next to the model for a task (the damaged input is always added)."""
-    if task_name == "noise":
-        return [
-            Baseline("BM3D (CBM3D, true σ)", bm3d_denoise, slow=True, requires="bm3d"),
-            Baseline("OpenCV non-local means (true σ)", nlmeans_denoise),
-        ]
-    if task_name == "pixelate":
-        return [
-            Baseline("bilinear up-scaling", _upscale("bilinear")),
-            Baseline("bicubic up-scaling", _upscale("bicubic")),
-            Baseline("Lanczos up-scaling", _upscale("lanczos")),
-        ]
-    if task_name == "blur":
-        return [
-            Baseline("Wiener deconvolution (known kernel)", wiener_deblur),
-            Baseline(f"Richardson–Lucy, {RL_ITERATIONS} it. (known kernel)", richardson_lucy_deblur),
-        ]
-    if task_name in HOLE_TASKS:
-        return [
-            Baseline("OpenCV Telea inpainting (true mask)", _inpaint("INPAINT_TELEA")),
-            Baseline("OpenCV Navier–Stokes inpainting (true mask)", _inpaint("INPAINT_NS")),
-        ]
-    return []  # jpeg: the decoded JPEG is the damaged input; gray, text, mixed: only the input
+    return [BASELINES.get(name) for name in TASKS.get(task_name).baselines]
 
 
 def _module_available(name: str) -> bool:
@@ -201,13 +240,13 @@ def _module_available(name: str) -> bool:
 
 
 def default_crop(task_name: str) -> int:
-    """Crop side of the evaluation protocol: 64 px for the hole tasks, 256 px for the others."""
-    return 64 if task_name in HOLE_TASKS else 256
+    """Crop side of the task's evaluation protocol (`Task.eval_crop`: 64 px for inpainting, else 256 px)."""
+    return TASKS.get(task_name).eval_crop
 
 
 def default_crops(task_name: str) -> int:
-    """Crops per validation photograph: 16 fixed 64-px crops for the hole tasks, one centre crop otherwise."""
-    return 16 if task_name in HOLE_TASKS else 1
+    """Crops per validation photograph at the default crop (`Task.eval_crops`; 1: one centre crop)."""
+    return TASKS.get(task_name).eval_crops
 
 
 def eval_images(data: str, split: str = "val", crop: int | None = 256, crops: int = 1,
@@ -242,35 +281,37 @@ def setting_label(options: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in options.items())
 
 
-def _resolve_model(model_or_weights: Any, task_name: str):
+def _resolve_model(model_or_weights: Any, task_name: str, device: torch.device, precision: str):
+    """(model prepared for inference, model name, label for the report); all None without a model."""
+    from pyramidal.inference import load_restorer, prepare_for_inference
+
     if model_or_weights is None:
         return None, None, None
     if isinstance(model_or_weights, (str, os.PathLike)):
-        from pyramidal.restore import load_restorer
-
         model = load_restorer(model_or_weights, task_name)
-        return model, model.info["model"], f"{model.info['model']} ({model.weights_path})"
-    info = getattr(model_or_weights, "info", None) or getattr(model_or_weights, "spec", None) or {}
-    name = info.get("model", type(model_or_weights).__name__)
-    return model_or_weights, name, name
+        name, label = model.info["model"], f"{model.info['model']} ({model.weights_path})"
+    else:
+        model = model_or_weights
+        info = getattr(model, "info", None) or getattr(model, "spec", None) or {}
+        name = label = info.get("model", type(model).__name__)
+    return prepare_for_inference(model, device, precision), name, label
 
 
-def _summarize(method: str, kind: str, scores: list[tuple[float, float]], seconds: float | None,
-               note: str | None = None) -> dict:
+HOLE_METRICS = ("psnr_hole", "ssim_hole")
+
+
+def _summarize(method: str, kind: str, per_image: list[dict[str, float]], seconds: float | None,
+               note: str | None = None, holes: bool = False) -> dict:
+    """One row of the report: the mean of each metric over the images (`scores` per image)."""
     def mean(values: list[float]) -> float | None:
         # NaN (SSIM of a too-small image) is left out; inf (an identical image) makes the mean inf.
         values = [v for v in values if not math.isnan(v)]
         return float(np.mean(values)) if values else None
 
-    return {
-        "method": method,
-        "kind": kind,
-        "psnr": mean([p for p, _ in scores]),
-        "ssim": mean([s for _, s in scores]),
-        "seconds_per_image": seconds,
-        "per_image": [{"psnr": p, "ssim": s} for p, s in scores],
-        "note": note,
-    }
+    row = {"method": method, "kind": kind}
+    for key in ("psnr", "ssim") + (HOLE_METRICS if holes else ()):
+        row[key] = mean([p[key] for p in per_image])
+    return {**row, "seconds_per_image": seconds, "per_image": per_image, "note": note}
 
 
 def evaluate(
@@ -299,11 +340,11 @@ def evaluate(
     `settings`: option dicts to report (default: the task's eval settings, e.g. σ = 25, 50, 125).
     `baselines`: none | fast | all | auto (all, but the slow ones only up to 16 images).
     Returns a JSON-ready dict; with `keep_images`, `result['images']` also holds uint8 H×W×3 arrays per
-    setting: {'clean': [...], 'damaged': [...], '<method>': [...]} (left out by `write_json`).
+    setting: {'clean': [...], 'damaged': [...], '<method>': [...]} (leave them out before writing JSON).
     """
     from pyramidal.damage import create_task, eval_seed
     from pyramidal.device import resolve_device, resolve_precision
-    from pyramidal.restore import restore_images
+    from pyramidal.inference import needs_mask, restore_images
 
     if baselines not in BASELINE_LEVELS:
         raise PyramidalError(f"--baselines {baselines!r}: choose one of {', '.join(BASELINE_LEVELS)}")
@@ -313,9 +354,14 @@ def evaluate(
     if crops is None:
         crops = default_crops(task_name) if crop == default_crop(task_name) else 1
     images, described = eval_images(data, split, crop, crops, limit)
-    model, model_name, model_label = _resolve_model(model_or_weights, task_name)
     dev = resolve_device(device) if isinstance(device, str) else device
     prec = resolve_precision(precision, dev)
+    model, model_name, model_label = _resolve_model(model_or_weights, task_name, dev, prec)
+    # A mask-conditioned model is given the true mask, as the classical inpainting rows are.
+    mask_given = model is not None and needs_mask(model)
+    if mask_given and not base_task.has_mask:
+        raise PyramidalError(f"{model_label} is mask-conditioned (mask_input); task {task_name} has no holes to "
+                             "give it; evaluate it on a task with holes")
     run_slow = baselines == "all" or (baselines == "auto" and len(images) <= AUTO_SLOW_LIMIT)
     chosen = [] if baselines == "none" else baselines_for(task_name)
     settings = settings if settings is not None else base_task.eval_settings()
@@ -349,15 +395,19 @@ def evaluate(
             damaged.append(_hwc(out[0]))
             masks.append(mask[0, 0].numpy() if mask is not None else None)
         outputs: dict[str, list[np.ndarray]] = {"clean": clean, "damaged": damaged}
-        rows = [_summarize("damaged input", "input", [(psnr(c, d), ssim(c, d)) for c, d in zip(clean, damaged)],
-                           None, "the decoded JPEG" if task_name == "jpeg" else None)]
+        holes = base_task.has_mask
+
+        def scored(restored: list[np.ndarray], clean=clean, masks=masks) -> list[dict[str, float]]:
+            return [scores(c, r, m) for c, r, m in zip(clean, restored, masks)]
+
+        rows = [_summarize("damaged input", "input", scored(damaged), None, base_task.input_note, holes)]
         for baseline in chosen:
             if baseline.requires and not _module_available(baseline.requires):
-                rows.append(_summarize(baseline.name, "baseline", [], None, INSTALL_HINT))
+                rows.append(_summarize(baseline.name, "baseline", [], None, INSTALL_HINT, holes))
                 continue
             if baseline.slow and not run_slow:
                 rows.append(_summarize(baseline.name, "baseline", [], None,
-                                       f"skipped: slow on {len(images)} images (use --baselines all)"))
+                                       f"skipped: slow on {len(images)} images (use --baselines all)", holes))
                 continue
             if progress:
                 progress(f"{task_name} {label}".strip() + f": {baseline.name}")
@@ -365,20 +415,21 @@ def evaluate(
             restored = [baseline.run(d, Context(task, c, m)) for d, c, m in zip(damaged, clean, masks)]
             seconds = (time.perf_counter() - start) / len(images)
             outputs[baseline.name] = restored
-            rows.append(_summarize(baseline.name, "baseline", [(psnr(c, r), ssim(c, r)) for c, r in zip(clean, restored)],
-                                   seconds))
-        passes = [(False, f"model {model_name}")] if model is not None else []
+            rows.append(_summarize(baseline.name, "baseline", scored(restored), seconds, None, holes))
+        given = " (mask given)" if mask_given else ""
+        passes = [(False, f"model {model_name}{given}")] if model is not None else []
         if model is not None and ensemble:
-            passes.append((True, f"model {model_name} + self-ensemble ×8"))
+            passes.append((True, f"model {model_name} + self-ensemble ×8{given}"))
         for use_ensemble, name in passes:
             if progress:
                 progress(f"{task_name} {label}".strip() + f": {name}")
             start = time.perf_counter()
-            restored = restore_images(model, damaged, ensemble=use_ensemble, **restore_opts)
+            restored = restore_images(model, damaged, ensemble=use_ensemble, masks=masks if mask_given else None,
+                                      **restore_opts)
             seconds = (time.perf_counter() - start) / len(images)
             outputs[name] = restored
-            rows.append(_summarize(name, "ensemble" if use_ensemble else "model",
-                                   [(psnr(c, r), ssim(c, r)) for c, r in zip(clean, restored)], seconds))
+            rows.append(_summarize(name, "ensemble" if use_ensemble else "model", scored(restored), seconds, None,
+                                   holes))
         result["settings"].append({"options": dict(options), "label": label, "rows": rows})
         kept.append(outputs)
     if keep_images:
@@ -395,12 +446,9 @@ def best_baseline(rows: list[dict]) -> dict | None:
     return max(scored, key=lambda r: r["psnr"], default=None)
 
 
-def _fmt(value: float | None, digits: int) -> str:
-    if value is None:
-        return "–"
-    if math.isinf(value):
-        return "inf"
-    return f"{value:.{digits}f}"
+def per_image_psnr(row: dict) -> list[float]:
+    """A result row's PSNR for each image, in image order."""
+    return [p["psnr"] for p in row["per_image"]]
 
 
 def format_table(result: dict) -> str:
@@ -413,14 +461,23 @@ def format_table(result: dict) -> str:
         lines.append("")
         title = f"{result['task']}" + (f" ({setting['label']})" if setting["label"] else "")
         lines.append(title)
-        header = f"  {'method':<{width}} {'PSNR dB':>8} {'SSIM':>7} {'s/img':>7}"
+        holes = _has_hole_metrics(setting)
+        extra = f" {'hole dB':>8} {'hole SSIM':>9}" if holes else ""
+        header = f"  {'method':<{width}} {'PSNR dB':>8} {'SSIM':>7}{extra} {'s/img':>7}"
         lines.append(header)
         lines.append("  " + "-" * (len(header) - 2))
         for r in setting["rows"]:
             secs = "" if r["seconds_per_image"] is None else f"{r['seconds_per_image']:.2f}"
             note = f"  {r['note']}" if r["note"] else ""
-            lines.append(f"  {r['method']:<{width}} {_fmt(r['psnr'], 2):>8} {_fmt(r['ssim'], 4):>7} {secs:>7}{note}")
+            hole = f" {format_number(r['psnr_hole'], 2):>8} {format_number(r['ssim_hole'], 4):>9}" if holes else ""
+            lines.append(f"  {r['method']:<{width}} {format_number(r['psnr'], 2):>8} {format_number(r['ssim'], 4):>7}"
+                         f"{hole} {secs:>7}{note}")
     return "\n".join(lines)
+
+
+def _has_hole_metrics(setting: dict) -> bool:
+    """True when the rows carry the hole-only metrics (tasks with holes)."""
+    return any("psnr_hole" in r for r in setting["rows"])
 
 
 def format_markdown(result: dict) -> str:
@@ -431,32 +488,15 @@ def format_markdown(result: dict) -> str:
     out.append(f"Metrics: {result['metrics']}.")
     for setting in result["settings"]:
         out += ["", f"**{result['task']}" + (f", {setting['label']}" if setting["label"] else "") + "**", ""]
-        out += ["| method | PSNR (dB) | SSIM | s/image | note |", "|---|---:|---:|---:|---|"]
+        holes = _has_hole_metrics(setting)
+        if holes:
+            out += ["| method | PSNR (dB) | SSIM | hole PSNR (dB) | hole SSIM | s/image | note |",
+                    "|---|---:|---:|---:|---:|---:|---|"]
+        else:
+            out += ["| method | PSNR (dB) | SSIM | s/image | note |", "|---|---:|---:|---:|---|"]
         for r in setting["rows"]:
             secs = "" if r["seconds_per_image"] is None else f"{r['seconds_per_image']:.2f}"
-            out.append(f"| {r['method']} | {_fmt(r['psnr'], 2)} | {_fmt(r['ssim'], 4)} | {secs} | {r['note'] or ''} |")
+            hole = f" {format_number(r['psnr_hole'], 2)} | {format_number(r['ssim_hole'], 4)} |" if holes else ""
+            out.append(f"| {r['method']} | {format_number(r['psnr'], 2)} | {format_number(r['ssim'], 4)} |{hole} "
+                       f"{secs} | {r['note'] or ''} |")
     return "\n".join(out) + "\n"
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items() if k != "images"}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def write_json(result: dict | list, path: str | os.PathLike) -> None:
-    """Write results as JSON (non-finite PSNR as the string 'inf'; kept images left out)."""
-    from pyramidal.restore import write_atomic
-
-    text = json.dumps(_jsonable(result), indent=2, ensure_ascii=False) + "\n"
-    write_atomic(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
-def write_text(text: str, path: str | os.PathLike) -> None:
-    from pyramidal.restore import write_atomic
-
-    write_atomic(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyramidal.checkpoint import atomic_write
 from pyramidal.errors import PyramidalError
+from pyramidal.io import atomic_write
 
 DEFAULT_OPSET = 18
 
@@ -107,19 +107,22 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_
 
 def check_onnx(model: nn.Module, path: str | os.PathLike, sizes: tuple[tuple[int, int], ...] | None = None,
                tolerance: float = 1e-3, seed: int = 0) -> dict[tuple[int, int], float]:
-    """Max |onnxruntime − torch| at two image sizes (one needing padding); PyramidalError above `tolerance`."""
+    """Max |onnxruntime − torch| at two image sizes (one needing padding); PyramidalError above `tolerance`.
+
+    The torch side is what `restore` runs: the model through `prepare_for_inference` on the CPU in fp32.
+    """
+    from pyramidal.inference import prepare_for_inference
     from pyramidal.onnx_backend import onnx_restore_fn
 
     lo = min_side(model)
     sizes = sizes or ((max(64, 2 * lo), max(64, 2 * lo)), (max(48, lo) + 3, max(80, 2 * lo) + 7))
     run = onnx_restore_fn(path)
     gen = torch.Generator().manual_seed(seed)
-    model = model.float().eval()
+    model = prepare_for_inference(model.float(), "cpu", "fp32")
     diffs = {}
     for h, w in sizes:
         x = torch.rand(1, 3, h, w, generator=gen) * 2 - 1
-        with torch.inference_mode():
-            expected = model(x)
+        expected = model(x)
         diffs[(h, w)] = float((run(x) - expected).abs().max())
         if diffs[(h, w)] > tolerance:
             raise PyramidalError(f"{path}: onnxruntime output differs from torch by {diffs[(h, w)]:.2e} at {h}×{w} "

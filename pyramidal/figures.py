@@ -9,6 +9,19 @@ from pathlib import Path
 import numpy as np
 
 
+def tile_grid(images: np.ndarray, nrow: int = 8, pad: int = 2) -> np.ndarray:
+    """B×C×H×W floats in [0, 1] → one C×H'×W' picture, `nrow` tiles a row with white `pad`-px gaps (TensorBoard)."""
+    b, c, h, w = images.shape
+    nrow = max(1, min(nrow, b))
+    rows = -(-b // nrow)
+    grid = np.ones((c, rows * (h + pad) + pad, nrow * (w + pad) + pad), dtype=np.float32)
+    for i in range(b):
+        r, col = divmod(i, nrow)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        grid[:, top:top + h, left:left + w] = images[i]
+    return grid
+
+
 def _pyplot():
     import matplotlib
 
@@ -19,10 +32,10 @@ def _pyplot():
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    from pyramidal.restore import write_atomic
+    from pyramidal.io import atomic_write
 
     path = Path(path)
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=fig.dpi, bbox_inches="tight"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=fig.dpi, bbox_inches="tight"))
     _pyplot().close(fig)
     return path
 
@@ -60,6 +73,40 @@ def image_grid(
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def spread(n: int, k: int) -> list[int]:
+    """k indices spread evenly over range(n), so a figure shows different photographs, not one."""
+    if k >= n:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(k)})
+
+
+def file_suffix(label: str) -> str:
+    """A setting label as part of a file name: 'sigma=25' → '_sigma25', '' → ''."""
+    return ("_" + label.replace("=", "").replace(", ", "_")) if label else ""
+
+
+def comparison_figure(
+    path: str | os.PathLike,
+    clean: Sequence[np.ndarray],
+    columns: Sequence[tuple[str, Sequence[np.ndarray], Sequence[float]]],
+    *,
+    names: Sequence[str] | None = None,
+    rows: int = 4,
+    title: str | None = None,
+) -> Path:
+    """Ground truth, then one column per method, for `rows` images spread over the set; PSNR under each tile.
+
+    `columns`: (column title, images, PSNR in dB per image) for each method, the damaged input first.
+    `names` captions the ground-truth tiles (e.g. the photographs' names).
+    """
+    grid, captions = [], []
+    for i in spread(len(clean), rows):
+        grid.append([clean[i]] + [images[i] for _, images, _ in columns])
+        captions.append([names[i] if names else ""] + [f"{scores[i]:.2f} dB" for _, _, scores in columns])
+    titles = ["ground truth"] + [column_title for column_title, _, _ in columns]
+    return image_grid(grid, path, column_titles=titles, captions=captions, title=title)
 
 
 def line_plot(

@@ -74,11 +74,12 @@ def measure_model(
     device: str | torch.device = "cpu",
     source: Any = None,
 ) -> dict:
-    """Train `name` for `steps` Adam steps (MSE), then one more backward pass: conv gradient norms by depth."""
+    """Train `name` for `steps` steps of `train_step` (Adam, MSE, fp32), then one more backward: conv gradient norms."""
     from pyramidal.damage import create_task
     from pyramidal.data import load_source, make_loader
     from pyramidal.device import resolve_device
     from pyramidal.models import create_model
+    from pyramidal.train import make_optimizer, train_step
 
     dev = resolve_device(device) if isinstance(device, str) else device
     torch.manual_seed(seed)
@@ -87,18 +88,15 @@ def measure_model(
     loader = make_loader(source.split("train"), create_task(task, train=True), batch_size=batch_size,
                          train=True, seed=seed)
     batches = iter(loader)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = make_optimizer(model.parameters(), "adam", lr, weight_decay, dev)
     layers = convs_in_forward_order(model, torch.zeros(1, 3, size, size, device=dev))
     losses = []
     for step in range(steps + 1):
         damaged, clean = next(batches)
-        damaged, clean = damaged.to(dev), clean.to(dev)
-        optimizer.zero_grad(set_to_none=True)
-        loss = nn.functional.mse_loss(model(damaged), clean)
-        loss.backward()
-        losses.append(float(loss.detach()))
-        if step < steps:  # the last backward is only measured, not applied
-            optimizer.step()
+        # fp32 and NCHW: the norms measure the architecture, not rounding. The last backward is only measured.
+        loss, _ = train_step(model, optimizer, damaged, clean, device=dev, precision="fp32", channels_last=False,
+                             update=step < steps)
+        losses.append(float(loss))
     rows = layer_gradients(layers)
     first, last = rows[0]["grad_norm"], rows[-1]["grad_norm"]
     norms = sorted(r["grad_norm"] for r in rows)
@@ -132,9 +130,8 @@ def measure(models: list[str], **kwargs: Any) -> dict:
 
 def write_reports(report: dict, out: str | os.PathLike) -> dict[str, Path]:
     """gradients.png (norm vs depth, log y), gradients.csv (one row per layer) and gradients.json."""
-    from pyramidal.evaluate import write_json
     from pyramidal.figures import line_plot
-    from pyramidal.restore import write_atomic
+    from pyramidal.io import atomic_write, write_json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,7 +157,7 @@ def write_reports(report: dict, out: str | os.PathLike) -> dict[str, Path]:
                     writer.writerow([m["model"], r["depth"], r["layer"], r["kind"], f"{r['grad_norm']:.6g}",
                                      f"{r['grad_rms']:.6g}", f"{r['weight_norm']:.6g}"])
 
-    write_atomic(paths["csv"], write_csv)
+    atomic_write(paths["csv"], write_csv)
     write_json(report, paths["json"])
     return paths
 

@@ -1,28 +1,23 @@
 """Training: MSE on [-1, 1], Adam, TensorBoard as PSNR, crash-proof checkpoints, exact resume, DDP.
 
 The trainer knows nothing about any particular architecture: it builds whatever `create_model` returns
-and talks to it only through `forward`, `parameters()` and `state_dict()`.
+and talks to it only through `forward`, `parameters()` and `state_dict()`. One optimisation step is
+`train_step`, which `pyramidal bench` and the gradient report run too. Options live in pyramidal.config,
+the RNG/EMA/stop-signal state in pyramidal.runstate.
 
-    from pyramidal.train import TrainConfig, train
+    from pyramidal.config import TrainConfig
+    from pyramidal.train import train
     run_dir = train(TrainConfig(task="squares", model="pyramidal51", data="builtin", steps=200))
 """
 
 from __future__ import annotations
 
-import copy
-import csv
 import dataclasses
-import datetime
-import io
-import json
 import math
-import os
 import random
-import signal
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,209 +27,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyramidal.checkpoint import (
-    atomic_write,
     describe_spec,
     load_checkpoint,
     load_checkpoint_model,
-    read_sidecar,
+    load_init_weights,
     save_checkpoint,
     save_weights,
 )
-from pyramidal.config import load_toml, to_toml
-from pyramidal.device import autocast, resolve_device, resolve_precision
+from pyramidal.config import (
+    TrainConfig,
+    learning_rate,
+    non_default,
+    resume_config,
+    size_phases,
+    validate_config,
+)
+from pyramidal.damage import derive_seed
+from pyramidal.device import autocast, init_distributed, resolve_precision
 from pyramidal.errors import PyramidalError
 from pyramidal.fastpath import tune_cpu_allocator
-
-SCHEDULES = ("none", "cosine", "step")
-OPTIMIZERS = ("adam", "adamw")
-DEFAULT_EPOCHS = 10  # when no --epochs, --steps or --max-minutes is given
-TASK_SHORTHANDS = ("sigma", "factor", "quality")
-MODEL_SHORTHANDS = ("m", "growth", "down", "up", "dropout", "residual", "memory_efficient", "channels")
-# Fields that may change when a run is resumed without a note (they do not change what is computed).
-RESUME_QUIET = {"resume", "config", "epochs", "steps", "max_minutes", "device", "threads", "num_workers", "progress",
-                "quiet", "checkpoint_minutes", "checkpoint_every_steps", "out"}
-CSV_COLUMNS = ("step", "epoch", "elapsed_s", "loss/train", "PSNR/train", "loss/val", "PSNR/val",
-               "PSNR/val_input", "lr", "images_per_s")
-
-
-@dataclass
-class TrainConfig:
-    """Every training option; field names are the CLI flags in snake_case (`--batch-size` → batch_size)."""
-
-    # What to learn.
-    task: str = "squares"
-    task_options: dict[str, Any] = field(default_factory=dict)  # --task-option KEY=VALUE
-    sigma: float | None = None  # noise shorthand for task_options["sigma"]
-    factor: int | None = None  # pixelate
-    quality: int | None = None  # jpeg
-    model: str = "pyramidal51"
-    model_options: dict[str, Any] = field(default_factory=dict)  # --model-option KEY=VALUE
-    m: int | None = None
-    growth: int | None = None
-    down: str | None = None
-    up: str | None = None
-    dropout: float | None = None
-    residual: bool | None = None
-    memory_efficient: bool | None = None
-    channels: list[int] | None = None
-    init_weights: str | None = None  # start from these weights (.safetensors, .ckpt or a run folder)
-    # Data.
-    data: str = "builtin"
-    size: int = 64
-    max_images: int | None = None
-    patches_per_epoch: int = 1024
-    val_images: int = 256  # fixed validation crops for PSNR/val; 0 = the whole split
-    batch_size: int = 32  # per process
-    num_workers: int = 0
-    size_schedule: str | None = None  # "STEP:SIZE[:BATCH],...": bigger patches late in training
-    # Optimisation.
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    optimizer: str = "adam"  # adam: L2 weight decay as in the research; adamw: decoupled
-    schedule: str = "none"  # none | cosine | step
-    warmup_steps: int = 0
-    min_lr: float = 0.0  # cosine floor
-    lr_step: int = 0  # step schedule: multiply the LR by lr_gamma every lr_step steps
-    lr_gamma: float = 0.1
-    clip_grad: float | None = None  # max global gradient norm
-    ema: float | None = None  # e.g. 0.999; None/0 = off
-    # Length: training stops at whichever limit comes first.
-    epochs: int | None = None
-    steps: int | None = None
-    max_minutes: float | None = None  # total training time, summed over resumes
-    # Machine.
-    seed: int = 0
-    device: str = "auto"
-    threads: int | None = None  # CPU threads for torch (torch.set_num_threads); None = torch's default
-    precision: str = "auto"
-    channels_last: bool = True
-    compile: bool = False
-    sync_bn: bool = False
-    # Monitoring and checkpoints.
-    out: str = "runs"
-    val_every: int = 0  # also validate every N steps; 0 = once per epoch only
-    log_every: int = 50  # train scalars every N steps (and at every epoch end)
-    log_images: int = 8  # images per TensorBoard grid
-    checkpoint_minutes: float = 10.0  # last.ckpt also every N minutes (0 = only per epoch)
-    checkpoint_every_steps: int = 0  # and every N steps (0 = off)
-    progress: bool | None = None  # progress bar; None = when stderr is a terminal
-    quiet: bool = False  # no epoch summary lines
-    # Where the options came from.
-    config: str | None = None
-    resume: str | None = None
-
-    def task_kwargs(self) -> dict[str, Any]:
-        """Task options with the shorthand fields applied."""
-        out = dict(self.task_options)
-        out.update({k: getattr(self, k) for k in TASK_SHORTHANDS if getattr(self, k) is not None})
-        return out
-
-    def model_kwargs(self) -> dict[str, Any]:
-        """Model options with the shorthand fields applied."""
-        out = dict(self.model_options)
-        out.update({k: getattr(self, k) for k in MODEL_SHORTHANDS if getattr(self, k) is not None})
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+from pyramidal.figures import tile_grid
+from pyramidal.runstate import EMA, MetricsLog, StopRequest, new_run_dir, rng_state, set_rng_state
 
 
 class TrainingDiverged(PyramidalError):
     """The loss became NaN or infinite; the last good checkpoint was kept."""
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Config resolution: defaults ← config file ← explicit options.
-
-
-def _defaults() -> dict[str, Any]:
-    return TrainConfig().to_dict()
-
-
-def _check_keys(data: dict[str, Any], source: str) -> dict[str, Any]:
-    valid = set(_defaults())
-    out = {}
-    for key, value in data.items():
-        k = key.replace("-", "_")
-        if k not in valid:
-            raise PyramidalError(f"{source}: unknown option {key!r}; valid: {', '.join(sorted(valid))}")
-        out[k] = value
-    return out
-
-
-def _coerce(data: dict[str, Any], source: str) -> dict[str, Any]:
-    """Light type checks so a config-file typo fails here, not deep inside training."""
-    hints = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    out = {}
-    for key, value in data.items():
-        hint = str(hints[key])
-        if value is None:
-            out[key] = None
-            continue
-        if hint.startswith("dict") and not isinstance(value, dict):
-            raise PyramidalError(f"{source}: {key} must be a table of options, got {value!r}")
-        if hint.startswith(("int", "float")) and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise PyramidalError(f"{source}: {key} must be a number, got {value!r}")
-        if hint.startswith("float"):
-            value = float(value)
-        elif hint.startswith("int"):
-            if isinstance(value, float) and not value.is_integer():
-                raise PyramidalError(f"{source}: {key} must be a whole number, got {value!r}")
-            value = int(value)
-        elif hint.startswith("bool") and not isinstance(value, bool):
-            raise PyramidalError(f"{source}: {key} must be true or false, got {value!r}")
-        elif hint.startswith("str") and not isinstance(value, str):
-            raise PyramidalError(f"{source}: {key} must be a string, got {value!r}")
-        out[key] = value
-    return out
-
-
-def resolve_config(overrides: dict[str, Any] | None = None, config_file: str | None = None) -> TrainConfig:
-    """TrainConfig from defaults, then `config_file` (TOML), then `overrides`; tables merge key by key."""
-    data = _defaults()
-    overrides = _coerce(_check_keys(dict(overrides or {}), "option"), "option")
-    config_file = overrides.get("config", config_file)
-    if config_file:
-        from_file = _coerce(_check_keys(load_toml(config_file), str(config_file)), str(config_file))
-        data.update(from_file)
-        data["config"] = str(config_file)
-    for key, value in overrides.items():
-        if key in ("task_options", "model_options") and isinstance(value, dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    return TrainConfig(**data)
-
-
-def resume_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """The saved config of `run_dir` with `overrides` applied (e.g. a later --steps)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise PyramidalError(f"{run_dir}: no such run folder")
-    saved_path = run_dir / "config.json"
-    if not saved_path.exists():
-        raise PyramidalError(f"{run_dir}: not a training run (no config.json)")
-    try:
-        saved = json.loads(saved_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PyramidalError(f"{saved_path}: unreadable ({exc})") from None
-    data = _defaults()
-    data.update(_check_keys(saved, str(saved_path)))
-    overrides = _coerce(_check_keys(dict(overrides or {}), "option"), "option")
-    overrides.pop("config", None)
-    for key, value in overrides.items():
-        if key in ("task_options", "model_options") and isinstance(value, dict):
-            value = {**data[key], **value}
-        if key not in RESUME_QUIET and value != data[key]:
-            print(f"note: resuming {run_dir} with {key} = {value!r} (was {data[key]!r})", file=sys.stderr)
-        data[key] = value
-    data["resume"] = str(run_dir)
-    return TrainConfig(**data)
-
-
-def _non_default(config: TrainConfig) -> dict[str, Any]:
-    defaults = _defaults()
-    return {k: v for k, v in config.to_dict().items() if v != defaults[k]}
 
 
 def train(config: TrainConfig) -> Path:
@@ -244,14 +61,10 @@ def train(config: TrainConfig) -> Path:
     the TrainConfig default overrides it (so `TrainConfig(resume=dir, steps=500)` trains on to step 500).
     """
     if config.resume:
-        overrides = _non_default(config)
+        overrides = non_default(config)
         overrides.pop("resume", None)
         config = resume_config(config.resume, overrides)
     return Trainer(config).fit()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Small helpers.
 
 
 def psnr_from_mse(mse: float) -> float:
@@ -261,152 +74,69 @@ def psnr_from_mse(mse: float) -> float:
     return 10.0 * math.log10(4.0 / mse)
 
 
-def parse_size_schedule(text: str | None) -> list[tuple[int, int, int | None]]:
-    """`"4000:96,8000:128:16"` → [(4000, 96, None), (8000, 128, 16)], sorted by step."""
-    if not text:
-        return []
-    out = []
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        bits = part.split(":")
-        try:
-            if len(bits) not in (2, 3):
-                raise ValueError
-            nums = [int(b) for b in bits]
-        except ValueError:
-            raise PyramidalError(f"--size-schedule {part!r}: expected STEP:SIZE or STEP:SIZE:BATCH") from None
-        if nums[0] < 0 or any(n <= 0 for n in nums[1:]):
-            raise PyramidalError(f"--size-schedule {part!r}: steps must be >= 0, sizes and batches > 0")
-        out.append((nums[0], nums[1], nums[2] if len(nums) == 3 else None))
-    return sorted(out)
+def _grid(images: torch.Tensor) -> np.ndarray:
+    """B×3×H×W in [-1, 1] → one TensorBoard picture."""
+    return tile_grid(((images.detach().float().cpu() + 1) / 2).clamp(0, 1).numpy())
 
 
-def _mix(*parts: int) -> int:
-    """Deterministic 63-bit seed from integers (splitmix64 chain)."""
-    h = 0x2545F4914F6CDD1D
-    for p in parts:
-        h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) + 0x9E3779B97F4A7C15 & 0xFFFFFFFFFFFFFFFF
-        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h >> 1
+# ----------------------------------------------------------------------------------------------------------
+# One training step: the trainer, `pyramidal bench` and the gradient report all run this.
 
 
-def rng_state() -> dict[str, Any]:
-    """Every RNG state as tensors and plain types (loadable with weights_only=True)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "random": random.getstate(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
-    }
-    return state
+def make_optimizer(parameters: Iterable[nn.Parameter], name: str, lr: float, weight_decay: float,
+                   device: torch.device) -> torch.optim.Optimizer:
+    """Adam (L2 weight decay, as in the research) or AdamW (decoupled), fused into one kernel on CPU and CUDA.
 
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    version, internal, gauss = state["random"]
-    random.setstate((version, tuple(internal), gauss))
-    cuda = state.get("cuda") or []
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-
-
-def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2) -> torch.Tensor:
-    """B×3×H×W in [-1, 1] → one 3×H'×W' grid in [0, 1] (white gaps), for TensorBoard."""
-    images = ((images.detach().float().cpu() + 1) / 2).clamp(0, 1)
-    b, c, h, w = images.shape
-    nrow = max(1, min(nrow, b))
-    rows = math.ceil(b / nrow)
-    grid = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
-    for i in range(b):
-        r, col = divmod(i, nrow)
-        top, left = pad + r * (h + pad), pad + col * (w + pad)
-        grid[:, top : top + h, left : left + w] = images[i]
-    return grid
-
-
-class EMA:
-    """Exponential moving average of a model's weights; buffers (BN statistics) are copied as they are.
-
-    The decay ramps up as min(decay, (1 + step) / (10 + step)) so that short runs are not dominated by
-    the random initial weights.
+    Fused, the update takes 9 instead of 19 ms for 0.8 M parameters and 50 instead of 109 ms for 9.3 M on one
+    CPU thread (torch's default there is a per-tensor loop); a checkpoint keeps the setting it was made with.
     """
-
-    def __init__(self, model: nn.Module, decay: float):
-        if not 0.0 < decay < 1.0:
-            raise PyramidalError(f"--ema {decay}: the decay must be between 0 and 1 (e.g. 0.999)")
-        self.decay = decay
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        ema_params = list(self.model.parameters())
-        params = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_params, params, 1.0 - d)
-        for mine, theirs in zip(self.model.buffers(), model.buffers()):
-            mine.copy_(theirs)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.model.state_dict()
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(state)
+    cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    fused = True if device.type in ("cpu", "cuda") else None
+    return cls(parameters, lr=lr, weight_decay=weight_decay, fused=fused)
 
 
-class _StopRequest:
-    """SIGINT/SIGTERM during training: finish the current step, write last.ckpt, stop. Twice: abort."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print(f"\n{signal.Signals(signum).name}: stopping after this step and writing last.ckpt "
-              "(again to abort)", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
+    """fp16 needs loss scaling so that small gradients survive; bf16 and fp32 do not."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
 
-def _load_init_weights(model: nn.Module, path: str) -> None:
-    """Start from weights in a .safetensors (with sidecar), a .ckpt or a run folder (its best weights)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, damaged: torch.Tensor, clean: torch.Tensor, *,
+               device: torch.device, precision: str, channels_last: bool = True,
+               scaler: torch.amp.GradScaler | None = None, clip_grad: float | None = None,
+               check_loss: Callable[[torch.Tensor], None] | None = None, update: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of `pyramidal train`; returns the loss and the output, detached.
 
-    p = Path(path)
-    if p.is_dir():
-        p = p / "best.safetensors"
-    if not p.exists():
-        raise PyramidalError(f"{p}: no such weights file (--init-weights)")
-    if p.suffix == ".ckpt":
-        saved = load_checkpoint(p)
+    Forward under autocast in `precision` (channels_last input), MSE in fp32, backward (scaled for fp16),
+    optional clipping of the global gradient norm, the optimizer's update. `check_loss` sees the loss before
+    the backward pass and may raise to stop; `update=False` leaves the gradients in place, unapplied.
+    """
+    damaged = damaged.to(device, non_blocking=True)
+    clean = clean.to(device, non_blocking=True)
+    if channels_last:
+        damaged = damaged.contiguous(memory_format=torch.channels_last)
+    with autocast(device, precision):
+        output = model(damaged)
+    loss = F.mse_loss(output.float(), clean.float())
+    if check_loss is not None:
+        check_loss(loss.detach())
+    optimizer.zero_grad(set_to_none=True)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        if update:
+            if clip_grad:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
     else:
-        info = read_sidecar(p)
-        try:
-            state = load_file(str(p))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise PyramidalError(f"{p}: not a readable safetensors file ({exc})") from None
-        saved = {"spec": {"model": info["model"], "options": info.get("options", {})}, "model": state}
-    load_checkpoint_model(saved, model, str(p))
+        loss.backward()
+        if update:
+            if clip_grad:
+                torch.nn.utils.clip_grad_norm_(params, clip_grad)
+            optimizer.step()
+    return loss.detach(), output.detach()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -421,10 +151,11 @@ class Trainer:
         from pyramidal.models import create_model
 
         self.config = c = dataclasses.replace(config)  # a copy: defaults filled in here stay ours
-        self._validate_config()
+        validate_config(c)
         if c.threads:
             torch.set_num_threads(c.threads)
-        self._init_distributed()
+        self.device, self.world_size, self.rank = init_distributed(c.device)
+        self.distributed = self.world_size > 1
         self.precision = resolve_precision(c.precision, self.device)
         if self.device.type == "cpu" and not (c.memory_efficient or c.model_options.get("memory_efficient")):
             # As the bench does: reuse freed memory instead of page-faulting it back every step. A memory-efficient
@@ -443,9 +174,7 @@ class Trainer:
         task_kwargs = c.task_kwargs()
         self.task = create_task(c.task, train=True, **task_kwargs)
         self.val_task = create_task(c.task, train=False, **task_kwargs)
-        self.phases = [(0, c.size, c.batch_size)]
-        for at, size, batch in parse_size_schedule(c.size_schedule):
-            self.phases.append((at, size, batch if batch is not None else self.phases[-1][2]))
+        self.phases = size_phases(c)
         self._sources: dict[int, Any] = {}
         self._loaders: dict[int, Any] = {}
         self.train_len = len(self._source(c.size).split("train"))
@@ -453,7 +182,7 @@ class Trainer:
 
         model = create_model(c.model, **c.model_kwargs())
         if c.init_weights and not c.resume:
-            _load_init_weights(model, c.init_weights)
+            load_init_weights(model, c.init_weights)
         if c.sync_bn and self.world_size > 1:
             if self.device.type == "cuda":
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -475,9 +204,8 @@ class Trainer:
         if c.compile:
             self.train_model = torch.compile(self.train_model)
 
-        opt_cls = torch.optim.Adam if c.optimizer == "adam" else torch.optim.AdamW
-        self.optimizer = opt_cls(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        self.optimizer = make_optimizer(model.parameters(), c.optimizer, c.lr, c.weight_decay, self.device)
+        self.scaler = grad_scaler(self.device, self.precision)
         self.total_steps = self._planned_steps()
         if c.schedule == "cosine" and self.total_steps is None:
             raise PyramidalError("--schedule cosine needs --steps or --epochs to know where the schedule ends")
@@ -501,51 +229,74 @@ class Trainer:
             self._restore(self.run_dir / "last.ckpt")
         else:
             self.run_dir = self._make_run_dir()
-        self.writer = None
-        self.csv_file = None
+        self.logs: MetricsLog | None = None
+
+    # -- the loop -------------------------------------------------------------------------------------------
+
+    def fit(self) -> Path:
+        """Train until a limit is reached; returns the run folder (last.ckpt, best.safetensors, logs)."""
+        try:
+            with StopRequest() as stop:
+                self._stop = stop
+                if self.is_main:
+                    self.logs = MetricsLog(self.run_dir, self.config.to_dict(), self.step if self.resumed else None)
+                self._loop()
+        finally:
+            if self.logs is not None:
+                self.logs.close()
+            if self.distributed:
+                import torch.distributed as dist
+
+                if dist.is_initialized():
+                    dist.destroy_process_group()
+        return self.run_dir
+
+    def _loop(self) -> None:
+        self._start()
+        while not self._should_stop():
+            if self.batch_in_epoch == 0:
+                self.phase = self._phase_for(self.step)
+            if self._run_epoch():
+                break  # stopped part-way through the epoch
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            self._end_of_epoch()
+            if not self._should_stop():
+                self._timed_save()
+        self._finish()
+
+    def _run_epoch(self) -> bool:
+        """Train on the rest of this epoch; True if a limit or a signal stopped it before its end."""
+        from tqdm import tqdm
+
+        c = self.config
+        loader = self._train_loader(self.phase)
+        loader.set_epoch(self.epoch)  # also forwarded to a DistributedSampler
+        if self.batch_in_epoch:
+            loader.skip_batches(self.batch_in_epoch)
+        total = len(loader)
+        with tqdm(total=total, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}", disable=not self.progress,
+                  leave=False, dynamic_ncols=True, file=sys.stderr) as bar:
+            for damaged, clean in loader:
+                self._train_step(damaged, clean)
+                if self.progress:
+                    loss, ips = self._bar_values
+                    bar.set_postfix_str(f"loss {loss:.4f}  PSNR {psnr_from_mse(loss):.2f} dB  {ips:.0f} img/s",
+                                        refresh=False)
+                    bar.update(1)
+                if self.batch_in_epoch >= total:
+                    return False  # the epoch is done: its end-of-epoch work follows in _loop
+                if self.is_main and self.step % c.log_every == 0:
+                    self._log_train()
+                if c.val_every and self.step % c.val_every == 0:
+                    self._maybe_validate()
+                if self._should_stop():
+                    return True
+                if self._checkpoint_due():
+                    self._timed_save()
+        return False  # a loader that ran short also ends its epoch
 
     # -- set-up ---------------------------------------------------------------------------------------------
-
-    def _validate_config(self) -> None:
-        c = self.config
-        if c.schedule not in SCHEDULES:
-            raise PyramidalError(f"--schedule {c.schedule!r}: choose one of {', '.join(SCHEDULES)}")
-        if c.optimizer not in OPTIMIZERS:
-            raise PyramidalError(f"--optimizer {c.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-        if c.schedule == "step" and c.lr_step <= 0:
-            raise PyramidalError("--schedule step needs --lr-step N (multiply the LR by --lr-gamma every N steps)")
-        for name in ("size", "batch_size", "patches_per_epoch", "log_every"):
-            if getattr(c, name) <= 0:
-                raise PyramidalError(f"--{name.replace('_', '-')} must be positive, got {getattr(c, name)}")
-        for name in ("epochs", "steps", "max_minutes"):
-            v = getattr(c, name)
-            if v is not None and v < 0:
-                raise PyramidalError(f"--{name.replace('_', '-')} must be >= 0, got {v}")
-        if not (c.lr >= 0 and math.isfinite(c.lr)):
-            raise PyramidalError(f"--lr must be a non-negative number, got {c.lr}")
-        if c.ema and not 0.0 < c.ema < 1.0:
-            raise PyramidalError(f"--ema {c.ema}: the decay must be between 0 and 1 (e.g. 0.999)")
-        if c.clip_grad is not None and c.clip_grad <= 0:
-            raise PyramidalError(f"--clip-grad must be positive, got {c.clip_grad}")
-        if c.epochs is None and c.steps is None and c.max_minutes is None:
-            c.epochs = DEFAULT_EPOCHS
-
-    def _init_distributed(self) -> None:
-        c = self.config
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        device = resolve_device(c.device)
-        self.distributed = self.world_size > 1
-        if self.distributed:
-            import torch.distributed as dist
-
-            if device.type == "cuda":
-                device = torch.device("cuda", self.local_rank)
-                torch.cuda.set_device(device)
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        self.device = device
 
     def _source(self, size: int):
         from pyramidal.data import load_source
@@ -619,21 +370,7 @@ class Trainer:
         return min(limits) if limits else None
 
     def _make_run_dir(self) -> Path:
-        c = self.config
-        path = None
-        if self.is_main:
-            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-            base = Path(c.out) / c.task / c.model / stamp
-            base.parent.mkdir(parents=True, exist_ok=True)
-            candidate, n = base, 1
-            while True:
-                try:
-                    candidate.mkdir()
-                    break
-                except FileExistsError:
-                    n += 1
-                    candidate = base.with_name(f"{stamp}-{n}")
-            path = str(candidate)
+        path = str(new_run_dir(self.config.out, self.config.task, self.config.model)) if self.is_main else None
         if self.distributed:
             import torch.distributed as dist
 
@@ -740,56 +477,9 @@ class Trainer:
 
     # -- logging --------------------------------------------------------------------------------------------
 
-    def _open_logs(self) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        # The resolved config, written again on resume so that later resumes see extended limits.
-        # `resume` is left out: `--config RUN/config.toml` then starts a fresh run with the same settings.
-        saved = {**self.config.to_dict(), "resume": None}
-        text = to_toml(saved)
-        atomic_write(self.run_dir / "config.toml", lambda tmp: Path(tmp).write_text(text))
-        js = json.dumps(saved, indent=2) + "\n"
-        atomic_write(self.run_dir / "config.json", lambda tmp: Path(tmp).write_text(js))
-        if self.resumed:
-            self._truncate_csv(self.step)
-            self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=self.step + 1)
-        else:
-            self.writer = SummaryWriter(log_dir=str(self.run_dir))
-            header = "    " + "\n    ".join(text.splitlines())  # indented: Markdown code block
-            self.writer.add_text("config", header, 0)
-            with open(self.run_dir / "metrics.csv", "w", newline="") as fh:
-                csv.writer(fh).writerow(CSV_COLUMNS)
-        self.csv_file = open(self.run_dir / "metrics.csv", "a", newline="")
-        self.csv = csv.writer(self.csv_file)
-
-    def _truncate_csv(self, step: int) -> None:
-        """Drop rows a crashed run logged after its last checkpoint; they will be logged again."""
-        path = self.run_dir / "metrics.csv"
-        rows = []
-        if path.exists():
-            with open(path, newline="") as fh:
-                for row in csv.reader(fh):
-                    if row and row[0] != "step" and len(row) == len(CSV_COLUMNS):
-                        try:
-                            if int(row[0]) <= step:
-                                rows.append(row)
-                        except ValueError:
-                            pass
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(CSV_COLUMNS)
-        w.writerows(rows)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
-
     def _log(self, values: dict[str, float]) -> None:
-        if not self.is_main:
-            return
-        for tag, value in values.items():
-            self.writer.add_scalar(tag, value, self.step)
-        row = {"step": self.step, "epoch": self.epoch, "elapsed_s": round(self._elapsed(), 3), **values}
-        self.csv.writerow(["" if row.get(k) is None else (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k])
-                           for k in CSV_COLUMNS])
-        self.csv_file.flush()
+        if self.is_main:
+            self.logs.scalars(values, self.step, self.epoch, self._elapsed())
 
     def _log_train(self) -> None:
         if self._acc_n == 0:
@@ -807,20 +497,10 @@ class Trainer:
     def _elapsed(self) -> float:
         return self.elapsed + (time.monotonic() - self._t_start if hasattr(self, "_t_start") else 0.0)
 
-    # -- the loop -------------------------------------------------------------------------------------------
+    # -- steps, validation, stopping ------------------------------------------------------------------------
 
     def _lr_at(self, step: int) -> float:
-        """Learning rate for the update after `step` completed steps (warm-up, then the schedule)."""
-        c = self.config
-        if c.warmup_steps and step < c.warmup_steps:
-            return c.lr * (step + 1) / c.warmup_steps
-        if c.schedule == "cosine":
-            span = max(1, (self.total_steps or 1) - c.warmup_steps)
-            t = min(1.0, (step - c.warmup_steps) / span)
-            return c.min_lr + (c.lr - c.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
-        if c.schedule == "step":
-            return c.lr * c.lr_gamma ** (step // c.lr_step)
-        return c.lr
+        return learning_rate(self.config, step, self.total_steps)
 
     def _should_stop(self) -> bool:
         c = self.config
@@ -841,63 +521,48 @@ class Trainer:
         c = self.config
         # Dropout draws from the global RNG: seeding it from (seed, step, rank) makes every step's masks a
         # pure function of its position, so a resumed run repeats them exactly whatever else used the RNG.
-        torch.manual_seed(_mix(c.seed, self.step, self.rank))
-        lr = self._lr_at(self.step)
+        torch.manual_seed(derive_seed(c.seed, self.step, self.rank))
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        damaged = damaged.to(self.device, non_blocking=True)
-        clean = clean.to(self.device, non_blocking=True)
-        if c.channels_last:
-            damaged = damaged.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.precision):
-            output = self.train_model(damaged)
-        loss = F.mse_loss(output.float(), clean.float())
-        value = loss.detach()
+            group["lr"] = self._lr_at(self.step)
+        _, output = train_step(self.train_model, self.optimizer, damaged, clean, device=self.device,
+                               precision=self.precision, channels_last=c.channels_last, scaler=self.scaler,
+                               clip_grad=c.clip_grad, check_loss=self._check_loss)
+        if self.ema is not None:
+            self.ema.update(self.model, self.step)
+        self.step += 1
+        self.batch_in_epoch += 1
+        n = damaged.shape[0] * self.world_size
+        self._acc_loss += self._loss_value
+        self._acc_n += 1
+        self._acc_images += n
+        self._last_output = output[: c.log_images]
+        now = time.perf_counter()
+        self._bar_values = (self._loss_value, n / max(now - self._step_end, 1e-9))
+        self._step_end = now
+
+    def _check_loss(self, loss: torch.Tensor) -> None:
+        """Before the update: stop on a non-finite loss; under DDP also share the loss, signals and clock."""
+        c = self.config
         if self.distributed:
             import torch.distributed as dist
 
             # One collective per step carries the mean loss (for logging and a shared NaN verdict), any
             # rank's signal and rank 0's clock, so that every process leaves the loop at the same step.
             out_of_time = self.is_main and c.max_minutes is not None and self._elapsed() >= c.max_minutes * 60
-            flags = torch.tensor([float(self._stop.requested), float(out_of_time)], device=value.device)
-            packet = torch.cat([value.float().reshape(1), flags])
+            flags = torch.tensor([float(self._stop.requested), float(out_of_time)], device=loss.device)
+            packet = torch.cat([loss.float().reshape(1), flags])
             dist.all_reduce(packet)
-            loss_value = packet[0].item() / self.world_size
+            value = packet[0].item() / self.world_size
             signalled, out_of_time = packet[1].item() > 0, packet[2].item() > 0
         else:
-            loss_value = value.item()
+            value = loss.item()
             signalled = out_of_time = False  # checked between steps by _should_stop
-        if not math.isfinite(loss_value):
-            raise self._diverged("the training loss", loss_value, self.step + 1)
-        self.optimizer.zero_grad(set_to_none=True)
-        params = self.model.parameters()
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            if c.clip_grad:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(params, c.clip_grad)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            if c.clip_grad:
-                torch.nn.utils.clip_grad_norm_(params, c.clip_grad)
-            self.optimizer.step()
-        if self.ema is not None:
-            self.ema.update(self.model, self.step)
-        self.step += 1
-        self.batch_in_epoch += 1
+        if not math.isfinite(value):
+            raise self._diverged("the training loss", value, self.step + 1)
         self._stop_flag = self._stop_flag or signalled or out_of_time
         self._out_of_time = self._out_of_time or out_of_time
         self._interrupted = self._interrupted or signalled
-        n = damaged.shape[0] * self.world_size
-        self._acc_loss += loss_value
-        self._acc_n += 1
-        self._acc_images += n
-        self._last_output = output.detach()[: c.log_images]
-        now = time.perf_counter()
-        self._bar_values = (loss_value, n / max(now - self._step_end, 1e-9))
-        self._step_end = now
+        self._loss_value = value
 
     @torch.no_grad()
     def _validate(self, first: bool = False) -> float:
@@ -929,10 +594,10 @@ class Trainer:
             self.val_input_psnr = values["PSNR/val_input"]
         self._log(values)
         if c.log_images:
-            self.writer.add_image("1 output (val)", image_grid(shown[0]), self.step)
+            self.logs.writer.add_image("1 output (val)", _grid(shown[0]), self.step)
             if first:
-                self.writer.add_image("2 input", image_grid(shown[1]), self.step)
-                self.writer.add_image("3 ground truth", image_grid(shown[2]), self.step)
+                self.logs.writer.add_image("2 input", _grid(shown[1]), self.step)
+                self.logs.writer.add_image("3 ground truth", _grid(shown[2]), self.step)
         self.last_val_step = self.step
         self.last_val_psnr = psnr
         # Step 0 counts too: a run stopped by --max-minutes before its first update still leaves weights.
@@ -954,13 +619,13 @@ class Trainer:
         self._log_train()
         self._maybe_validate()
         self._log_train_images()
-        self.writer.flush()
+        self.logs.writer.flush()
         if not self.config.quiet:
             self._summary()
 
     def _log_train_images(self) -> None:
         if self.config.log_images and self._last_output is not None and self._train_image_step != self.step:
-            self.writer.add_image("4 output (train)", image_grid(self._last_output), self.step)
+            self.logs.writer.add_image("4 output (train)", _grid(self._last_output), self.step)
             self._train_image_step = self.step
 
     def _timed_save(self) -> None:
@@ -981,29 +646,7 @@ class Trainer:
         parts.append(f"{self._elapsed():.0f} s")
         print("  ".join(parts), flush=True)
 
-    def fit(self) -> Path:
-        """Train until a limit is reached; returns the run folder (last.ckpt, best.safetensors, logs)."""
-        try:
-            with _StopRequest() as stop:
-                self._stop = stop
-                if self.is_main:
-                    self._open_logs()
-                self._loop()
-        finally:
-            if self.writer is not None:
-                self.writer.close()
-            if self.csv_file is not None:
-                self.csv_file.close()
-            if self.distributed:
-                import torch.distributed as dist
-
-                if dist.is_initialized():
-                    dist.destroy_process_group()
-        return self.run_dir
-
-    def _loop(self) -> None:
-        from tqdm import tqdm
-
+    def _start(self) -> None:
         c = self.config
         self._stop_flag = False  # stop after this step: a signal, or --max-minutes under DDP
         self._interrupted = False  # the stop came from a signal
@@ -1021,61 +664,22 @@ class Trainer:
                   f"{self.world_size} process(es); tensorboard --logdir {self.run_dir})", flush=True)
         if self.is_main and not self.resumed:
             self._validate(first=True)
-        while not self._should_stop():
-            if self.batch_in_epoch == 0:
-                self.phase = self._phase_for(self.step)
-            loader = self._train_loader(self.phase)
-            loader.set_epoch(self.epoch)  # also forwarded to a DistributedSampler
-            if self.batch_in_epoch:
-                loader.skip_batches(self.batch_in_epoch)
-            total = len(loader)
-            bar = tqdm(total=total, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}",
-                       disable=not self.progress, leave=False, dynamic_ncols=True, file=sys.stderr)
-            stopped_early = False
-            try:
-                for damaged, clean in loader:
-                    self._train_step(damaged, clean)
-                    if self.progress:
-                        loss, ips = self._bar_values
-                        bar.set_postfix_str(f"loss {loss:.4f}  PSNR {psnr_from_mse(loss):.2f} dB  {ips:.0f} img/s",
-                                            refresh=False)
-                        bar.update(1)
-                    if self.batch_in_epoch >= total:
-                        break  # the epoch is done: its end-of-epoch work follows below
-                    if self.is_main and self.step % c.log_every == 0:
-                        self._log_train()
-                    if c.val_every and self.step % c.val_every == 0:
-                        self._maybe_validate()
-                    if self._should_stop():
-                        stopped_early = True
-                        break
-                    if self._checkpoint_due():
-                        self._timed_save()
-            finally:
-                bar.close()
-            if not stopped_early:  # (a loader that ran short also ends its epoch here)
-                self.epoch += 1
-                self.batch_in_epoch = 0
-                self._end_of_epoch()
-                if not self._should_stop():
-                    self._timed_save()
-            else:
-                break
+
+    def _finish(self) -> None:
         self.interrupted = self._interrupted
         self.finished = not self.interrupted
-        if self.is_main:
-            self._log_train()
-            self._maybe_validate()
-            self._log_train_images()
-            self._save_last()
-            self.writer.flush()
-            if not c.quiet:
-                why = "stopped on request" if self.interrupted else (
-                    "time budget (--max-minutes) reached" if self._out_of_time else "done")
-                best = ""
-                if self.best_step is not None:
-                    best = f"best PSNR/val {self.best_psnr:.2f} dB at step {self.best_step}"
-                print(f"{why}: step {self.step}, epoch {self.epoch}; {best}; {self.run_dir}", flush=True)
+        if not self.is_main:
+            return
+        self._log_train()
+        self._maybe_validate()
+        self._log_train_images()
+        self._save_last()
+        self.logs.writer.flush()
+        if not self.config.quiet:
+            why = "stopped on request" if self.interrupted else (
+                "time budget (--max-minutes) reached" if self._out_of_time else "done")
+            best = f"best PSNR/val {self.best_psnr:.2f} dB at step {self.best_step}" if self.best_step is not None else ""
+            print(f"{why}: step {self.step}, epoch {self.epoch}; {best}; {self.run_dir}", flush=True)
 
     def _checkpoint_due(self) -> bool:
         c = self.config

@@ -19,7 +19,7 @@ def test_bench_smoke_json_cli():
     """The exact command CI runs, in a fresh process (the allocator tuning is process-wide)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(
-        [sys.executable, "-m", "pyramidal", "bench", "--smoke", "--json", "--reference", "--tasks", "noise"],
+        [sys.executable, "-m", "pyramidal", "bench", "--smoke", "--json", "-", "--reference", "--tasks", "noise"],
         capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
@@ -43,7 +43,7 @@ def test_bench_smoke_json_cli():
 def test_bench_memory_efficient_keeps_the_default_allocator():
     """As `pyramidal train` does: a memory-efficient run's RSS must show what the step needs, not a kept heap."""
     proc = subprocess.run(
-        [sys.executable, "-m", "pyramidal", "bench", "--smoke", "--json", "--memory-efficient", "--mode", "train",
+        [sys.executable, "-m", "pyramidal", "bench", "--smoke", "--json", "-", "--memory-efficient", "--mode", "train",
          "--no-data"], capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -52,7 +52,7 @@ def test_bench_memory_efficient_keeps_the_default_allocator():
 
 def test_bench_smoke_in_process_fp32_memory_efficient(capsys):
     assert main(["bench", "--smoke", "--precision", "fp32", "--no-channels-last", "--memory-efficient",
-                 "--mode", "train", "--no-data", "--no-tune-allocator", "--json"]) == 0
+                 "--mode", "train", "--no-data", "--no-tune-allocator", "--json", "-"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["precision"] == "fp32" and result["memory_efficient"] and not result["channels_last"]
     assert "infer_images_per_s" not in result and result["train_images_per_s"] > 0
@@ -79,7 +79,7 @@ def test_bench_user_errors(argv, message, capsys):
 
 def test_reference_missing_is_a_note(tmp_path, capsys):
     assert main(["bench", "--smoke", "--no-data", "--no-tune-allocator", "--mode", "infer", "--reference",
-                 "--reference-file", str(tmp_path / "absent.py"), "--json"]) == 0
+                 "--reference-file", str(tmp_path / "absent.py"), "--json", "-"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert any("plain reference not found" in n for n in result["notes"])
     assert "infer_speedup" not in result
@@ -106,7 +106,7 @@ def test_reference_matches_package_model():
 def test_prepare_for_inference_fp32_matches_eval_model():
     import torch
 
-    from pyramidal.bench import prepare_for_inference
+    from pyramidal.inference import prepare_for_inference
     from pyramidal.models import create_model
 
     torch.manual_seed(0)

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from pyramidal.cli import main
-from pyramidal.compare import PRESETS, parse_model_options, spread
+from pyramidal.compare import PRESETS, parse_model_options
 from pyramidal.errors import PyramidalError
+from pyramidal.figures import spread
 
 TINY = ["--steps", "2", "--size", "32", "--batch-size", "4", "--train-option", "val_images=4",
         "--train-option", "patches_per_epoch=8", "--eval-limit", "3", "--figure-rows", "2",

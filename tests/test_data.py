@@ -19,7 +19,6 @@ from pyramidal.data import (
     list_images,
     load_source,
     make_loader,
-    read_image,
     split_counts,
     to_float,
     to_uint8,
@@ -189,16 +188,10 @@ def test_folder_tiny_and_small_images(tmp_path):
     assert src.eval_images("val", crop=None)[0][1].shape == (3, 5, 3)
 
 
-def test_list_images_and_read_image(folder):
+def test_list_images(folder):
     with pytest.warns(SkippedImageWarning):
         files = list_images(folder)
     assert len(files) == 20 and all(f.suffix in (".png", ".jpg") for f in files)
-    x = read_image(folder / "b" / "deep" / "img00.png")
-    assert x.shape == (3, 40, 90) and x.dtype == torch.uint8
-    g = read_image(folder / "a" / "img01.png")  # grayscale -> RGB
-    assert torch.equal(g[0], g[1])
-    with pytest.raises(PyramidalError, match="bad.png"):
-        read_image(folder / "bad.png")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -118,6 +118,16 @@ def test_option_for_another_task_is_refused(weights, capsys):
     assert "pyramidal evaluate: error: --sigma applies to --task noise" in capsys.readouterr().err
 
 
+def test_every_task_names_registered_baselines():
+    from pyramidal.damage import TASKS
+    from pyramidal.evaluate import BASELINES
+
+    used = {name for task in TASKS for name in TASKS.get(task).baselines}
+    assert used == set(BASELINES.names())  # each registered, and none left unused
+    assert [b.name for b in baselines_for("noise")] == ["BM3D (CBM3D, true σ)", "OpenCV non-local means (true σ)"]
+    assert baselines_for("jpeg") == [] and baselines_for("squares") == baselines_for("grid")
+
+
 def test_metric_helpers_accept_both_layouts():
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (3, 20, 20), dtype=np.uint8)

@@ -76,7 +76,7 @@ def test_restore_cli_onnx_backend_matches_torch(exported, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from pyramidal.restore import restore_image
+    from pyramidal.inference import restore_image
 
     model, path = exported
     rng = np.random.default_rng(0)

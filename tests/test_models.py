@@ -141,6 +141,25 @@ def test_receptive_field_of_a_chain():
     assert receptive_field([("conv", 3, 1), ("conv", 2, 2), ("conv", 3, 1)]) == 8
 
 
+@pytest.mark.parametrize("name", DOWN.names())
+def test_transition_down_declares_its_receptive_field(name):
+    kind, kernel, stride = DOWN.get(name).rf_step
+    assert (kind, stride) == ("conv", 2)
+    # The input pixels that reach one output pixel span `kernel` pixels per axis (max pooling passes the
+    # gradient to one pixel per channel, so many channels and images together show the whole window).
+    torch.manual_seed(0)
+    x = torch.rand(8, 16, 16, 16, requires_grad=True)
+    DOWN.get(name)(16, 0.0).eval()(x)[:, :, 4, 4].sum().backward()
+    rows, cols = torch.nonzero(x.grad.abs().sum(dim=(0, 1)), as_tuple=True)
+    assert int(rows.max() - rows.min()) + 1 == kernel and int(cols.max() - cols.min()) + 1 == kernel
+
+
+@pytest.mark.parametrize("name", UP.names())
+def test_transition_up_declares_its_receptive_field(name):
+    kind, kernel, stride = UP.get(name).rf_step
+    assert kind == "up" and stride == 2 and kernel >= 3
+
+
 def test_spec_rebuilds_the_same_architecture():
     model = create_model("pyramidal457", m=8, growth=4, blocks=[3, 2])
     rebuilt = create_model(model.spec["model"], **model.spec["options"])

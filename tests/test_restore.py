@@ -11,8 +11,9 @@ from PIL import Image
 from pyramidal.checkpoint import save_weights
 from pyramidal.cli import main
 from pyramidal.errors import PyramidalError
+from pyramidal.inference import builtin_weights_path, restore_image, tile_starts
+from pyramidal.io import read_image
 from pyramidal.models import create_model
-from pyramidal.restore import builtin_weights_path, read_image, restore_image, tile_starts
 
 FAST = ["--device", "cpu", "--precision", "fp32"]
 
@@ -59,16 +60,6 @@ def test_restore_mixed_inputs(tmp_path, weights, capsys):
     gray = Image.open(out / "gray.png")
     assert gray.size == (70, 40) and gray.mode == "L"
     assert Image.open(out / "deep.png").size == (60, 50)
-
-
-def test_sixteen_bit_is_scaled_not_clipped(tmp_path):
-    deep = np.full((8, 9), 65535, dtype=np.uint16)
-    deep[:, :3] = 257 * 100
-    Image.fromarray(deep).save(tmp_path / "d.png")
-    loaded = read_image(tmp_path / "d.png")
-    assert loaded.bit_depth == 16 and loaded.grayscale
-    assert loaded.rgb.shape == (8, 9, 3)
-    assert loaded.rgb[0, 0, 0] == 100 and loaded.rgb[0, -1, 2] == 255
 
 
 def test_exif_rotation_applied(tmp_path, weights):
@@ -155,9 +146,9 @@ def test_input_never_overwritten(tmp_path, weights, capsys):
 
 
 def test_builtin_weights_missing_is_clear(monkeypatch, tmp_path, capsys):
-    import pyramidal.restore as restore
+    import pyramidal.inference as inference
 
-    monkeypatch.setattr(restore, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(inference, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(PyramidalError, match="none are installed"):
         builtin_weights_path("noise")
     save_weights(create_model("basic21", channels=(4, 8, 8)), tmp_path / "jpeg.safetensors", {"task": "jpeg"})
@@ -170,7 +161,7 @@ def test_builtin_weights_missing_is_clear(monkeypatch, tmp_path, capsys):
 
 def test_restore_images_batches_like_single_images(weights):
     from pyramidal.checkpoint import load_weights
-    from pyramidal.restore import restore_images
+    from pyramidal.inference import restore_images
 
     model = load_weights(weights)
     images = [smooth_image(24, 24, seed) for seed in range(5)] + [smooth_image(40, 30, 9)]

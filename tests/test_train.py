@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from pyramidal.checkpoint import load_checkpoint, load_weights
+from pyramidal.config import TrainConfig
 from pyramidal.errors import PyramidalError
-from pyramidal.train import TrainConfig, Trainer, TrainingDiverged, psnr_from_mse, train
+from pyramidal.train import Trainer, TrainingDiverged, psnr_from_mse, train
 
 # A tiny dense pyramid: 8-wide stem, growth 4, one level; dropout stays on (its RNG must resume exactly).
 TINY = dict(task="squares", model="pyramidal44", m=8, growth=4, data="builtin", size=32, batch_size=4,
@@ -138,7 +139,7 @@ def test_last_checkpoint_contents(tiny_run: Path):
 
 
 def test_saved_config_reruns(tiny_run: Path, tmp_path: Path):
-    from pyramidal.train import resolve_config
+    from pyramidal.config import resolve_config
 
     config = resolve_config({"out": str(tmp_path)}, config_file=str(tiny_run / "config.toml"))
     assert config.model == "pyramidal44" and config.m == 8 and config.steps == 6 and config.ema == 0.9
@@ -250,7 +251,7 @@ def test_other_architecture_refused_naming_both(tiny_run: Path, tmp_path: Path):
 
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run, run_dir)
-    from pyramidal.train import resume_config
+    from pyramidal.config import resume_config
 
     resolved = resume_config(run_dir, {"model": "basic21", "channels": [4, 8, 8], "m": None, "growth": None})
     with pytest.raises(PyramidalError) as info:
@@ -348,7 +349,7 @@ def test_torchrun_two_cpu_processes_only_rank0_writes(tmp_path: Path):
 def test_config_file_then_flags_override(tmp_path: Path):
     from pyramidal.cli import build_parser
     from pyramidal.cli.train import overrides_from_args
-    from pyramidal.train import resolve_config
+    from pyramidal.config import resolve_config
 
     path = tmp_path / "c.toml"
     path.write_text('task = "noise"\nsigma = 50\nlr = 1e-3\nbatch-size = 8\n'
@@ -371,7 +372,7 @@ def test_config_file_then_flags_override(tmp_path: Path):
     ("task = [\n", "not valid TOML"),
 ])
 def test_bad_config_file_names_file_and_key(tmp_path: Path, text: str, match: str):
-    from pyramidal.train import resolve_config
+    from pyramidal.config import resolve_config
 
     path = tmp_path / "bad.toml"
     path.write_text(text)
@@ -399,9 +400,9 @@ PRESETS = sorted((REPO / "configs").glob("*.toml"))
 
 @pytest.mark.parametrize("path", PRESETS, ids=[p.stem for p in PRESETS])
 def test_presets_resolve(path: Path):
+    from pyramidal.config import resolve_config
     from pyramidal.damage import TASKS
     from pyramidal.models import MODELS
-    from pyramidal.train import resolve_config
 
     config = resolve_config(config_file=str(path))
     assert config.task in TASKS and config.model in MODELS
@@ -416,7 +417,7 @@ def test_research_presets_cover_every_experiment():
 
 
 def test_research_preset_runs_small_on_builtin(tmp_path: Path):
-    from pyramidal.train import resolve_config
+    from pyramidal.config import resolve_config
 
     config = resolve_config({"data": "builtin", "size": 32, "batch_size": 2, "steps": 2, "val_images": 2,
                              "num_workers": 0, "model_options": {"m": 8, "growth": 4}, "out": str(tmp_path),
@@ -449,7 +450,7 @@ def test_learning_rate_schedules(tmp_path: Path):
 
 
 def test_ema_follows_weights():
-    from pyramidal.train import EMA
+    from pyramidal.runstate import EMA
 
     model = torch.nn.Linear(2, 2)
     ema = EMA(model, 0.5)
@@ -462,7 +463,7 @@ def test_ema_follows_weights():
 
 
 def test_size_schedule_switches_patch_size_at_epoch_start(tmp_path: Path):
-    from pyramidal.train import parse_size_schedule
+    from pyramidal.config import parse_size_schedule
 
     assert parse_size_schedule("8:128:16, 4:96") == [(4, 96, None), (8, 128, 16)]
     with pytest.raises(PyramidalError, match="STEP:SIZE"):
@@ -505,10 +506,30 @@ def test_every_config_field_is_a_cli_flag():
     import dataclasses
 
     from pyramidal.cli import build_parser
+    from pyramidal.cli.common import declared_task_options
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices["train"]
     dests = {a.dest for a in sub._actions}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     assert fields <= dests, fields - dests
-    assert dests - {"help"} <= fields, dests - fields
+    task_flags = set(declared_task_options())  # those without a field of their own go into task_options
+    assert dests - {"help"} - task_flags <= fields, dests - fields
+
+
+def test_task_shorthand_fields_are_declared_task_options():
+    from pyramidal.cli.common import declared_task_options
+    from pyramidal.config import TASK_SHORTHANDS
+
+    assert set(TASK_SHORTHANDS) <= set(declared_task_options())
+
+
+def test_task_flags_without_a_field_become_task_options():
+    from pyramidal.cli import build_parser
+    from pyramidal.cli.train import overrides_from_args
+
+    args = build_parser().parse_args(["train", "--task", "mixed", "--tasks", "noise,blur", "--sigma", "20",
+                                      "--task-option", "tasks=gray", "--task-option", "x=1"])
+    overrides = overrides_from_args(args)
+    assert overrides["task_options"] == {"tasks": "noise,blur", "x": 1}  # the flag wins over --task-option
+    assert overrides["sigma"] == 20.0 and "tasks" not in overrides

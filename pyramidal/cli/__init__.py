@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from pyramidal import __version__
 from pyramidal.errors import PyramidalError
@@ -20,6 +21,7 @@ COMMANDS = (
     "degrade",
     "train",
     "restore",
+    "serve",
     "evaluate",
     "compare",
     "gradients",
@@ -40,8 +42,15 @@ def _command_modules():
         yield name, module
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, like every other error: `pyramidal CMD: error: ...` (exit 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="pyramidal", description="Restore damaged images with pyramidal autoencoders."
     )
     parser.add_argument("--version", action="version", version=f"pyramidal {__version__}")
@@ -53,23 +62,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    """An error as one line (a multi-line message is joined, so stderr gets one line per error)."""
+    return " ".join(str(exc).split("\n")).strip() or type(exc).__name__
+
+
+def _os_error(exc: OSError) -> str:
+    """A disk or permission error on some file: "<file>: <reason>", without Python's error class."""
+    where = exc.filename if exc.filename is not None else ""
+    reason = exc.strerror or str(exc)
+    return f"{where}: {reason}" if where else reason
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every error the user can cause is one line on stderr and a non-zero exit code.
+
+    Exit codes: 0 done; 1 some inputs failed while the others were written; 2 refused (bad option, file
+    or data, before or during the work); 130 interrupted. Warnings are one line each too.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    try:
-        return int(args._run(args) or 0)
-    except PyramidalError as exc:
-        print(f"pyramidal {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # unknown registry names and bad option values
-        print(f"pyramidal {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"pyramidal {args.command}: interrupted", file=sys.stderr)
-        return 130
+    prefix = f"pyramidal {args.command}"
+
+    def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"{prefix}: warning: {_one_line(message)}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show_warning  # no Python file and source line under each warning
+        try:
+            return int(args._run(args) or 0)
+        except (PyramidalError, ValueError) as exc:  # ValueError: unknown registry names, bad option values
+            print(f"{prefix}: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        except OSError as exc:  # a full disk, a read-only folder, a vanished file: never a traceback
+            print(f"{prefix}: error: {_os_error(exc)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"{prefix}: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

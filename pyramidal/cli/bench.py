@@ -8,20 +8,22 @@ HELP = "benchmark training and inference speed, FLOPs, peak memory and the data 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pyramidal.cli.common import add_device, add_json, add_precision, add_threads
+
     parser.add_argument("--model", help="registered model (default pyramidal457101215; smoke pyramidal44)")
     parser.add_argument("--size", type=int, help="image side in px (default 64; smoke 32)")
     parser.add_argument("--batch-size", type=int, help="images per step (default 8; smoke 2)")
     parser.add_argument("--mode", default="both", choices=("train", "infer", "both"), help="what to time (default both)")
-    parser.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (default auto)")
+    add_precision(parser)
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                         help="NHWC activations and weights (default on)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (slow to start)")
     parser.add_argument("--memory-efficient", action="store_true",
                         help="checkpoint dense layers, transitions and the output conv: recompute them in backward (less memory)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    add_device(parser)
     parser.add_argument("--steps", type=int, help="timed steps (default 10; smoke 2)")
     parser.add_argument("--warmup", type=int, help="untimed warm-up steps, also used for peak memory (default 2)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    add_threads(parser)
     parser.add_argument("--reference", action="store_true",
                         help="also time the plain fp32 NCHW implementation (benchmarks/plain_fc_densenet.py), "
                              "interleaved, and report the speed-up")
@@ -32,16 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tune-allocator", action=argparse.BooleanOptionalAction, default=None,
                         help="keep freed CPU memory for reuse instead of page-faulting it back every step "
                              "(default on, off with --memory-efficient, as in pyramidal train)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    add_json(parser)
     parser.add_argument("--smoke", action="store_true",
                         help="seconds-long run for CI: pyramidal44 unless --model is given, 32 px, batch 2, 2 steps")
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import sys
 
     from pyramidal.bench import BenchConfig, format_report, run_bench
+    from pyramidal.cli.common import write_json_output
 
     explicit = {
         "size": args.size, "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
@@ -60,13 +62,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = BenchConfig(model=args.model or "pyramidal457101215", **common, **explicit)
 
+    to_stdout = args.json == "-"  # then stdout holds the one JSON object and nothing else
+
     def log(msg: str) -> None:
-        if not args.json:
+        if not to_stdout:
             print(f"… {msg}", file=sys.stderr, flush=True)
 
     result = run_bench(config, log=log)
-    if args.json:
-        print(json.dumps(result))
-    else:
+    if not to_stdout:
         print(format_report(result))
+    if args.json:
+        write_json_output(result, args.json)
+        if not to_stdout:
+            print(f"wrote {args.json}")
     return 0

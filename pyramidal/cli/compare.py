@@ -8,9 +8,11 @@ HELP = "train several models under the same budget, seed and data, evaluate them
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pyramidal.cli.common import add_device, add_out, add_precision, task_help
+
     parser.add_argument("--preset", choices=("research",),
                         help="research: basic21, basic51, pyramidal51, pyramidal51cat on squares")
-    parser.add_argument("--task", help="damage task (default squares)")
+    parser.add_argument("--task", help=task_help() + " (default squares)")
     parser.add_argument("--models", help="comma-separated model names")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--budget-minutes", type=float, help="training time per model (default 5)")
@@ -20,23 +22,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="training batch size (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="seed for every model (default 0)")
     parser.add_argument("--model-option", action="append", metavar="[MODEL:]KEY=VALUE",
-                        help="model option for every model, or for one with MODEL: in front")
+                        help="model option for every model, or for one with MODEL: in front (value in TOML syntax)")
     parser.add_argument("--train-option", action="append", metavar="KEY=VALUE",
-                        help="any other `pyramidal train` setting, e.g. lr=1e-3 or val_images=64")
+                        help="any other `pyramidal train` setting (value in TOML syntax), e.g. lr=1e-3 or val_images=64")
     parser.add_argument("--eval-crop", type=int, default=None,
                         help="evaluation crop side, 0 = whole images (default as in `pyramidal evaluate`)")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N images")
     parser.add_argument("--baselines", default="fast", choices=("none", "fast", "all"),
                         help="classical rows in the table (default fast: BM3D is left out)")
     parser.add_argument("--figure-rows", type=int, default=4, help="validation images in the figure (default 4)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    parser.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (default auto)")
-    parser.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
+    add_device(parser)
+    add_precision(parser)
+    add_out(parser, "output folder", default="runs/compare")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyramidal.cli.gradients import parse_options
     from pyramidal.compare import PRESETS, compare, format_table, parse_model_options
+    from pyramidal.config import parse_options
     from pyramidal.errors import PyramidalError
 
     preset = PRESETS[args.preset] if args.preset else {}

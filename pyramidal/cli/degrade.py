@@ -10,49 +10,41 @@ HELP = "apply a damage task (noise, jpeg, pixelate, ...) to images and write dam
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
-    parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the damaged PNGs")
-    parser.add_argument("--task", required=True, help="damage task: block, blur, gray, grid, jpeg, mixed, noise, "
-                        "pixelate, squares, text")
+    from pyramidal.cli.common import add_out, add_recursive, add_task_options, task_help, task_list
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = task_list()
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (or folders of images)")
+    add_out(parser, "folder for the damaged PNGs (required)", metavar="OUTDIR")
+    add_recursive(parser)
+    parser.add_argument("--output", dest="out", help=argparse.SUPPRESS)  # hidden alias, for scripts that use it
+    parser.add_argument("--task", required=True, help=task_help())
     parser.add_argument("--seed", type=int, default=0, help="base seed; image k gets eval_seed(k, seed) (default 0)")
-    parser.add_argument("--sigma", type=float, help="noise: standard deviation on the 0-255 scale (default 50)")
-    parser.add_argument("--quality", type=int, help="jpeg: quality 1-100 (default 10)")
-    parser.add_argument("--factor", type=int, help="pixelate: down-scaling factor (default 8)")
-    parser.add_argument("--tasks", help="mixed: comma-separated tasks to draw from (default all)")
+    add_task_options(parser, "degrade")
 
 
-def _expand(inputs: list[str], outdir: Path) -> list[tuple[Path, Path]]:
-    """(file, output path relative to OUTDIR) for every input; folders keep their sub-folders."""
-    from pyramidal.data import scan_images
-
-    out = []
-    for raw in inputs:
-        p = Path(raw)
-        if p.is_dir():
-            good, bad = scan_images(p)
-            # Damaged outputs from an earlier run inside the folder are not inputs.
-            good = [f for f in good if not f.resolve().is_relative_to(outdir.resolve())]
-            for f, reason in bad:  # other files in a folder are not an error
-                print(f"pyramidal degrade: warning: {f}: skipped, {reason}", file=sys.stderr)
-            for f in good:
-                out.append((f, f.relative_to(p).with_suffix(".png")))
-        else:
-            out.append((p, Path(p.stem + ".png")))
-    return out
+def _skipped(path: Path, reason: str) -> None:
+    # Other files in an input folder are not an error.
+    print(f"pyramidal degrade: warning: {path}: skipped, {reason}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from pyramidal.cli.common import task_option_values
     from pyramidal.damage import create_task, eval_seed
-    from pyramidal.data import read_image, write_image
     from pyramidal.errors import PyramidalError
+    from pyramidal.io import expand_inputs, read_image, write_image
 
-    options = {k: getattr(args, k) for k in ("sigma", "quality", "factor", "tasks") if getattr(args, k) is not None}
-    task = create_task(args.task, train=False, **options)  # ValueError -> one-line error from the dispatcher
+    if args.out is None:
+        raise PyramidalError("-o/--out OUTDIR is required: the folder for the damaged PNGs")
+    task = create_task(args.task, train=False, **task_option_values(args))  # ValueError: one line from the dispatcher
 
-    outdir = Path(args.output)
+    outdir = Path(args.out)
     if outdir.exists() and not outdir.is_dir():
         raise PyramidalError(f"{outdir}: exists and is not a folder")
-    items = _expand(args.inputs, outdir)
+    # Damaged outputs from an earlier run inside an input folder are not inputs.
+    items = expand_inputs(args.inputs, recursive=args.recursive, exclude=outdir, on_skip=_skipped)
     inputs = {f.resolve() for f, _ in items if f.exists()}
     written: dict[Path, Path] = {}
     failures = 0
@@ -63,10 +55,9 @@ def run(args: argparse.Namespace) -> int:
                 raise PyramidalError(f"{src}: output {dst} would overwrite an input file; choose another -o")
             if dst.resolve() in written:
                 raise PyramidalError(f"{src}: output {dst} already written for {written[dst.resolve()]}")
-            image = read_image(src)
+            image = torch.from_numpy(read_image(src).rgb).permute(2, 0, 1)  # alpha dropped, grayscale as RGB
             damaged = task(image.unsqueeze(0), seeds=[eval_seed(k, base=args.seed)])[0]
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            write_image(damaged, dst)
+            write_image(damaged.permute(1, 2, 0).numpy(), dst)
             written[dst.resolve()] = src
         except PyramidalError as exc:
             print(f"pyramidal degrade: error: {exc}", file=sys.stderr)

@@ -8,7 +8,9 @@ HELP = "show the whole system: restore built-in photos for every task, then trai
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="runs/demo", help="where figures, tables and the training run go [runs/demo]")
+    from pyramidal.cli.common import add_out
+
+    add_out(parser, "where figures, tables and the training run go", default="runs/demo")
     parser.add_argument("--quick", action="store_true", help="seconds instead of minutes: one photo, a few steps")
     parser.add_argument("--train-minutes", type=float, default=2.0, help="training budget in minutes [2]")
     parser.add_argument("--tasks", help="comma-separated tasks to restore (default: every built-in weight file)")

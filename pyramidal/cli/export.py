@@ -21,8 +21,8 @@ def run(args: argparse.Namespace) -> int:
 
     from pyramidal.errors import PyramidalError
     from pyramidal.export import DEFAULT_OPSET, check_onnx, export_onnx
+    from pyramidal.inference import load_restorer
     from pyramidal.onnx_backend import onnx_available
-    from pyramidal.restore import load_restorer
 
     out = Path(args.onnx)
     if out.suffix.lower() != ".onnx":

@@ -7,28 +7,12 @@ import argparse
 HELP = "gradient-flow report: conv gradient norms vs depth after a few steps (plain deep stack vs dense)"
 
 
-def parse_options(items: list[str] | None, flag: str = "--option") -> dict:
-    """KEY=VALUE strings → dict, values parsed as JSON where possible (8 → int, [4,5] → list)."""
-    import json
-
-    from pyramidal.errors import PyramidalError
-
-    options = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise PyramidalError(f"{flag} {item!r}: expected KEY=VALUE")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pyramidal.cli.common import add_device, add_out, task_help
+
     parser.add_argument("--models", default="plain103,pyramidal457101215",
                         help="comma-separated model names (default plain103,pyramidal457101215)")
-    parser.add_argument("--task", default="squares", help="damage task to train on (default squares)")
+    parser.add_argument("--task", default="squares", help=task_help() + " (default squares)")
     parser.add_argument("--data", default="builtin", help="builtin (default), folder:PATH or celeba:PATH")
     parser.add_argument("--steps", type=int, default=3, help="Adam steps before measuring (default 3)")
     parser.add_argument("--size", type=int, default=32, help="patch side in px (default 32)")
@@ -36,12 +20,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and data (default 0)")
     parser.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (default 3e-4)")
     parser.add_argument("--option", action="append", metavar="KEY=VALUE",
-                        help="model option for every model, e.g. --option m=8 --option growth=4")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    parser.add_argument("--out", default="runs/gradients", help="output folder (default runs/gradients)")
+                        help="model option for every model (value in TOML syntax), e.g. --option m=8 --option growth=4")
+    add_device(parser)
+    add_out(parser, "output folder", default="runs/gradients")
 
 
 def run(args: argparse.Namespace) -> int:
+    from pyramidal.config import parse_options
     from pyramidal.errors import PyramidalError
     from pyramidal.gradients import measure, summary, write_reports
 
@@ -54,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size * args.size * args.size < 2:
         raise PyramidalError("--batch-size × --size² must be at least 2 for batch norm")
     report = measure(models, task=args.task, data=args.data, steps=args.steps, size=args.size,
-                     batch_size=args.batch_size, seed=args.seed, lr=args.lr, options=parse_options(args.option),
+                     batch_size=args.batch_size, seed=args.seed, lr=args.lr, options=parse_options(args.option, "--option"),
                      device=args.device)
     print(summary(report))
     paths = write_reports(report, args.out)

@@ -9,19 +9,33 @@ HELP = "restore images of any size with trained or built-in weights (tiled, batc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pyramidal.cli.common import add_device, add_out, add_precision, add_recursive, at_least, task_help, task_name
+
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (or folders of images)")
-    parser.add_argument("-o", "--out", required=True, metavar="OUTDIR", help="folder for the restored PNGs")
-    parser.add_argument("--task", help="damage the model undoes (needed for --weights builtin)")
+    add_out(parser, "folder for the restored images", required=True, metavar="OUTDIR")
+    add_recursive(parser)
+    parser.add_argument("--task", type=task_name,
+                        help=task_help() + " (the damage the model undoes; needed for --weights builtin)")
     parser.add_argument("--weights", default="builtin",
-                        help="'builtin' (weights shipped for --task, the default) or a .safetensors file")
-    parser.add_argument("--tile", type=int, default=256, help="tile side in px; 0 = whole image at once (default 256)")
-    parser.add_argument("--overlap", type=int, default=32, help="overlap between tiles in px, blended (default 32)")
-    parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    parser.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (default auto)")
+                        help="'builtin' (weights shipped for --task, the default), a .safetensors file, a training "
+                             "checkpoint (last.ckpt), a run folder, or a folder with model.safetensors + config.json")
+    parser.add_argument("--tile", type=at_least(0), default=256,
+                        help="tile side in px; 0 = whole image at once (default 256)")
+    parser.add_argument("--overlap", type=at_least(0), default=None,
+                        help="overlap between tiles in px, blended (default 32, at most half a tile)")
+    parser.add_argument("--batch-size", type=at_least(1), default=4, help="tiles per forward pass (default 4)")
+    add_device(parser)
+    add_precision(parser)
     parser.add_argument("--ensemble", action="store_true",
                         help="average the 8 flips and rotations (test-time self-ensemble, 8× slower)")
-    parser.add_argument("--overwrite", action="store_true", help="allow an output to replace an input file")
+    parser.add_argument("--strength", type=float, default=1.0,
+                        help="how much of the model's change to apply, 0-2: output = input + S·(model − input); "
+                             "below 1 keeps more detail (and noise), above 1 smooths more (default 1)")
+    parser.add_argument("--format", choices=("png", "jpg", "webp", "tiff"), default="png",
+                        help="output format (default png); 16-bit inputs give 16-bit png and tiff")
+    parser.add_argument("--quality", type=int, default=None, help="jpg / webp quality 1-100 (default 95)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="allow outputs to replace existing files, input files included")
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                         help="torch (default) or onnx: run a model written by `pyramidal export` with onnxruntime "
                              "(--weights MODEL.onnx; pip install -e .[onnx])")
@@ -30,23 +44,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pyramidal.device import resolve_device, resolve_precision
     from pyramidal.errors import PyramidalError
-    from pyramidal.restore import load_restorer
+    from pyramidal.inference import check_tiling, load_restorer, plan_restore_outputs, prepare_for_inference
 
-    if args.batch_size < 1:
-        raise PyramidalError("--batch-size must be at least 1")
-    if args.tile < 0:
-        raise PyramidalError("--tile must be 0 (no tiling) or a positive size")
+    check_tiling(args.tile, args.overlap, args.batch_size)
+    if not 0.0 <= args.strength <= 2.0:
+        raise PyramidalError(f"--strength {args.strength}: must be between 0 and 2 (1 = the model as trained)")
+    if args.quality is not None and not 1 <= args.quality <= 100:
+        raise PyramidalError(f"--quality {args.quality}: must be between 1 and 100")
+    # Every output is checked once, before a model loads: an -o that is a file, an existing output.
+    if not plan_restore_outputs(args.inputs, args.out, overwrite=args.overwrite, recursive=args.recursive,
+                                format=args.format):
+        raise PyramidalError(f"no images found in {', '.join(args.inputs)}")
     if args.backend == "onnx":
         return _run_onnx(args)
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
-    model = load_restorer(args.weights, args.task)
-    trained_for = getattr(model, "info", {}).get("task")
-    if args.task and trained_for and trained_for != args.task:
-        print(f"pyramidal restore: warning: {args.weights} was trained for task {trained_for!r}, not {args.task!r}",
-              file=sys.stderr)
+    model = load_restorer(args.weights, args.task)  # warns if the weights were trained for another task
     print(f"model {model.info['model']} from {model.weights_path} on {device} ({precision})")
-
+    model = prepare_for_inference(model, device, precision)
     return _restore_all(model, args, device=device, precision=precision)
 
 
@@ -71,20 +86,25 @@ def _restore_all(model, args: argparse.Namespace, device, precision: str) -> int
     import time
 
     from pyramidal.errors import PyramidalError
-    from pyramidal.restore import restore_files
+    from pyramidal.inference import restore_files
+    from pyramidal.progress import say
 
     start = time.perf_counter()
 
     def report(result) -> None:
         if result.error:
-            print(f"pyramidal restore: error: {result.error}", file=sys.stderr)
+            say(f"pyramidal restore: error: {result.error}", file=sys.stderr)
         else:
-            print(f"wrote {result.output}")
+            say(f"wrote {result.output}")
+
+    def skipped(path, reason: str) -> None:  # other files in an input folder are not an error
+        say(f"pyramidal restore: warning: {path}: skipped, {reason}", file=sys.stderr)
 
     results = restore_files(
-        model, args.inputs, args.out, overwrite=args.overwrite, on_result=report,
+        model, args.inputs, args.out, overwrite=args.overwrite, on_result=report, on_skip=skipped,
+        recursive=args.recursive, format=args.format, quality=args.quality, progress=None,
         tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=device,
-        precision=precision, ensemble=args.ensemble,
+        precision=precision, ensemble=args.ensemble, strength=args.strength,
     )
     if not results:
         raise PyramidalError(f"no images found in {', '.join(args.inputs)}")

@@ -17,21 +17,23 @@ def _ints(text: str) -> list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pyramidal.cli import common
+
     parser.epilog = (
-        "Defaults are shown in brackets; a --config TOML file may set any option (keys are the flags in "
-        "snake_case) and flags override it. Multi-GPU / multi-node: torchrun --nproc-per-node N -m pyramidal "
+        "Defaults are shown in brackets or as (default ...); a --config TOML file may set any option (keys "
+        "are the flags in snake_case) and flags override it. Multi-GPU / multi-node: torchrun --nproc-per-node N -m pyramidal "
         "train ... (see the README, Training)."
     )
     g = parser.add_argument_group("what to learn")
-    g.add_argument("--config", metavar="FILE", default=S, help="TOML file with any of these options")
+    g.add_argument("--config", metavar="FILE", default=S,
+                   help="TOML file with any of these options, or a preset shipped with pyramidal: quick, noise, "
+                        "squares, ..., builtin/TASK (the recipes of the built-in weights)")
     g.add_argument("--resume", metavar="RUN_DIR", default=S,
                    help="continue a run exactly where it stopped (flags given here override its config)")
-    g.add_argument("--task", default=S, help="damage task [squares]")
-    g.add_argument("--sigma", type=float, default=S, help="noise: fixed σ on the 0-255 scale [blind 0-130]")
-    g.add_argument("--factor", type=int, default=S, help="pixelate: factor [8]")
-    g.add_argument("--quality", type=int, default=S, help="jpeg: fixed quality [random 5-50]")
+    g.add_argument("--task", default=S, help=common.task_help() + " [squares]")
+    common.add_task_options(g, "train", default=S)
     g.add_argument("--task-option", dest="task_options", action="append", metavar="KEY=VALUE", default=S,
-                   help="any other task option (repeatable), e.g. tasks=noise,blur for mixed")
+                   help="any task option (repeatable; value in TOML syntax), e.g. tasks=noise,blur for mixed")
     g.add_argument("--model", default=S, help="registered model (see `pyramidal models`) [pyramidal51]")
     g.add_argument("--m", type=int, default=S, help="dense pyramids: stem width")
     g.add_argument("--growth", type=int, default=S, help="dense pyramids: growth rate k")
@@ -81,10 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     g = parser.add_argument_group("machine")
     g.add_argument("--seed", type=int, default=S, help="random seed; fixed seed = reproducible on the CPU [0]")
-    g.add_argument("--device", default=S, help="auto, cpu or cuda [auto]")
-    g.add_argument("--threads", type=int, default=S, help="CPU threads for torch [torch's default]")
-    g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=S,
-                   help="auto: bf16 where the CPU/GPU supports it, fp16 + gradient scaler on older GPUs [auto]")
+    common.add_device(g, default=S)
+    common.add_threads(g, default=S)
+    common.add_precision(g, default=S)
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=S,
                    help="NHWC memory format [on]")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=S, help="torch.compile [off]")
@@ -92,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="SyncBatchNorm across processes under torchrun [off]")
 
     g = parser.add_argument_group("monitoring and checkpoints")
-    g.add_argument("--out", default=S, help="runs go to OUT/<task>/<model>/<YYYYmmdd-HHMMSS>/ [runs]")
+    common.add_out(g, "runs go to OUT/<task>/<model>/<YYYYmmdd-HHMMSS>/ [runs]", default=S)
     g.add_argument("--val-every", type=int, default=S, help="also validate every N steps [0: per epoch]")
     g.add_argument("--log-every", type=int, default=S, help="train scalars every N steps [50]")
     g.add_argument("--log-images", type=int, default=S, help="images per TensorBoard grid [8]")
@@ -105,18 +106,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def overrides_from_args(args: argparse.Namespace) -> dict:
     """The options given on the command line, as TrainConfig fields."""
-    from pyramidal.config import parse_options
+    import dataclasses
+
+    from pyramidal.cli.common import declared_task_options
+    from pyramidal.config import TrainConfig, parse_options
 
     given = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}
     if "task_options" in given:
         given["task_options"] = parse_options(given["task_options"], "--task-option")
     if "model_options" in given:
         given["model_options"] = parse_options(given["model_options"], "--model-option")
+    # A task's flag without a TrainConfig field of its own (e.g. --tasks of mixed) is a task option.
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for name in declared_task_options():
+        if name in given and name not in fields:
+            given.setdefault("task_options", {})[name] = given.pop(name)
     return given
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyramidal.train import Trainer, resolve_config, resume_config
+    from pyramidal.config import resolve_config, resume_config
+    from pyramidal.train import Trainer
 
     overrides = overrides_from_args(args)
     if overrides.get("resume"):

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pyramidal.checkpoint import read_sidecar
     from pyramidal.errors import PyramidalError
-    from pyramidal.restore import WEIGHTS_DIR, available_builtin_weights, builtin_weights_path
+    from pyramidal.inference import WEIGHTS_DIR, available_builtin_weights, builtin_weights_path
 
     tasks = available_builtin_weights()
     if args.task:

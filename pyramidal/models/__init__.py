@@ -3,27 +3,96 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from fnmatch import fnmatch
+from typing import Any
 
+import torch
 from torch import nn
 
+from pyramidal.errors import OptionError
 from pyramidal.registry import Registry
 
 MODELS = Registry("model")
 
+# A model above this many parameters is refused before any memory is allocated (4 GB of fp32 weights,
+# ~16 GB with Adam's state): far above every model in the zoo, far below what a typo in `m` asks for.
+MAX_PARAMETERS = 1_000_000_000
+
+
+def _check_option(model: str, key: str, value: Any, hint: str, limits: tuple) -> None:
+    """OptionError unless `value` fits the config field's type hint and its (low, high) limits."""
+    low, high = limits
+
+    def bad(expected: str) -> OptionError:
+        return OptionError(f"model {model}: option {key} must be {expected}, got {value!r}")
+
+    if value is None:
+        if "None" not in hint:
+            raise bad("set")
+        return
+    where = (f" from {low} to {high}" if high is not None else f" >= {low}") if low is not None else ""
+    if hint.startswith("tuple"):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise bad(f"a list of whole numbers{where}")
+        for v in value:
+            if isinstance(v, bool) or not isinstance(v, int) or (low is not None and v < low) or \
+                    (high is not None and v > high):
+                raise bad(f"a list of whole numbers{where}")
+    elif hint.startswith("int") or hint.startswith("float"):
+        whole = hint.startswith("int")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (whole and not isinstance(value, int)):
+            raise bad(("a whole number" if whole else "a number") + where)
+        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+            raise bad(("a whole number" if whole else "a number") + where)
+    elif hint.startswith("bool") and not isinstance(value, bool):
+        raise bad("true or false")
+    elif hint.startswith("str") and not isinstance(value, str):
+        raise bad("a name")
+
+
+def check_options(model: str, config_cls: type, options: dict[str, Any]) -> None:
+    """Validate `options` against the fields of a model's config dataclass (types and limits), one line each.
+
+    Whole numbers must be >= 1 unless the config's `LIMITS` says otherwise ({field: (low, high)}; None = open).
+    """
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    unknown = set(options) - set(fields)
+    if unknown:
+        raise OptionError(f"unknown option(s) {sorted(unknown)} for model {model!r}; valid: {sorted(fields)}")
+    limits = getattr(config_cls, "LIMITS", {})
+    for key, value in options.items():
+        hint = str(fields[key].type)
+        default = (1, None) if hint.startswith(("int", "tuple")) else (None, None)
+        _check_option(model, key, value, hint, limits.get(key, default))
+
+
+def _check_size(model: str, build: Any) -> None:
+    """Refuse a model too large to build, counting its parameters on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        probe = build()
+    count = sum(p.numel() for p in probe.parameters())
+    if count > MAX_PARAMETERS:
+        raise OptionError(f"model {model}: these options give {count:.3g} parameters, more than the limit of "
+                          f"{MAX_PARAMETERS:.0e}; check m, growth, channels and the block sizes")
+
 
 def register_configured(name: str, model_cls: type, config_cls: type, tuple_fields: tuple[str, ...] = (),
                         **defaults) -> None:
-    """Register `name` as `model_cls(config_cls(**defaults, **options))`; unknown options fail clearly."""
+    """Register `name` as `model_cls(config_cls(**defaults, **options))`; bad options fail with one clear line."""
 
     def build(**options) -> nn.Module:
-        valid = set(config_cls.__dataclass_fields__)
-        unknown = set(options) - valid
-        if unknown:
-            raise ValueError(f"unknown option(s) {sorted(unknown)} for model {name!r}; valid: {sorted(valid)}")
+        check_options(name, config_cls, options)
         for key in tuple_fields:  # JSON sidecars and TOML give lists
             if options.get(key) is not None:
                 options[key] = tuple(options[key])
-        return model_cls(config_cls(**{**defaults, **options}))
+        config = config_cls(**{**defaults, **options})
+        if options:  # the registered defaults are known to be small
+            _check_size(name, lambda: model_cls(config))
+        return model_cls(config)
 
     build.__doc__ = f"{model_cls.__name__} {name}: " + ", ".join(f"{k}={v}" for k, v in defaults.items())
     MODELS.register(name)(build)
@@ -32,16 +101,55 @@ def register_configured(name: str, model_cls: type, config_cls: type, tuple_fiel
 from pyramidal.models import densepyramid, plain  # noqa: E402,F401
 
 
-def create_model(name: str, **options) -> nn.Module:
-    """Build a registered model; `model.spec` records name and options so it can be rebuilt exactly."""
+def create_model(name: str, pretrained: bool | str | os.PathLike = False, **options: Any) -> nn.Module:
+    """Build a registered model, optionally with trained weights (as timm's `create_model`).
+
+    Args:
+        name: a registered architecture ("pyramidal23456"; `list_models()`), or a pretrained name
+            "ARCHITECTURE.TASK" ("pyramidal23456.noise"; `list_pretrained()`).
+        pretrained: False builds fresh weights. True loads the built-in weights for the task in `name`, or
+            for the architecture when exactly one built-in file fits; a task name ("noise") picks that task's
+            built-in weights; a path loads a `.safetensors` file or a folder with `model.safetensors` +
+            `config.json` (the weights must be for `name`'s architecture).
+        **options: the architecture's options (e.g. `growth=8`, `down="maxpool"`, `memory_efficient=True`);
+            with `pretrained`, only options that leave the weights' shapes unchanged.
+
+    Returns:
+        The model; `model.spec` records name and options so that it can be rebuilt exactly. Fresh models
+        are in training mode; pretrained ones in eval mode with `model.info` (task, scores, licence).
+    """
+    if pretrained is not False and pretrained is not None:
+        from pyramidal.api import load_pretrained
+
+        return load_pretrained(name, pretrained, **options)
+    if name not in MODELS and "." in name:
+        name = name.split(".", 1)[0]  # "pyramidal23456.noise" names the architecture too
     model = MODELS.get(name)(**copy.deepcopy(options))
     model.spec = {"model": name, "options": _jsonable(options)}
     return model
 
 
-def list_models() -> list[str]:
-    """Names of every registered model."""
-    return MODELS.names()
+def list_models(filter: str | Sequence[str] = "", pretrained: bool = False) -> list[str]:
+    """Names of the registered models.
+
+    Args:
+        filter: an fnmatch pattern ("pyramidal4*") or several; empty for every model.
+        pretrained: only the architectures that have built-in weights.
+
+    Returns:
+        Sorted model names.
+    """
+    names = MODELS.names()
+    patterns = [filter] if isinstance(filter, str) else list(filter)
+    patterns = [p for p in patterns if p]
+    if patterns:
+        names = [n for n in names if any(fnmatch(n, p) for p in patterns)]
+    if pretrained:
+        from pyramidal.api import list_pretrained
+
+        shipped = {n.split(".", 1)[0] for n in list_pretrained()}
+        names = [n for n in names if n in shipped]
+    return names
 
 
 def _jsonable(options: dict) -> dict:

@@ -9,7 +9,6 @@ from torch import nn
 from pyramidal.registry import Registry
 
 ACTIVATIONS = Registry("activation")
-BLOCKS = Registry("block")
 
 
 @ACTIVATIONS.register("relu")
@@ -22,13 +21,11 @@ def leakyrelu(negative_slope: float = 0.2) -> nn.Module:
     return nn.LeakyReLU(negative_slope, inplace=True)
 
 
-@BLOCKS.register("input")
 def input_block(in_channels: int, out_channels: int, activation: str = "relu") -> nn.Sequential:
     """3×3 conv + activation: the stem that lifts RGB to the first feature width."""
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), ACTIVATIONS.get(activation)())
 
 
-@BLOCKS.register("conv")
 def conv_block(in_channels: int, out_channels: int, stride: int = 1, activation: str = "relu") -> nn.Sequential:
     """3×3 conv + BN + activation; stride 2 halves the resolution."""
     return nn.Sequential(
@@ -38,7 +35,6 @@ def conv_block(in_channels: int, out_channels: int, stride: int = 1, activation:
     )
 
 
-@BLOCKS.register("convtranspose")
 def convtranspose_block(in_channels: int, out_channels: int, activation: str = "relu") -> nn.Sequential:
     """3×3 stride-2 transposed conv + BN + activation: exactly doubles the resolution."""
     return nn.Sequential(
@@ -59,12 +55,10 @@ class OutputBlock(nn.Module):
     def forward(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         out = self.conv(features)
         if self.residual:
-            # Clamp rather than Tanh: identity stays reachable, and output stays in [-1, 1].
-            return (image + out).clamp(-1.0, 1.0)
+            # Clamp rather than Tanh: identity stays reachable, and output stays in [-1, 1]. A mask-conditioned
+            # input carries the mask after the colour channels: the correction applies to the colours.
+            return (image[:, : out.shape[1]] + out).clamp(-1.0, 1.0)
         return torch.tanh(out)
-
-
-BLOCKS.register("output")(OutputBlock)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -78,10 +72,19 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode), (h, w)
 
 
+def mask_conditioned_input(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The input of a model built with `mask_input=True`: B×3×H×W images in [-1, 1] and a B×1×H×W mask
+    (true or 1 = hole) → B×4×H×W, the holes set to 0 (mid-grey, whatever colour they were) and the mask as a
+    fourth channel of 0 (known) and 1 (hole)."""
+    hole = mask.to(device=images.device, dtype=images.dtype)
+    return torch.cat([images * (1 - hole), hole], dim=1)
+
+
 class PaddedModel(nn.Module):
     """Base for models that down-sample `levels` times: pads the input to 2**levels and crops back."""
 
     levels: int = 0
+    mask_input: bool = False  # True: the input is `mask_conditioned_input(images, mask)`, 4 channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padded, (h, w) = pad_to_multiple(x, 2**self.levels)

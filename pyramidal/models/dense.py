@@ -16,6 +16,19 @@ DOWN = Registry("transition down")
 UP = Registry("transition up")
 
 
+def rf_step(kind: str, kernel: int, stride: int = 2) -> Callable[[Callable], Callable]:
+    """Declare a transition's step on the longest path, `(kind, kernel, stride)`, for the receptive field.
+
+    kind is "conv" for a transition down and "up" for a transition up (see `models.summary.receptive_field`).
+    """
+
+    def mark(factory: Callable) -> Callable:
+        factory.rf_step = (kind, kernel, stride)
+        return factory
+
+    return mark
+
+
 def concat(features: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(features, 1) if len(features) > 1 else features[0]
 
@@ -151,18 +164,21 @@ def _pointwise(channels: int, dropout: float) -> list[nn.Module]:
 
 
 @DOWN.register("maxpool")
+@rf_step("conv", 2)
 def maxpool_down(channels: int, dropout: float = 0.2) -> nn.Module:
     """1×1 conv + BN + ReLU + dropout + 2×2 max pool, as in the research."""
     return nn.Sequential(*_pointwise(channels, dropout), nn.MaxPool2d(2))
 
 
 @DOWN.register("avgpool")
+@rf_step("conv", 2)
 def avgpool_down(channels: int, dropout: float = 0.2) -> nn.Module:
     """1×1 conv + BN + ReLU + dropout + 2×2 average pool."""
     return nn.Sequential(*_pointwise(channels, dropout), nn.AvgPool2d(2))
 
 
 @DOWN.register("strided")
+@rf_step("conv", 3)
 def strided_down(channels: int, dropout: float = 0.2) -> nn.Module:
     """3×3 stride-2 conv + BN + ReLU."""
     return nn.Sequential(
@@ -173,12 +189,14 @@ def strided_down(channels: int, dropout: float = 0.2) -> nn.Module:
 
 
 @UP.register("convtranspose")
+@rf_step("up", 3)
 def convtranspose_up(in_channels: int, out_channels: int) -> nn.Module:
     """3×3 stride-2 transposed conv (exact ×2)."""
     return nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1)
 
 
 @UP.register("upsample")
+@rf_step("up", 4)  # ×2 then a 3×3 conv: as far as a 4-wide transposed kernel
 def upsample_up(in_channels: int, out_channels: int) -> nn.Module:
     """Bilinear ×2 up-sampling followed by a 3×3 conv."""
     return nn.Sequential(
@@ -188,12 +206,14 @@ def upsample_up(in_channels: int, out_channels: int) -> nn.Module:
 
 
 @UP.register("upsample_nearest")
+@rf_step("up", 4)
 def upsample_nearest_up(in_channels: int, out_channels: int) -> nn.Module:
     """Nearest-neighbour ×2 up-sampling followed by a 3×3 conv."""
     return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(in_channels, out_channels, 3, padding=1))
 
 
 @UP.register("pixelshuffle")
+@rf_step("up", 3)
 def pixelshuffle_up(in_channels: int, out_channels: int) -> nn.Module:
     """3×3 conv to 4×out_channels, then PixelShuffle(2): sub-pixel up-sampling with a controlled width."""
     return nn.Sequential(nn.Conv2d(in_channels, 4 * out_channels, 3, padding=1), nn.PixelShuffle(2))

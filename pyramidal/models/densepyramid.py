@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -30,6 +30,10 @@ class DensePyramidConfig:
     in_channels: int = 3
     out_channels: int = 3
     decoder_blocks: tuple[int, ...] | None = field(default=None)  # default: the encoder sizes reversed
+    mask_input: bool = False  # one more input channel: the mask of holes (blocks.mask_conditioned_input)
+
+    # (low, high) for `pyramidal.models.check_options`; other whole numbers must be >= 1.
+    LIMITS = {"blocks": (1, 256), "decoder_blocks": (1, 256), "bottleneck": (1, 256), "dropout": (0.0, 1.0)}
 
 
 class DensePyramid(PaddedModel):
@@ -39,6 +43,7 @@ class DensePyramid(PaddedModel):
         super().__init__()
         self.config = config
         c = config
+        self.mask_input = bool(c.mask_input)
         DOWN.get(c.down), UP.get(c.up)  # fail early with the list of valid names
         block_cls = DenseBlock if c.dense else PlainBlock
         decoder_sizes = tuple(c.decoder_blocks) if c.decoder_blocks is not None else tuple(reversed(c.blocks))
@@ -49,7 +54,8 @@ class DensePyramid(PaddedModel):
         def block(in_ch: int, n: int) -> nn.Module:
             return block_cls(in_ch, c.growth, n, c.dropout, memory_efficient=c.memory_efficient)
 
-        self.stem = nn.Sequential(nn.Conv2d(c.in_channels, c.m, 3, padding=1), nn.ReLU(inplace=True))
+        stem_in = c.in_channels + self.mask_input
+        self.stem = nn.Sequential(nn.Conv2d(stem_in, c.m, 3, padding=1), nn.ReLU(inplace=True))
         channels = c.m
         self.encoder, self.down = nn.ModuleList(), nn.ModuleList()
         skip_channels = []
@@ -111,14 +117,13 @@ class DensePyramid(PaddedModel):
         """Longest path as (kind, kernel, stride) steps, for the theoretical receptive field."""
         c = self.config
         decoder_sizes = tuple(c.decoder_blocks) if c.decoder_blocks is not None else tuple(reversed(c.blocks))
-        down_k = {"maxpool": 2, "avgpool": 2, "strided": 3}[c.down]
+        down, up = DOWN.get(c.down).rf_step, UP.get(c.up).rf_step  # declared where each is registered
         path = [("conv", 3, 1)]
         for n in c.blocks:
-            path += [("conv", 3, 1)] * n + [("conv", down_k, 2)]
+            path += [("conv", 3, 1)] * n + [down]
         path += [("conv", 3, 1)] * c.bottleneck
-        up_k = {"convtranspose": 3, "upsample": 4, "upsample_nearest": 4, "pixelshuffle": 3}[c.up]
         for n in decoder_sizes:
-            path += [("up", up_k, 2)] + [("conv", 3, 1)] * n
+            path += [up] + [("conv", 3, 1)] * n
         return path + [("conv", 3, 1)]
 
 
@@ -137,7 +142,3 @@ _dense("pyramidal457101215", blocks=(4, 5, 7, 10, 12), bottleneck=15)
 _dense("pyramidal23456", blocks=(2, 3, 4, 5), bottleneck=6, m=24, growth=12, residual=True)
 # Same depth (103 convs) and transitions as pyramidal457101215, but neither dense connections nor skips.
 _dense("plain103", blocks=(4, 5, 7, 10, 12), bottleneck=15, dense=False, skips=False, growth=48)
-
-
-def config_dict(config: DensePyramidConfig) -> dict:
-    return asdict(config)

@@ -26,6 +26,10 @@ class AutoencoderConfig:
     residual: bool = False
     in_channels: int = 3
     out_channels: int = 3
+    mask_input: bool = False  # one more input channel: the mask of holes (blocks.mask_conditioned_input)
+
+    # (low, high) for `pyramidal.models.check_options`; other whole numbers must be >= 1.
+    LIMITS = {"levels": (1, 12), "convs_per_level": (1, 64)}
 
 
 class Autoencoder(PaddedModel):
@@ -46,9 +50,10 @@ class Autoencoder(PaddedModel):
         if len(widths) != c.levels + 1:
             raise ValueError(f"channels needs {c.levels + 1} widths for {c.levels} levels, got {widths}")
         self.config, self.levels, self.widths = c, c.levels, widths
+        self.mask_input = bool(c.mask_input)
         act = c.activation
         extra = c.convs_per_level - 1
-        self.stem = input_block(c.in_channels, widths[0], act)
+        self.stem = input_block(c.in_channels + self.mask_input, widths[0], act)
         self.encoder = nn.ModuleList()
         for i in range(c.levels):
             self.encoder.append(

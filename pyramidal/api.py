@@ -1,0 +1,301 @@
+"""The library's front door: `restore` in one call, and the pretrained weights behind `create_model`.
+
+Pixel ranges: this API speaks the values images are stored in, 8-bit (0-255), 16-bit (0-65535) or floats in
+[0, 1], and gives back the same. The models themselves work on floats in [-1, 1] (`restore_array` and a
+model's `forward` take and return that range); the conversion happens here and in `pyramidal.inference`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pyramidal.errors import PyramidalError
+
+if TYPE_CHECKING:
+    from PIL import Image
+    from torch import nn
+
+# Prepared models kept for the next `restore` call: (weights file, its mtime and size, device, precision).
+_CACHE: OrderedDict[tuple, Any] = OrderedDict()
+_CACHE_SIZE = 4
+_CACHE_LOCK = threading.Lock()
+
+# PIL modes that map one-to-one onto a numpy array and back.
+_ARRAY_MODES = ("RGB", "RGBA", "L", "LA", "I;16", "I;16L", "I;16B", "I;16N")
+# ITU-R 601 luma, as Pillow converts RGB to L.
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+# --------------------------------------------------------------------------- pretrained weights
+
+
+def list_pretrained(filter: str = "*") -> list[str]:
+    """The pretrained weights that ship inside the package, named `ARCHITECTURE.TASK`.
+
+    Args:
+        filter: an fnmatch pattern over the names, e.g. "*noise" or "pyramidal23456.*".
+
+    Returns:
+        Sorted names such as "pyramidal23456.noise"; pass one to `create_model(name, pretrained=True)`.
+    """
+    from pyramidal.checkpoint import read_weights_info
+    from pyramidal.inference import available_builtin_weights, builtin_weights_path
+
+    names = [f"{read_weights_info(builtin_weights_path(task))['model']}.{task}" for task in available_builtin_weights()]
+    return sorted(n for n in names if fnmatch(n, filter))
+
+
+def _shipped_for(architecture: str) -> list[str]:
+    """Tasks whose built-in weights are for `architecture`."""
+    return [name.split(".", 1)[1] for name in list_pretrained(f"{architecture}.*")]
+
+
+def pretrained_path(name: str, pretrained: bool | str | os.PathLike) -> Path:
+    """The weight file that `create_model(name, pretrained=...)` loads.
+
+    Args:
+        name: an architecture ("pyramidal23456") or a pretrained name ("pyramidal23456.noise").
+        pretrained: True (the built-in weights for this architecture, or for the task in `name`), a task
+            name ("noise"), or a path: a `.safetensors` file or a folder with `model.safetensors` +
+            `config.json`.
+
+    Returns:
+        The path of the `.safetensors` file.
+
+    Raises:
+        PyramidalError: no such task or file, or True where no single built-in file fits.
+    """
+    from pyramidal.inference import available_builtin_weights, builtin_weights_path
+
+    architecture, _, tag = name.partition(".")
+    if pretrained is True:
+        if tag:
+            return builtin_weights_path(tag)
+        tasks = _shipped_for(architecture)
+        if len(tasks) == 1:
+            return builtin_weights_path(tasks[0])
+        if tasks:
+            raise PyramidalError(
+                f"pretrained=True: {architecture} has built-in weights for several tasks ({', '.join(tasks)}); "
+                f"choose one: create_model({architecture!r}, pretrained={tasks[0]!r}) "
+                f"or create_model('{architecture}.{tasks[0]}', pretrained=True)")
+        raise PyramidalError(
+            f"pretrained=True: no built-in weights for {architecture}; shipped: {', '.join(list_pretrained())}; "
+            "or pass pretrained=PATH (a .safetensors file or a model.safetensors + config.json folder)")
+    if isinstance(pretrained, (str, os.PathLike)):
+        text = str(pretrained)
+        if text in available_builtin_weights() and not Path(text).exists():
+            return builtin_weights_path(text)
+        if not Path(text).exists():
+            raise PyramidalError(
+                f"pretrained={text!r}: neither a built-in task ({', '.join(available_builtin_weights())}) "
+                "nor an existing weights file or folder")
+        from pyramidal.checkpoint import weights_file
+
+        return weights_file(text)
+    raise TypeError(f"pretrained must be True, False, a task name or a path, not {type(pretrained).__name__}")
+
+
+def load_pretrained(name: str, pretrained: bool | str | os.PathLike = True, **options: Any) -> nn.Module:
+    """Build `name` with pretrained weights; what `create_model(name, pretrained=...)` does.
+
+    Args:
+        name: an architecture ("pyramidal23456") or a pretrained name ("pyramidal23456.noise").
+        pretrained: True, a task name or a path (see `pretrained_path`).
+        **options: model options to change that leave the weights' shapes alone (dropout, memory_efficient).
+
+    Returns:
+        The model in eval mode on the CPU, `model.info` holding the weights' record (task, scores, licence).
+        Call `.train()` to fine-tune it.
+
+    Raises:
+        PyramidalError: the weights are for another architecture, or cannot be found or read.
+    """
+    from pyramidal.checkpoint import load_weights
+
+    architecture = name.partition(".")[0]
+    path = pretrained_path(name, pretrained)
+    model = load_weights(path, **options)
+    if model.info["model"] != architecture:
+        raise PyramidalError(f"{path}: these weights are for {model.info['model']}, not {architecture}; "
+                             f"use create_model({model.info['model']!r}, pretrained=...)")
+    model.weights_path = str(path)
+    return model
+
+
+# --------------------------------------------------------------------------- one-call restore
+
+
+def _cached_model(weights: Any, task: str | None, device: str, precision: str) -> Any:
+    """A prepared model for `weights`, loaded once and kept while the file is unchanged."""
+    from torch import nn
+
+    from pyramidal.device import resolve_device, resolve_precision
+    from pyramidal.inference import load_restorer, prepare_for_inference, resolve_weights
+
+    dev = resolve_device(device) if isinstance(device, str) else device
+    prec = resolve_precision(precision, dev)
+    if isinstance(weights, nn.Module) or (callable(weights) and not isinstance(weights, (str, os.PathLike))):
+        return prepare_for_inference(weights, dev, prec)
+    path = resolve_weights(weights, task).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size, str(dev), prec)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+        model = prepare_for_inference(load_restorer(path), dev, prec)
+        _CACHE[key] = model
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+        return model
+
+
+def clear_cache() -> None:
+    """Forget the models `restore` keeps loaded (they are reloaded on the next call).
+
+    Returns:
+        None.
+    """
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def _split_channels(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """H×W, H×W×1/2/3/4 → (H×W×3 colour, alpha or None, grayscale)."""
+    if arr.ndim == 2:
+        return np.repeat(arr[..., None], 3, axis=2), None, True
+    if arr.ndim == 3 and arr.shape[2] in (1, 2):
+        gray = arr[..., 0]
+        return np.repeat(gray[..., None], 3, axis=2), (arr[..., 1] if arr.shape[2] == 2 else None), True
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        return arr[..., :3], (arr[..., 3] if arr.shape[2] == 4 else None), False
+    raise PyramidalError(f"restore: expected an H×W or H×W×C image with C = 1, 2, 3 or 4, got shape {arr.shape}")
+
+
+def _gray(rgb: np.ndarray) -> np.ndarray:
+    """Restored colour pixels as one luma channel, in the same dtype."""
+    if rgb.dtype == np.uint8:
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(rgb, "RGB").convert("L"))  # exactly what the CLI writes
+    luma = rgb.astype(np.float64) @ _LUMA
+    if np.issubdtype(rgb.dtype, np.integer):
+        return np.clip(np.rint(luma), 0, np.iinfo(rgb.dtype).max).astype(rgb.dtype)
+    return luma.astype(rgb.dtype)
+
+
+def _restore_pixels(model: Any, image: np.ndarray, **options: Any) -> np.ndarray:
+    """An array image restored into a new array of the same shape and dtype (alpha copied unchanged)."""
+    from pyramidal.inference import from_model_range, restore_array, to_model_range
+
+    arr = np.asarray(image)
+    if arr.dtype == np.bool_ or not (arr.dtype in (np.uint8, np.uint16) or np.issubdtype(arr.dtype, np.floating)):
+        raise PyramidalError(f"restore: pixels of type {arr.dtype}; expected uint8, uint16 or floats in [0, 1]")
+    if np.issubdtype(arr.dtype, np.floating) and arr.size:
+        low, high = float(np.nanmin(arr)), float(np.nanmax(arr))
+        if not (np.isfinite(low) and np.isfinite(high)) or low < -1e-3 or high > 1 + 1e-3:
+            raise PyramidalError(f"restore: float pixels must lie in [0, 1], got {low:g} to {high:g} "
+                                 "(divide 8-bit values by 255, or pass a uint8 array)")
+    rgb, alpha, grayscale = _split_channels(arr)
+    compute = rgb.astype(np.float32) if arr.dtype == np.float16 else rgb  # torch has no float16 from_numpy math
+    restored = from_model_range(restore_array(model, to_model_range(compute), **options), arr.dtype)
+    if not grayscale:
+        return restored if alpha is None else np.dstack([restored, alpha]).astype(arr.dtype)
+    gray = _gray(restored)
+    if arr.ndim == 2:
+        return gray
+    return gray[..., None] if alpha is None else np.dstack([gray, alpha]).astype(arr.dtype)
+
+
+def _pil_from_array(arr: np.ndarray) -> Image.Image:
+    """uint8 H×W / H×W×2 / H×W×3 / H×W×4 → L / LA / RGB / RGBA; uint16 H×W → I;16."""
+    from PIL import Image
+
+    if arr.dtype == np.uint16:
+        return Image.fromarray(np.ascontiguousarray(arr))
+    mode = {2: "L", 3: {2: "LA", 3: "RGB", 4: "RGBA"}.get(arr.shape[-1], "RGB")}[arr.ndim]
+    return Image.fromarray(np.ascontiguousarray(arr), mode)
+
+
+def _restore_pil(model: Any, img: Image.Image, **options: Any) -> Image.Image:
+    from PIL import Image
+
+    from pyramidal.io import load_pil
+
+    if img.mode in _ARRAY_MODES:
+        arr = np.asarray(img)
+        arr = arr.astype(np.uint16) if img.mode.startswith("I;16") else arr
+        return _pil_from_array(_restore_pixels(model, arr, **options))
+    if img.mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float32))
+        scale = 1.0 if arr.max(initial=0) <= 1.0 else 255.0  # as the file reader takes F images
+        out = _restore_pixels(model, np.clip(arr / scale, 0, 1), **options) * scale
+        return Image.fromarray(out.astype(np.float32), "F")
+    loaded = load_pil(img)  # palette, 1-bit, CMYK, I, ...: as the file reader sees them
+    return _pil_from_array(_restore_pixels(model, _loaded_pixels(loaded, deep=True), **options))
+
+
+def _loaded_pixels(loaded: Any, deep: bool) -> np.ndarray:
+    """A LoadedImage as one array: gray H×W (or H×W×2 with alpha), colour H×W×3/4; 16-bit where there is one."""
+    use16 = deep and loaded.rgb16 is not None
+    rgb = loaded.rgb16 if use16 else loaded.rgb
+    alpha = loaded.alpha16 if use16 and loaded.alpha16 is not None else loaded.alpha
+    if use16 and alpha is not None and alpha.dtype == np.uint8:
+        alpha = alpha.astype(np.uint16) * 257
+    base = rgb[..., 0] if loaded.grayscale else rgb
+    return base if alpha is None else np.dstack([base, alpha])
+
+
+def restore(image: str | os.PathLike | Image.Image | np.ndarray, task: str = "noise", weights: Any = "builtin",
+            **options: Any) -> Image.Image | np.ndarray:
+    """Restore one image in one call; weights load on the first call and stay cached for the next.
+
+    Args:
+        image: a file path (read like `pyramidal restore` reads it: EXIF orientation, 16-bit, alpha), a PIL
+            image, or a numpy array: uint8 or uint16 H×W, H×W×1, H×W×2 (gray + alpha), H×W×3 or H×W×4, or
+            floats in [0, 1] of those shapes; any memory layout (views, negative strides).
+        task: the damage to undo; picks the built-in weights ("noise", "jpeg", "pixelate", "blur", "squares",
+            "block", "grid", "mixed"; `pyramidal weights` lists them).
+        weights: "builtin", a `.safetensors` file, a folder with `model.safetensors` + `config.json`, or a
+            model (an nn.Module from `create_model`/`load_weights`).
+        **options: tile (default 256), overlap (32), batch_size (4), ensemble (False), strength (1.0),
+            device ("auto"), precision ("auto"), progress (False); anything else goes on to
+            `pyramidal.inference.restore_array`.
+
+    Returns:
+        The same kind as given. An array comes back with the same shape and dtype, alpha unchanged. A PIL
+        image comes back in its mode (RGB, RGBA, L, LA, I;16, F); other modes come back as RGB(A) or L(A).
+        A path gives a PIL image: RGB, RGBA, L, LA, or I;16 for a 16-bit grayscale file (a 16-bit colour file
+        is restored at 16 bits and returned as 8-bit RGB, the deepest colour mode PIL has; write 16-bit
+        files with `pyramidal restore`).
+
+    Raises:
+        PyramidalError: an unreadable file, pixels outside the accepted types or ranges, unknown weights.
+        TypeError: `image` is none of the accepted kinds.
+    """
+    from PIL import Image
+
+    device = options.pop("device", "auto")
+    precision = options.pop("precision", "auto")
+    model = _cached_model(weights, task, device, precision)
+    options = {"device": model.device, "precision": model.precision, **options}
+    if isinstance(image, (str, os.PathLike)):
+        from pyramidal.io import read_image
+
+        out = _restore_pixels(model, _loaded_pixels(read_image(image), deep=True), **options)
+        if out.dtype == np.uint16 and out.ndim == 3:  # 16-bit colour: PIL has no such mode
+            out = np.rint(out / 257.0).astype(np.uint8)
+        return _pil_from_array(out)
+    if isinstance(image, Image.Image):
+        return _restore_pil(model, image, **options)
+    if isinstance(image, np.ndarray):
+        return _restore_pixels(model, image, **options)
+    raise TypeError(f"restore() takes a file path, a PIL image or a numpy array, not {type(image).__name__}")

@@ -1,0 +1,161 @@
+"""Flags that several commands share, defined once so that each means the same in every command.
+
+Importing this module, and every `add_*` function, stays free of torch and NumPy: `pyramidal COMMAND
+--help` builds all parsers. The task flags come from the damage tasks' own declarations
+(`Task.declared_options`), which load without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from typing import Any
+
+from pyramidal.device import PRECISIONS
+
+
+def add_device(parser: argparse._ActionsContainer, default: Any = "auto") -> None:
+    """`--device`: auto (CUDA when available), cpu, cuda or cuda:N."""
+    parser.add_argument("--device", default=default, help="auto, cpu, cuda or cuda:N (default auto)")
+
+
+def add_precision(parser: argparse._ActionsContainer, default: Any = "auto") -> None:
+    """`--precision`, checked when the device is known (fp16 is for GPUs)."""
+    parser.add_argument("--precision", default=default, metavar="{" + ",".join(PRECISIONS) + "}",
+                        help="auto: bf16 where the CPU/GPU supports it, fp16 (with a gradient scaler in training) on "
+                             "older GPUs, fp32 elsewhere (default auto)")
+
+
+def add_threads(parser: argparse._ActionsContainer, default: Any = None) -> None:
+    """`--threads`: torch's CPU threads."""
+    parser.add_argument("--threads", type=at_least(1), default=default,
+                        help="CPU threads for torch (default: torch's choice)")
+
+
+# --------------------------------------------------------------------------- checked values
+# argparse types: a bad value is a one-line "argument --flag: ..." error before the command starts.
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= `low`."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return whole_number
+
+
+def positive_number(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def task_name(text: str) -> str:
+    """An argparse type: a registered damage task's name (never a path)."""
+    from pyramidal.damage import TASKS
+
+    if text not in TASKS.names():
+        raise argparse.ArgumentTypeError(f"unknown task {text!r}; choose one of {', '.join(TASKS.names())}")
+    return text
+
+
+def add_out(parser: argparse._ActionsContainer, help: str, default: Any = None, required: bool = False,
+            metavar: str = "DIR") -> argparse.Action:
+    """`-o/--out`: where a command writes its files."""
+    shown = f" (default {default})" if isinstance(default, str) and default != argparse.SUPPRESS else ""
+    return parser.add_argument("-o", "--out", default=default, required=required, metavar=metavar, help=help + shown)
+
+
+def add_recursive(parser: argparse._ActionsContainer) -> None:
+    """`--recursive`: also read the sub-folders of an input folder, mirroring them in the output folder."""
+    parser.add_argument("--recursive", action="store_true",
+                        help="also read the sub-folders of input folders (hidden ones and non-images skipped), "
+                             "mirroring them in the output folder")
+
+
+def add_json(parser: argparse._ActionsContainer) -> None:
+    """`--json PATH`: write the results as JSON; `-` prints them on stdout in place of the human report."""
+    parser.add_argument("--json", metavar="PATH",
+                        help="write the results as JSON to PATH; '-' prints them on stdout instead of the report")
+
+
+def write_json_output(data: Any, target: str) -> None:
+    """Write `data` for `--json TARGET`: one line on stdout for '-', else an indented file (atomically)."""
+    from pyramidal.io import jsonable, write_json
+
+    if target == "-":
+        print(json.dumps(jsonable(data), ensure_ascii=False), flush=True)
+    else:
+        write_json(data, target)
+
+
+# --------------------------------------------------------------------------- damage tasks
+
+
+def task_help() -> str:
+    """`--task` help: the registered task names."""
+    from pyramidal.damage import TASKS
+
+    return "damage task: " + ", ".join(TASKS.names())
+
+
+def task_list() -> str:
+    """One line per task, `name  description`, for a command's epilog."""
+    from pyramidal.damage import TASKS
+
+    width = max(map(len, TASKS.names()))
+    return "damage tasks:\n" + "\n".join(f"  {n:<{width}}  {TASKS.get(n).description}" for n in TASKS.names())
+
+
+def declared_task_options() -> dict[str, list[tuple[str, Any]]]:
+    """{option name: [(task name, TaskOption), ...]} over every registered task."""
+    from pyramidal.damage import TASKS
+
+    by_name: dict[str, list[tuple[str, Any]]] = {}
+    for task in TASKS.names():
+        for option in TASKS.get(task).declared_options:
+            by_name.setdefault(option.name, []).append((task, option))
+    for name, users in by_name.items():
+        if len({option.type for _, option in users}) > 1:
+            raise TypeError(f"task option {name!r} has different types in tasks {', '.join(t for t, _ in users)}")
+    return by_name
+
+
+def add_task_options(parser: argparse._ActionsContainer, use: str, default: Any = None) -> None:
+    """A `--NAME` flag for every option a damage task declares; several tasks may share one.
+
+    `use` picks the wording and shape: "degrade" (one value), "evaluate" (one or more values, each
+    reported as a setting) or "train" (one value; the help says what training draws without it).
+    """
+    from pyramidal.damage import TASKS
+
+    for name, users in declared_task_options().items():
+        parts = []
+        for task, option in users:
+            if use == "evaluate":
+                values = [s[name] for s in TASKS.get(task).eval_settings() if name in s] or [option.default]
+                parts.append(f"{task}: {option.help}, one setting per value (default {' '.join(map(str, values))})")
+            elif use == "train":
+                parts.append(f"{task}: {option.help} [{option.train_default or option.default}]")
+            else:
+                parts.append(f"{task}: {option.help} (default {option.default})")
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=users[0][1].type, default=default,
+                            nargs="+" if use == "evaluate" else None, metavar=name.upper(), help="; ".join(parts))
+
+
+def task_option_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The task-option flags given on the command line, {name: value}."""
+    return {name: getattr(args, name) for name in declared_task_options() if getattr(args, name, None) is not None}

@@ -1,0 +1,692 @@
+"""The one inference path: weights lookup, `prepare_for_inference`, tiled and batched restoration, file batches.
+
+Every user of a trained model (restore, evaluate, demo, compare, export's parity check, the bench) runs it
+through `prepare_for_inference`, so the benchmark times the code the commands run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pyramidal.device import autocast, resolve_device, resolve_precision
+from pyramidal.errors import OptionError, PyramidalError
+from pyramidal.fastpath import memory_format
+from pyramidal.progress import progress as progress_bar
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def available_builtin_weights() -> list[str]:
+    """The tasks that have built-in weights shipped inside the package.
+
+    Returns:
+        Sorted task names, e.g. `["block", "blur", "grid", ...]`; empty if none are installed.
+    """
+    if not WEIGHTS_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+
+
+def builtin_weights_path(task: str) -> Path:
+    """The weight file shipped for `task`.
+
+    Args:
+        task: a damage task name, e.g. "noise".
+
+    Returns:
+        The path of `pyramidal/weights/<task>.safetensors`.
+
+    Raises:
+        PyramidalError: no built-in weights for `task` (the message lists those that exist).
+        ValueError: `task` is not a registered task name (it is never taken as a path).
+    """
+    from pyramidal.damage import TASKS
+
+    TASKS.get(task)
+    path = WEIGHTS_DIR / f"{task}.safetensors"
+    if path.exists():
+        return path
+    have = available_builtin_weights()
+    listing = ", ".join(have) if have else "none are installed in this copy of pyramidal"
+    raise PyramidalError(
+        f"--weights builtin: no built-in weights for task {task!r} ({listing}); "
+        "pass a .safetensors file written by `pyramidal train` instead"
+    )
+
+
+def resolve_weights(weights: str | os.PathLike, task: str | None) -> Path:
+    """Where to load weights from.
+
+    Args:
+        weights: "builtin" (the file shipped for `task`), a `.safetensors` file, or a folder holding
+            `model.safetensors` + `config.json` (Hugging Face style) or `best.safetensors` (a training run).
+        task: the damage task; needed for "builtin".
+
+    Returns:
+        The path of the `.safetensors` file.
+
+    Raises:
+        PyramidalError: "builtin" without a task or without weights for it, or nothing at the path.
+    """
+    from pyramidal.checkpoint import weights_file
+
+    if str(weights) == "builtin":
+        if not task:
+            raise PyramidalError("--weights builtin needs --task to know which weights to use")
+        return builtin_weights_path(task)
+    return weights_file(weights)
+
+
+def load_restorer(weights: str | os.PathLike, task: str | None = None) -> nn.Module:
+    """Load a model for restoration.
+
+    Args:
+        weights: "builtin", a `.safetensors` file or a folder (see `resolve_weights`).
+        task: the damage task; needed for "builtin".
+
+    Returns:
+        The model in eval mode on the CPU; `model.info` holds the file's record (architecture, task, scores)
+        and `model.weights_path` the file it came from.
+    """
+    from pyramidal.checkpoint import load_weights
+
+    path = resolve_weights(weights, task)
+    model = load_weights(path)
+    model.weights_path = str(path)
+    trained_for = (getattr(model, "info", None) or {}).get("task")
+    if task and trained_for and trained_for != task:
+        warnings.warn(f"{path} was trained for task {trained_for!r}, not {task!r}", WeightsTaskWarning, stacklevel=2)
+    return model
+
+
+class WeightsTaskWarning(UserWarning):
+    """Weights loaded for one task were trained for another."""
+
+
+# --------------------------------------------------------------------------- the prepared model
+
+
+class InferenceModel(nn.Module):
+    """A model ready for inference: inference_mode, autocast, channels_last in, float32 out on `device`."""
+
+    def __init__(self, model: nn.Module | Callable, device: torch.device, precision: str,
+                 channels_last: bool = True, compiled: nn.Module | None = None):
+        super().__init__()
+        self.model = model
+        self.device = device
+        self.precision = precision
+        self.channels_last = channels_last
+        # Kept out of the module tree so that state_dict keys stay the wrapped model's.
+        self.__dict__["_compiled"] = compiled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        run = self._compiled if self._compiled is not None else self.model
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            x = x.to(self.device, non_blocking=True).contiguous(memory_format=memory_format(self.channels_last))
+            return run(x).float()
+
+
+def prepare_for_inference(model: nn.Module | Callable, device: str | torch.device = "auto", precision: str = "auto",
+                          channels_last: bool = True, compile: bool = False) -> InferenceModel:
+    """Eval mode on `device`, channels_last weights, autocast in the resolved precision, optional torch.compile.
+
+    Returns a callable module: B×3×H×W (any device, any layout) → B×3×H×W float32 on `device`. `model` may
+    also be any callable batch → batch (an ONNX session); it then runs as it is, under the same modes.
+    An already prepared model with the same settings is returned unchanged.
+    """
+    device = resolve_device(device) if isinstance(device, str) else device
+    precision = resolve_precision(precision, device)
+    if isinstance(model, InferenceModel):
+        same = (model.device, model.precision, model.channels_last) == (device, precision, channels_last)
+        if same and (model._compiled is not None or not compile):
+            return model
+        model = model.model
+    compiled = None
+    if isinstance(model, nn.Module):
+        model.eval()
+        model.to(device=device, memory_format=memory_format(channels_last))
+        compiled = torch.compile(model, dynamic=True) if compile else None
+    return InferenceModel(model, device, precision, channels_last, compiled)
+
+
+def _model_device(model: Callable) -> torch.device:
+    if isinstance(model, InferenceModel):
+        return model.device
+    if isinstance(model, nn.Module):
+        for p in model.parameters():
+            return p.device
+    return torch.device("cpu")
+
+
+def _device_and_precision(model: Callable, device: str | torch.device | None, precision: str
+                          ) -> tuple[torch.device, str]:
+    dev = resolve_device(device) if isinstance(device, str) else (device or _model_device(model))
+    return dev, resolve_precision(precision, dev)
+
+
+# --------------------------------------------------------------------------- tiled restoration
+
+
+# The 8 symmetries of the square: (k quarter turns, then optional horizontal flip).
+DIHEDRAL = tuple((k, flip) for flip in (False, True) for k in range(4))
+
+
+def _forward(model: InferenceModel, x: torch.Tensor, ensemble: bool) -> torch.Tensor:
+    """One batch through the prepared model; with `ensemble`, the mean over the 8 flips/rotations."""
+    if not ensemble:
+        return model(x)
+    total = None
+    for k, flip in DIHEDRAL:
+        t = torch.rot90(x, k, dims=(-2, -1))
+        if flip:
+            t = t.flip(-1)
+        y = model(t)
+        if flip:
+            y = y.flip(-1)
+        y = torch.rot90(y, -k, dims=(-2, -1))
+        total = y if total is None else total + y
+    return total / len(DIHEDRAL)
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size `tile` covering `length`, neighbours sharing at least `overlap` px."""
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)  # the last tile ends exactly at the border
+    return starts
+
+
+def _ramp(size: int, overlap: int, fade_start: bool, fade_end: bool) -> np.ndarray:
+    """Blend weights along one axis: raised-cosine ramps over `overlap` px at edges shared with a neighbour."""
+    w = np.ones(size, dtype=np.float32)
+    n = min(overlap, size)
+    if n > 0:
+        # Strictly positive, so every pixel has some weight even where only one tile covers it.
+        r = np.sin(0.5 * math.pi * (np.arange(n) + 0.5) / n) ** 2
+        if fade_start:
+            w[:n] *= r
+        if fade_end:
+            w[size - n:] *= r[::-1]
+    return w
+
+
+DEFAULT_OVERLAP = 32
+
+
+def check_tiling(tile: int | None, overlap: int | None, batch_size: int = 1) -> tuple[int | None, int]:
+    """Validate the tiling options once, before any model runs; returns (tile or None for whole images, overlap).
+
+    Raises OptionError naming the flag: a negative tile, a negative overlap, or an overlap that is not
+    smaller than the tile. Without tiling (None or 0) the overlap does not matter.
+    """
+    for name, value in (("--tile", tile), ("--overlap", overlap), ("--batch-size", batch_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+            raise OptionError(f"{name} {value!r}: must be a whole number")
+    if batch_size < 1:
+        raise OptionError(f"--batch-size {batch_size}: must be at least 1")
+    if tile is not None and tile < 0:
+        raise OptionError(f"--tile {tile}: must be 0 (the whole image at once) or a positive size in px")
+    if overlap is not None and overlap < 0:
+        raise OptionError(f"--overlap {overlap}: must be 0 or more")
+    if not tile:
+        return None, 0
+    if overlap is None:
+        return int(tile), min(DEFAULT_OVERLAP, int(tile) // 2)
+    if overlap >= tile:
+        raise OptionError(f"--overlap {overlap}: must be smaller than --tile {tile}")
+    return int(tile), int(overlap)
+
+
+# --------------------------------------------------------------------------- masks of holes
+
+# `mask="auto"`: a pixel is a hole when every channel is within MAGENTA_TOLERANCE of (255, 0, 255), or when
+# it touches such a pixel and still leans to magenta (min(R, B) − G ≥ MAGENTA_LEAN): JPEG smears the key's
+# edges. Measured on the validation photographs: nothing natural passes, and JPEG holes (quality 50-95) are
+# found whole.
+MAGENTA_TOLERANCE = 64
+MAGENTA_LEAN = 64
+NEEDS_MASK = ("is mask-conditioned (built with mask_input=true): it fills the holes it is shown and cannot find "
+              "them itself; give them with --mask FILE, --mask FOLDER or --mask auto (mask= in Python)")
+
+
+def magenta_mask(rgb: np.ndarray, tolerance: int = MAGENTA_TOLERANCE) -> np.ndarray:
+    """H×W bool: the holes of an H×W×3 uint8 image painted in the colour key, magenta (255, 0, 255)."""
+    from pyramidal.damage import MAGENTA
+
+    px = np.asarray(rgb).astype(np.int16)
+    core = np.abs(px - np.array(MAGENTA, dtype=np.int16)).max(axis=2) <= tolerance
+    if not core.any():
+        return core
+    padded = np.pad(core, 1)
+    near = np.zeros_like(core)
+    for dy in range(3):
+        for dx in range(3):
+            near |= padded[dy:dy + core.shape[0], dx:dx + core.shape[1]]
+    lean = np.minimum(px[..., 0], px[..., 2]) - px[..., 1] >= MAGENTA_LEAN
+    return core | (near & lean)
+
+
+def check_mask(mask: np.ndarray | torch.Tensor, size: tuple[int, int], source: str = "mask") -> torch.Tensor:
+    """A mask of holes as a bool H×W tensor (non-zero = hole), checked against the image's (H, W).
+
+    Raises PyramidalError, one line starting with `source`: not H×W, another size, no hole, nothing known.
+    """
+    m = mask.detach().cpu() if isinstance(mask, torch.Tensor) else torch.from_numpy(np.array(mask))
+    while m.ndim > 2 and (m.shape[0] == 1 or m.shape[-1] == 1):  # 1×H×W, H×W×1, 1×1×H×W
+        m = m[0] if m.shape[0] == 1 else m[..., 0]
+    if m.ndim != 2:
+        raise PyramidalError(f"{source}: expected an H×W mask, got shape {tuple(m.shape)}")
+    h, w = size
+    if tuple(m.shape) != (h, w):
+        raise PyramidalError(f"{source} is {m.shape[1]}×{m.shape[0]} px but the image is {w}×{h} px; "
+                             "a mask must have its image's size")
+    m = m != 0
+    if not m.any():
+        raise PyramidalError(f"{source} marks no hole (every pixel is zero): nothing to fill")
+    if m.all():
+        raise PyramidalError(f"{source} marks every pixel as a hole: nothing known to fill them from")
+    return m
+
+
+def _unwrapped(model: Callable) -> Callable:
+    return model.model if isinstance(model, InferenceModel) else model
+
+
+def needs_mask(model: Callable) -> bool:
+    """True for a mask-conditioned model (built with `mask_input=True`): it must be given the holes."""
+    return bool(getattr(_unwrapped(model), "mask_input", False))
+
+
+def hole_colour(model: Callable) -> tuple[int, int, int] | None:
+    """The colour the task in the model's weights record painted holes with (magenta for the hole tasks);
+    None when the task keeps its own pixels there (text) or the model has no record."""
+    from pyramidal.damage import TASKS
+
+    task = (getattr(_unwrapped(model), "info", None) or {}).get("task")
+    return getattr(TASKS.get(task), "hole_colour", None) if task in TASKS.names() else None
+
+
+def model_input(model: Callable, image: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """What `model` is run on for a C×H×W image in [-1, 1] and its H×W hole mask (or None).
+
+    A mask-conditioned model gets the mask as a fourth channel with the holes made neutral; a blind model
+    sees the holes painted as its training task painted them (magenta), since that is how it finds them.
+    """
+    from pyramidal.models.blocks import mask_conditioned_input
+
+    if mask is None:
+        if needs_mask(model):
+            raise PyramidalError("this model " + NEEDS_MASK)
+        return image
+    if needs_mask(model):
+        return mask_conditioned_input(image[None], mask[None, None])[0]
+    colour = hole_colour(model)
+    if colour is None:
+        return image
+    fill = torch.tensor(colour, dtype=image.dtype).view(3, 1, 1) / 127.5 - 1
+    return torch.where(mask.to(image.device), fill.to(image.device), image)
+
+
+def _finish(known: torch.Tensor, restored: torch.Tensor, strength: float, mask: torch.Tensor | None) -> torch.Tensor:
+    """The model's output at `strength`; with a mask, only inside the holes and the known pixels exactly elsewhere."""
+    out = _with_strength(known, restored, strength)
+    return out if mask is None else torch.where(mask, out, known.detach().to("cpu", torch.float32))
+
+
+@torch.inference_mode()
+def restore_array(model: Callable, image: torch.Tensor, *, tile: int | None = 256, overlap: int | None = None,
+                  batch_size: int = 4, device: str | torch.device | None = None, precision: str = "auto",
+                  ensemble: bool = False, strength: float = 1.0, progress: bool | None = False,
+                  mask: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+    """Restore one float image of any size, tiled and batched.
+
+    This is the level where the models' own range applies: pixels are floats in [-1, 1] (0 → -1, 255 → 1).
+
+    Args:
+        model: an nn.Module (run through `prepare_for_inference`), a prepared model, or any callable
+            B×3×H×W → B×3×H×W in [-1, 1].
+        image: 3×H×W float tensor in [-1, 1].
+        tile: tile side in px; None or 0 runs the whole image at once.
+        overlap: px shared by neighbouring tiles, blended with raised-cosine weights; smaller than `tile`.
+            None (default): 32, or half the tile for tiles under 64 px. Ignored for the whole image.
+        batch_size: tiles per forward pass.
+        device: "auto", "cpu", "cuda", a torch.device, or None for the model's own device.
+        precision: "auto", "fp32", "bf16" or "fp16".
+        ensemble: average the 8 flips and rotations (8× the time).
+        strength: how much of the model's change to apply, output = input + strength · (model(input) − input),
+            0 to 2; 1 is the model as trained, below 1 keeps more of the input (detail and noise), above 1
+            smooths more.
+        progress: a progress display over the tiles when there are more than one batch of them: None shows
+            it (a bar on a terminal, plain lines otherwise), False (default) hides it.
+        mask: H×W holes to fill (non-zero = hole), or None. With a mask the output is the model's prediction
+            inside the holes and exactly the input elsewhere; a mask-conditioned model needs one.
+
+    Returns:
+        The restored image, float32 3×H×W in [-1, 1] on the CPU.
+    """
+    if not 0.0 <= strength <= 2.0:
+        raise PyramidalError(f"--strength {strength}: must be between 0 and 2 (1 = the model as trained)")
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise PyramidalError(f"expected a 3×H×W image, got shape {tuple(image.shape)}")
+    mask = None if mask is None else check_mask(mask, tuple(image.shape[1:]))
+    known, image = image, model_input(model, image, mask)  # the model may see 4 channels, or painted holes
+    dev, prec = _device_and_precision(model, device, precision)
+    model = prepare_for_inference(model, dev, prec)
+    _, h, w = image.shape
+    tile, overlap = check_tiling(tile, overlap, batch_size)
+    if tile is None:
+        tile, overlap = max(h, w), 0  # the whole image at once: one tile, nothing to blend
+    th, tw = min(tile, h), min(tile, w)
+    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    boxes = [(y, x) for y in ys for x in xs]
+    if len(boxes) == 1:
+        return _finish(known, _forward(model, image[None], ensemble)[0].clamp(-1, 1).cpu(), strength, mask)
+    out = torch.zeros(3, h, w, dtype=torch.float32)
+    weight = torch.zeros(1, h, w, dtype=torch.float32)
+    wy = {y: _ramp(th, overlap, y > 0, y + th < h) for y in ys}
+    wx = {x: _ramp(tw, overlap, x > 0, x + tw < w) for x in xs}
+    shown = progress is not False and len(boxes) > max(1, batch_size)
+    bar = progress_bar(total=len(boxes), desc=f"restoring {w}×{h}", unit="tiles", enabled=None if shown else False)
+    for i in range(0, len(boxes), max(1, batch_size)):
+        chunk = boxes[i:i + max(1, batch_size)]
+        batch = torch.stack([image[:, y:y + th, x:x + tw] for y, x in chunk])
+        restored = _forward(model, batch, ensemble).cpu()
+        for (y, x), patch in zip(chunk, restored):
+            wt = torch.from_numpy(np.outer(wy[y], wx[x]))[None]
+            out[:, y:y + th, x:x + tw] += patch * wt
+            weight[:, y:y + th, x:x + tw] += wt
+        bar.update(len(chunk))
+    bar.close()
+    return _finish(known, (out / weight).clamp(-1, 1), strength, mask)
+
+
+def _with_strength(image: torch.Tensor, restored: torch.Tensor, strength: float) -> torch.Tensor:
+    """input + strength · (restored − input): less (< 1) or more (> 1) of the model's change."""
+    if strength == 1.0:
+        return restored
+    source = image.detach().to("cpu", torch.float32)
+    return (source + strength * (restored - source)).clamp(-1, 1)
+
+
+def _to_float_chw(image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, bool, bool]:
+    """uint8 image in any accepted layout → (float 3×H×W in [-1, 1], was a tensor, was H×W×3 or H×W numpy)."""
+    is_tensor = isinstance(image, torch.Tensor)
+    if is_tensor:
+        arr = image.detach().cpu()
+    else:
+        image = np.asarray(image)
+        # Any layout: a negative-stride view (img[..., ::-1], OpenCV's BGR→RGB) or a read-only array is copied.
+        contiguous = image.flags.c_contiguous and image.flags.writeable
+        arr = torch.from_numpy(image if contiguous else np.array(image, order="C"))
+    if arr.dtype != torch.uint8:
+        raise PyramidalError(f"restore_image expects uint8 pixels, got {arr.dtype}")
+    hwc = False
+    if arr.ndim == 2:
+        arr = arr[None].expand(3, -1, -1)
+        hwc = not is_tensor
+    elif arr.ndim == 3 and not is_tensor and arr.shape[-1] == 3:
+        arr = arr.permute(2, 0, 1)
+        hwc = True
+    elif arr.ndim != 3 or arr.shape[0] != 3:
+        raise PyramidalError(f"restore_image expects H×W×3, 3×H×W or H×W pixels, got shape {tuple(arr.shape)}")
+    return arr.float().div(127.5).sub(1.0), is_tensor, hwc
+
+
+def _from_float_chw(y: torch.Tensor, is_tensor: bool, hwc: bool) -> np.ndarray | torch.Tensor:
+    out = y.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+    if hwc:
+        out = out.permute(1, 2, 0).contiguous()
+    return out if is_tensor else out.numpy()
+
+
+# Half the value range of each integer pixel type: v / half - 1 maps [0, max] onto the models' [-1, 1].
+_HALF_RANGE = {np.dtype(np.uint8): 127.5, np.dtype(np.uint16): 32767.5}
+
+
+def to_model_range(pixels: np.ndarray) -> torch.Tensor:
+    """Pixels as the models take them.
+
+    Args:
+        pixels: H×W×3 array: uint8 (0-255), uint16 (0-65535) or float in [0, 1]; any memory layout.
+
+    Returns:
+        float32 3×H×W tensor in [-1, 1].
+    """
+    arr = np.asarray(pixels)
+    half = _HALF_RANGE.get(arr.dtype, 0.5 if np.issubdtype(arr.dtype, np.floating) else None)
+    if half is None:
+        raise PyramidalError(f"pixels of type {arr.dtype}: expected uint8, uint16 or floats in [0, 1]")
+    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(2, 0, 1)
+    return x.div(half).sub(1.0).clamp(-1, 1)
+
+
+def from_model_range(y: torch.Tensor, dtype: np.dtype | type) -> np.ndarray:
+    """A model output as pixels of `dtype`.
+
+    Args:
+        y: 3×H×W float tensor in [-1, 1].
+        dtype: uint8, uint16 or a float type (values in [0, 1]).
+
+    Returns:
+        H×W×3 array of `dtype`, C-contiguous.
+    """
+    dtype = np.dtype(dtype)
+    hwc = y.detach().cpu().float().permute(1, 2, 0)
+    if dtype in _HALF_RANGE:
+        half = _HALF_RANGE[dtype]
+        return hwc.add(1.0).mul(half).round().clamp(0, 2 * half).numpy().astype(dtype)
+    return hwc.add(1.0).mul(0.5).clamp(0, 1).contiguous().numpy().astype(dtype)
+
+
+def restore_image(model: Callable, image: np.ndarray | torch.Tensor, *, tile: int | None = 256, overlap: int | None = None,
+                  batch_size: int = 4, device: str | torch.device | None = None, precision: str = "auto",
+                  ensemble: bool = False, strength: float = 1.0,
+                  progress: bool | None = False, mask: np.ndarray | torch.Tensor | str | None = None
+                  ) -> np.ndarray | torch.Tensor:
+    """Restore one 8-bit image; returns uint8 in the layout given.
+
+    Args:
+        model: an nn.Module (run through `prepare_for_inference` on `device`), a prepared model, or any
+            callable B×3×H×W → B×3×H×W in [-1, 1].
+        image: uint8 numpy H×W×3 (PIL layout), numpy or torch 3×H×W (torch layout), or H×W grayscale.
+        tile, overlap, batch_size, device, precision, ensemble, strength, progress: as for `restore_array`.
+        mask: the holes to fill: an H×W array (non-zero = hole), "auto" for the magenta (255, 0, 255) pixels
+            (`magenta_mask`), or None. The pixels outside the holes come back exactly as given.
+
+    Returns:
+        uint8 pixels in the layout given (H×W grayscale comes back H×W×3).
+    """
+    x, is_tensor, hwc = _to_float_chw(image)
+    if isinstance(mask, str):
+        if mask != "auto":
+            raise PyramidalError(f"mask {mask!r}: give an H×W array of holes, or 'auto' for magenta holes")
+        mask = auto_mask(_from_float_chw(x, False, True))
+    y = restore_array(model, x, tile=tile, overlap=overlap, batch_size=batch_size, device=device,
+                      precision=precision, ensemble=ensemble, strength=strength, progress=progress, mask=mask)
+    return _from_float_chw(y, is_tensor, hwc)
+
+
+def auto_mask(rgb: np.ndarray, source: str = "mask auto") -> np.ndarray:
+    """`mask="auto"`: the magenta holes of H×W×3 uint8 pixels; PyramidalError naming `source` when there are none."""
+    found = magenta_mask(rgb)
+    if not found.any():
+        raise PyramidalError(f"{source}: no magenta (255, 0, 255) pixels found; paint the holes magenta or give "
+                             "a mask image")
+    return found
+
+
+@torch.inference_mode()
+def restore_images(model: Callable, images: Sequence[np.ndarray | torch.Tensor], *, tile: int | None = 256,
+                   overlap: int | None = None, batch_size: int = 4, device: str | torch.device | None = None,
+                   precision: str = "auto", ensemble: bool = False, strength: float = 1.0,
+                   progress: bool | None = False, desc: str = "restoring",
+                   masks: Sequence[np.ndarray | torch.Tensor | None] | None = None) -> list[np.ndarray | torch.Tensor]:
+    """`restore_image` for many images: same-size images that fit in one tile go through in batches.
+
+    Args:
+        model: as for `restore_image`.
+        images: uint8 images, each in a layout `restore_image` takes.
+        tile, overlap, batch_size, device, precision, ensemble, strength: as for `restore_array`.
+        progress: None shows a progress display over the images, False (default) hides it.
+        desc: what the progress display says is being done.
+        masks: None, or one H×W mask of holes (or None) per image, as for `restore_image`.
+
+    Returns:
+        The restored uint8 images, in order, each in its own input's layout.
+    """
+    check_tiling(tile, overlap, batch_size)  # once, before any image runs
+    dev, prec = _device_and_precision(model, device, precision)
+    model = prepare_for_inference(model, dev, prec)
+    opts = dict(tile=tile, overlap=overlap, batch_size=batch_size, device=dev, precision=prec, ensemble=ensemble,
+                strength=strength)
+    converted = [_to_float_chw(im) for im in images]
+    if masks is not None and len(masks) != len(images):
+        raise PyramidalError(f"got {len(masks)} masks for {len(images)} images")
+    holes = [None if masks is None or masks[i] is None else check_mask(masks[i], tuple(x.shape[1:]), f"mask {i}")
+             for i, (x, _, _) in enumerate(converted)]
+    inputs = [model_input(model, x, m) for (x, _, _), m in zip(converted, holes)]
+    results: list[np.ndarray | torch.Tensor | None] = [None] * len(images)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (x, _, _) in enumerate(converted):
+        groups.setdefault(tuple(x.shape[1:]), []).append(i)
+    bar = progress_bar(total=len(images), desc=desc, unit="images", enabled=None if progress is not False else False)
+    for (h, w), indices in groups.items():
+        if tile and (h > tile or w > tile):
+            for i in indices:
+                y = restore_array(model, converted[i][0], mask=holes[i], **opts)
+                results[i] = _from_float_chw(y, *converted[i][1:])
+                bar.update(1)
+            continue
+        for start in range(0, len(indices), max(1, batch_size)):
+            chunk = indices[start:start + max(1, batch_size)]
+            batch = torch.stack([inputs[i] for i in chunk])
+            out = _forward(model, batch, ensemble).clamp(-1, 1).cpu()
+            for i, y in zip(chunk, out):
+                results[i] = _from_float_chw(_finish(converted[i][0], y, strength, holes[i]), *converted[i][1:])
+            bar.update(len(chunk))
+    bar.close()
+    return results
+
+
+# --------------------------------------------------------------------------- files
+
+
+@dataclass
+class FileResult:
+    """One input of `restore_files`: where its result went, or why it failed."""
+
+    input: Path
+    output: Path | None
+    error: str | None = None
+
+
+def plan_restore_outputs(inputs: Sequence[str | os.PathLike], outdir: str | os.PathLike, *,
+                         overwrite: bool = False, recursive: bool = False, format: str = "png",
+                         on_skip: Callable[[Path, str], None] | None = None) -> list[tuple[Path, Path]]:
+    """(input file, output file) for each image `restore_files` would restore, all checked before any work.
+
+    Refused with one PyramidalError line: an output that would replace an input (unless `overwrite`), two
+    inputs with one output name, an existing file in `outdir` (unless `overwrite`), an `outdir` that is a
+    file or cannot be written. See `pyramidal.io.OutputPlan`.
+    """
+    from pyramidal.io import FORMATS, OutputPlan, expand_inputs, format_for
+
+    suffix = FORMATS[format_for("", format)][1]
+    outdir = Path(outdir)
+    items = expand_inputs(inputs, recursive=recursive, exclude=outdir if recursive else None, on_skip=on_skip)
+    plan = OutputPlan(overwrite=overwrite, inputs=[p for p, _ in items], inputs_replaceable=True)
+    pairs = [(path, plan.add(outdir / Path(name).with_suffix(suffix), path)) for path, name in items]
+    plan.check()
+    return pairs
+
+
+def restore_files(
+    model: Callable,
+    inputs: Sequence[str | os.PathLike],
+    outdir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    on_result: Callable[[FileResult], None] | None = None,
+    recursive: bool = False,
+    format: str = "png",
+    quality: int | None = None,
+    progress: bool | None = False,
+    on_skip: Callable[[Path, str], None] | None = None,
+    **options,
+) -> list[FileResult]:
+    """Restore image files into a folder; a bad input becomes an error result and the others go on.
+
+    Args:
+        model: as for `restore_image`.
+        inputs: image files and folders (a folder stands for the images in it).
+        outdir: the output folder; `photo.jpg` becomes `outdir/photo.png` (or the `format`'s suffix).
+        overwrite: allow an output to replace an existing file, an input file included (never done otherwise).
+        on_result: called with each FileResult as soon as it is known.
+        recursive: also read the sub-folders of a folder, mirroring them under `outdir`.
+        format: png, jpg, webp or tiff. A 16-bit input gives a 16-bit PNG or TIFF.
+        quality: JPEG / WebP quality 1-100 (default 95).
+        progress: None shows a progress display over the images (and over the tiles of a large one);
+            False (default) hides it.
+        on_skip: with `recursive`, called with (file, reason) for files in the folders that are not images.
+        **options: for `restore_array`: tile, overlap, batch_size, device, precision, ensemble, strength.
+
+    Returns:
+        One FileResult per input image, in input order.
+
+    Raises:
+        PyramidalError: before any work, if an output cannot or may not be written (see
+        `plan_restore_outputs`); a bad tile, overlap or batch size.
+    """
+    from pyramidal.io import FORMATS, format_for, read_image, write_image
+
+    fmt = format_for("", format)
+    keeps_16_bits = FORMATS[fmt][2]
+    check_tiling(options.get("tile"), options.get("overlap"), options.get("batch_size", 1))
+    items = plan_restore_outputs(inputs, outdir, overwrite=overwrite, recursive=recursive, format=fmt,
+                                 on_skip=on_skip)
+    dev, prec = _device_and_precision(model, options.pop("device", None), options.pop("precision", "auto"))
+    model = prepare_for_inference(model, dev, prec)
+    results = []
+    bar = progress_bar(total=len(items), desc="restore", unit="images",
+                       enabled=False if progress is False or len(items) < 2 else None)
+    for path, out in items:
+        result = FileResult(path, out)
+        # Every output was checked by the plan; a file can still fail to decode or to write.
+        try:
+            loaded = read_image(path)
+            if loaded.rgb16 is not None and keeps_16_bits:
+                y = restore_array(model, to_model_range(loaded.rgb16), device=dev, precision=prec,
+                                  progress=progress, **options)
+                rgb = from_model_range(y, np.uint16)
+                alpha = loaded.alpha16 if loaded.alpha16 is not None else loaded.alpha
+            else:
+                rgb = restore_image(model, loaded.rgb, device=dev, precision=prec, progress=progress, **options)
+                alpha = loaded.alpha
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_image(rgb, out, alpha, loaded.grayscale, format=fmt, quality=quality)
+        except PyramidalError as exc:
+            result.error = str(exc)
+        except OSError as exc:
+            result.error = f"{path}: cannot write {out} ({exc.strerror or exc})"
+        if result.error:
+            result.output = None
+        results.append(result)
+        bar.update(1)
+        if on_result:
+            on_result(result)
+    bar.close()
+    return results

@@ -1,0 +1,188 @@
+"""Run state that survives a stop and a resume: every RNG, the weights' moving average, the stop signal, the logs."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import datetime
+import io
+import json
+import os
+import random
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pyramidal.errors import PyramidalError
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG state as tensors and plain types (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "random": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+    }
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore every RNG from `rng_state()` output (CUDA only when the device count matches)."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    version, internal, gauss = state["random"]
+    random.setstate((version, tuple(internal), gauss))
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+class EMA:
+    """Exponential moving average of a model's weights; buffers (BN statistics) are copied as they are.
+
+    The decay ramps up as min(decay, (1 + step) / (10 + step)) so that short runs are not dominated by
+    the random initial weights.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise PyramidalError(f"--ema {decay}: the decay must be between 0 and 1 (e.g. 0.999)")
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        """Move the average towards `model`'s weights after `step` completed steps."""
+        d = min(self.decay, (1 + step) / (10 + step))
+        ema_params = list(self.model.parameters())
+        params = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(ema_params, params, 1.0 - d)
+        for mine, theirs in zip(self.model.buffers(), model.buffers()):
+            mine.copy_(theirs)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
+
+
+class StopRequest:
+    """SIGINT/SIGTERM during training: finish the current step, write last.ckpt, stop. Twice: abort."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and writing last.ckpt "
+              "(again to abort)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+# The columns of a run's metrics.csv, in order.
+CSV_COLUMNS = ("step", "epoch", "elapsed_s", "loss/train", "PSNR/train", "loss/val", "PSNR/val",
+               "PSNR/val_input", "lr", "images_per_s")
+
+
+def new_run_dir(out: str | os.PathLike, task: str, model: str) -> Path:
+    """A fresh folder OUT/TASK/MODEL/<date-time>[-n], created here (so two runs never share one)."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(out) / task / model / stamp
+    base.parent.mkdir(parents=True, exist_ok=True)
+    candidate, n = base, 1
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = base.with_name(f"{stamp}-{n}")
+
+
+class MetricsLog:
+    """A run folder's logs: the resolved config (config.toml/.json), TensorBoard events and metrics.csv.
+
+    Opened on a resumed run at `resume_step`, it drops what a crashed run logged after its last checkpoint
+    (CSV rows and TensorBoard events), since those steps will be trained and logged again.
+    """
+
+    def __init__(self, run_dir: Path, config: dict[str, Any], resume_step: int | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        from pyramidal.config import to_toml
+        from pyramidal.io import write_text
+
+        # Written again on resume so that later resumes see extended limits. `resume` is left out:
+        # `--config RUN/config.toml` then starts a fresh run with the same settings.
+        saved = {**config, "resume": None}
+        text = to_toml(saved)
+        write_text(text, run_dir / "config.toml")
+        write_text(json.dumps(saved, indent=2) + "\n", run_dir / "config.json")
+        self.path = run_dir / "metrics.csv"
+        if resume_step is not None:
+            self._truncate(resume_step)
+            self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=resume_step + 1)
+        else:
+            self.writer = SummaryWriter(log_dir=str(run_dir))
+            header = "    " + "\n    ".join(text.splitlines())  # indented: Markdown code block
+            self.writer.add_text("config", header, 0)
+            with open(self.path, "w", newline="") as fh:
+                csv.writer(fh).writerow(CSV_COLUMNS)
+        self.csv_file = open(self.path, "a", newline="")
+        self.csv = csv.writer(self.csv_file)
+
+    def _truncate(self, step: int) -> None:
+        from pyramidal.io import write_text
+
+        rows = []
+        if self.path.exists():
+            with open(self.path, newline="") as fh:
+                for row in csv.reader(fh):
+                    if row and row[0] != "step" and len(row) == len(CSV_COLUMNS):
+                        try:
+                            if int(row[0]) <= step:
+                                rows.append(row)
+                        except ValueError:
+                            pass
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(CSV_COLUMNS)
+        w.writerows(rows)
+        write_text(buf.getvalue(), self.path)
+
+    def scalars(self, values: dict[str, float], step: int, epoch: int, elapsed: float) -> None:
+        """One TensorBoard scalar per value and one CSV row (empty cells for the other columns)."""
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+        row = {"step": step, "epoch": epoch, "elapsed_s": round(elapsed, 3), **values}
+        self.csv.writerow(["" if row.get(k) is None else (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k])
+                           for k in CSV_COLUMNS])
+        self.csv_file.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+        self.csv_file.close()

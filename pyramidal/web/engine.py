@@ -1,0 +1,472 @@
+"""The web app's one link to the library: tasks and weights, a model cache, restoring with masks and progress,
+samples from the built-in validation photographs, and their scores.
+
+The app never imports torch or a library module itself: everything goes through these functions, which import
+lazily and accept the library's modules where they are now or where they are moving (`pyramidal.inference`,
+`pyramidal.io`).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import inspect
+import io
+import math
+import re
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pyramidal.errors import PyramidalError
+
+MAGENTA = (255, 0, 255)
+# With a library that has no `magenta_mask`: a hole pixel is within this of (255, 0, 255) in every channel.
+MAGENTA_TOLERANCE = 48
+# Tasks whose damage the user can mark with a mask although their class reports none (older task declarations).
+MASKABLE_WITHOUT_HOLES = ("text",)
+MAX_CACHED_MODELS = 8
+
+ProgressFn = Callable[[int, int], None]
+
+
+class TooLarge(PyramidalError):
+    """An image with more pixels than the server accepts."""
+
+
+def _library(name: str, modules: Sequence[str]) -> Any:
+    """`name` from the first of `modules` that has it (the library is moving functions between modules)."""
+    for module_name in modules:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise ImportError(f"pyramidal has no {name} in {' or '.join(modules)}")
+
+
+_INFERENCE = ("pyramidal.inference", "pyramidal.restore")
+_IO = ("pyramidal.io", "pyramidal.restore")
+
+
+# --------------------------------------------------------------------------- tasks and weights
+
+
+def _task_class(name: str) -> Any:
+    from pyramidal.damage import TASKS
+
+    return TASKS.get(name)
+
+
+def hole_colour(task: str) -> tuple[int, int, int] | None:
+    """The colour the task paints its holes with, which its model expects inside a mask (None: text, noise...)."""
+    cls = _task_class(task)
+    if hasattr(cls, "hole_colour"):
+        return cls.hole_colour
+    return MAGENTA if getattr(cls, "has_mask", False) else None  # tasks declared before hole_colour existed
+
+
+def is_hole_task(task: str) -> bool:
+    """True for tasks whose damage is coloured holes (so "auto (magenta)" can find them)."""
+    return hole_colour(task) is not None
+
+
+def is_maskable(task: str) -> bool:
+    """True for tasks where a user mask makes sense: those that report a mask of what they damaged."""
+    return bool(getattr(_task_class(task), "has_mask", False)) or is_hole_task(task) or task in MASKABLE_WITHOUT_HOLES
+
+
+def builtin_tasks() -> list[str]:
+    """Tasks with weights shipped inside the package."""
+    return list(_library("available_builtin_weights", _INFERENCE)())
+
+
+def tasks() -> list[dict]:
+    """Every registered damage task: name, one-line description, mask kind, whether built-in weights exist."""
+    from pyramidal.damage import TASKS
+
+    have = set(builtin_tasks())
+    out = []
+    for name in TASKS.names():
+        cls = TASKS.get(name)
+        description = getattr(cls, "description", "") or (cls.__doc__ or "").strip().split("\n")[0]
+        out.append({"name": name, "description": description, "hole": is_hole_task(name),
+                    "maskable": is_maskable(name), "builtin": name in have})
+    return out
+
+
+@dataclass(frozen=True)
+class WeightsChoice:
+    """One entry of the server-side weights list; the browser only ever sends its `id`."""
+
+    id: str
+    label: str
+    path: Path | None  # None: the built-in weights of the chosen task
+    task: str | None  # the task the file was trained for (None for built-in)
+    model: str | None
+
+
+def weights_choices(files: Sequence[str | Path] = (), folders: Sequence[str | Path] = ()) -> list[WeightsChoice]:
+    """`builtin` plus each trained .safetensors file given, or found under a folder (each needs its sidecar)."""
+    found: list[tuple[Path, str]] = [(Path(f), Path(f).name) for f in files]
+    for folder in folders:
+        root = Path(folder)
+        if not root.is_dir():
+            raise PyramidalError(f"--weights-dir {root}: no such folder")
+        listed = sorted(p for p in root.rglob("*.safetensors") if p.with_suffix(".json").is_file())
+        if not listed:
+            raise PyramidalError(f"--weights-dir {root}: no .safetensors files with their .json sidecar")
+        found += [(p, p.relative_to(root).as_posix()) for p in listed]
+    choices = [WeightsChoice("builtin", "built-in, for the chosen task", None, None, None)]
+    seen: set[Path] = set()
+    for path, name in found:
+        if path.suffix != ".safetensors":
+            raise PyramidalError(f"--weights {path}: not a .safetensors file")
+        if not path.is_file():
+            raise PyramidalError(f"--weights {path}: no such file")
+        if path.resolve() in seen:
+            continue
+        seen.add(path.resolve())
+        from pyramidal.checkpoint import read_sidecar  # imports torch: only once the paths are known good
+
+        info = read_sidecar(path)
+        task = info.get("task")
+        label = f"{name} ({info['model']}" + (f", trained for {task})" if task else ")")
+        choices.append(WeightsChoice(f"file{len(choices)}", label, path, task, info["model"]))
+    return choices
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass
+class Runtime:
+    """Where models run: the resolved device and precision (resolved once, at the first restore)."""
+
+    device: Any
+    precision: str
+
+
+@functools.lru_cache(maxsize=4)
+def runtime(device: str = "auto", precision: str = "auto") -> Runtime:
+    """The resolved device and numeric precision for `device`/`precision` specs (auto picks as the CLI does)."""
+    from pyramidal.device import resolve_device, resolve_precision
+
+    dev = resolve_device(device)
+    return Runtime(dev, resolve_precision(precision, dev))
+
+
+_models: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
+_models_lock = threading.Lock()
+
+
+def load(task: str, weights: str | Path = "builtin", device: str = "auto", precision: str = "auto") -> Any:
+    """The model for `task` from `weights` (`builtin` or a .safetensors path), prepared for inference; cached."""
+    path = _library("resolve_weights", _INFERENCE)(weights, task)
+    key = (str(Path(path).resolve()), device, precision)
+    with _models_lock:
+        if key in _models:
+            _models.move_to_end(key)
+            return _models[key]
+        model = _library("load_restorer", _INFERENCE)(path, task)
+        info = dict(getattr(model, "info", {}))
+        try:
+            prepare = _library("prepare_for_inference", _INFERENCE)
+        except ImportError:  # older layout: restore_image prepares the model on every call
+            prepared = model
+        else:
+            rt = runtime(device, precision)
+            prepared = prepare(model, rt.device, rt.precision)
+        prepared.info = info
+        _models[key] = prepared
+        while len(_models) > MAX_CACHED_MODELS:
+            _models.popitem(last=False)
+        return prepared
+
+
+def forward_passes(height: int, width: int, tile: int, overlap: int, batch_size: int, ensemble: bool) -> int:
+    """How many times restoring an image of this size calls the model (what progress counts)."""
+    tile_starts = _library("tile_starts", _INFERENCE)
+    if not tile or tile <= 0:
+        tiles = 1
+    else:
+        tiles = len(tile_starts(height, tile, overlap)) * len(tile_starts(width, tile, overlap))
+    batches = 1 if tiles == 1 else math.ceil(tiles / max(1, batch_size))
+    return batches * (8 if ensemble else 1)
+
+
+def magenta_mask(rgb: np.ndarray) -> np.ndarray:
+    """H×W bool: the magenta holes "auto (magenta)" finds, as `pyramidal restore --mask auto` finds them."""
+    try:
+        return _library("magenta_mask", _INFERENCE)(rgb)
+    except ImportError:  # a library without masks: the plain colour key
+        diff = np.abs(rgb.astype(np.int16) - np.array(MAGENTA, dtype=np.int16)).max(axis=2)
+        return diff <= MAGENTA_TOLERANCE
+
+
+def _accepts(function: Callable, name: str) -> bool:
+    return name in inspect.signature(function).parameters
+
+
+def offers_strength() -> bool:
+    """True when the library's restore takes a strength (output = input + strength · (model − input))."""
+    return _accepts(_library("restore_image", _INFERENCE), "strength")
+
+
+def restore(
+    rgb: np.ndarray,
+    task: str,
+    weights: str | Path = "builtin",
+    *,
+    mask: np.ndarray | None = None,
+    ensemble: bool = False,
+    strength: float = 1.0,
+    tile: int = 256,
+    overlap: int = 32,
+    batch_size: int = 4,
+    device: str = "auto",
+    precision: str = "auto",
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
+    """Restore uint8 H×W×3 `rgb` with the library's `restore_image`; returns uint8 H×W×3.
+
+    With a `mask` (H×W bool, True = damaged), the output is the model's prediction inside the mask and exactly
+    the input outside it, the holes shown to the model as its training task painted them.
+    `progress(done, total)` is called after each forward pass over a batch of tiles.
+    """
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != rgb.shape[:2]:
+            raise PyramidalError(f"mask is {mask.shape[1]}×{mask.shape[0]} px but the image is "
+                                 f"{rgb.shape[1]}×{rgb.shape[0]} px")
+    restore_image = _library("restore_image", _INFERENCE)
+    model = load(task, weights, device, precision)
+    rt = runtime(device, precision)
+    options: dict[str, Any] = dict(tile=tile, overlap=overlap, batch_size=batch_size, device=rt.device,
+                                   precision=rt.precision, ensemble=ensemble)
+    if strength != 1.0:
+        if not offers_strength():
+            raise PyramidalError("strength: this version of pyramidal has no strength setting")
+        options["strength"] = strength
+    # A library that takes masks paints the holes and keeps the known pixels itself; an older one does not.
+    composite = mask is not None and not _accepts(restore_image, "mask")
+    x = rgb
+    if mask is not None and not composite:
+        options["mask"] = mask
+    elif composite and hole_colour(task) is not None:
+        x = rgb.copy()
+        x[mask] = hole_colour(task)
+    hook = None
+    if progress is not None:
+        total = forward_passes(rgb.shape[0], rgb.shape[1], tile, overlap, batch_size, ensemble)
+        done = [0]
+
+        def count(*_: Any) -> None:
+            done[0] += 1
+            progress(min(done[0], total), total)
+
+        progress(0, total)
+        # The library's own progress is a display, not a callback: count the model's forward passes instead.
+        hook = model.register_forward_hook(count)
+    try:
+        out = restore_image(model, x, **options)
+    finally:
+        if hook is not None:
+            hook.remove()
+    if composite:
+        out = np.where(mask[..., None], out, rgb)
+    return np.ascontiguousarray(out)
+
+
+# --------------------------------------------------------------------------- image bytes
+
+
+@dataclass
+class Decoded:
+    """An uploaded image: 8-bit RGB plus what writing the result back in the same form needs."""
+
+    rgb: np.ndarray
+    alpha: np.ndarray | None
+    grayscale: bool
+
+
+def display_name(filename: str | None) -> str:
+    """A browser-sent file name fit for messages: base name only, printable, at most 80 characters."""
+    name = re.split(r"[\\/]", filename or "")[-1]
+    name = "".join(c for c in name if c.isprintable())[:80]
+    return name or "upload"
+
+
+def check_size(data: bytes, name: str, max_pixels: int) -> tuple[int, int]:
+    """(width, height) from the file header alone, without decoding; TooLarge over `max_pixels`."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except Image.DecompressionBombError:
+        raise TooLarge(f"{name}: over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} MP; "
+                       f"the limit is {max_pixels / 1e6:g} MP") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
+        raise PyramidalError(f"{name}: not an image file Pillow can read") from None
+    if width * height > max_pixels:
+        raise TooLarge(f"{name}: {width}×{height} px is {width * height / 1e6:.3g} MP; "
+                       f"the limit is {max_pixels / 1e6:g} MP")
+    return width, height
+
+
+def decode_image(data: bytes, filename: str | None, max_pixels: int) -> Decoded:
+    """Decode uploaded bytes with the library's reader; images over `max_pixels` are refused before decoding."""
+    name = display_name(filename)
+    if not data:
+        raise PyramidalError(f"{name}: empty file")
+    check_size(data, name, max_pixels)
+    read_image = _library("read_image", _IO)
+    # The reader takes a path: the bytes go to a private folder (mode 0700) that is deleted right after.
+    with tempfile.TemporaryDirectory(prefix="pyramidal-serve-") as folder:
+        path = Path(folder) / "upload"
+        path.write_bytes(data)
+        try:
+            loaded = read_image(path)
+        except PyramidalError as exc:
+            raise PyramidalError(str(exc).replace(str(path), name)) from None
+    return Decoded(loaded.rgb, loaded.alpha, bool(loaded.grayscale))
+
+
+def decode_mask(data: bytes, filename: str | None, width: int, height: int) -> np.ndarray:
+    """A painted mask PNG → H×W bool (opaque pixels, or bright ones in a mask without alpha, are holes)."""
+    from PIL import Image, UnidentifiedImageError
+
+    name = display_name(filename or "mask")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.size != (width, height):
+                raise PyramidalError(f"{name}: the mask is {img.width}×{img.height} px but the image is "
+                                     f"{width}×{height} px")
+            img.load()
+            band = img.getchannel("A") if "A" in img.getbands() else img.convert("L")
+            return np.asarray(band, dtype=np.uint8) >= 128
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        raise PyramidalError(f"{name}: not an image file Pillow can read") from None
+
+
+def encode_png(rgb: np.ndarray, alpha: np.ndarray | None = None, grayscale: bool = False) -> bytes:
+    """PNG bytes in the form `pyramidal restore` writes: RGB, or L for grayscale inputs, alpha re-attached."""
+    from PIL import Image
+
+    img = Image.fromarray(rgb, "RGB")
+    if grayscale:
+        img = img.convert("L")
+    if alpha is not None:
+        img.putalpha(Image.fromarray(alpha, "L"))
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG", compress_level=1)  # fast: large results are encoded on the request path
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- samples and scores
+
+
+@dataclass
+class Sample:
+    """A built-in validation crop damaged with a task's fixed evaluation seed, as `pyramidal evaluate` does."""
+
+    name: str
+    index: int
+    count: int
+    setting: str
+    clean: np.ndarray
+    damaged: np.ndarray
+    mask: np.ndarray | None
+    task: Any = field(repr=False)
+
+
+@functools.lru_cache(maxsize=4)
+def _validation_crops(crop: int, crops: int) -> tuple:
+    from pyramidal.evaluate import eval_images
+
+    items, _ = eval_images("builtin", "val", crop, crops)
+    return tuple((name, image.permute(1, 2, 0).numpy().copy()) for name, image in items)
+
+
+def _eval_crop(task: str) -> tuple[int, int]:
+    cls = _task_class(task)
+    if hasattr(cls, "eval_crop"):
+        return int(cls.eval_crop), int(getattr(cls, "eval_crops", 1))
+    from pyramidal.evaluate import default_crop, default_crops
+
+    return default_crop(task), default_crops(task)
+
+
+def sample(task: str, index: int = 0) -> Sample:
+    """Crop number `index` (modulo the count) of the built-in validation photographs, damaged by `task` in its
+    default evaluation setting with the fixed evaluation seed: the pixels `pyramidal evaluate` scores."""
+    import torch
+
+    from pyramidal.damage import create_task, eval_seed
+
+    crop, crops = _eval_crop(task)
+    items = _validation_crops(crop, crops)
+    i = int(index) % len(items)
+    name, clean = items[i]
+    damage = create_task(task, train=False)
+    damaged, mask = damage.apply(torch.from_numpy(clean).permute(2, 0, 1)[None], seeds=[eval_seed(i)])
+    declared = [o.name for o in getattr(damage, "declared_options", ())] or list(getattr(damage, "option_names", ()))
+    # The values the task uses when no option is given (σ = 50, quality 10, ×8), for the page to state.
+    setting = ", ".join(f"{k}={getattr(damage, k):g}" for k in declared
+                        if isinstance(getattr(damage, k, None), (int, float)))
+    return Sample(name=name, index=i, count=len(items), setting=setting, clean=clean,
+                  damaged=damaged[0].permute(1, 2, 0).numpy().copy(),
+                  mask=None if mask is None else mask[0, 0].numpy().copy(), task=damage)
+
+
+def _number(value: float) -> float | str | None:
+    """JSON-safe: NaN → None, ±inf → 'inf' / '-inf'."""
+    if math.isnan(value):
+        return None
+    return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
+
+
+def scores(item: Sample, restored: np.ndarray, model_label: str, slow: bool = False) -> dict:
+    """PSNR/SSIM against the ground truth for the damaged input, each classical baseline of the task (the slow
+    ones only with `slow`) and the model; `best_classical` names the best baseline by PSNR."""
+    from pyramidal.evaluate import Context, baselines_for, psnr, ssim
+
+    def row(method: str, kind: str, image: np.ndarray | None, seconds: float | None = None,
+            note: str | None = None) -> dict:
+        if image is None:
+            return {"method": method, "kind": kind, "psnr": None, "ssim": None, "seconds": None, "note": note}
+        return {"method": method, "kind": kind, "psnr": _number(psnr(item.clean, image)),
+                "ssim": _number(ssim(item.clean, image)), "seconds": seconds, "note": note}
+
+    rows = [row("damaged input", "input", item.damaged)]
+    for baseline in baselines_for(item.task.name):
+        if baseline.requires and importlib.util.find_spec(baseline.requires) is None:
+            rows.append(row(baseline.name, "baseline", None, note="not run: not installed (pip install -e .[baselines])"))
+            continue
+        if baseline.slow and not slow:
+            rows.append(row(baseline.name, "baseline", None,
+                            note="not run: slow (start the server with --slow-baselines to include it)"))
+            continue
+        start = time.perf_counter()
+        out = baseline.run(item.damaged, Context(item.task, item.clean, item.mask))
+        rows.append(row(baseline.name, "baseline", out, time.perf_counter() - start))
+    rows.append(row(model_label, "model", restored))
+
+    def key(r: dict) -> float:
+        return math.inf if r["psnr"] == "inf" else r["psnr"]
+
+    scored = [r for r in rows if r["kind"] == "baseline" and r["psnr"] is not None]
+    best = max(scored, key=key, default=None)
+    return {"rows": rows, "best_classical": best["method"] if best else None}
