@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch is pinned in pyproject.toml; installing it first, alone, keeps pip on the local CPU wheel.
+# pyproject.toml asks for torch>=2.5. Installing this exact CPU build first, alone, keeps a fresh machine off
+# PyPI's multi-GB CUDA build (the local wheel is found through pip's find-links); .ci/run checks it.
 TORCH := torch==2.13.0
 
 .PHONY: setup demo test lint clean

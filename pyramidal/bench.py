@@ -2,15 +2,21 @@
 
 Timings are medians over steps after warm-up. With a plain reference, its steps alternate with the fast
 path's (A, B, A, B, ...), so that a busy machine slows both alike; the speed-up is the ratio of the median
-step times, and the median of the per-pair ratios is reported next to it.
+step times, and the median of the per-pair ratios is reported next to it. A short matmul burst runs after
+every step too, so the fraction of the matmul peak compares rates measured under the same load.
+
+`--mode restore` times `pyramidal restore` itself (`inference.restore_files` on a photo of `--megapixels`,
+through `prepare_for_inference`, with restore's tiling defaults): MP/s, peak RSS and fraction of peak.
 """
 
 from __future__ import annotations
 
 import copy
 import importlib.util
+import math
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,6 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,10 +35,10 @@ from pyramidal.errors import PyramidalError
 from pyramidal.fastpath import memory_format, tune_cpu_allocator
 from pyramidal.inference import prepare_for_inference
 
-__all__ = ["BenchConfig", "run_bench", "count_flops", "matmul_peak", "format_report"]
+__all__ = ["BenchConfig", "run_bench", "count_flops", "matmul_peak", "machine_kind", "format_report"]
 
 REFERENCE_FILE = Path(__file__).resolve().parent.parent / "benchmarks" / "plain_fc_densenet.py"
-MODES = ("train", "infer", "both")
+MODES = ("train", "infer", "both", "restore")
 
 
 @dataclass
@@ -57,12 +64,18 @@ class BenchConfig:
     threads: int | None = None
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # extra create_model options
+    # --mode restore: weights ("builtin" or a file; else `model` with random weights), the photo's size,
+    # and restore's own options (tile, overlap, batch_size); absent ones keep `pyramidal restore`'s defaults.
+    weights: str | None = None
+    task: str | None = None
+    megapixels: float = 12.0
+    restore_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def smoke(cls, **overrides: Any) -> BenchConfig:
         """A seconds-long run that exercises every code path (for CI)."""
         base = dict(model="pyramidal44", size=32, batch_size=2, steps=2, warmup=1, data_seconds=0.05,
-                    matmul_seconds=0.05, tasks=None)
+                    matmul_seconds=0.05, tasks=None, megapixels=0.05)
         return cls(**{**base, **overrides})
 
     def validate(self) -> None:
@@ -74,6 +87,10 @@ class BenchConfig:
             raise PyramidalError("--steps and --warmup must be at least 1 (the first warm-up step measures memory)")
         if self.threads is not None and self.threads < 1:
             raise PyramidalError("--threads must be at least 1")
+        if not (0 < self.megapixels <= 1000):
+            raise PyramidalError(f"--megapixels {self.megapixels}: must be above 0 and at most 1000")
+        if self.weights == "builtin" and not self.task:
+            raise PyramidalError("--weights builtin needs --task to know which weights to use")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -132,8 +149,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def count_flops(model: nn.Module, size: int, train: bool) -> float:
+def count_flops(model: nn.Module, size: int | tuple[int, int], train: bool) -> float:
     """FLOPs per image of one forward pass (eval) or one training step (forward + backward), by FlopCounterMode.
+
+    `size` is the image side, or (height, width).
 
     Counted on a copy on the meta device: shapes only, no arithmetic. Matmuls and convolutions count
     (a multiply-add = 2 FLOPs). In memory-efficient mode the counter also sees what checkpointing really
@@ -142,7 +161,8 @@ def count_flops(model: nn.Module, size: int, train: bool) -> float:
     """
     meta = copy.deepcopy(model).to("meta")
     meta.train(train)
-    x = torch.empty(1, 3, size, size, device="meta")
+    h, w = (size, size) if isinstance(size, int) else size
+    x = torch.empty(1, getattr(getattr(model, "config", None), "in_channels", 3), h, w, device="meta")
     with FlopCounterMode(display=False) as counter:
         if train:
             meta(x).float().square().mean().backward()
@@ -152,13 +172,18 @@ def count_flops(model: nn.Module, size: int, train: bool) -> float:
     return float(counter.get_total_flops())
 
 
-def matmul_peak(device: torch.device, precision: str, seconds: float = 0.5) -> float:
-    """The machine's own square-matmul rate in GFLOP/s in `precision` (best of three rounds)."""
+def _matmul_operands(device: torch.device, precision: str, seconds: float) -> tuple[torch.Tensor, ...]:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     n = (8192 if device.type == "cuda" else 2048) if seconds >= 0.2 else 512
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    out = torch.empty(n, n, device=device, dtype=dtype)
+    return a, b, torch.empty(n, n, device=device, dtype=dtype)
+
+
+def matmul_peak(device: torch.device, precision: str, seconds: float = 0.5) -> float:
+    """The machine's own square-matmul rate in GFLOP/s in `precision` (best of three rounds)."""
+    a, b, out = _matmul_operands(device, precision, seconds)
+    n = a.shape[0]
     torch.mm(a, b, out=out)
     _sync(device)
     best = 0.0
@@ -174,6 +199,70 @@ def matmul_peak(device: torch.device, precision: str, seconds: float = 0.5) -> f
                     break
         best = max(best, 2 * n**3 * k / elapsed / 1e9)
     return best
+
+
+class MatmulProbe:
+    """A matmul burst of about `seconds`, timed between the steps: the peak each step is compared with ran
+    under the same load as the step itself (on a shared machine an up-front peak can be off by 2×)."""
+
+    def __init__(self, device: torch.device, precision: str, seconds: float, peak_gflop_per_s: float,
+                 size_from: float):
+        self.device = device
+        self.a, self.b, self.out = _matmul_operands(device, precision, size_from)
+        self.flop = 2 * self.a.shape[0] ** 3
+        self.reps = max(1, round(seconds * peak_gflop_per_s * 1e9 / self.flop))
+        self.rates: list[float] = []
+
+    def __call__(self) -> None:
+        _sync(self.device)
+        start = time.perf_counter()
+        for _ in range(self.reps):
+            torch.mm(self.a, self.b, out=self.out)
+        _sync(self.device)
+        self.rates.append(self.reps * self.flop / (time.perf_counter() - start) / 1e9)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.rates)
+
+
+def machine_kind(device: torch.device | None = None) -> dict[str, Any]:
+    """What the numbers were measured on: CPU model, its bf16 and AMX support (from /proc/cpuinfo, None where
+    that is unreadable), cores and torch's threads; the GPU's name on CUDA."""
+    import platform
+
+    cpu, flags = None, None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name" and cpu is None:
+                cpu = value.strip()
+            elif key == "flags" and flags is None:
+                flags = set(value.split())
+    except OSError:
+        pass
+    kind: dict[str, Any] = {
+        "cpu": cpu or platform.processor() or platform.machine() or "unknown",
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "avx512_bf16": None if flags is None else "avx512_bf16" in flags,
+        "amx": None if flags is None else bool({"amx_bf16", "amx_tile"} & flags),
+    }
+    if device is not None and device.type == "cuda":
+        kind["gpu"] = torch.cuda.get_device_name(device)
+    return kind
+
+
+def describe_machine(kind: dict[str, Any]) -> str:
+    """One line: `AMD EPYC, 2 cores, AVX512-BF16 yes, AMX no, 2 torch threads`."""
+
+    def yes_no(value: bool | None) -> str:
+        return "unknown" if value is None else ("yes" if value else "no")
+
+    gpu = f", GPU {kind['gpu']}" if kind.get("gpu") else ""
+    return (f"{kind['cpu']}, {kind['cores']} cores, AVX512-BF16 {yes_no(kind['avx512_bf16'])}, "
+            f"AMX {yes_no(kind['amx'])}, {kind['threads']} torch threads{gpu}")
 
 
 def load_reference_module(path: str | Path | None = None) -> ModuleType:
@@ -255,20 +344,27 @@ def _paired_ratio(slow: list[float], fast: list[float]) -> float:
 # The benchmark
 
 
+def _peak_fields(kind: str, gflop_per_s: float, probe: MatmulProbe) -> dict[str, float]:
+    """The achieved rate as a fraction of the matmul rate measured between the same steps."""
+    return {f"{kind}_matmul_gflop_per_s": probe.median, f"{kind}_peak_fraction": gflop_per_s / probe.median}
+
+
 def _timed(kind: str, unit: str, fn: Callable[[], None], reference: Callable[[], None] | None, c: BenchConfig,
-           device: torch.device, gflop_per_image: float, peak: float) -> dict:
-    """Median rate of `fn` (already warm), interleaved with the warmed-up plain `reference` when given."""
+           device: torch.device, gflop_per_image: float, probe: MatmulProbe) -> dict:
+    """Median rate of `fn` (already warm), interleaved with the warmed-up plain `reference` when given and
+    with the matmul `probe`."""
     fns = [fn]
     if reference is not None:
         for _ in range(c.warmup):
             reference()
         fns.append(reference)
-    times = _time_interleaved(fns, c.steps, device)
+    probe.rates.clear()
+    times = _time_interleaved([*fns, probe], c.steps, device)
     median = statistics.median(times[0])
     r = {f"{kind}_times_s": times[0], f"{kind}_{unit}_s": median,
          f"{kind}_images_per_s": c.batch_size / median, f"{kind}_images_per_s_best": c.batch_size / min(times[0])}
     r[f"{kind}_gflop_per_s"] = gflop_per_image * r[f"{kind}_images_per_s"]
-    r[f"{kind}_peak_fraction"] = r[f"{kind}_gflop_per_s"] / peak
+    r.update(_peak_fields(kind, r[f"{kind}_gflop_per_s"], probe))
     if reference is not None:
         ref_median = statistics.median(times[1])
         r[f"reference_{kind}_times_s"] = times[1]
@@ -293,6 +389,8 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None) -> 
     precision = resolve_precision(c.precision, device)
     if c.threads:
         torch.set_num_threads(c.threads)
+    if c.mode == "restore":
+        return _bench_restore(c, device, precision, say)
     notes: list[str] = []
     tune = (not c.memory_efficient) if c.tune_allocator is None else c.tune_allocator
     tuned = tune_cpu_allocator() if (tune and device.type == "cpu") else False
@@ -311,7 +409,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None) -> 
         "model": c.model, "size": c.size, "batch_size": c.batch_size, "mode": c.mode,
         "device": str(device), "precision": precision, "channels_last": c.channels_last, "compile": c.compile,
         "memory_efficient": c.memory_efficient, "threads": torch.get_num_threads(), "allocator_tuned": tuned,
-        "steps": c.steps, "warmup": c.warmup,
+        "steps": c.steps, "warmup": c.warmup, "machine": machine_kind(device),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
 
@@ -324,6 +422,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None) -> 
     say(f"measuring the {precision} matmul peak")
     peak = matmul_peak(device, precision, c.matmul_seconds)
     result["matmul_peak_gflop_per_s"] = peak
+    probe = MatmulProbe(device, precision, 0.4 * c.matmul_seconds, peak, c.matmul_seconds)
 
     reference = None
     if c.reference:
@@ -360,7 +459,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None) -> 
         result["train_step_memory_mb"] = mem.delta_mb
         ref_step = None if reference is None else _plain_train_step_fn(
             copy.deepcopy(reference).to(device), x_cpu.to(device), y)
-        result.update(_timed("train", "step", step, ref_step, c, device, result["train_gflop_per_image"], peak))
+        result.update(_timed("train", "step", step, ref_step, c, device, result["train_gflop_per_image"], probe))
         del step, ref_step
 
     if do_infer:
@@ -380,11 +479,116 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None) -> 
             result.setdefault("peak_memory_mb", mem.peak_mb)
         ref_infer = None if reference is None else _plain_infer_fn(
             copy.deepcopy(reference).to(device), x_cpu.to(device))
-        result.update(_timed("infer", "batch", infer, ref_infer, c, device, result["gflop_per_image"], peak))
+        result.update(_timed("infer", "batch", infer, ref_infer, c, device, result["gflop_per_image"], probe))
 
     if c.data:
         result.update(_bench_data(c, result.get("train_images_per_s"), notes, say))
     result["notes"] = notes
+    return result
+
+
+def _bench_photo(height: int, width: int) -> np.ndarray:
+    """A photograph of the given size (scikit-image's coffee, resized), or smooth random colour without it."""
+    from PIL import Image
+
+    from pyramidal.data import _skimage_data_dir
+    from pyramidal.io import read_rgb
+
+    folder = _skimage_data_dir()
+    try:
+        im = read_rgb(folder / "coffee.png") if folder is not None else None
+    except PyramidalError:
+        im = None
+    if im is None:
+        small = np.random.default_rng(0).integers(0, 256, (max(1, height // 64), max(1, width // 64), 3), np.uint8)
+        im = Image.fromarray(small)
+    return np.asarray(im.resize((width, height), Image.BICUBIC))
+
+
+def _restore_model(c: BenchConfig) -> tuple[nn.Module, str]:
+    """The model `--mode restore` runs and its name: from `weights` as `pyramidal restore` loads it, else
+    `model` with random weights (the speed is the same)."""
+    if c.weights:
+        from pyramidal.inference import load_restorer
+
+        model = load_restorer(c.weights, c.task)
+        return model, model.info.get("model", "?")
+    from pyramidal.models import create_model
+
+    torch.manual_seed(c.seed)
+    return create_model(c.model, **c.options), c.model
+
+
+def _bench_restore(c: BenchConfig, device: torch.device, precision: str,
+                   say: Callable[[str], None]) -> dict[str, Any]:
+    """`pyramidal restore` of one photo of `c.megapixels`, timed end to end (read, tiled restore, write)."""
+    from pyramidal.inference import check_tiling, prepare_for_inference, restore_files, tile_starts
+    from pyramidal.io import read_image, write_image
+
+    opts = {k: v for k, v in c.restore_options.items() if v is not None}
+    tile, overlap = check_tiling(opts.get("tile", 256), opts.get("overlap"), opts.get("batch_size", 4))
+    width = max(16, round(math.sqrt(c.megapixels * 1e6 * 4 / 3)))
+    height = max(16, round(width * 3 / 4))
+    model, name = _restore_model(c)
+    tile_h, tile_w = (min(tile, height), min(tile, width)) if tile else (height, width)
+    tiles = len(tile_starts(height, tile, overlap)) * len(tile_starts(width, tile, overlap)) if tile else 1
+    say("counting FLOPs")
+    gflop = tiles * count_flops(model, (tile_h, tile_w), train=False) / 1e9
+    say(f"measuring the {precision} matmul peak")
+    peak = matmul_peak(device, precision, c.matmul_seconds)
+    probe = MatmulProbe(device, precision, 0.4 * c.matmul_seconds, peak, c.matmul_seconds)
+    result: dict[str, Any] = {
+        "mode": "restore", "model": name, "weights": c.weights, "task": c.task,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "device": str(device), "precision": precision, "threads": torch.get_num_threads(),
+        "machine": machine_kind(device), "steps": c.steps, "warmup": c.warmup,
+        "restore_width": width, "restore_height": height, "restore_megapixels": width * height / 1e6,
+        "restore_tile": tile, "restore_overlap": overlap, "restore_tiles_per_pass": opts.get("batch_size", 4),
+        "restore_tiles": tiles, "restore_gflop": gflop, "matmul_peak_gflop_per_s": peak,
+    }
+    # The allocator is the restore path's own business (prepare_for_inference tunes it on the CPU);
+    # --no-tune-allocator turns that off for this run.
+    saved = os.environ.get("PYRAMIDAL_NO_ALLOCATOR_TUNING")
+    if c.tune_allocator is False:
+        os.environ["PYRAMIDAL_NO_ALLOCATOR_TUNING"] = "1"
+    try:
+        with tempfile.TemporaryDirectory(prefix="pyramidal-bench-") as tmp:
+            photo = Path(tmp) / "photo.png"
+            write_image(_bench_photo(height, width), photo)
+            outdir = Path(tmp) / "restored"
+            prepared = prepare_for_inference(model, device, precision)
+
+            def restore() -> None:
+                (done,) = restore_files(prepared, [photo], outdir, overwrite=True, **opts)
+                if done.error:
+                    raise PyramidalError(done.error)
+
+            say(f"restoring a {width}×{height} photo ({c.warmup} warm-up + {c.steps})")
+            with PeakMemory(device) as mem:
+                for _ in range(c.warmup):
+                    restore()
+            times = _time_interleaved([restore, probe], c.steps, device)[0]
+            start = time.perf_counter()
+            write_image(read_image(photo).rgb, outdir / "again.png")
+            result["restore_io_s"] = time.perf_counter() - start
+    finally:
+        if c.tune_allocator is False:
+            if saved is None:
+                os.environ.pop("PYRAMIDAL_NO_ALLOCATOR_TUNING", None)
+            else:
+                os.environ["PYRAMIDAL_NO_ALLOCATOR_TUNING"] = saved
+    from pyramidal.fastpath import allocator_tuned
+
+    median = statistics.median(times)
+    result.update({
+        "allocator_tuned": allocator_tuned(),
+        "restore_times_s": times, "restore_s": median,
+        "restore_mp_per_s": result["restore_megapixels"] / median,
+        "restore_mp_per_s_best": result["restore_megapixels"] / min(times),
+        "restore_gflop_per_s": gflop / median,
+        "restore_peak_memory_mb": mem.peak_mb, "peak_memory_mb": mem.peak_mb, "notes": [],
+    })
+    result.update(_peak_fields("restore", result["restore_gflop_per_s"], probe))
     return result
 
 
@@ -425,9 +629,34 @@ def _fmt(value: Any, unit: str = "", digits: int = 2) -> str:
     return format_number(value, digits, unit, missing="n/a")
 
 
+def _format_restore(r: dict[str, Any]) -> str:
+    source = f"weights {r['weights']}" + (f" ({r['task']})" if r.get("task") else "") if r.get("weights") else \
+        "random weights"
+    tiling = (f"tiles {r['restore_tile']} px, overlap {r['restore_overlap']}, {r['restore_tiles_per_pass']} per pass: "
+              f"{r['restore_tiles']} tiles" if r["restore_tile"] else "the whole image at once")
+    return "\n".join([
+        f"machine: {describe_machine(r['machine'])}",
+        f"restore: model {r['model']} ({r['parameters']:,} parameters, {source}), {r['device']}, {r['precision']}"
+        + (", allocator tuned" if r.get("allocator_tuned") else ""),
+        f"photo {r['restore_width']}×{r['restore_height']} ({_fmt(r['restore_megapixels'], ' MP', 1)}), {tiling}, "
+        f"{_fmt(r['restore_gflop'], ' GFLOP', 0)}",
+        f"restore:   {_fmt(r['restore_s'], ' s')} median (read, restore, write PNG; best "
+        f"{_fmt(min(r['restore_times_s']), ' s')}) = {_fmt(r['restore_mp_per_s'], ' MP/s', 3)}, "
+        f"of which reading and writing the files {_fmt(r['restore_io_s'], ' s')}",
+        f"           {_fmt(r['restore_gflop_per_s'], ' GFLOP/s', 1)} = {_fmt(100 * r['restore_peak_fraction'], '%', 1)} "
+        f"of the {r['precision']} matmul peak measured between the runs "
+        f"({_fmt(r['restore_matmul_gflop_per_s'], ' GFLOP/s', 1)}; "
+        f"{_fmt(r['matmul_peak_gflop_per_s'], ' GFLOP/s', 1)} up front), "
+        f"peak memory {_fmt(r['restore_peak_memory_mb'], ' MB', 0)}",
+    ])
+
+
 def format_report(r: dict[str, Any]) -> str:
     """A human-readable summary of a `run_bench` result."""
+    if r["mode"] == "restore":
+        return _format_restore(r)
     lines = [
+        f"machine: {describe_machine(r['machine'])}",
         f"model {r['model']} ({r['parameters']:,} parameters), {r['size']}×{r['size']}, batch {r['batch_size']}, "
         f"{r['device']} ({r['threads']} threads), {r['precision']}, "
         f"{'channels_last' if r['channels_last'] else 'NCHW'}"
@@ -435,7 +664,10 @@ def format_report(r: dict[str, Any]) -> str:
         + (", allocator tuned" if r.get("allocator_tuned") else ""),
         f"FLOPs per image: forward {_fmt(r['gflop_per_image'], ' GFLOP', 3)}"
         + (f", training step {_fmt(r['train_gflop_per_image'], ' GFLOP', 3)}" if "train_gflop_per_image" in r else ""),
-        f"matmul peak ({r['precision']}): {_fmt(r['matmul_peak_gflop_per_s'], ' GFLOP/s', 1)}",
+        f"matmul peak ({r['precision']}): {_fmt(r['matmul_peak_gflop_per_s'], ' GFLOP/s', 1)} up front"
+        + "".join(f", {_fmt(r[f'{k}_matmul_gflop_per_s'], ' GFLOP/s', 1)} between the {k} steps"
+                  for k in ("train", "infer") if f"{k}_matmul_gflop_per_s" in r)
+        + " (the fractions of peak below use the latter)",
     ]
     if "train_images_per_s" in r:
         lines.append(

@@ -176,6 +176,8 @@ def read_weights_info(path: str | os.PathLike) -> dict:
     Raises:
         PyramidalError: unreadable file, or no record anywhere.
     """
+    if Path(path).suffix == ".ckpt":
+        return _checkpoint_info(load_checkpoint(path), path)
     path = weights_file(path)
     info = _embedded_info(path)
     if info is not None:
@@ -208,7 +210,19 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Copy `state` into `model`, naming exactly what does not match."""
+    """Copy weights into a model, naming exactly what does not match.
+
+    Args:
+        model: the model to fill.
+        state: tensor name → tensor (any float dtype; converted to the model's).
+        source: where the weights came from, for messages.
+
+    Returns:
+        None.
+
+    Raises:
+        PyramidalError: missing, unexpected or differently shaped tensors (counted, with an example each).
+    """
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -283,9 +297,17 @@ def _model_from_checkpoint(path: Path, overrides: dict) -> nn.Module:
     if not isinstance(state, dict):
         raise PyramidalError(f"{path}: checkpoint holds no model weights")
     load_state_into(model, state, str(path))
-    config = saved.get("config") or {}
-    model.info = {**spec, "task": config.get("task"), "steps": saved.get("step"), "checkpoint": str(path)}
+    model.info = _checkpoint_info(saved, path)
     return model.eval()
+
+
+def _checkpoint_info(saved: dict, path: str | os.PathLike) -> dict:
+    """A training checkpoint's record, shaped like a weight file's: architecture, options, task, steps."""
+    spec = saved.get("spec") or {}
+    if not isinstance(spec, dict) or not isinstance(spec.get("model"), str):
+        raise PyramidalError(f"{path}: checkpoint does not name its model")
+    config = saved.get("config") or {}
+    return {**spec, "task": config.get("task"), "steps": saved.get("step"), "checkpoint": str(path)}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -296,13 +318,31 @@ CHECKPOINT_VERSION = 1
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Atomically write a training checkpoint (`state` holds only tensors and plain Python types)."""
+    """Atomically write a training checkpoint, loadable with `torch.load(weights_only=True)`.
+
+    Args:
+        path: the `.ckpt` file to write.
+        state: tensors and plain Python types only (model, optimizer, RNG states, counters).
+
+    Returns:
+        None.
+    """
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a training checkpoint safely (weights_only=True); damaged or foreign files raise PyramidalError."""
+    """Read a training checkpoint safely (`weights_only=True`).
+
+    Args:
+        path: a `.ckpt` file written by `save_checkpoint`.
+
+    Returns:
+        The checkpoint's dict.
+
+    Raises:
+        PyramidalError: missing, truncated, corrupt, foreign or newer-version files.
+    """
     path = Path(path)
     if not path.exists():
         raise PyramidalError(f"{path}: no such checkpoint")
@@ -333,7 +373,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def describe_spec(spec: dict) -> str:
-    """`name(opt=value, ...)` for messages."""
+    """A model spec as `name(opt=value, ...)`, for messages.
+
+    Args:
+        spec: {"model": name, "options": {...}}.
+
+    Returns:
+        The text.
+    """
     options = spec.get("options") or {}
     return spec.get("model", "?") + "(" + ", ".join(f"{k}={v}" for k, v in sorted(options.items())) + ")"
 
@@ -342,6 +389,14 @@ def load_checkpoint_model(saved: dict, model: nn.Module, source: str) -> None:
     """Load a checkpoint's weights into `model`, refusing another architecture with a message naming both.
 
     Options that leave the weights unchanged (dropout, memory_efficient) may differ; the model name may not.
+
+    Args:
+        saved: a checkpoint dict with "spec" and "model" (the state dict).
+        model: the model to fill.
+        source: the file, for messages.
+
+    Returns:
+        None.
     """
     own = getattr(model, "spec", None) or {"model": type(model).__name__, "options": {}}
     spec = saved.get("spec") or {"model": "?", "options": {}}

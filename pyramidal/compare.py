@@ -6,6 +6,7 @@ This reproduces the research's comparisons (its "Basic21 / Basic51 / Pyramidal51
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import os
 import time
@@ -83,8 +84,8 @@ def compare(
     Exactly one of `steps` and `budget_minutes` sets the budget of every model. Returns the results dict
     with 'folder', 'files' (written paths), 'runs' (per model) and 'settings' (merged evaluation rows).
     """
+    from pyramidal.config import resolve_config, validate_config
     from pyramidal.evaluate import evaluate
-    from pyramidal.config import resolve_config
     from pyramidal.train import train
 
     if not models:
@@ -106,12 +107,7 @@ def compare(
     while folder.exists():
         n += 1
         folder = Path(out) / task / f"{stamp}-{n}"
-    folder.mkdir(parents=True)
-    budget = f"{steps} steps" if steps is not None else f"{budget_minutes:g} minutes"
-    log(f"compare {', '.join(models)} on {task}: {budget} each, seed {seed}, data {data}, {size} px, "
-        f"batch {batch_size}; results in {folder}")
-
-    runs = []
+    configs = []
     for name in models:
         overrides = {
             **(train_options or {}),
@@ -121,7 +117,15 @@ def compare(
         }
         if budget_minutes is not None:
             overrides["epochs"] = None
-        config = resolve_config(overrides)
+        configs.append(resolve_config(overrides))
+        validate_config(dataclasses.replace(configs[-1]))  # every model's options, before any folder or training
+    folder.mkdir(parents=True)
+    budget = f"{steps} steps" if steps is not None else f"{budget_minutes:g} minutes"
+    log(f"compare {', '.join(models)} on {task}: {budget} each, seed {seed}, data {data}, {size} px, "
+        f"batch {batch_size}; results in {folder}")
+
+    runs = []
+    for name, config in zip(models, configs):
         log(f"\n[{len(runs) + 1}/{len(models)}] training {name}")
         start = time.perf_counter()
         run_dir = Path(train(config))

@@ -54,7 +54,8 @@ def find_config(name: str | os.PathLike) -> Path:
     path = Path(name)
     if path.is_file():
         return path
-    preset = path.as_posix().removeprefix("./").removeprefix("configs/").removesuffix(".toml")
+    preset = path.as_posix().removeprefix("./").removeprefix("pyramidal/").removeprefix("configs/")
+    preset = preset.removesuffix(".toml")
     if preset in list_configs():
         return CONFIGS_DIR / f"{preset}.toml"
     raise PyramidalError(f"{name}: no such config file or preset; presets: {', '.join(list_configs())}")
@@ -70,6 +71,8 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise PyramidalError(f"{path}: no such config file") from None
     except tomllib.TOMLDecodeError as exc:
         raise PyramidalError(f"{path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise PyramidalError(f"{path}: not a text file (a config is UTF-8 TOML)") from None
     except OSError as exc:
         raise PyramidalError(f"{path}: cannot read ({exc.strerror})") from None
 
@@ -288,17 +291,37 @@ def resolve_config(overrides: dict[str, Any] | None = None, config_file: str | N
     return TrainConfig(**data)
 
 
-def resume_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """The saved config of `run_dir` with `overrides` applied (e.g. a later --steps)."""
+def check_run_folder(run_dir: str | os.PathLike) -> Path:
+    """A run folder that can be resumed; else one PyramidalError line, the same from the CLI and the library.
+
+    Raises:
+        PyramidalError: no such folder, no config.json in it, no last.ckpt yet, or another process training
+        in it (checked by the first process of a torchrun group only).
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise PyramidalError(f"{run_dir}: no such run folder")
+        raise PyramidalError(f"{run_dir}: no such run folder (--resume)")
+    if not (run_dir / "config.json").is_file():
+        raise PyramidalError(f"{run_dir}: not a training run folder (no config.json) (--resume)")
+    if not (run_dir / "last.ckpt").is_file():
+        raise PyramidalError(f"{run_dir}: no last.ckpt to resume from (the run stopped before its first "
+                             "checkpoint); start it again")
+    if os.environ.get("RANK", "0") == "0":  # the ranks of one torchrun group share the folder
+        from pyramidal.runstate import RunLock
+
+        RunLock(run_dir).release()  # refused at once if another process trains there
+    return run_dir
+
+
+def resume_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The saved config of `run_dir` with `overrides` applied (e.g. a later --steps)."""
+    run_dir = check_run_folder(run_dir)
     saved_path = run_dir / "config.json"
-    if not saved_path.exists():
-        raise PyramidalError(f"{run_dir}: not a training run (no config.json)")
     from pyramidal.io import read_json
 
-    saved = read_json(saved_path)
+    saved = read_json(saved_path, "run config")
+    if not isinstance(saved, dict):
+        raise PyramidalError(f"{saved_path}: not a run config (expected a JSON object)")
     data = _defaults()
     data.update(_check_keys(saved, str(saved_path)))
     overrides = _coerce(_check_keys(dict(overrides or {}), "option"), "option")
@@ -341,6 +364,27 @@ def parse_size_schedule(text: str | None) -> list[tuple[int, int, int | None]]:
     return sorted(out)
 
 
+# Lowest allowed value of numeric options (None leaves an option unset); NaN and infinity are refused too.
+_LOWEST = {"threads": 1, "num_workers": 0, "max_images": 1, "val_images": 0, "val_every": 0, "log_images": 0,
+           "checkpoint_minutes": 0, "checkpoint_every_steps": 0, "warmup_steps": 0, "lr_step": 0,
+           "weight_decay": 0, "min_lr": 0, "max_minutes": 0}
+
+
+def _check_limits(c: TrainConfig) -> None:
+    """The numeric options' lower limits, the learning-rate factor, and the task and model, before any work."""
+    for name, low in _LOWEST.items():
+        value = getattr(c, name)
+        if value is not None and not (math.isfinite(value) and value >= low):
+            raise PyramidalError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+    if not (math.isfinite(c.lr_gamma) and c.lr_gamma > 0):
+        raise PyramidalError(f"--lr-gamma must be a positive number, got {c.lr_gamma}")
+    from pyramidal.damage import TASKS
+    from pyramidal.models import check_model
+
+    TASKS.get(c.task)  # ValueError naming the registered tasks
+    check_model(c.model, **c.model_kwargs())  # types, limits and size of the model options, nothing built
+
+
 def validate_config(c: TrainConfig) -> None:
     """One clear PyramidalError for an impossible option; fills in the default length (--epochs)."""
     if c.schedule not in SCHEDULES:
@@ -362,6 +406,7 @@ def validate_config(c: TrainConfig) -> None:
         raise PyramidalError(f"--ema {c.ema}: the decay must be between 0 and 1 (e.g. 0.999)")
     if c.clip_grad is not None and c.clip_grad <= 0:
         raise PyramidalError(f"--clip-grad must be positive, got {c.clip_grad}")
+    _check_limits(c)
     if c.epochs is None and c.steps is None and c.max_minutes is None:
         c.epochs = DEFAULT_EPOCHS
 

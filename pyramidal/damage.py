@@ -62,7 +62,22 @@ def eval_seed(index: int, base: int = 0) -> int:
 
 
 def create_task(name: str, train: bool = False, **options: Any) -> Task:
-    """Build a registered damage task; unknown names or options raise ValueError."""
+    """Build a registered damage task.
+
+    Tasks work on uint8 B×3×H×W tensors (0-255) and return the same; holes come with a B×1×H×W mask.
+
+    Args:
+        name: a task name (`pyramidal.damage.TASKS.names()`): "noise", "jpeg", "pixelate", "blur", ...
+        train: draw random training damage (e.g. σ per image for noise) instead of the fixed evaluation
+            setting.
+        **options: the task's own options, e.g. `sigma=25` for noise, `quality=10` for jpeg.
+
+    Returns:
+        The task: call it as `task(images, seeds=[...])`, or `task.apply(...)` for the mask too.
+
+    Raises:
+        ValueError: an unknown task or option.
+    """
     cls = TASKS.get(name)
     try:
         return cls(train=train, **options)

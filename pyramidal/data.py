@@ -233,8 +233,10 @@ class FixedCrops(_EpochDataset):
 class ImageFiles(_EpochDataset):
     """Images decoded from files on every access; a file that fails to decode is replaced by the next one."""
 
-    def __init__(self, files: Sequence[Path], size: int, train: bool, seed: int = 0, prepare: str = "crop"):
+    def __init__(self, files: Sequence[Path], size: int, train: bool, seed: int = 0, prepare: str = "crop",
+                 where: str = "images"):
         self.files = [Path(f) for f in files]
+        self.where = where  # for messages: e.g. "folder:photos, train split"
         self.size, self.train, self.seed, self.prepare = int(size), bool(train), int(seed), prepare
         self.bad: dict[Path, str] = {}  # files that failed at decode time (per process)
 
@@ -258,7 +260,7 @@ class ImageFiles(_EpochDataset):
             if im is not None:
                 break
         else:
-            raise PyramidalError(f"none of the {n} images could be decoded")
+            raise PyramidalError(f"{self.where}: none of the {n} images could be decoded")
         rng = _rng(_TAG_AUG, self.seed, epoch, index) if self.train else None
         if self.prepare == "celeba":
             return celeba_patch(im, self.size, rng)
@@ -450,7 +452,9 @@ class FolderSource(Source):
         self.root, self.seed = Path(path).expanduser(), int(seed)
         if not self.root.is_dir():
             raise PyramidalError(f"{self.root}: no such folder")
-        good, bad = scan_images(self.root)
+        # Every file is decoded once here, so that a truncated image is skipped before the split and every
+        # split holds only readable images.
+        good, bad = scan_images(self.root, decode=True)
         for f, reason in bad:
             self.skipped.append((str(f), reason))
             warnings.warn(f"{f}: skipped, {reason}", SkippedImageWarning, stacklevel=2)
@@ -467,7 +471,8 @@ class FolderSource(Source):
 
     def split(self, name: str) -> torch.utils.data.Dataset:
         self._check_split(name)
-        return ImageFiles([self.root / f for f in self.files[name]], self.size, name == "train", self.seed)
+        return ImageFiles([self.root / f for f in self.files[name]], self.size, name == "train", self.seed,
+                          where=f"folder:{self.root}, {name} split")
 
     def eval_images(self, split: str = "val", crop: int | None = None, limit: int | None = None):
         self._check_split(split)
@@ -546,7 +551,8 @@ class CelebASource(Source):
     def split(self, name: str) -> torch.utils.data.Dataset:
         self._check_split(name)
         files = [self.img_dir / f for f in self.files[name]]
-        return ImageFiles(files, self.size, name == "train", self.seed, prepare="celeba")
+        return ImageFiles(files, self.size, name == "train", self.seed, prepare="celeba",
+                          where=f"celeba:{self.root}, {name} split")
 
     def eval_images(self, split: str = "val", crop: int | None = None, limit: int | None = None):
         """Prepared faces (resized and centre-cropped to size); crop smaller than size crops further."""
@@ -608,30 +614,41 @@ class _EpochView(torch.utils.data.Dataset):
 class _DamageCollate:
     """Stacks one batch and damages it with per-sample seeds (picklable: runs inside worker processes)."""
 
-    def __init__(self, task: Task, train: bool, seed: int, epoch: int):
+    def __init__(self, task: Task, train: bool, seed: int, epoch: int, with_mask: bool = False):
         self.task, self.train, self.seed, self.epoch = task, train, seed, epoch
+        self.with_mask = with_mask
 
     def seeds(self, indices: Sequence[int]) -> list[int]:
         if self.train:
             return [derive_seed(_TAG_DAMAGE, self.seed, self.epoch, i) for i in indices]
         return [eval_seed(i) for i in indices]
 
-    def __call__(self, items: list[tuple[int, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, items: list[tuple[int, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
         indices = [i for i, _ in items]
         clean = torch.stack([x for _, x in items])
+        if self.with_mask:
+            damaged, mask = self.task.apply(clean, seeds=self.seeds(indices))
+            return damaged, clean, mask
         return self.task(clean, seeds=self.seeds(indices)), clean
 
 
 class PairLoader:
-    """Iterates (damaged, clean) float32 B×3×H×W batches in [-1, 1]; damage is applied to whole batches."""
+    """Iterates (damaged, clean) float32 B×3×H×W batches in [-1, 1]; damage is applied to whole batches.
+
+    With `with_mask` (tasks with holes, for mask-conditioned models) each batch also carries the task's bool
+    B×1×H×W mask of holes: (damaged, clean, mask).
+    """
 
     def __init__(self, dataset: torch.utils.data.Dataset, task: Task | str, batch_size: int = 32,
                  train: bool = True, seed: int = 0, sampler: Any = None, drop_last: bool | None = None,
-                 num_workers: int = 0):
+                 num_workers: int = 0, with_mask: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.dataset = dataset
         self.task = create_task(task, train=train) if isinstance(task, str) else task
+        if with_mask and not self.task.has_mask:
+            raise ValueError(f"task {self.task.name} makes no holes, so it has no mask to give")
+        self.with_mask = bool(with_mask)
         self.batch_size, self.train, self.seed = int(batch_size), bool(train), int(seed)
         self.sampler, self.num_workers = sampler, int(num_workers)
         self.drop_last = self.train if drop_last is None else bool(drop_last)
@@ -676,9 +693,9 @@ class PairLoader:
         return self._collate(self.epoch if epoch is None else epoch).seeds(indices)
 
     def _collate(self, epoch: int) -> _DamageCollate:
-        return _DamageCollate(self.task, self.train, self.seed, epoch)
+        return _DamageCollate(self.task, self.train, self.seed, epoch, self.with_mask)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         epoch, skip = self.epoch, self._skip
         self._skip = 0
         batches = self.batches()[skip:]
@@ -687,25 +704,26 @@ class PairLoader:
         if self.num_workers <= 0:
             for idx in batches:
                 with one_thread():  # small tensors: see damage.one_thread
-                    damaged, clean = collate([view[i] for i in idx])
-                    pair = to_float(damaged), to_float(clean)
+                    damaged, clean, *mask = collate([view[i] for i in idx])
+                    pair = (to_float(damaged), to_float(clean), *mask)
                 yield pair
             return
         # Workers load and damage whole batches; every draw is seeded per sample, so the pixels are the
         # same as with num_workers=0.
         loader = torch.utils.data.DataLoader(view, batch_sampler=batches, num_workers=self.num_workers,
                                              collate_fn=collate)
-        for damaged, clean in loader:
+        for damaged, clean, *mask in loader:
             with one_thread():
-                pair = to_float(damaged), to_float(clean)
+                pair = (to_float(damaged), to_float(clean), *mask)
             yield pair
 
 
 def make_loader(dataset: torch.utils.data.Dataset, task: Task | str, batch_size: int = 32, train: bool = True,
-                seed: int = 0, sampler: Any = None, drop_last: bool | None = None, num_workers: int = 0) -> PairLoader:
-    """A resumable loader of (damaged, clean) float pairs in [-1, 1]; see PairLoader."""
+                seed: int = 0, sampler: Any = None, drop_last: bool | None = None, num_workers: int = 0,
+                with_mask: bool = False) -> PairLoader:
+    """A resumable loader of (damaged, clean) float pairs in [-1, 1] (and masks, `with_mask`); see PairLoader."""
     return PairLoader(dataset, task, batch_size=batch_size, train=train, seed=seed, sampler=sampler,
-                      drop_last=drop_last, num_workers=num_workers)
+                      drop_last=drop_last, num_workers=num_workers, with_mask=with_mask)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, train_minutes: 
         batch_size=4 if quick else 16, patches_per_epoch=16 if quick else 800, val_images=8 if quick else 48,
         lr=1e-3, schedule="cosine", warmup_steps=2 if quick else 30,
         steps=4 if quick else 900, max_minutes=None if quick else train_minutes,
-        threads=1, out=str(out / "train"), log_every=2 if quick else 25, progress=True, seed=0,
+        threads=1, out=str(out / "train"), log_every=2 if quick else 25, progress=None, seed=0,
     )
     run_dir = train(config)
     psnr_curve = _val_curve(run_dir / "metrics.csv")

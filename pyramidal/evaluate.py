@@ -272,7 +272,8 @@ def eval_images(data: str, split: str = "val", crop: int | None = 256, crops: in
         items = source.eval_images(split, crop=crop, limit=limit)
         how = f"{crop}-px centre crops (whole image if smaller)" if crop else "whole images"
     if not items:
-        raise PyramidalError(f"{data}: no {split} images to evaluate")
+        skipped = f" ({source.num_skipped} unreadable files were skipped)" if source.num_skipped else ""
+        raise PyramidalError(f"{data}: the {split} split holds no readable images to evaluate{skipped}")
     return items, f"{source.describe()}; split {split}, {len(items)} images, {how}"
 
 
@@ -327,27 +328,46 @@ def evaluate(
     baselines: str = "auto",
     ensemble: bool = False,
     tile: int | None = 256,
-    overlap: int = 32,
+    overlap: int | None = None,
     batch_size: int = 4,
     device: str | torch.device = "auto",
     precision: str = "auto",
     keep_images: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: bool | None = False,
 ) -> dict:
     """Damage the eval images with their fixed seeds, restore them, score model and baselines.
 
-    `model_or_weights`: an nn.Module (or callable), a .safetensors path, 'builtin', or None (baselines only).
-    `settings`: option dicts to report (default: the task's eval settings, e.g. σ = 25, 50, 125).
-    `baselines`: none | fast | all | auto (all, but the slow ones only up to 16 images).
-    Returns a JSON-ready dict; with `keep_images`, `result['images']` also holds uint8 H×W×3 arrays per
-    setting: {'clean': [...], 'damaged': [...], '<method>': [...]} (leave them out before writing JSON).
+    Args:
+        model_or_weights: an nn.Module (or callable), a .safetensors path or folder, "builtin", or None
+            (the baselines alone).
+        task_name: the damage task, e.g. "noise".
+        data: "builtin", "folder:PATH" or "celeba:PATH".
+        split: "val" or "test".
+        crop: crop side in px; "auto" for the task's protocol; 0 or None for whole images.
+        crops: fixed crops per built-in photograph (default: the task's, at its default side; else 1).
+        limit: evaluate at most this many images.
+        settings: option dicts to report (default: the task's eval settings, e.g. σ = 25, 50, 125).
+        baselines: none | fast | all | auto (all, but the slow ones only up to 16 images).
+        ensemble: also score the 8-fold self-ensemble.
+        tile, overlap, batch_size, device, precision: as for `pyramidal.inference.restore_array`.
+        keep_images: also return the images (for figures).
+        progress: None shows progress over the images of each stage (damage, each baseline, the model): a bar
+            on a terminal, plain lines otherwise; False (default) shows nothing.
+
+    Returns:
+        A JSON-ready dict: task, data, crops, image names, model, device, and per setting the rows (method,
+        kind, PSNR, SSIM, seconds per image, per-image scores). With `keep_images`, `result['images']` also
+        holds uint8 H×W×3 arrays per setting: {'clean': [...], 'damaged': [...], '<method>': [...]} (leave
+        them out before writing JSON).
     """
     from pyramidal.damage import create_task, eval_seed
     from pyramidal.device import resolve_device, resolve_precision
-    from pyramidal.inference import needs_mask, restore_images
+    from pyramidal.inference import check_tiling, needs_mask, restore_images
+    from pyramidal.progress import progress as progress_bar
 
     if baselines not in BASELINE_LEVELS:
         raise PyramidalError(f"--baselines {baselines!r}: choose one of {', '.join(BASELINE_LEVELS)}")
+    check_tiling(tile, overlap, batch_size)
     base_task = create_task(task_name, train=False)
     if crop == "auto":
         crop = default_crop(task_name)
@@ -386,10 +406,16 @@ def evaluate(
     for options in settings:
         task = create_task(task_name, train=False, **options)
         label = setting_label(options)
-        if progress:
-            progress(f"{task_name} {label}".strip() + f": damaging {len(images)} images")
+
+        def stage(name: str, label=label) -> str:
+            return f"{task_name} {label}".strip() + f": {name}"
+
+        def over_images(items, name: str):
+            return progress_bar(items, total=len(images), desc=stage(name), unit="images",
+                                enabled=False if progress is False else None, announce=True)
+
         clean, damaged, masks = [], [], []
-        for index, (_, image) in enumerate(images):
+        for index, (_, image) in over_images(enumerate(images), "damaging"):
             out, mask = task.apply(image[None], seeds=[eval_seed(index)])
             clean.append(_hwc(image))
             damaged.append(_hwc(out[0]))
@@ -409,10 +435,9 @@ def evaluate(
                 rows.append(_summarize(baseline.name, "baseline", [], None,
                                        f"skipped: slow on {len(images)} images (use --baselines all)", holes))
                 continue
-            if progress:
-                progress(f"{task_name} {label}".strip() + f": {baseline.name}")
             start = time.perf_counter()
-            restored = [baseline.run(d, Context(task, c, m)) for d, c, m in zip(damaged, clean, masks)]
+            restored = [baseline.run(d, Context(task, c, m))
+                        for d, c, m in over_images(zip(damaged, clean, masks), baseline.name)]
             seconds = (time.perf_counter() - start) / len(images)
             outputs[baseline.name] = restored
             rows.append(_summarize(baseline.name, "baseline", scored(restored), seconds, None, holes))
@@ -421,10 +446,9 @@ def evaluate(
         if model is not None and ensemble:
             passes.append((True, f"model {model_name} + self-ensemble ×8{given}"))
         for use_ensemble, name in passes:
-            if progress:
-                progress(f"{task_name} {label}".strip() + f": {name}")
             start = time.perf_counter()
             restored = restore_images(model, damaged, ensemble=use_ensemble, masks=masks if mask_given else None,
+                                      progress=False if progress is False else None, desc=stage(name),
                                       **restore_opts)
             seconds = (time.perf_counter() - start) / len(images)
             outputs[name] = restored

@@ -39,6 +39,11 @@ def tune_cpu_allocator() -> bool:
     return ok
 
 
+def allocator_tuned() -> bool:
+    """Whether `tune_cpu_allocator` has been applied in this process."""
+    return _ALLOCATOR_TUNED
+
+
 def memory_format(channels_last: bool) -> torch.memory_format:
     """channels_last (NHWC, what oneDNN and cuDNN prefer) or the default contiguous layout."""
     return torch.channels_last if channels_last else torch.contiguous_format

@@ -25,7 +25,7 @@ from pyramidal.errors import PyramidalError
 if TYPE_CHECKING:
     from PIL import Image
 
-# What `restore` picks up from a folder given as input (folders are not searched recursively there).
+# The suffixes of image files, where a name has to be enough (e.g. a folder of masks matched by stem).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm")
 
 
@@ -33,9 +33,16 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".g
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)`, fsync, then rename over `path`: a crash never leaves a broken file.
+    """Write a file so that a crash never leaves it half-written: `write(tmp)`, fsync, rename over `path`.
 
     A device, pipe or folder at `path` is refused: renaming over it would replace it, not write into it.
+
+    Args:
+        path: the file to write.
+        write: called with a temporary path in the same folder; it writes the whole content there.
+
+    Returns:
+        None.
     """
     path = Path(path)
     if path.exists() and not path.is_file():
@@ -59,12 +66,27 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 
 
 def write_text(text: str, path: str | os.PathLike) -> None:
-    """Write UTF-8 text atomically."""
+    """Write UTF-8 text atomically.
+
+    Args:
+        text: the content.
+        path: the file to write.
+
+    Returns:
+        None.
+    """
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def jsonable(value: Any) -> Any:
-    """`value` with non-finite floats made JSON-safe: NaN → null, ±inf → the strings 'inf' / '-inf'."""
+    """A value made JSON-safe: NaN → null, ±inf → the strings 'inf' / '-inf', tuples → lists.
+
+    Args:
+        value: any mix of dicts, lists, tuples and plain values.
+
+    Returns:
+        The same structure, safe for `json.dumps`.
+    """
     if isinstance(value, float) and not math.isfinite(value):
         return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, dict):
@@ -75,12 +97,31 @@ def jsonable(value: Any) -> Any:
 
 
 def write_json(value: Any, path: str | os.PathLike) -> None:
-    """Write `value` as indented UTF-8 JSON, atomically (see `jsonable` for inf and NaN)."""
+    """Write a value as indented UTF-8 JSON, atomically (see `jsonable` for inf and NaN).
+
+    Args:
+        value: what to write.
+        path: the file to write.
+
+    Returns:
+        None.
+    """
     write_text(json.dumps(jsonable(value), indent=2, ensure_ascii=False) + "\n", path)
 
 
 def read_json(path: str | os.PathLike, what: str = "") -> Any:
-    """A JSON file's content; PyramidalError "<path>: unreadable <what> (<reason>)" if it cannot be read or parsed."""
+    """Read a JSON file.
+
+    Args:
+        path: the file.
+        what: what the file is, for the error message ("sidecar", "config").
+
+    Returns:
+        The parsed content.
+
+    Raises:
+        PyramidalError: "<path>: unreadable <what> (<reason>)" if it cannot be read or parsed.
+    """
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError and UnicodeDecodeError (a binary file)
@@ -88,7 +129,17 @@ def read_json(path: str | os.PathLike, what: str = "") -> Any:
 
 
 def format_number(value: float | int | None, digits: int = 2, unit: str = "", missing: str = "–") -> str:
-    """A number for a report: floats with `digits` decimals and thousands separators; None and NaN as `missing`."""
+    """A number for a report.
+
+    Args:
+        value: the number; None and NaN are shown as `missing`.
+        digits: decimals for floats (thousands are separated).
+        unit: text put after the number.
+        missing: what to show for None and NaN.
+
+    Returns:
+        The formatted text.
+    """
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return missing
     if isinstance(value, float):
@@ -221,10 +272,15 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, SyntaxEr
 
 
 def image_problem(path: str | os.PathLike, decode: bool = False) -> str | None:
-    """None if the file is a readable, non-empty image; else why not.
+    """Why a file is not a readable, non-empty image, if it is not.
 
-    Only the header is read, unless `decode`: then the pixel data too, so that a truncated file is found
-    (JPEGs are decoded at 1/8 scale, which still reads every byte of the stream).
+    Args:
+        path: the file.
+        decode: also decode the pixel data, so that a truncated file is found (JPEGs are decoded at 1/8
+            scale, which still reads every byte of the stream); else only the header is read.
+
+    Returns:
+        None for a good image, else the reason ("not a readable image", "empty image", ...).
     """
     from PIL import Image
 
@@ -288,7 +344,7 @@ def _rawmode(img: Image.Image) -> str:
     """How the file stores its pixels (e.g. 'RGB;16B'), read from the decoder set-up before `load()`."""
     if not img.tile:
         return ""
-    args = img.tile[0].args
+    args = img.tile[0][3]  # (codec, extents, offset, args); a plain tuple before Pillow 11
     return args if isinstance(args, str) else str(args[0]) if args else ""
 
 
@@ -353,7 +409,14 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
 
 
 def read_rgb(path: str | os.PathLike) -> Image.Image:
-    """`read_image` as an RGB PIL image (alpha dropped): what the data pipeline crops and resizes."""
+    """`read_image` as an RGB PIL image (alpha dropped): what the data pipeline crops and resizes.
+
+    Args:
+        path: the image file.
+
+    Returns:
+        An 8-bit RGB PIL image, upright per its EXIF orientation.
+    """
     from PIL import Image
 
     return Image.fromarray(read_image(path).rgb, "RGB")
@@ -497,10 +560,17 @@ def write_image(rgb: np.ndarray, path: str | os.PathLike, alpha: np.ndarray | No
 # --------------------------------------------------------------------------- folders of images
 
 
-def scan_images(root: str | os.PathLike, decode: bool = False) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Files under root (recursively, hidden ones ignored) split into (readable images, [(file, reason)]).
+def scan_images(root: str | os.PathLike, decode: bool = False,
+                recursive: bool = True) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The files in a folder (hidden ones ignored), split into images and the rest.
 
-    `decode`: decode every file (see `image_problem`) so that truncated images land among the unreadable.
+    Args:
+        root: a folder (or a single file).
+        decode: decode every file (see `image_problem`), so that truncated images land among the unreadable.
+        recursive: also the files in its sub-folders (hidden ones ignored).
+
+    Returns:
+        (readable images, [(file, reason), ...] for the others), each sorted.
     """
     root = Path(root)
     if root.is_file():
@@ -508,7 +578,7 @@ def scan_images(root: str | os.PathLike, decode: bool = False) -> tuple[list[Pat
     elif root.is_dir():
         files = []
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
             files.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
         files.sort()
     else:
@@ -528,20 +598,27 @@ def expand_inputs(
     exclude: str | os.PathLike | None = None,
     on_skip: Callable[[Path, str], None] | None = None,
 ) -> list[tuple[Path, Path]]:
-    """(file, output PNG path relative to the output folder) for each input; a folder stands for its images.
+    """The image files that command-line inputs stand for, with their output paths.
 
-    recursive=False: the files directly inside a folder with an image suffix, written as <stem>.png.
-    recursive=True: every readable image below it (hidden files ignored), keeping its sub-folders; files
-    that are not readable images go to `on_skip(file, reason)`, and files under `exclude` are left out.
-    A file named as an input is always kept, so that reading it reports what is wrong with it.
+    Every command reads folders this way: `restore` and `degrade` alike, with `--recursive` for sub-folders.
+
+    Args:
+        inputs: files and folders. A folder stands for the readable images directly inside it (hidden files
+            ignored). A file named as an input is always kept, so that reading it reports what is wrong.
+        recursive: also the images in the sub-folders of a folder, keeping the sub-folders in the output path.
+        exclude: leave out files under this folder (e.g. the output folder inside an input folder).
+        on_skip: called with (file, reason) for files in the folders that are not readable images.
+
+    Returns:
+        [(input file, output path relative to the output folder, as `<stem>.png`), ...] in input order.
     """
     pairs: list[tuple[Path, Path]] = []
     for item in inputs:
         p = Path(item)
         if not p.is_dir():
             pairs.append((p, Path(p.stem + ".png")))
-        elif recursive:
-            good, bad = scan_images(p)
+        else:
+            good, bad = scan_images(p, recursive=recursive)
             for f, reason in bad:
                 if on_skip:
                     on_skip(f, reason)
@@ -551,7 +628,4 @@ def expand_inputs(
                 # that is the input folder (or holds it) excludes nothing: the output plan refuses that.
                 good = [f for f in good if not f.resolve().is_relative_to(skip)]
             pairs.extend((f, f.relative_to(p).with_suffix(".png")) for f in good)
-        else:
-            files = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
-            pairs.extend((f, Path(f.stem + ".png")) for f in files)
     return pairs

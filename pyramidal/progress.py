@@ -37,17 +37,22 @@ class PlainProgress:
     """tqdm's small interface (update, set_postfix_str, close, iteration) writing plain, rate-limited lines."""
 
     def __init__(self, iterable: Iterable | None = None, total: int | None = None, desc: str = "",
-                 unit: str = "it", file: TextIO | None = None, interval: float = PLAIN_INTERVAL):
+                 unit: str = "it", file: TextIO | None = None, interval: float | None = None,
+                 announce: bool = False, initial: int = 0):
         self.iterable = iterable
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
-        self.total, self.desc, self.unit, self.interval = total, desc, unit, interval
+        self.total, self.desc, self.unit = total, desc, unit
+        self.interval = PLAIN_INTERVAL if interval is None else interval
         self.file = file
-        self.n = 0
+        self.n = initial
         self.postfix = ""
         self.start = self.last = time.monotonic()
         self.written_at: int | None = None  # the count in the last line written
         self.closed = False
+        if announce:  # a line when the job starts, so that a log shows every stage
+            count = f"{total} {unit}" if total is not None else unit
+            print(f"{desc + ', ' if desc else ''}{count}", file=self.file or sys.stderr, flush=True)
 
     def _line(self) -> str:
         count = f"{self.n}/{self.total}" if self.total else str(self.n)
@@ -112,7 +117,7 @@ def say(message: str, file: TextIO | None = None) -> None:
 
 def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it",
              enabled: bool | None = None, leave: bool = False, file: TextIO | None = None,
-             interval: float = PLAIN_INTERVAL) -> Any:
+             interval: float | None = None, announce: bool = False, initial: int = 0) -> Any:
     """A progress display over `iterable` (or updated by hand with `.update(n)`).
 
     Args:
@@ -124,7 +129,9 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
             False: nothing shown.
         leave: keep the finished bar on screen (terminal only).
         file: the stream; default stderr.
-        interval: seconds between plain lines.
+        interval: seconds between plain lines (default `PLAIN_INTERVAL`).
+        announce: in plain-line mode, also write a line when the job starts (`desc, total unit`).
+        initial: the count to start from (a resumed epoch).
 
     Returns:
         A tqdm bar on a terminal, else an object with the same `update`, `set_postfix_str`, `close`,
@@ -134,9 +141,11 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
     if enabled is False:
         from tqdm import tqdm
 
-        return tqdm(iterable, total=total, disable=True)
+        return tqdm(iterable, total=total, initial=initial, disable=True)
     if is_terminal(stream):
         from tqdm import tqdm
 
-        return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, dynamic_ncols=True, file=stream)
-    return PlainProgress(iterable, total=total, desc=desc, unit=unit, file=file, interval=interval)
+        return tqdm(iterable, total=total, initial=initial, desc=desc, unit=unit, leave=leave, dynamic_ncols=True,
+                    file=stream)
+    return PlainProgress(iterable, total=total, desc=desc, unit=unit, file=file, interval=interval, announce=announce,
+                         initial=initial)

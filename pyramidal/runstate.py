@@ -103,6 +103,83 @@ class StopRequest:
         return False
 
 
+def first_nonfinite(state: Any, prefix: str = "") -> tuple[str, float] | None:
+    """(name, value) of the first NaN or infinite float in a nested dict / list of tensors and numbers, or None.
+
+    Walks what a checkpoint would hold (weights, BatchNorm statistics, EMA, optimizer moments), so that a
+    diverged run is stopped before it writes anything non-finite.
+    """
+    if isinstance(state, torch.Tensor):
+        if state.is_floating_point() or state.is_complex():
+            bad = ~torch.isfinite(state)
+            if bool(bad.any()):
+                return prefix or "tensor", float(state[bad].flatten()[0].real)
+        return None
+    if isinstance(state, float):
+        return None if np.isfinite(state) else (prefix or "value", state)
+    if isinstance(state, dict):
+        items = state.items()
+    elif isinstance(state, (list, tuple)):
+        items = enumerate(state)
+    else:
+        return None
+    for key, value in items:
+        found = first_nonfinite(value, f"{prefix}.{key}" if prefix else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+class RunLock:
+    """An advisory lock on a run folder, held while a process trains in it (`flock` on RUN/.lock).
+
+    A second process that tries to train in the same folder is refused with one line. The operating
+    system drops the lock when its process exits, however it exits (crash, kill -9), so a stale lock
+    never blocks a resume. The empty `.lock` file stays in the folder.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = Path(run_dir)
+        self._fh = None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no locking
+            return
+        path = self.run_dir / self.NAME
+        try:
+            fh = open(path, "a+")
+        except OSError as exc:
+            raise PyramidalError(f"{path}: cannot lock the run folder ({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip()
+            fh.close()
+            raise PyramidalError(
+                f"{self.run_dir}: another process{f' ({holder})' if holder else ''} is training in this run "
+                "folder; wait for it to finish or stop it first"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        """Let another process train in the folder (also done by the OS when this process ends)."""
+        if self._fh is not None:
+            import fcntl
+
+            self._fh.seek(0)
+            self._fh.truncate()
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
 # The columns of a run's metrics.csv, in order.
 CSV_COLUMNS = ("step", "epoch", "elapsed_s", "loss/train", "PSNR/train", "loss/val", "PSNR/val",
                "PSNR/val_input", "lr", "images_per_s")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -36,6 +37,7 @@ from pyramidal.checkpoint import (
 )
 from pyramidal.config import (
     TrainConfig,
+    check_run_folder,
     learning_rate,
     non_default,
     resume_config,
@@ -47,7 +49,17 @@ from pyramidal.device import autocast, init_distributed, resolve_precision
 from pyramidal.errors import PyramidalError
 from pyramidal.fastpath import tune_cpu_allocator
 from pyramidal.figures import tile_grid
-from pyramidal.runstate import EMA, MetricsLog, StopRequest, new_run_dir, rng_state, set_rng_state
+from pyramidal.io import folder_problem
+from pyramidal.runstate import (
+    EMA,
+    MetricsLog,
+    RunLock,
+    StopRequest,
+    first_nonfinite,
+    new_run_dir,
+    rng_state,
+    set_rng_state,
+)
 
 
 class TrainingDiverged(PyramidalError):
@@ -100,24 +112,44 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | 
     return torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
 
+def model_output(model: nn.Module, damaged: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor | None, *,
+                 device: torch.device, precision: str, channels_last: bool = True) -> torch.Tensor:
+    """The model's float32 output on `device` under autocast, as `restore` would return it.
+
+    With a bool B×1×H×W `mask` of holes (a mask-conditioned model), the model sees
+    `mask_conditioned_input(damaged, mask)` and only its prediction inside the holes is kept: the clean pixels
+    elsewhere, which `restore --mask` keeps exactly, so the loss scores the holes alone.
+    """
+    from pyramidal.models.blocks import mask_conditioned_input
+
+    damaged = damaged.to(device, non_blocking=True)
+    if mask is not None:
+        mask = mask.to(device, non_blocking=True)
+        damaged = mask_conditioned_input(damaged, mask)
+    if channels_last:
+        damaged = damaged.contiguous(memory_format=torch.channels_last)
+    with autocast(device, precision):
+        output = model(damaged)
+    output = output.float()
+    return output if mask is None else torch.where(mask, output, clean.to(device, non_blocking=True).float())
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, damaged: torch.Tensor, clean: torch.Tensor, *,
                device: torch.device, precision: str, channels_last: bool = True,
                scaler: torch.amp.GradScaler | None = None, clip_grad: float | None = None,
-               check_loss: Callable[[torch.Tensor], None] | None = None, update: bool = True
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               check_loss: Callable[[torch.Tensor], None] | None = None, update: bool = True,
+               mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of `pyramidal train`; returns the loss and the output, detached.
 
     Forward under autocast in `precision` (channels_last input), MSE in fp32, backward (scaled for fp16),
     optional clipping of the global gradient norm, the optimizer's update. `check_loss` sees the loss before
     the backward pass and may raise to stop; `update=False` leaves the gradients in place, unapplied.
+    `mask`: the holes, for a mask-conditioned model (see `model_output`).
     """
-    damaged = damaged.to(device, non_blocking=True)
     clean = clean.to(device, non_blocking=True)
-    if channels_last:
-        damaged = damaged.contiguous(memory_format=torch.channels_last)
-    with autocast(device, precision):
-        output = model(damaged)
-    loss = F.mse_loss(output.float(), clean.float())
+    output = model_output(model, damaged, clean, mask, device=device, precision=precision,
+                          channels_last=channels_last)
+    loss = F.mse_loss(output, clean.float())
     if check_loss is not None:
         check_loss(loss.detach())
     optimizer.zero_grad(set_to_none=True)
@@ -162,6 +194,16 @@ class Trainer:
             # run keeps glibc's default, which returns freed blocks, so its peak RSS stays what the step needs.
             tune_cpu_allocator()
         self.is_main = self.rank == 0
+        # Before any data loads: the run folder to resume, or the --out folder a fresh run will be made in.
+        # One process trains in a folder at a time: `fit` holds its lock; a busy folder is refused here already.
+        self._lock: RunLock | None = None
+        self._created: list[Path] = []  # folders this run made: removed again if it fails before training
+        if c.resume:
+            check_run_folder(c.resume)
+        elif self.is_main:
+            problem = folder_problem(c.out)
+            if problem:
+                raise PyramidalError(f"{problem} (--out)")
         if c.progress is None:
             self.progress = self.is_main and sys.stderr.isatty()
         else:
@@ -174,6 +216,14 @@ class Trainer:
         task_kwargs = c.task_kwargs()
         self.task = create_task(c.task, train=True, **task_kwargs)
         self.val_task = create_task(c.task, train=False, **task_kwargs)
+        # A mask-conditioned model is given each batch's holes, in training and validation alike.
+        self.with_mask = bool(c.model_kwargs().get("mask_input"))
+        if self.with_mask and not self.task.has_mask:
+            from pyramidal.damage import TASKS
+
+            holes = ", ".join(n for n in TASKS.names() if TASKS.get(n).has_mask)
+            raise PyramidalError(f"mask_input: task {c.task} makes no holes to give the model; choose one that "
+                                 f"does ({holes})")
         self.phases = size_phases(c)
         self._sources: dict[int, Any] = {}
         self._loaders: dict[int, Any] = {}
@@ -234,22 +284,55 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------------------
 
     def fit(self) -> Path:
-        """Train until a limit is reached; returns the run folder (last.ckpt, best.safetensors, logs)."""
+        """Train until a limit is reached; returns the run folder (last.ckpt, best.safetensors, logs).
+
+        On any failure the run folder stays resumable (last.ckpt is only ever replaced whole), and a fresh
+        run that fails before its first step leaves no folder behind.
+        """
+        ok = False
         try:
+            if self.is_main:
+                self._lock = RunLock(self.run_dir)  # released in _close, or by the OS if this process dies
             with StopRequest() as stop:
                 self._stop = stop
                 if self.is_main:
                     self.logs = MetricsLog(self.run_dir, self.config.to_dict(), self.step if self.resumed else None)
                 self._loop()
+            ok = True
         finally:
+            self._close(ok)
+        return self.run_dir
+
+    def _close(self, ok: bool) -> None:
+        """Close the logs, remove an untrained fresh run's folder after a failure, release the folder lock."""
+        try:
             if self.logs is not None:
                 self.logs.close()
+        except OSError:
+            if ok:
+                raise  # a failure already on its way out says more than a failed close
+        finally:
+            if not ok:
+                self._discard_untrained_run()
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
             if self.distributed:
                 import torch.distributed as dist
 
                 if dist.is_initialized():
                     dist.destroy_process_group()
-        return self.run_dir
+
+    def _discard_untrained_run(self) -> None:
+        """A fresh run that failed before its first step leaves nothing behind: it has nothing to resume."""
+        if self.resumed or not self._created or self.step > 0 or (self.run_dir / "last.ckpt").exists():
+            return
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        for folder in self._created[1:]:  # the OUT/TASK/MODEL folders it made, while empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
     def _loop(self) -> None:
         self._start()
@@ -267,7 +350,7 @@ class Trainer:
 
     def _run_epoch(self) -> bool:
         """Train on the rest of this epoch; True if a limit or a signal stopped it before its end."""
-        from tqdm import tqdm
+        from pyramidal.progress import progress
 
         c = self.config
         loader = self._train_loader(self.phase)
@@ -275,10 +358,11 @@ class Trainer:
         if self.batch_in_epoch:
             loader.skip_batches(self.batch_in_epoch)
         total = len(loader)
-        with tqdm(total=total, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}", disable=not self.progress,
-                  leave=False, dynamic_ncols=True, file=sys.stderr) as bar:
-            for damaged, clean in loader:
-                self._train_step(damaged, clean)
+        # A bar on a terminal; with --progress in a log, plain lines (progress.py) rather than bar refreshes.
+        with progress(total=total, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}", unit="steps",
+                      enabled=self.progress, file=sys.stderr) as bar:
+            for damaged, clean, *mask in loader:  # the mask of holes comes only for a mask-conditioned model
+                self._train_step(damaged, clean, *mask)
                 if self.progress:
                     loss, ips = self._bar_values
                     bar.set_postfix_str(f"loss {loss:.4f}  PSNR {psnr_from_mse(loss):.2f} dB  {ips:.0f} img/s",
@@ -315,7 +399,7 @@ class Trainer:
         if self.config.num_workers:
             kwargs["num_workers"] = self.config.num_workers
         return make_loader(ds, task, batch_size=batch_size, train=train, seed=self.config.seed,
-                           sampler=sampler, drop_last=train, **kwargs)
+                           sampler=sampler, drop_last=train, with_mask=self.with_mask, **kwargs)
 
     def _train_loader(self, phase: int):
         if phase not in self._loaders:
@@ -370,7 +454,16 @@ class Trainer:
         return min(limits) if limits else None
 
     def _make_run_dir(self) -> Path:
-        path = str(new_run_dir(self.config.out, self.config.task, self.config.model)) if self.is_main else None
+        path = None
+        if self.is_main:
+            c = self.config
+            missing = Path(c.out) / c.task / c.model
+            while not missing.exists() and missing != missing.parent:
+                self._created.append(missing)
+                missing = missing.parent
+            run_dir = new_run_dir(c.out, c.task, c.model)
+            self._created.insert(0, run_dir)
+            path = str(run_dir)
         if self.distributed:
             import torch.distributed as dist
 
@@ -411,14 +504,9 @@ class Trainer:
         if self.phase >= len(self.phases):
             raise PyramidalError(f"{path}: the run was in size phase {self.phase}, but --size-schedule has fewer")
 
-    def _weights_finite(self) -> bool:
-        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
-
     def _save_last(self) -> None:
         if not self.is_main:
             return
-        if not self._weights_finite():
-            raise self._diverged("the weights", float("nan"), self.step)
         state = {
             "spec": self.model.spec,
             "model": self.model.state_dict(),
@@ -441,6 +529,11 @@ class Trainer:
             "config": self.config.to_dict(),
             "time": time.time(),
         }
+        # Everything the checkpoint would hold is checked, BatchNorm statistics, EMA and Adam's moments
+        # included: a non-finite value stops the run and the last good checkpoint stays as it is.
+        bad = first_nonfinite({key: state[key] for key in ("model", "ema", "optimizer")})
+        if bad is not None:
+            raise self._diverged(bad[0], bad[1], self.step)
         save_checkpoint(self.run_dir / "last.ckpt", state)
         self.last_ckpt_step = self.step
         self.last_ckpt_time = time.monotonic()
@@ -463,6 +556,9 @@ class Trainer:
             "trained_with": f"pyramidal {__version__} train",
             "config": c.to_dict(),
         }
+        bad = first_nonfinite(model.state_dict(), "ema" if self.ema is not None else "model")
+        if bad is not None:  # never replace good best weights with broken ones
+            raise self._diverged(bad[0], bad[1], self.step)
         save_weights(model, self.run_dir / "best.safetensors", metadata=metadata)
 
     def _diverged(self, what: str, value: float, step: int) -> TrainingDiverged:
@@ -517,7 +613,7 @@ class Trainer:
                 self._stop_flag = self._interrupted = True
         return self._stop_flag
 
-    def _train_step(self, damaged: torch.Tensor, clean: torch.Tensor) -> None:
+    def _train_step(self, damaged: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         c = self.config
         # Dropout draws from the global RNG: seeding it from (seed, step, rank) makes every step's masks a
         # pure function of its position, so a resumed run repeats them exactly whatever else used the RNG.
@@ -526,7 +622,7 @@ class Trainer:
             group["lr"] = self._lr_at(self.step)
         _, output = train_step(self.train_model, self.optimizer, damaged, clean, device=self.device,
                                precision=self.precision, channels_last=c.channels_last, scaler=self.scaler,
-                               clip_grad=c.clip_grad, check_loss=self._check_loss)
+                               clip_grad=c.clip_grad, check_loss=self._check_loss, mask=mask)
         if self.ema is not None:
             self.ema.update(self.model, self.step)
         self.step += 1
@@ -573,13 +669,9 @@ class Trainer:
         se = se_in = 0.0
         count = 0
         shown: list[torch.Tensor] = []
-        for damaged, clean in self.val_loader:
-            d = damaged.to(self.device)
-            if c.channels_last:
-                d = d.contiguous(memory_format=torch.channels_last)
-            with autocast(self.device, self.precision):
-                out = model(d)
-            out = out.float().cpu()
+        for damaged, clean, *mask in self.val_loader:
+            out = model_output(model, damaged, clean, mask[0] if mask else None, device=self.device,
+                               precision=self.precision, channels_last=c.channels_last).cpu()
             se += F.mse_loss(out, clean, reduction="sum").item()
             se_in += F.mse_loss(damaged, clean, reduction="sum").item()
             count += clean.numel()

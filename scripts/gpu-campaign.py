@@ -4,14 +4,15 @@
 Each phase is meant for one `run` call of the device tool (docs/gpu-campaign.md says how):
   check  `pytest -m cuda`, `pyramidal bench` for the built-in architecture and pyramidal457101215, and a
          20-second training run                                                       (2.5 minutes)
-  train  every built-in task's recipe chain from configs/builtin/ (phase K starts from phase K-1's best
+  train  every built-in task's recipe chain from pyramidal/configs/builtin/ (phase K starts from phase K-1's best
          weights) on GPU-sized batches in bf16, each task evaluated without BM3D and packed as fp16
          weights with their metadata                                                   (7.5 minutes)
   all    both, one after the other (what `--smoke` runs by default)
 
 Everything lands in OUT as it goes, each file replaced atomically, so a kill at the time limit keeps
-what finished: report.json, campaign.log, bench.json (check), weights.tar and research.tar (train). That
-is at most 5 files, all at OUT's top level, within the device tool's limits (8 files, 16 MiB each).
+what finished: report.json, campaign.log, bench.json (check), weights.tar (and weights-2.tar, weights-3.tar
+past 15 MiB) and research.tar (train). That is at most 7 files, all at OUT's top level, within the device
+tool's limits (8 files, 16 MiB each).
 `--smoke` runs the same code on the CPU with tiny budgets in under 3 minutes (tests/test_gpu_campaign.py).
 
 Usage: scripts/gpu-campaign.sh [check|train|all] [--smoke] [--out DIR] [options; see --help]
@@ -43,11 +44,13 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILTIN_CONFIGS = ROOT / "configs" / "builtin"
+BUILTIN_CONFIGS = ROOT / "pyramidal" / "configs" / "builtin"
 BENCH_MODELS = ("pyramidal23456", "pyramidal457101215")  # the built-in architecture, the research's 103 layers
 RESEARCH_MODELS = "basic21,basic51,pyramidal51,pyramidal51cat"  # issue 19's comparison (`compare --preset research`)
 FILE_LIMIT = 16 * 2**20  # the device tool returns files up to 16 MiB
 ARCHIVE_LIMIT = FILE_LIMIT - 2**20  # headroom for tar headers and padding
+# With report.json, campaign.log, bench.json and research.tar, three weight archives keep OUT at 7 files.
+MAX_WEIGHT_ARCHIVES = 3
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -199,6 +202,25 @@ def write_archive(outputs: Outputs, name: str, files: list[tuple[Path, str]]) ->
 
     outputs.replace(name, write)
     return {"file": name, "members": len(kept), "bytes": (outputs.out / name).stat().st_size, "left_out": left_out}
+
+
+def tar_bytes(path: Path) -> int:
+    return 512 + (path.stat().st_size + 511) // 512 * 512 if path.is_file() else 0
+
+
+def split_parts(groups: list[list[tuple[Path, str]]], limit: int = ARCHIVE_LIMIT) -> list[list[tuple[Path, str]]]:
+    """Groups (one task's files each, in the order they finished) packed into as few parts under `limit` as
+    they fill in order: a part, once full, never changes again, so rewriting the last one is safe."""
+    parts: list[list[tuple[Path, str]]] = [[]]
+    size = 1024
+    for group in groups:
+        group_size = sum(tar_bytes(p) for p, _ in group)
+        if parts[-1] and size + group_size > limit:
+            parts.append([])
+            size = 1024
+        parts[-1].extend(group)
+        size += group_size
+    return parts
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -487,7 +509,7 @@ def phase_check(s: Settings, outputs: Outputs, runner: Runner) -> None:
 
 @dataclass
 class RecipeRun:
-    """One phase of a built-in recipe: configs/builtin/TASK.toml (phase 1) or TASK-phaseK.toml."""
+    """One phase of a built-in recipe: pyramidal/configs/builtin/TASK.toml (phase 1) or TASK-phaseK.toml."""
 
     task: str
     phase: int
@@ -505,7 +527,7 @@ class RecipeRun:
 
 
 def discover_recipes(tasks: list[str] | None, max_phases: int | None) -> dict[str, list[RecipeRun]]:
-    """Each built-in task's chain of phases, from configs/builtin/."""
+    """Each built-in task's chain of phases, from pyramidal/configs/builtin/."""
     chains: dict[str, list[RecipeRun]] = {}
     for path in sorted(BUILTIN_CONFIGS.glob("*.toml")):
         name, _, phase = path.stem.partition("-phase")
@@ -806,8 +828,7 @@ class TrainPhase:
                   if rc == 0 and eval_json.exists() else [])
         if scores:
             metadata["campaign_scores"] = scores
-            side = sidecar_path(weights)
-            side.write_text(json.dumps({**json.loads(side.read_text()), "campaign_scores": scores}, indent=2) + "\n")
+            save_weights(model, weights, metadata, half=True)  # the file's own record and its sidecar copy
         files = [weights, sidecar_path(weights), eval_json]
         for summary in entry["runs"]:
             if "run" in summary:
@@ -832,8 +853,14 @@ class TrainPhase:
         return str(path.resolve().relative_to(self.arc_root))
 
     def _write_archive(self) -> None:
-        files = [item for task in sorted(self.finished) for item in self.finished[task]]
-        self.section["archive"] = write_archive(self.outputs, "weights.tar", files)
+        """weights.tar, then weights-2.tar and weights-3.tar once the tasks outgrow 15 MiB (about 9 tasks)."""
+        parts = split_parts(list(self.finished.values()))  # in the order the tasks finished
+        archives = []
+        for i, files in enumerate(parts[:MAX_WEIGHT_ARCHIVES]):
+            archives.append(write_archive(self.outputs, "weights.tar" if i == 0 else f"weights-{i + 1}.tar", files))
+        if len(parts) > MAX_WEIGHT_ARCHIVES:
+            archives[-1]["left_out"] += [name for files in parts[MAX_WEIGHT_ARCHIVES:] for _, name in files]
+        self.section["archives"] = archives
 
     def _research(self, end: float) -> None:
         """Issue 19's comparison (basic21, basic51, pyramidal51, pyramidal51cat) in the time that is left."""
@@ -907,8 +934,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     train = report["phases"].get("train")
     if train:
         lines.append(f"train [{train.get('status')}]: {train.get('tasks_done', 0)} of {len(train.get('tasks', {}))} "
-                     f"tasks done in {train.get('seconds', 0):.0f} s; weights.tar "
-                     f"{train.get('archive', {}).get('bytes', 0) / 2**20:.1f} MiB")
+                     f"tasks done in {train.get('seconds', 0):.0f} s; "
+                     + ", ".join(f"{a['file']} {a['bytes'] / 2**20:.1f} MiB" for a in train.get("archives", [])))
         for name, t in train.get("tasks", {}).items():
             runs = t.get("runs", [])
             steps = "+".join(str(r.get("steps")) for r in runs)
@@ -932,7 +959,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", help="bf16 [auto]")
     parser.add_argument("--check-minutes", type=float, help="the check phase's time [2.5; 1.5]")
     parser.add_argument("--train-minutes", type=float, help="the train phase's time, evaluation included [7.5; 2]")
-    parser.add_argument("--tasks", help="comma-separated built-in tasks [every recipe in configs/builtin/]")
+    parser.add_argument("--tasks", help="comma-separated built-in tasks [every recipe in pyramidal/configs/builtin/]")
     parser.add_argument("--max-phases", type=int, help="at most this many phases per task [all; 2]")
     parser.add_argument("--batch-size", type=int, help="training batch [64; 4]")
     parser.add_argument("--steps-per-epoch", type=int,

@@ -1,19 +1,79 @@
 #!/usr/bin/env python
 """Package one training run as built-in weights: pyramidal/weights/TASK.safetensors (fp16) + TASK.json.
 
-The sidecar records the model, the training config and command, the data, the steps, and the scores that
-`pyramidal evaluate` measures on the built-in validation photographs against the best classical baseline.
+The file's own metadata (and the JSON sidecar, a readable copy) records the model, the training config and
+command, the data, the steps, the scores that `pyramidal evaluate` measures on the built-in validation
+photographs against the best classical baseline, and a short model card: licence, training data and their
+licences, intended use and limits (`pyramidal weights TASK` shows it).
 
 Usage: scripts/package-builtin-weights.py TASK RUN_DIR
+       scripts/package-builtin-weights.py --card TASK...   # rewrite the record and card, tensors unchanged
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "pyramidal" / "weights"
+
+# The photographs of `--data builtin+.data/photos`, and their licences.
+TRAINING_DATA = [
+    "12 of scikit-image's sample photographs (rocket, motorcycle_left, motorcycle_right, hubble_deep_field, "
+    "ihc, retina, camera, coins, moon, brick, grass, gravel), shipped inside scikit-image; public domain or "
+    "CC0, as each one's skimage.data docstring states",
+    "12 nature photographs of Debian's mate-backgrounds package (usr/share/backgrounds/mate/nature), "
+    "GPL-2+ (see its copyright file); fetched by scripts/get-training-photos.sh into .data/photos, not "
+    "distributed with pyramidal",
+    "validation only, never trained on: scikit-image's astronaut, chelsea and coffee",
+]
+LICENSE_NOTE = (
+    "The weights are released under pyramidal's MIT licence. Half of the training photographs are GPL-2+ "
+    "(mate-backgrounds); whether trained weights are a derivative work of their training images is not "
+    "settled. Weights free of them: retrain with the same command and --data builtin (public-domain and "
+    "CC0 photographs only).")
+TASK_USE = {
+    "noise": "removing Gaussian-like noise from photographs, blind to its strength (σ 0-130 on the 0-255 "
+             "scale); --strength trades the detail it keeps against the smoothness it gives",
+    "pixelate": "×8 super-resolution of pixelated (block-averaged) photographs",
+    "blur": "deblurring photographs blurred by a Gaussian of σ ≈ 2.6 px",
+    "jpeg": "removing JPEG block and ringing artefacts at low quality (5-50)",
+    "squares": "filling small magenta squares painted over photographs (the model finds them itself)",
+    "block": "filling one large centred magenta square (face-style inpainting; the model finds it itself)",
+    "grid": "filling a 3×3 grid of magenta squares (the model finds them itself)",
+    "mixed": "blind restoration of photographs with one or two of the damages above, in any order",
+    "inpaint": "filling holes of any shape whose mask is given (restore --mask): scratches, stamps, text, objects "
+               "to remove; the pixels outside the mask are kept exactly",
+}
+
+
+def preset_name(config: str) -> str:
+    """`configs/builtin/noise.toml` or `pyramidal/configs/builtin/noise.toml` → `builtin/noise` (`--config`)."""
+    return re.sub(r"(?:pyramidal/)?configs/((?:builtin/)?[\w-]+)\.toml", r"\1", config)
+
+
+def model_card(task: str, info: dict) -> dict:
+    """Licence, data, intended use and limits for the record of a built-in weight file."""
+    parameters = info.get("parameters")
+    size = f"{parameters:,}-parameter " if parameters else ""
+    return {
+        "license": "MIT",
+        "license_note": LICENSE_NOTE,
+        "training_data": TRAINING_DATA,
+        "intended_use": f"{TASK_USE.get(task, task)}; a demonstration of the model family and a starting point "
+                        "for fine-tuning (pyramidal train --init-weights).",
+        "limits": f"A small {size}model trained for {info.get('steps', 0):,} steps on 24 photographs, with 64-96 "
+                  "px patches, on a CPU. It learned the task's synthetic damage exactly as `pyramidal degrade` "
+                  "makes it and transfers poorly to other damage (camera noise, other codecs, other blur "
+                  "kernels, holes of other shapes or colours). Below the best classical method in some "
+                  "settings (see scores). It invents plausible detail: not for forensic, medical or "
+                  "identification use.",
+        "provenance": "trained by `pyramidal train` with the command above (one CPU thread per run, bf16); "
+                      "packaged and scored by scripts/package-builtin-weights.py",
+    }
 
 
 def main(task: str, run_dir: str) -> None:
@@ -29,14 +89,14 @@ def main(task: str, run_dir: str) -> None:
     steps = info.get("step", info.get("steps"))
     # Later phases start from the previous phase's best weights: follow init_weights back to phase 1, adding
     # up the steps each phase's best weights had, and chain the commands in order.
-    commands = [f"pyramidal train --config {config['config']}"]
+    commands = [f"pyramidal train --config {preset_name(config['config'])}"]
     previous = config.get("init_weights")
     while previous:
         earlier = Path(previous).parent
         steps += json.loads(Path(previous).with_suffix(".json").read_text())["steps"]
         earlier_config = json.loads((earlier / "config.json").read_text())
-        commands[0] += f" --init-weights <{earlier_config['config']} run>/best.safetensors"
-        commands.insert(0, f"pyramidal train --config {earlier_config['config']}")
+        commands[0] += f" --init-weights <{preset_name(earlier_config['config'])} run>/best.safetensors"
+        commands.insert(0, f"pyramidal train --config {preset_name(earlier_config['config'])}")
         previous = earlier_config.get("init_weights")
     command = " && ".join(commands)
     metadata = {
@@ -50,6 +110,7 @@ def main(task: str, run_dir: str) -> None:
         "config": {k: v for k, v in config.items() if v is not None},
         "dtype": "float16",
     }
+    metadata.update(model_card(task, metadata))
     save_weights(model, out, metadata, half=True)
     # Score the packaged (fp16) file itself, exactly as a user would load it.
     result = evaluate(str(out), task, "builtin", baselines="all")
@@ -78,7 +139,25 @@ def main(task: str, run_dir: str) -> None:
               f"  damaged {s['damaged_psnr']:.2f} dB")
 
 
+def refresh_card(task: str) -> None:
+    """Rewrite the record of a shipped file (card, preset names in the command) without touching its tensors."""
+    from safetensors.torch import load_file
+
+    from pyramidal.checkpoint import read_weights_info, save_state
+
+    path = WEIGHTS / f"{task}.safetensors"
+    info = read_weights_info(path)
+    info["command"] = preset_name(info["command"])
+    info.update(model_card(task, info))
+    save_state(load_file(str(path)), path, info)
+    print(f"{task}: record and card written into {path}")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    if len(sys.argv) >= 3 and sys.argv[1] == "--card":
+        for name in sys.argv[2:]:
+            refresh_card(name)
+    elif len(sys.argv) == 3:
+        main(sys.argv[1], sys.argv[2])
+    else:
         sys.exit(__doc__)
-    main(sys.argv[1], sys.argv[2])

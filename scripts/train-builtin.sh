@@ -11,7 +11,7 @@ py=${PYTHON:-.venv/bin/python}
 mkdir -p runs/builtin/logs
 train_one() {
   local task=$1
-  "$py" -m pyramidal train --config "configs/builtin/$task.toml" --no-progress \
+  "$py" -m pyramidal train --config "builtin/$task" --no-progress \
     >"runs/builtin/logs/$task.log" 2>&1
   local run
   run=$(ls -d runs/builtin/"$task"/*/* | sort | tail -n 1)
@@ -22,7 +22,7 @@ for ((i = 0; i < ${#tasks[@]}; i += 2)); do
   if ((i + 1 < ${#tasks[@]})); then train_one "${tasks[i + 1]}" & fi
   wait
 done
-# Later phases (only where configs/builtin/TASK-phaseK.toml exists): more steps from the previous phase's
+# Later phases (only where pyramidal/configs/builtin/TASK-phaseK.toml exists): more steps from the previous phase's
 # best weights. Phase K writes its runs under runs/builtin-phaseK.
 run_of() {  # newest run of TASK in phase $2 (1 = runs/builtin)
   local dir=runs/builtin
@@ -31,7 +31,7 @@ run_of() {  # newest run of TASK in phase $2 (1 = runs/builtin)
 }
 train_phase() {
   local task=$1 phase=$2
-  "$py" -m pyramidal train --config "configs/builtin/$task-phase$phase.toml" \
+  "$py" -m pyramidal train --config "builtin/$task-phase$phase" \
     --init-weights "$(run_of "$task" $((phase - 1)))/best.safetensors" \
     --no-progress >"runs/builtin/logs/$task-phase$phase.log" 2>&1
 }
@@ -41,7 +41,7 @@ for phase in 2 3 4 5 6; do
   pairs=()
   for i in "${!tasks[@]}"; do
     task=${tasks[i]}
-    [ -f "configs/builtin/$task-phase$phase.toml" ] || continue
+    [ -f "pyramidal/configs/builtin/$task-phase$phase.toml" ] || continue
     last_phase[i]=$phase
     pairs+=("$task")
   done

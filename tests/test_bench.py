@@ -121,3 +121,75 @@ def test_prepare_for_inference_fp32_matches_eval_model():
     assert set(fast.state_dict()) == {"model." + k for k in model.state_dict()}
     bf16 = prepare_for_inference(model, "cpu", "bf16")(x)
     assert bf16.dtype == torch.float32 and (bf16 - expected).abs().max() < 0.1
+
+
+def test_bench_restore_smoke_runs_the_restore_path(monkeypatch, capsys):
+    """`--mode restore --smoke` times `inference.restore_files` itself, with restore's default tiling."""
+    import pyramidal.inference as inference
+    from pyramidal.inference import tile_starts
+
+    calls = []
+    real = inference.restore_files
+
+    def spy(model, inputs, outdir, **options):
+        calls.append((model, options))
+        return real(model, inputs, outdir, **options)
+
+    monkeypatch.setattr(inference, "restore_files", spy)
+    assert main(["bench", "--mode", "restore", "--smoke", "--task", "noise", "--json", "-"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(calls) == result["warmup"] + result["steps"] == 3
+    model, options = calls[0]
+    assert isinstance(model, inference.InferenceModel) and options == {"overwrite": True}
+    assert result["model"] == "pyramidal23456" and result["weights"] == "builtin" and result["task"] == "noise"
+    w, h = result["restore_width"], result["restore_height"]
+    assert abs(w * h / 1e6 - 0.05) < 0.005 and abs(w / h - 4 / 3) < 0.02
+    assert (result["restore_tile"], result["restore_overlap"], result["restore_tiles_per_pass"]) == (256, 32, 4)
+    assert result["restore_tiles"] == len(tile_starts(h, 256, 32)) * len(tile_starts(w, 256, 32))
+    for key in ("restore_s", "restore_mp_per_s", "restore_gflop_per_s", "restore_peak_fraction",
+                "restore_matmul_gflop_per_s", "restore_io_s"):
+        assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0, key
+    assert result["restore_mp_per_s"] == pytest.approx(result["restore_megapixels"] / result["restore_s"])
+    if sys.platform.startswith("linux"):
+        assert result["restore_peak_memory_mb"] > 0
+
+
+def test_bench_restore_options_and_report(capsys):
+    assert main(["bench", "--mode", "restore", "--smoke", "--model", "pyramidal44", "--megapixels", "0.02",
+                 "--tile", "64", "--overlap", "8", "--batch-size", "3", "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "random weights" in out and "tiles 64 px, overlap 8, 3 per pass" in out and "MP/s" in out
+    assert out.startswith("machine: ") and "AVX512-BF16" in out and "AMX" in out
+
+
+def test_machine_kind_reads_the_cpu_flags():
+    import torch
+
+    from pyramidal.bench import describe_machine, machine_kind
+
+    kind = machine_kind()
+    assert kind["threads"] == torch.get_num_threads() and kind["cores"] == os.cpu_count()
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        assert kind["amx"] is None and kind["avx512_bf16"] is None
+    else:
+        flags = next(line for line in text.splitlines() if line.startswith("flags")).split()
+        assert kind["avx512_bf16"] == ("avx512_bf16" in flags) and kind["amx"] == ("amx_tile" in flags)
+    assert f"{kind['threads']} torch threads" in describe_machine(kind)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--mode", "train", "--weights", "builtin"], "--weights: only for --mode restore"),
+    (["--mode", "restore", "--weights", "builtin", "--task", "nosuchtask"], "nosuchtask"),
+    (["--mode", "restore", "--megapixels", "0"], "--megapixels"),
+    (["--mode", "restore", "--tile", "64", "--overlap", "64"], "--overlap"),
+])
+def test_bench_restore_user_errors(argv, message, capsys):
+    try:
+        code = main(["bench", "--smoke", "--no-data", *argv])
+    except SystemExit as exc:  # argparse's own checks exit
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pyramidal bench: error:") and message in err

@@ -19,9 +19,9 @@ from pyramidal.damage import (
     pixelate_small,
 )
 
-ALL = ["blur", "block", "grid", "gray", "jpeg", "mixed", "noise", "pixelate", "squares", "text"]
-RANDOM = ["jpeg", "mixed", "noise", "squares", "text"]  # damage differs between seeds even in eval mode
-MASKED = ["squares", "block", "grid"]
+ALL = ["blur", "block", "grid", "gray", "inpaint", "jpeg", "mixed", "noise", "pixelate", "squares", "strokes", "text"]
+RANDOM = ["inpaint", "jpeg", "mixed", "noise", "squares", "strokes", "text"]  # differ between seeds even in eval mode
+MASKED = ["squares", "block", "grid", "inpaint", "strokes", "text"]
 MAGENTA = torch.tensor([255, 0, 255], dtype=torch.uint8).view(3, 1, 1)
 
 
@@ -298,7 +298,7 @@ def test_mixed_uses_one_or_two_tasks():
     counts = {len(t.choose(s)) for s in range(50)}
     assert counts == {1, 2}
     used = {t.tasks[i].name for s in range(200) for i in t.choose(s)}
-    assert used == set(ALL) - {"mixed"}
+    assert used == set(ALL) - {"mixed", "inpaint", "strokes"}
     only = create_task("mixed", tasks="gray")
     assert torch.equal(only(images()), create_task("gray")(images()))
 

@@ -106,7 +106,7 @@ def folder(tmp_path):
     for i in range(19):
         sub = root / ("a" if i % 2 else "b") / ("deep" if i % 3 == 0 else "")
         save(sub / f"img{i:02d}.png", 40 + 7 * i, 90 - i, seed=i, mode=["RGB", "L", "RGBA"][i % 3])
-    # A file with a JPEG header and truncated data: readable header, fails at decode time.
+    # A file with a JPEG header and truncated data: readable header, fails when decoded (found by the scan).
     save(root / "trunc.jpg", 80, 80, seed=99)
     data = (root / "trunc.jpg").read_bytes()
     (root / "trunc.jpg").write_bytes(data[: len(data) // 3])
@@ -120,30 +120,32 @@ def test_folder_skips_and_counts_unreadable(folder):
     with pytest.warns(SkippedImageWarning) as rec:
         src = load_source(f"folder:{folder}", size=32)
     messages = [str(w.message) for w in rec]
-    assert any("bad.png" in m for m in messages) and any("notes.txt" in m for m in messages)
+    assert all(any(name in m for m in messages) for name in ("bad.png", "notes.txt", "trunc.jpg"))
     assert sum("bad.png" in m for m in messages) == 1
-    assert src.num_skipped == 2
-    assert {len(v) for v in src.files.values()} == {16, 2}
-    assert (len(src.files["train"]), len(src.files["val"]), len(src.files["test"])) == (16, 2, 2)
+    assert src.num_skipped == 3  # the truncated JPEG too: every file is decoded before the split
+    files = [f for s in ("train", "val", "test") for f in src.files[s]]
+    assert "trunc.jpg" not in files and len(files) == 19
+    assert (len(src.files["train"]), len(src.files["val"]), len(src.files["test"])) == (17, 1, 1)
 
 
 def test_folder_training_never_crashes_on_corrupt_file(folder):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SkippedImageWarning)
         src = load_source(f"folder:{folder}", size=32)
-    files = [f for s in ("train", "val", "test") for f in src.files[s]]
-    assert "trunc.jpg" in files
-    split = next(s for s in ("train", "val", "test") if "trunc.jpg" in src.files[s])
+    # A file that breaks after the scan (a disk error, a file being replaced) is skipped when loaded.
+    split = "train"
+    broken = folder / src.files[split][0]
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n no longer an image")
     ds = src.split(split)
     loader = make_loader(ds, "noise", batch_size=4, train=split == "train", drop_last=False)
-    with pytest.warns(SkippedImageWarning, match="trunc.jpg"):
+    with pytest.warns(SkippedImageWarning, match=broken.name):
         pairs = batches_of(loader)
     assert sum(d.shape[0] for d, _ in pairs) == len(ds)
     assert all(d.shape[1:] == (3, 32, 32) and c.dtype == torch.float32 for d, c in pairs)
     # eval images skip it too.
     with pytest.warns(SkippedImageWarning):
         names = [n for n, _ in src.eval_images(split)]
-    assert "trunc.jpg" not in names
+    assert src.files[split][0] not in names and len(names) == len(ds) - 1
 
 
 def test_folder_empty_or_missing_fails_at_start(tmp_path):

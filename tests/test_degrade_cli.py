@@ -76,8 +76,11 @@ def test_degrade_never_overwrites_inputs(tmp_path, capsys):
 def test_degrade_bad_options(tmp_path, inputs, capsys):
     assert main(["degrade", "--task", "blur", "--sigma", "3", str(inputs[0]), "-o", str(tmp_path / "o")]) == 2
     assert "sigma" in capsys.readouterr().err
-    assert main(["degrade", "--task", "smudge", str(inputs[0]), "-o", str(tmp_path / "o")]) == 2
-    assert "choose one of" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # an unknown task is refused while the flags are parsed
+        main(["degrade", "--task", "smudge", str(inputs[0]), "-o", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "--task" in err[0] and "choose one of" in err[0]
 
 
 def test_degrade_folder_input(tmp_path, inputs, capsys):
@@ -86,6 +89,8 @@ def test_degrade_folder_input(tmp_path, inputs, capsys):
     assert main(["degrade", "--task", "gray", str(tmp_path / "in"), "-o", str(out)]) == 0
     assert "readme.txt" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["alpha.png", "colour.png", "grey.png"]
-    # Running again does not pick up the earlier outputs as inputs.
-    assert main(["degrade", "--task", "gray", str(tmp_path / "in"), "-o", str(out)]) == 0
+    # Running again does not pick up the earlier outputs as inputs; it replaces them only when asked to.
+    assert main(["degrade", "--task", "gray", str(tmp_path / "in"), "-o", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["degrade", "--task", "gray", str(tmp_path / "in"), "-o", str(out), "--overwrite"]) == 0
     assert not (out / "damaged").exists()

@@ -125,7 +125,7 @@ def test_smoke_archive_holds_loadable_fp16_weights(smoke, tmp_path: Path):
         assert sum(p.numel() for p in model.parameters()) == sidecar["parameters"]
         assert (root / "eval" / f"{task}.json").exists()
     # Every phase's config, best-weights sidecar and metrics travel for provenance.
-    assert len(list(root.glob("builtin*/*/*/*/config.json"))) == 3
+    assert len(list(root.glob("builtin*/*/*/*/config.json"))) == 4  # two phases each
 
 
 @pytest.mark.slow
@@ -198,6 +198,22 @@ def test_planner_fits_every_task_into_the_phase(monkeypatch):
             clock[0] += planner.eval_seconds
             assert clock[0] <= end + 1e-6, (task, clock[0], end)
         assert 420 - 30 <= clock[0] <= 420 + 1e-6, (lane, clock[0])
+
+
+def test_weight_archives_split_in_finishing_order(tmp_path: Path):
+    """Past the size limit the next task opens a new archive; full archives never change afterwards."""
+    campaign = _campaign_module()
+    groups = []
+    for i in range(12):  # 12 tasks of 1.7 MB each: more than fits one 15-MiB archive
+        path = tmp_path / f"task{i}.safetensors"
+        with open(path, "wb") as fh:
+            fh.truncate(1_700_000)
+        groups.append([(path, f"weights/task{i}.safetensors")])
+    parts = campaign.split_parts(groups)
+    assert [name for part in parts for _, name in part] == [g[0][1] for g in groups]  # order kept
+    assert len(parts) == 2
+    assert all(sum(campaign.tar_bytes(p) for p, _ in part) + 1024 <= campaign.ARCHIVE_LIMIT for part in parts)
+    assert campaign.split_parts(groups[:9])[:1] == parts[:1]  # a later task leaves the full part alone
 
 
 def test_cuda_tests_use_flags_the_cli_has():

@@ -296,11 +296,12 @@ def test_expand_inputs_flat_and_recursive(tmp_path):
     Image.fromarray(smooth_image(8, 8)).save(out / "old.png")
     single = tmp_path / "single.tif"
 
-    # restore: the image files directly inside (by suffix), plus files named as they are.
-    assert expand_inputs([src, single]) == [
-        (src / "a.png", Path("a.png")), (src / "b.JPG", Path("b.png")), (src / "broken.png", Path("broken.png")),
-        (single, Path("single.png"))]
-    # degrade: every readable image below, sub-folders kept, outputs of an earlier run left out.
+    # A folder: the readable images directly inside, the rest reported; files named as inputs kept as they are.
+    skipped = []
+    assert expand_inputs([src, single], on_skip=lambda f, r: skipped.append((f.name, r))) == [
+        (src / "a.png", Path("a.png")), (src / "b.JPG", Path("b.png")), (single, Path("single.png"))]
+    assert sorted(skipped) == [("broken.png", "not a readable image"), ("notes.txt", "not a readable image")]
+    # --recursive: every readable image below, sub-folders kept, outputs of an earlier run left out.
     skipped = []
     pairs = expand_inputs([src], recursive=True, exclude=out, on_skip=lambda f, r: skipped.append((f.name, r)))
     assert pairs == [(src / "a.png", Path("a.png")), (src / "b.JPG", Path("b.png")),

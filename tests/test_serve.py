@@ -228,7 +228,10 @@ def test_sample_shows_ground_truth_and_scores(client):
     np.testing.assert_array_equal(result[~expected.mask], damaged[~expected.mask])
     rows = {r["kind"]: r for r in status["scores"]["rows"] if r["kind"] != "baseline"}
     baselines = [r for r in status["scores"]["rows"] if r["kind"] == "baseline"]
-    assert len(baselines) == 2 and all(r["psnr"] is not None for r in baselines)
+    from pyramidal.evaluate import baselines_for
+
+    assert [r["method"] for r in baselines] == [b.name for b in baselines_for("block")]
+    assert baselines and all(r["psnr"] is not None for r in baselines)
     best = max(baselines, key=lambda r: r["psnr"])
     assert status["scores"]["best_classical"] == best["method"]
     assert rows["input"]["psnr"] == pytest.approx(psnr(clean, damaged))
@@ -349,10 +352,45 @@ def test_serve_help_does_not_import_torch():
     (["--weights-dir", "no-such-folder"], "--weights-dir no-such-folder: no such folder"),
     (["--port", "70000"], "--port 70000"),
     (["--tile", "16"], "--tile 16"),
+    (["--queue", "0"], "--queue must be at least 1"),
 ])
-def test_serve_bad_arguments_are_one_line_errors(argv, message, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "pyramidal", "serve", *argv], capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and len(lines) == 1, done.stderr
-    assert lines[0].startswith("pyramidal serve: error: ") and message in lines[0]
+def test_serve_bad_arguments_are_one_line_errors(argv, message, tmp_path, monkeypatch, capsys):
+    from pyramidal.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["serve", *argv]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pyramidal serve: error: ") and message in lines[0], lines
+
+
+def test_serve_taken_port_is_a_one_line_error(capsys):
+    import socket
+
+    from pyramidal.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"pyramidal serve: error: --host 127.0.0.1 --port {port}: cannot listen there"), err
+
+
+@pytest.mark.parametrize("host, warned", [("127.0.0.1", False), ("0.0.0.0", True)])
+def test_serve_warns_when_not_local_only(host, warned, monkeypatch, capsys):
+    import socket
+
+    import uvicorn
+
+    from pyramidal.cli import main
+
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.update(kw, app=app))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["serve", "--host", host, "--port", str(port)]) == 0
+    assert started["host"] == host and started["port"] == port
+    err = capsys.readouterr().err
+    assert ("warning: listening on 0.0.0.0" in err) is warned, err

@@ -1,19 +1,39 @@
-"""`pyramidal bench --model NAME`: training/inference images/s, FLOPs, memory, matmul peak, data pipeline."""
+"""`pyramidal bench --model NAME`: training/inference images/s, FLOPs, memory, matmul peak, data pipeline;
+`--mode restore`: `pyramidal restore` of a photo of --megapixels, in MP/s."""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "benchmark training and inference speed, FLOPs, peak memory and the data pipeline"
+HELP = "benchmark training, inference and restore speed, FLOPs, peak memory and the data pipeline"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pyramidal.cli.common import add_device, add_json, add_precision, add_threads
+    from pyramidal.cli.common import (
+        add_device,
+        add_json,
+        add_precision,
+        add_threads,
+        at_least,
+        positive_number,
+        task_name,
+    )
 
     parser.add_argument("--model", help="registered model (default pyramidal457101215; smoke pyramidal44)")
     parser.add_argument("--size", type=int, help="image side in px (default 64; smoke 32)")
-    parser.add_argument("--batch-size", type=int, help="images per step (default 8; smoke 2)")
-    parser.add_argument("--mode", default="both", choices=("train", "infer", "both"), help="what to time (default both)")
+    parser.add_argument("--batch-size", type=int,
+                        help="images per step (default 8; smoke 2); with --mode restore, tiles per forward pass "
+                             "(default restore's, 4)")
+    parser.add_argument("--mode", default="both", choices=("train", "infer", "both", "restore"),
+                        help="what to time (default both); restore: `pyramidal restore` of one photo, end to end")
+    restore = parser.add_argument_group("--mode restore")
+    restore.add_argument("--weights", help="'builtin' (needs --task) or a .safetensors file, as for restore "
+                                           "(default: builtin unless --model is given, which runs random weights)")
+    restore.add_argument("--task", type=task_name, help="the task of --weights builtin (default noise)")
+    restore.add_argument("--megapixels", type=positive_number,
+                         help="size of the 4:3 photo restored (default 12, a 4000×3000 photo; smoke 0.05)")
+    restore.add_argument("--tile", type=at_least(0), help="as for restore (default restore's, 256)")
+    restore.add_argument("--overlap", type=at_least(0), help="as for restore (default restore's, 32)")
     add_precision(parser)
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                         help="NHWC activations and weights (default on)")
@@ -36,18 +56,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default on, off with --memory-efficient, as in pyramidal train)")
     add_json(parser)
     parser.add_argument("--smoke", action="store_true",
-                        help="seconds-long run for CI: pyramidal44 unless --model is given, 32 px, batch 2, 2 steps")
+                        help="seconds-long run for CI: pyramidal44 unless --model is given, 32 px, batch 2, 2 steps; "
+                             "with --mode restore a 0.05 MP photo")
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
 
     from pyramidal.bench import BenchConfig, format_report, run_bench
-    from pyramidal.cli.common import write_json_output
+    from pyramidal.cli.common import check_report_files, write_json_output
+    from pyramidal.errors import PyramidalError
 
+    restore_flags = {"--weights": args.weights, "--task": args.task, "--megapixels": args.megapixels,
+                     "--tile": args.tile, "--overlap": args.overlap}
     explicit = {
         "size": args.size, "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
     }
+    if args.mode == "restore":
+        # Restore's own defaults apply unless given; --batch-size means tiles per pass, as for restore.
+        explicit["restore_options"] = {"tile": args.tile, "overlap": args.overlap,
+                                       "batch_size": explicit.pop("batch_size")}
+        explicit["megapixels"] = args.megapixels
+        if args.weights or not args.model:
+            explicit["weights"] = args.weights or "builtin"
+            explicit["task"] = args.task or ("noise" if explicit["weights"] == "builtin" else None)
+    elif any(v is not None for v in restore_flags.values()):
+        given = ", ".join(k for k, v in restore_flags.items() if v is not None)
+        raise PyramidalError(f"{given}: only for --mode restore")
     explicit = {k: v for k, v in explicit.items() if v is not None}
     common = dict(
         mode=args.mode, precision=args.precision, channels_last=args.channels_last, compile=args.compile,
@@ -62,6 +97,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = BenchConfig(model=args.model or "pyramidal457101215", **common, **explicit)
 
+    config.validate()
+    from pyramidal.damage import TASKS
+
+    for task in config.tasks or ():
+        TASKS.get(task)  # an unknown --tasks name fails now, not after the timings
+    check_report_files(json=args.json)  # before the benchmark runs, so that its results are never lost
     to_stdout = args.json == "-"  # then stdout holds the one JSON object and nothing else
 
     def log(msg: str) -> None:

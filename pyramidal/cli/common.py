@@ -8,6 +8,7 @@ Importing this module, and every `add_*` function, stays free of torch and NumPy
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +38,7 @@ def add_threads(parser: argparse._ActionsContainer, default: Any = None) -> None
 # argparse types: a bad value is a one-line "argument --flag: ..." error before the command starts.
 
 
+@functools.cache  # one function per limit, so that a shared flag has the very same type everywhere
 def at_least(low: int) -> Callable[[str], int]:
     """An argparse type: a whole number >= `low`."""
 
@@ -90,6 +92,28 @@ def add_json(parser: argparse._ActionsContainer) -> None:
     """`--json PATH`: write the results as JSON; `-` prints them on stdout in place of the human report."""
     parser.add_argument("--json", metavar="PATH",
                         help="write the results as JSON to PATH; '-' prints them on stdout instead of the report")
+
+
+def check_out_folder(folder: str) -> None:
+    """Before the work starts: PyramidalError unless files can be written in `folder` (made if need be)."""
+    from pyramidal.errors import PyramidalError
+    from pyramidal.io import folder_problem
+
+    problem = folder_problem(folder)
+    if problem:
+        raise PyramidalError(problem)
+
+
+def check_report_files(**files: str | None) -> None:
+    """Before the work starts: check that each file named by a flag (`json="out.json"` for --json) can be
+    written; '-' (stdout) and None are skipped. Such a file may be replaced: the user named it exactly."""
+    from pyramidal.io import OutputPlan
+
+    plan = OutputPlan()
+    for flag, path in files.items():
+        if path and path != "-":
+            plan.add(path, "--" + flag.replace("_", "-"), replace_ok=True)
+    plan.check()
 
 
 def write_json_output(data: Any, target: str) -> None:

@@ -10,7 +10,7 @@ HELP = "apply a damage task (noise, jpeg, pixelate, ...) to images and write dam
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pyramidal.cli.common import add_out, add_recursive, add_task_options, task_help, task_list
+    from pyramidal.cli.common import add_out, add_recursive, add_task_options, task_help, task_list, task_name
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = task_list()
@@ -18,8 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_out(parser, "folder for the damaged PNGs (required)", metavar="OUTDIR")
     add_recursive(parser)
     parser.add_argument("--output", dest="out", help=argparse.SUPPRESS)  # hidden alias, for scripts that use it
-    parser.add_argument("--task", required=True, help=task_help())
+    parser.add_argument("--task", required=True, type=task_name, help=task_help())
+    parser.add_argument("--overwrite", action="store_true",
+                        help="allow outputs to replace existing files (never the input files)")
     parser.add_argument("--seed", type=int, default=0, help="base seed; image k gets eval_seed(k, seed) (default 0)")
+    parser.add_argument("--masks", metavar="DIR",
+                        help="tasks with holes: also write each damaged image's mask (PNG, 255 = hole) under DIR, "
+                             "named like the image, for `restore --mask DIR`")
     add_task_options(parser, "degrade")
 
 
@@ -34,30 +39,37 @@ def run(args: argparse.Namespace) -> int:
     from pyramidal.cli.common import task_option_values
     from pyramidal.damage import create_task, eval_seed
     from pyramidal.errors import PyramidalError
-    from pyramidal.io import expand_inputs, read_image, write_image
+    from pyramidal.io import OutputPlan, expand_inputs, read_image, write_image, write_mask
 
     if args.out is None:
         raise PyramidalError("-o/--out OUTDIR is required: the folder for the damaged PNGs")
     task = create_task(args.task, train=False, **task_option_values(args))  # ValueError: one line from the dispatcher
+    if args.masks and not task.has_mask:
+        from pyramidal.damage import TASKS
+
+        with_holes = ", ".join(n for n in TASKS.names() if TASKS.get(n).has_mask)
+        raise PyramidalError(f"--masks: task {task.name} makes no holes; tasks with masks: {with_holes}")
 
     outdir = Path(args.out)
-    if outdir.exists() and not outdir.is_dir():
-        raise PyramidalError(f"{outdir}: exists and is not a folder")
     # Damaged outputs from an earlier run inside an input folder are not inputs.
     items = expand_inputs(args.inputs, recursive=args.recursive, exclude=outdir, on_skip=_skipped)
-    inputs = {f.resolve() for f, _ in items if f.exists()}
+    if not items:
+        raise PyramidalError(f"no images found in {', '.join(args.inputs)}")
+    # Every output is checked before the first is written: never an input, never an unasked replacement.
+    plan = OutputPlan(overwrite=args.overwrite, inputs=[f for f, _ in items])
+    targets = [plan.add(outdir / rel, src) for src, rel in items]
+    mask_targets = [plan.add(Path(args.masks) / rel.with_suffix(".png"), src) if args.masks else None
+                    for src, rel in items]
+    plan.check()
     written: dict[Path, Path] = {}
     failures = 0
-    for k, (src, rel) in enumerate(items):
-        dst = outdir / rel
+    for k, ((src, _), dst, mask_dst) in enumerate(zip(items, targets, mask_targets)):
         try:
-            if dst.resolve() in inputs:
-                raise PyramidalError(f"{src}: output {dst} would overwrite an input file; choose another -o")
-            if dst.resolve() in written:
-                raise PyramidalError(f"{src}: output {dst} already written for {written[dst.resolve()]}")
             image = torch.from_numpy(read_image(src).rgb).permute(2, 0, 1)  # alpha dropped, grayscale as RGB
-            damaged = task(image.unsqueeze(0), seeds=[eval_seed(k, base=args.seed)])[0]
-            write_image(damaged.permute(1, 2, 0).numpy(), dst)
+            damaged, mask = task.apply(image.unsqueeze(0), seeds=[eval_seed(k, base=args.seed)])
+            write_image(damaged[0].permute(1, 2, 0).numpy(), dst)
+            if mask_dst is not None:
+                write_mask(mask[0, 0].cpu().numpy(), mask_dst)
             written[dst.resolve()] = src
         except PyramidalError as exc:
             print(f"pyramidal degrade: error: {exc}", file=sys.stderr)
@@ -65,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"pyramidal degrade: error: {dst}: cannot write ({exc.strerror or exc})", file=sys.stderr)
             failures += 1
-    print(f"wrote {len(written)} damaged image(s) to {outdir} ({task.name}, seed {args.seed})"
+    print(f"wrote {len(written)} damaged image(s) to {outdir}" + (f" and their masks to {args.masks}" if args.masks else "")
+          + f" ({task.name}, seed {args.seed})"
           + (f"; {failures} failed" if failures else ""))
     return 1 if failures else 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 from pathlib import Path
 
 HELP = "score a model against classical baselines (PSNR/SSIM on fixed eval damage); table, JSON, Markdown"
@@ -25,18 +24,27 @@ def _crop_help() -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pyramidal.cli.common import add_device, add_json, add_precision, add_task_options, task_help
+    from pyramidal.cli.common import (
+        add_device,
+        add_json,
+        add_precision,
+        add_task_options,
+        at_least,
+        task_help,
+        task_name,
+    )
 
-    parser.add_argument("--task", required=True, help=task_help())
+    parser.add_argument("--task", required=True, type=task_name, help=task_help())
     parser.add_argument("--weights", default="builtin",
-                        help="'builtin' (default), a .safetensors file, or 'none' for the baselines alone")
+                        help="'builtin' (default), a .safetensors file, a training checkpoint (last.ckpt), a run "
+                             "folder, or 'none' for the baselines alone")
     parser.add_argument("--data", default="builtin", help="builtin (default), folder:PATH or celeba:PATH")
     parser.add_argument("--split", default="val", choices=("val", "test"), help="evaluation split (default val)")
     policy = _crop_help()
-    parser.add_argument("--crop", type=int, default=None, help=f"crop side in px, 0 = whole images ({policy})")
-    parser.add_argument("--crops", type=int, default=None,
+    parser.add_argument("--crop", type=at_least(0), default=None, help=f"crop side in px, 0 = whole images ({policy})")
+    parser.add_argument("--crops", type=at_least(1), default=None,
                         help="fixed crops per built-in photograph (default: the task's, at its default side; else 1)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate at most N images")
+    parser.add_argument("--limit", type=at_least(1), default=None, help="evaluate at most N images")
     add_task_options(parser, "evaluate")
     parser.add_argument("--baselines", default="auto", choices=("auto", "none", "fast", "all"),
                         help="classical baselines: fast skips BM3D; auto runs BM3D up to 16 images (default)")
@@ -45,9 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--markdown", metavar="OUT", help="write the results as Markdown")
     parser.add_argument("--figures", metavar="DIR",
                         help="write a figure per setting: ground truth / damaged / best classical / model")
-    parser.add_argument("--tile", type=int, default=256, help="restore tile side, 0 = whole image (default 256)")
-    parser.add_argument("--overlap", type=int, default=32, help="tile overlap in px (default 32)")
-    parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
+    parser.add_argument("--overwrite", action="store_true", help="allow figures to replace existing files")
+    parser.add_argument("--tile", type=at_least(0), default=256, help="restore tile side, 0 = whole image (default 256)")
+    parser.add_argument("--overlap", type=at_least(0), default=None,
+                        help="tile overlap in px (default 32, at most half a tile)")
+    parser.add_argument("--batch-size", type=at_least(1), default=4, help="tiles per forward pass (default 4)")
     add_device(parser)
     add_precision(parser)
 
@@ -75,10 +85,38 @@ def settings_from_args(args: argparse.Namespace) -> list[dict] | None:
     return [dict(zip(names, map(plain, combo))) for combo in itertools.product(*(given[n] for n in names))]
 
 
+def figure_path(folder: str, task: str, label: str) -> Path:
+    """Where `--figures` puts the figure of one setting: FOLDER/<task>[_<setting>].png."""
+    from pyramidal.figures import file_suffix
+
+    return Path(folder) / f"{task}{file_suffix(label)}.png"
+
+
+def plan_outputs(args: argparse.Namespace, settings: list[dict] | None) -> None:
+    """Check every file the evaluation will write before it starts, so that no result is lost at the end.
+
+    --json and --markdown name their file exactly and may replace it; figures may not replace a file
+    without --overwrite.
+    """
+    from pyramidal.damage import TASKS
+    from pyramidal.evaluate import setting_label
+    from pyramidal.io import OutputPlan
+
+    plan = OutputPlan(overwrite=args.overwrite)
+    if args.json and args.json != "-":
+        plan.add(args.json, "--json", replace_ok=True)
+    if args.markdown:
+        plan.add(args.markdown, "--markdown", replace_ok=True)
+    if args.figures:
+        for options in settings if settings is not None else TASKS.get(args.task).eval_settings():
+            plan.add(figure_path(args.figures, args.task, setting_label(options)), "--figures")
+    plan.check()
+
+
 def write_figures(result: dict, folder: str, rows: int = 4) -> list[str]:
     """One PNG per setting: ground truth, damaged, best classical method, model (and ensemble)."""
     from pyramidal.evaluate import best_baseline, per_image_psnr
-    from pyramidal.figures import comparison_figure, file_suffix
+    from pyramidal.figures import comparison_figure
 
     written = []
     for setting, images in zip(result["settings"], result["images"]):
@@ -92,7 +130,7 @@ def write_figures(result: dict, folder: str, rows: int = 4) -> list[str]:
             elif r["kind"] in ("model", "ensemble"):
                 title = "model + ensemble" if r["kind"] == "ensemble" else "model"
                 columns.append((title, images[r["method"]], per_image_psnr(r)))
-        path = Path(folder) / f"{result['task']}{file_suffix(setting['label'])}.png"
+        path = figure_path(folder, result["task"], setting["label"])
         title = f"{result['task']} {setting['label']}".strip() + f" — {result.get('model') or 'baselines only'}"
         comparison_figure(path, images["clean"], columns, names=result["image_names"], rows=rows, title=title)
         written.append(str(path))
@@ -102,23 +140,23 @@ def write_figures(result: dict, folder: str, rows: int = 4) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from pyramidal.cli.common import write_json_output
     from pyramidal.evaluate import evaluate, format_markdown, format_table
+    from pyramidal.inference import check_tiling, resolve_weights
     from pyramidal.io import write_text
 
+    # Everything that can be checked is checked before the (long) evaluation: options, weights, outputs.
+    check_tiling(args.tile, args.overlap, args.batch_size)
     weights = None if args.weights == "none" else args.weights
-    if weights not in (None, "builtin"):
-        from pyramidal.checkpoint import read_sidecar
-
-        trained_for = read_sidecar(weights).get("task") if Path(weights).exists() else None
-        if trained_for and trained_for != args.task:
-            print(f"pyramidal evaluate: warning: {weights} was trained for task {trained_for!r}, not {args.task!r}",
-                  file=sys.stderr)
+    if weights is not None:
+        resolve_weights(weights, args.task)  # the model loads later; it warns if trained for another task
+    settings = settings_from_args(args)
+    plan_outputs(args, settings)
     crop = "auto" if args.crop is None else args.crop
     result = evaluate(
         weights, args.task, args.data, split=args.split, crop=crop, crops=args.crops, limit=args.limit,
-        settings=settings_from_args(args), baselines=args.baselines, ensemble=args.ensemble,
+        settings=settings, baselines=args.baselines, ensemble=args.ensemble,
         tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
         precision=args.precision, keep_images=bool(args.figures),
-        progress=lambda msg: print(f"  … {msg}", file=sys.stderr, flush=True),
+        progress=None,
     )
     if args.json != "-":
         print(format_table(result))

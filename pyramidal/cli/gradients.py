@@ -8,17 +8,17 @@ HELP = "gradient-flow report: conv gradient norms vs depth after a few steps (pl
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pyramidal.cli.common import add_device, add_out, task_help
+    from pyramidal.cli.common import add_device, add_out, at_least, positive_number, task_help, task_name
 
     parser.add_argument("--models", default="plain103,pyramidal457101215",
                         help="comma-separated model names (default plain103,pyramidal457101215)")
-    parser.add_argument("--task", default="squares", help=task_help() + " (default squares)")
+    parser.add_argument("--task", default="squares", type=task_name, help=task_help() + " (default squares)")
     parser.add_argument("--data", default="builtin", help="builtin (default), folder:PATH or celeba:PATH")
-    parser.add_argument("--steps", type=int, default=3, help="Adam steps before measuring (default 3)")
-    parser.add_argument("--size", type=int, default=32, help="patch side in px (default 32)")
-    parser.add_argument("--batch-size", type=int, default=2, help="batch size (default 2)")
+    parser.add_argument("--steps", type=at_least(0), default=3, help="Adam steps before measuring (default 3)")
+    parser.add_argument("--size", type=at_least(1), default=32, help="patch side in px (default 32)")
+    parser.add_argument("--batch-size", type=at_least(1), default=2, help="batch size (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and data (default 0)")
-    parser.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (default 3e-4)")
+    parser.add_argument("--lr", type=positive_number, default=3e-4, help="Adam learning rate (default 3e-4)")
     parser.add_argument("--option", action="append", metavar="KEY=VALUE",
                         help="model option for every model (value in TOML syntax), e.g. --option m=8 --option growth=4")
     add_device(parser)
@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pyramidal.cli.common import check_out_folder
     from pyramidal.config import parse_options
     from pyramidal.errors import PyramidalError
     from pyramidal.gradients import measure, summary, write_reports
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     # Batch norm needs more than one value per channel in training.
     if args.batch_size * args.size * args.size < 2:
         raise PyramidalError("--batch-size × --size² must be at least 2 for batch norm")
+    check_out_folder(args.out)
     report = measure(models, task=args.task, data=args.data, steps=args.steps, size=args.size,
                      batch_size=args.batch_size, seed=args.seed, lr=args.lr, options=parse_options(args.option, "--option"),
                      device=args.device)

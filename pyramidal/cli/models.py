@@ -9,7 +9,9 @@ HELP = "list every registered model (parameters, convs, levels, receptive field,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", nargs="?", help="show this model's layer structure")
-    parser.add_argument("--size", type=int, default=64, help="image side for the GFLOPs column (default 64)")
+    from pyramidal.cli.common import at_least
+
+    parser.add_argument("--size", type=at_least(1), default=64, help="image side for the GFLOPs column (default 64)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,7 +9,15 @@ HELP = "restore images of any size with trained or built-in weights (tiled, batc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pyramidal.cli.common import add_device, add_out, add_precision, add_recursive, at_least, task_help, task_name
+    from pyramidal.cli.common import (
+        add_device,
+        add_out,
+        add_precision,
+        add_recursive,
+        at_least,
+        task_help,
+        task_name,
+    )
 
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (or folders of images)")
     add_out(parser, "folder for the restored images", required=True, metavar="OUTDIR")
@@ -28,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_precision(parser)
     parser.add_argument("--ensemble", action="store_true",
                         help="average the 8 flips and rotations (test-time self-ensemble, 8× slower)")
+    parser.add_argument("--mask", metavar="PATH",
+                        help="the holes to fill, kept exactly outside them: a mask image (non-zero or white = hole) "
+                             "for one input, a folder of masks named like the inputs (any image suffix) for "
+                             "several, or 'auto' for holes painted magenta (255, 0, 255)")
     parser.add_argument("--strength", type=float, default=1.0,
                         help="how much of the model's change to apply, 0-2: output = input + S·(model − input); "
                              "below 1 keeps more detail (and noise), above 1 smooths more (default 1)")
@@ -104,7 +116,7 @@ def _restore_all(model, args: argparse.Namespace, device, precision: str) -> int
         model, args.inputs, args.out, overwrite=args.overwrite, on_result=report, on_skip=skipped,
         recursive=args.recursive, format=args.format, quality=args.quality, progress=None,
         tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=device,
-        precision=precision, ensemble=args.ensemble, strength=args.strength,
+        precision=precision, ensemble=args.ensemble, strength=args.strength, mask=args.mask,
     )
     if not results:
         raise PyramidalError(f"no images found in {', '.join(args.inputs)}")

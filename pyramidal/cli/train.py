@@ -100,7 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-minutes", type=float, default=S, help="last.ckpt also every N minutes [10]")
     g.add_argument("--checkpoint-every-steps", type=int, default=S, help="last.ckpt also every N steps [off]")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=S,
-                   help="progress bar [when stderr is a terminal]")
+                   help="progress bar [when stderr is a terminal]; --progress in a log writes plain lines "
+                        "every 10 s instead")
     g.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=S, help="no epoch summaries")
 
 
@@ -125,7 +126,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyramidal.config import resolve_config, resume_config
+    from pyramidal.config import non_default, resolve_config, resume_config
     from pyramidal.train import Trainer
 
     overrides = overrides_from_args(args)
@@ -134,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
         config = resume_config(resume, overrides)
     else:
         config = resolve_config(overrides)
+        if config.resume:  # `resume = "RUN"` in a --config file means what --resume RUN means
+            given = {k: v for k, v in non_default(config).items() if k not in ("resume", "config")}
+            config = resume_config(config.resume, given)
     trainer = Trainer(config)
     trainer.fit()
     return 130 if trainer.interrupted else 0

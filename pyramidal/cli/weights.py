@@ -8,7 +8,9 @@ HELP = "list the built-in trained weights: model, training data, steps, measured
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("task", nargs="?", help="show everything recorded for this task's weights")
+    parser.add_argument("task", nargs="?", help="show the model card of this task's weights: licence, training "
+                                                "data, command, intended use, limits, scores")
+    parser.add_argument("--json", action="store_true", help="print the whole record (with TASK) as JSON")
 
 
 def _scores(info: dict) -> str:
@@ -22,18 +24,56 @@ def _scores(info: dict) -> str:
     return "; ".join(parts) if parts else "not measured"
 
 
+def model_card(task: str, path, info: dict) -> str:
+    """The record of a weight file as a short model card."""
+    import textwrap
+
+    def field(label: str, value) -> list[str]:
+        items = value if isinstance(value, list) else [value]
+        lines = []
+        for i, item in enumerate(items):
+            text = ("- " if len(items) > 1 else "") + str(item)
+            wrapped = textwrap.wrap(text, 92, subsequent_indent="  " if len(items) > 1 else "") or [""]
+            lines += [f"  {label if i == 0 and j == 0 else '':<14}{line}" for j, line in enumerate(wrapped)]
+        return lines
+
+    options = info.get("options") or {}
+    out = [f"{task}: {info['model']}.{task}  {path} ({path.stat().st_size / 1e6:.2f} MB, {info.get('dtype', '?')})"]
+    out += field("model", f"{info['model']} ({info.get('parameters', 0):,} parameters)"
+                 + (f", options {options}" if options else ""))
+    out += field("licence", info.get("license", "not recorded"))
+    if info.get("license_note"):
+        out += field("", info["license_note"])
+    out += field("trained on", info.get("training_data") or info.get("data", "not recorded"))
+    out += field("training", f"{info.get('steps', 0):,} steps: {info.get('command', 'not recorded')}")
+    for key, label in (("intended_use", "intended use"), ("limits", "limits"), ("provenance", "provenance")):
+        if info.get(key):
+            out += field(label, info[key])
+    out += field("scores", _scores(info).split("; "))
+    if info.get("evaluated_on"):
+        out += field("evaluated on", info["evaluated_on"])
+    out.append(f"Use it: pyramidal restore --task {task} IMAGE -o OUT; "
+               f"pyramidal.create_model('{info['model']}.{task}', pretrained=True). "
+               f"Full record: pyramidal weights {task} --json")
+    return "\n".join(out)
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from pyramidal.checkpoint import read_sidecar
+    from pyramidal.checkpoint import read_weights_info
     from pyramidal.errors import PyramidalError
     from pyramidal.inference import WEIGHTS_DIR, available_builtin_weights, builtin_weights_path
 
     tasks = available_builtin_weights()
     if args.task:
         path = builtin_weights_path(args.task)
-        print(f"{path}  ({path.stat().st_size / 1e6:.2f} MB)")
-        print(json.dumps(read_sidecar(path), indent=2))
+        info = read_weights_info(path)
+        print(json.dumps(info, indent=2, ensure_ascii=False) if args.json else model_card(args.task, path, info))
+        return 0
+    if args.json:
+        records = {task: read_weights_info(builtin_weights_path(task)) for task in tasks}
+        print(json.dumps(records, indent=2, ensure_ascii=False))
         return 0
     if not tasks:
         raise PyramidalError(f"no built-in weights found in {WEIGHTS_DIR}")
@@ -41,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'task':<9} {'model':<16} {'params':>9} {'MB':>5} {'steps':>7} {'data':<26} scores (built-in val photos)")
     for task in tasks:
         path = builtin_weights_path(task)
-        info = read_sidecar(path)
+        info = read_weights_info(path)
         size = path.stat().st_size
         total += size
         print(
@@ -49,5 +89,5 @@ def run(args: argparse.Namespace) -> int:
             f"{info.get('steps', 0):>7} {info.get('data', '?'):<26} {_scores(info)}"
         )
     print(f"\n{len(tasks)} weight files, {total / 1e6:.1f} MB in all, in {WEIGHTS_DIR}")
-    print("Retrain any of them with the command recorded in `pyramidal weights TASK` (configs/builtin/).")
+    print("Model card, licence and the command that retrains each: `pyramidal weights TASK`.")
     return 0

@@ -84,7 +84,8 @@ def register_configured(name: str, model_cls: type, config_cls: type, tuple_fiel
                         **defaults) -> None:
     """Register `name` as `model_cls(config_cls(**defaults, **options))`; bad options fail with one clear line."""
 
-    def build(**options) -> nn.Module:
+    def configure(options: dict[str, Any]) -> Any:
+        """The model's config from `options`, validated: types, limits, and size (counted, not allocated)."""
         check_options(name, config_cls, options)
         for key in tuple_fields:  # JSON sidecars and TOML give lists
             if options.get(key) is not None:
@@ -92,13 +93,31 @@ def register_configured(name: str, model_cls: type, config_cls: type, tuple_fiel
         config = config_cls(**{**defaults, **options})
         if options:  # the registered defaults are known to be small
             _check_size(name, lambda: model_cls(config))
-        return model_cls(config)
+        return config
+
+    def build(**options) -> nn.Module:
+        return model_cls(configure(options))
+
+    def check(**options) -> None:
+        configure(options)
+
+    build.check = check  # `check_model`: validate without building
 
     build.__doc__ = f"{model_cls.__name__} {name}: " + ", ".join(f"{k}={v}" for k, v in defaults.items())
     MODELS.register(name)(build)
 
 # Registration happens on import of these modules.
 from pyramidal.models import densepyramid, plain  # noqa: E402,F401
+
+
+def check_model(name: str, **options: Any) -> None:
+    """Validate a model name and its options without building the model (OptionError / ValueError, one line).
+
+    Lets a command refuse bad options before it loads data or creates folders.
+    """
+    check = getattr(MODELS.get(name), "check", None)
+    if check is not None:
+        check(**copy.deepcopy(options))
 
 
 def create_model(name: str, pretrained: bool | str | os.PathLike = False, **options: Any) -> nn.Module:

@@ -2,8 +2,9 @@
 
 Requests never run a model: they parse and check the upload, then hand a job to the queue, which one thread
 works through; the page polls the job for its progress over tiles. A full queue answers 503 "busy, retry".
-Uploads stay in memory (multipart parts over 1 MB spill to an unlinked private temporary file while the request
-is read) and results are kept in memory for a limited time; no route reads the file system.
+Uploads stay in memory: multipart parts over 1 MB spill to an unlinked private temporary file while the request
+is read, and the library's reader gets each upload from a private temporary folder deleted right after decoding.
+Results are kept in memory for a limited time. No route reads the file system.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ class Worker:
     def stop(self) -> None:
         self.stopping.set()
         if self.thread is not None:
-            self.thread.join(timeout=30)
+            self.thread.join(timeout=2)  # a job still running ends with the process (daemon thread)
 
     def full(self) -> bool:
         return self.queue.full()

@@ -131,8 +131,12 @@ def weights_choices(files: Sequence[str | Path] = (), folders: Sequence[str | Pa
     choices = [WeightsChoice("builtin", "built-in, for the chosen task", None, None, None)]
     seen: set[Path] = set()
     for path, name in found:
-        if path.suffix != ".safetensors":
-            raise PyramidalError(f"--weights {path}: not a .safetensors file")
+        if path.is_dir():  # a training run folder, or a folder with model.safetensors + config.json
+            from pyramidal.checkpoint import weights_file
+
+            path = weights_file(path)
+        if path.suffix not in (".safetensors", ".ckpt"):
+            raise PyramidalError(f"--weights {path}: not a .safetensors file or a training checkpoint (.ckpt)")
         if not path.is_file():
             raise PyramidalError(f"--weights {path}: no such file")
         if path.resolve() in seen:
