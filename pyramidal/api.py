@@ -119,8 +119,10 @@ def load_pretrained(name: str, pretrained: bool | str | os.PathLike = True, **op
         PyramidalError: the weights are for another architecture, or cannot be found or read.
     """
     from pyramidal.checkpoint import load_weights
+    from pyramidal.models import MODELS
 
     architecture = name.partition(".")[0]
+    MODELS.get(architecture)  # an unknown name fails here, listing the registered ones
     path = pretrained_path(name, pretrained)
     model = load_weights(path, **options)
     if model.info["model"] != architecture:

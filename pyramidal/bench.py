@@ -522,7 +522,7 @@ def _restore_model(c: BenchConfig) -> tuple[nn.Module, str]:
 def _bench_restore(c: BenchConfig, device: torch.device, precision: str,
                    say: Callable[[str], None]) -> dict[str, Any]:
     """`pyramidal restore` of one photo of `c.megapixels`, timed end to end (read, tiled restore, write)."""
-    from pyramidal.inference import check_tiling, prepare_for_inference, restore_files, tile_starts
+    from pyramidal.inference import check_tiling, prepare_for_inference, restore_files, tile_layout
     from pyramidal.io import read_image, write_image
 
     opts = {k: v for k, v in c.restore_options.items() if v is not None}
@@ -530,8 +530,10 @@ def _bench_restore(c: BenchConfig, device: torch.device, precision: str,
     width = max(16, round(math.sqrt(c.megapixels * 1e6 * 4 / 3)))
     height = max(16, round(width * 3 / 4))
     model, name = _restore_model(c)
-    tile_h, tile_w = (min(tile, height), min(tile, width)) if tile else (height, width)
-    tiles = len(tile_starts(height, tile, overlap)) * len(tile_starts(width, tile, overlap)) if tile else 1
+    multiple = 2 ** getattr(model, "levels", 0)
+    (tile_h, ys), (tile_w, xs) = (tile_layout(height, tile, overlap, multiple),
+                                  tile_layout(width, tile, overlap, multiple)) if tile else ((height, [0]), (width, [0]))
+    tiles = len(ys) * len(xs)
     say("counting FLOPs")
     gflop = tiles * count_flops(model, (tile_h, tile_w), train=False) / 1e9
     say(f"measuring the {precision} matmul peak")
@@ -544,7 +546,8 @@ def _bench_restore(c: BenchConfig, device: torch.device, precision: str,
         "machine": machine_kind(device), "steps": c.steps, "warmup": c.warmup,
         "restore_width": width, "restore_height": height, "restore_megapixels": width * height / 1e6,
         "restore_tile": tile, "restore_overlap": overlap, "restore_tiles_per_pass": opts.get("batch_size", 4),
-        "restore_tiles": tiles, "restore_gflop": gflop, "matmul_peak_gflop_per_s": peak,
+        "restore_tiles": tiles, "restore_tile_size": [tile_h, tile_w], "restore_gflop": gflop,
+        "matmul_peak_gflop_per_s": peak,
     }
     # The allocator is the restore path's own business (prepare_for_inference tunes it on the CPU);
     # --no-tune-allocator turns that off for this run.
@@ -632,8 +635,9 @@ def _fmt(value: Any, unit: str = "", digits: int = 2) -> str:
 def _format_restore(r: dict[str, Any]) -> str:
     source = f"weights {r['weights']}" + (f" ({r['task']})" if r.get("task") else "") if r.get("weights") else \
         "random weights"
+    tile_h, tile_w = r["restore_tile_size"]
     tiling = (f"tiles {r['restore_tile']} px, overlap {r['restore_overlap']}, {r['restore_tiles_per_pass']} per pass: "
-              f"{r['restore_tiles']} tiles" if r["restore_tile"] else "the whole image at once")
+              f"{r['restore_tiles']} tiles of {tile_w}×{tile_h}" if r["restore_tile"] else "the whole image at once")
     return "\n".join([
         f"machine: {describe_machine(r['machine'])}",
         f"restore: model {r['model']} ({r['parameters']:,} parameters, {source}), {r['device']}, {r['precision']}"

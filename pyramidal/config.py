@@ -309,7 +309,7 @@ def check_run_folder(run_dir: str | os.PathLike) -> Path:
     if os.environ.get("RANK", "0") == "0":  # the ranks of one torchrun group share the folder
         from pyramidal.runstate import RunLock
 
-        RunLock(run_dir).release()  # refused at once if another process trains there
+        RunLock.check(run_dir)  # refused at once if another process trains there
     return run_dir
 
 

@@ -60,6 +60,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_
     `min_side(model)` (32 for five-level pyramids). The file's metadata holds `pyramidal` (JSON: the model
     spec, `min_side` and `metadata`).
     """
+    if getattr(model, "mask_input", False):
+        # The ONNX runner feeds 3-channel images: a mask-conditioned model needs its mask channel built first.
+        raise PyramidalError("ONNX export takes blind models only; this one is mask-conditioned (mask_input), "
+                             "run it with the torch backend and --mask")
     _require("onnx")
     _require("onnxscript")
     path = Path(path)

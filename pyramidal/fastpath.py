@@ -9,8 +9,14 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 _ALLOCATOR_TUNED = False
 
@@ -47,3 +53,23 @@ def allocator_tuned() -> bool:
 def memory_format(channels_last: bool) -> torch.memory_format:
     """channels_last (NHWC, what oneDNN and cuDNN prefer) or the default contiguous layout."""
     return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def map_one_thread_each(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """`fn` over `items` in `workers` Python threads of one torch thread each; results in order.
+
+    For independent pieces of work such as restore's tiles: two threads with one intra-op thread each keep
+    two cores busy without the barrier after every op that an intra-op team needs. Narrow convolutions (12
+    output channels) split poorly across a team, and a busy machine stalls it at every barrier (measured:
+    see docs/performance.md). With `workers` 1 this is a plain `map` in the calling thread.
+    """
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    threads = torch.get_num_threads()
+    pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
+    try:
+        yield from pool.map(fn, items)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # a caller that stops early leaves no work running
+        torch.set_num_threads(threads)  # MKL's count is process-wide: the workers' setting must not stay

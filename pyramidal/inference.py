@@ -19,7 +19,7 @@ from torch import nn
 
 from pyramidal.device import autocast, resolve_device, resolve_precision
 from pyramidal.errors import OptionError, PyramidalError
-from pyramidal.fastpath import memory_format, tune_cpu_allocator
+from pyramidal.fastpath import map_one_thread_each, memory_format, tune_cpu_allocator
 from pyramidal.progress import progress as progress_bar
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -228,23 +228,33 @@ def _forward(model: InferenceModel, x: torch.Tensor, ensemble: bool) -> torch.Te
     return total / len(DIHEDRAL)
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles covering a length.
+def tile_layout(length: int, tile: int, overlap: int, multiple: int = 1) -> tuple[int, list[int]]:
+    """The side and start offsets of the fewest tiles that cover a length, spread evenly.
 
     Args:
         length: the image side in px.
-        tile: the tile side in px.
+        tile: the largest tile side in px.
         overlap: the least number of px neighbouring tiles share.
+        multiple: round the side up to this (a model that pads its input to a multiple of 2**levels does the
+            same work for any side up to the next multiple), never above `tile`.
 
     Returns:
-        Offsets in increasing order; the last tile ends exactly at `length`.
+        (side, offsets): the side is as small as the tile count allows, so no tile runs far past its
+        neighbour (a fixed-stride layout ends with a tile that mostly repeats the one before it); the first
+        offset is 0 and the last tile ends exactly at `length`.
     """
     if length <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)  # the last tile ends exactly at the border
-    return starts
+        return length, [0]
+    count = math.ceil((length - overlap) / (tile - overlap))
+    side = math.ceil((length + (count - 1) * overlap) / count)
+    side = min(tile, math.ceil(side / multiple) * multiple)
+    # Integer steps of floor or ceil((length - side) / (count - 1)), never more than side - overlap.
+    return side, [i * (length - side) // (count - 1) for i in range(count)]
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of the tiles `tile_layout` places along a length (tiles of at most `tile` px)."""
+    return tile_layout(length, tile, overlap)[1]
 
 
 def _ramp(size: int, overlap: int, fade_start: bool, fade_end: bool) -> np.ndarray:
@@ -396,7 +406,7 @@ def _finish(known: torch.Tensor, restored: torch.Tensor, strength: float, mask: 
 def restore_array(model: Callable, image: torch.Tensor, *, tile: int | None = 256, overlap: int | None = None,
                   batch_size: int = 4, device: str | torch.device | None = None, precision: str = "auto",
                   ensemble: bool = False, strength: float = 1.0, progress: bool | None = False,
-                  mask: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+                  mask: np.ndarray | torch.Tensor | str | None = None) -> torch.Tensor:
     """Restore one float image of any size, tiled and batched.
 
     This is the level where the models' own range applies: pixels are floats in [-1, 1] (0 → -1, 255 → 1).
@@ -417,8 +427,9 @@ def restore_array(model: Callable, image: torch.Tensor, *, tile: int | None = 25
             smooths more.
         progress: a progress display over the tiles when there are more than one batch of them: None shows
             it (a bar on a terminal, plain lines otherwise), False (default) hides it.
-        mask: H×W holes to fill (non-zero = hole), or None. With a mask the output is the model's prediction
-            inside the holes and exactly the input elsewhere; a mask-conditioned model needs one.
+        mask: H×W holes to fill (non-zero = hole), "auto" for the magenta (255, 0, 255) pixels
+            (`magenta_mask`), or None. With a mask the output is the model's prediction inside the holes and
+            exactly the input elsewhere; a mask-conditioned model needs one.
 
     Returns:
         The restored image, float32 3×H×W in [-1, 1] on the CPU.
@@ -427,6 +438,10 @@ def restore_array(model: Callable, image: torch.Tensor, *, tile: int | None = 25
         raise PyramidalError(f"--strength {strength}: must be between 0 and 2 (1 = the model as trained)")
     if image.ndim != 3 or image.shape[0] != 3:
         raise PyramidalError(f"expected a 3×H×W image, got shape {tuple(image.shape)}")
+    if isinstance(mask, str):
+        if mask != "auto":
+            raise PyramidalError(f"mask {mask!r}: give an H×W array of holes, or 'auto' for magenta holes")
+        mask = auto_mask(_from_float_chw(image.detach().cpu().float(), False, True))
     mask = None if mask is None else check_mask(mask, tuple(image.shape[1:]))
     known, image = image, model_input(model, image, mask)  # the model may see 4 channels, or painted holes
     dev, prec = _device_and_precision(model, device, precision)
@@ -435,8 +450,8 @@ def restore_array(model: Callable, image: torch.Tensor, *, tile: int | None = 25
     tile, overlap = check_tiling(tile, overlap, batch_size)
     if tile is None:
         tile, overlap = max(h, w), 0  # the whole image at once: one tile, nothing to blend
-    th, tw = min(tile, h), min(tile, w)
-    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    multiple = 2 ** getattr(_unwrapped(model), "levels", 0)  # the model pads each tile to this anyway
+    (th, ys), (tw, xs) = tile_layout(h, tile, overlap, multiple), tile_layout(w, tile, overlap, multiple)
     boxes = [(y, x) for y in ys for x in xs]
     if len(boxes) == 1:
         return _finish(known, _forward(model, image[None], ensemble)[0].clamp(-1, 1).cpu(), strength, mask)
@@ -446,10 +461,16 @@ def restore_array(model: Callable, image: torch.Tensor, *, tile: int | None = 25
     wx = {x: _ramp(tw, overlap, x > 0, x + tw < w) for x in xs}
     shown = progress is not False and len(boxes) > max(1, batch_size)
     bar = progress_bar(total=len(boxes), desc=f"restoring {w}×{h}", unit="tiles", enabled=None if shown else False)
-    for i in range(0, len(boxes), max(1, batch_size)):
-        chunk = boxes[i:i + max(1, batch_size)]
+    # On the CPU the tiles are shared among threads of one torch thread each, `batch_size` tiles in flight in all.
+    workers = _tile_workers(model, len(boxes))
+    step = max(1, math.ceil(batch_size / workers))
+    chunks = [boxes[i:i + step] for i in range(0, len(boxes), step)]
+
+    def run(chunk: list[tuple[int, int]]) -> torch.Tensor:
         batch = torch.stack([image[:, y:y + th, x:x + tw] for y, x in chunk])
-        restored = _forward(model, batch, ensemble).cpu()
+        return _forward(model, batch, ensemble).cpu()
+
+    for chunk, restored in zip(chunks, map_one_thread_each(run, chunks, workers)):
         for (y, x), patch in zip(chunk, restored):
             wt = torch.from_numpy(np.outer(wy[y], wx[x]))[None]
             out[:, y:y + th, x:x + tw] += patch * wt
@@ -457,6 +478,14 @@ def restore_array(model: Callable, image: torch.Tensor, *, tile: int | None = 25
         bar.update(len(chunk))
     bar.close()
     return _finish(known, (out / weight).clamp(-1, 1), strength, mask)
+
+
+def _tile_workers(model: InferenceModel, tiles: int) -> int:
+    """Threads for tiles: torch's thread count for a torch model on the CPU, else 1 (a GPU, or an ONNX session,
+    which has its own threads)."""
+    if model.device.type != "cpu" or not isinstance(model.model, nn.Module):
+        return 1
+    return max(1, min(torch.get_num_threads(), tiles))
 
 
 def _with_strength(image: torch.Tensor, restored: torch.Tensor, strength: float) -> torch.Tensor:
@@ -556,10 +585,6 @@ def restore_image(model: Callable, image: np.ndarray | torch.Tensor, *, tile: in
         uint8 pixels in the layout given (H×W grayscale comes back H×W×3).
     """
     x, is_tensor, hwc = _to_float_chw(image)
-    if isinstance(mask, str):
-        if mask != "auto":
-            raise PyramidalError(f"mask {mask!r}: give an H×W array of holes, or 'auto' for magenta holes")
-        mask = auto_mask(_from_float_chw(x, False, True))
     y = restore_array(model, x, tile=tile, overlap=overlap, batch_size=batch_size, device=device,
                       precision=precision, ensemble=ensemble, strength=strength, progress=progress, mask=mask)
     return _from_float_chw(y, is_tensor, hwc)

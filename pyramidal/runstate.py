@@ -168,6 +168,12 @@ class RunLock:
         fh.flush()
         self._fh = fh
 
+    @classmethod
+    def check(cls, run_dir: str | os.PathLike) -> None:
+        """Refuse (PyramidalError) if another process trains in `run_dir` now; takes no lock, creates nothing."""
+        if (Path(run_dir) / cls.NAME).is_file():
+            cls(run_dir).release()
+
     def release(self) -> None:
         """Let another process train in the folder (also done by the OS when this process ends)."""
         if self._fh is not None:

@@ -13,7 +13,7 @@ Everything lands in OUT as it goes, each file replaced atomically, so a kill at 
 what finished: report.json, campaign.log, bench.json (check), weights.tar (and weights-2.tar, weights-3.tar
 past 15 MiB) and research.tar (train). That is at most 7 files, all at OUT's top level, within the device
 tool's limits (8 files, 16 MiB each).
-`--smoke` runs the same code on the CPU with tiny budgets in under 3 minutes (tests/test_gpu_campaign.py).
+`--smoke` runs the same code on the CPU with tiny budgets (under 2 minutes of CPU time; tests/test_gpu_campaign.py).
 
 Usage: scripts/gpu-campaign.sh [check|train|all] [--smoke] [--out DIR] [options; see --help]
 """
@@ -983,6 +983,12 @@ def main(argv: list[str] | None = None) -> int:
     s = Settings.from_args(args)
     if not s.work.is_absolute():
         s.work = ROOT / s.work
+    if s.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            sys.exit(f"gpu-campaign: --device {s.device}: no CUDA device here (torch {torch.__version__}); "
+                     "use --smoke or --device cpu")
     outputs = Outputs(s.out)
     runner = Runner(s, outputs)
 

@@ -248,6 +248,8 @@ def test_create_model_pretrained_errors(weights):
         pyramidal.create_model("pyramidal51", pretrained=weights)
     with pytest.raises(PyramidalError, match="neither a built-in task"):
         pyramidal.create_model("pyramidal51", pretrained="nothing")
+    with pytest.raises(ValueError, match="unknown model 'pyramidl51'; choose one of"):
+        pyramidal.create_model("pyramidl51", pretrained=True)
     fresh = pyramidal.create_model("pyramidal23456.noise")  # a tag without pretrained: the architecture only
     assert fresh.training and fresh.spec["model"] == "pyramidal23456"
 

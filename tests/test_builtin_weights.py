@@ -61,7 +61,7 @@ def test_weights_command_lists_every_task(capsys):
     out = capsys.readouterr().out
     for task in TASKS:
         assert any(line.startswith(task + " ") for line in out.splitlines()), task
-    assert main(["weights", "noise", "--json"]) == 0
+    assert main(["weights", "noise", "--json", "-"]) == 0
     assert json.loads(capsys.readouterr().out)["task"] == "noise"
 
 

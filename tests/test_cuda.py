@@ -127,12 +127,13 @@ def test_channels_last_matches_nchw_in_bf16():
         torch.nn.functional.mse_loss(out.float(), target).backward()
         outs.append(out.detach())
     assert outs[1].is_contiguous(memory_format=torch.channels_last), "an op fell back to NCHW"
-    assert _relative_error(outs[1], outs[0]) < 2e-2
+    # bf16 rounds each layer's output; other kernels for NHWC round differently, a wrong layout by ~100 %.
+    assert _relative_error(outs[1], outs[0]) < 3e-2
     grads_nchw, grads_nhwc = _grads(nchw), _grads(nhwc)
     assert grads_nchw.keys() == grads_nhwc.keys()
     total = _relative_error(torch.cat([g.flatten() for g in grads_nhwc.values()]),
                             torch.cat([g.flatten() for g in grads_nchw.values()]))
-    assert total < 5e-2
+    assert total < 1e-1
 
 
 @pytest.mark.parametrize("down", ["maxpool", "strided"])
@@ -303,13 +304,25 @@ def test_resume_on_cuda_continues_the_run(tmp_path: Path, exact_cuda):
     reference_dir = _train(tmp_path / "reference", *common, "--steps", "9")
     resumed, reference = load_checkpoint(run_dir / "last.ckpt"), load_checkpoint(reference_dir / "last.ckpt")
     assert resumed["step"] == reference["step"] == 9 and resumed["epoch"] == reference["epoch"] == 1
-    # Same data, dropout masks and updates: equal up to the GPU's float reductions.
+    # Same data, dropout masks and updates: the losses of steps 5-9 agree, which a resume that lost the data
+    # order, the RNG or the optimizer state would not; the weights agree up to the GPU's float reductions
+    # (Adam can turn a rounding-level gradient difference into a learning-rate-sized step, hence atol).
+    losses = [_train_losses(d) for d in (run_dir, reference_dir)]
+    assert list(losses[0]) == list(range(1, 10)) and losses[0].keys() == losses[1].keys()
+    for step in range(5, 10):
+        assert losses[0][step] == pytest.approx(losses[1][step], rel=1e-3), step
     for part in ("model", "ema"):
         for key, value in reference[part].items():
             if value.is_floating_point():
-                torch.testing.assert_close(resumed[part][key], value, rtol=1e-3, atol=1e-4, msg=f"{part}.{key}")
+                torch.testing.assert_close(resumed[part][key], value, rtol=1e-2, atol=1e-3, msg=f"{part}.{key}")
             else:
                 assert torch.equal(resumed[part][key], value), f"{part}.{key}"
+
+
+def _train_losses(run_dir: Path) -> dict[int, float]:
+    """{step: training loss} from metrics.csv; a step logged twice (after a crash) would show up as missing."""
     with open(run_dir / "metrics.csv", newline="") as fh:
-        steps = [int(row["step"]) for row in csv.DictReader(fh) if row["PSNR/train"]]
-    assert steps == sorted(set(steps)) and steps[-1] == 9  # rows logged after the checkpoint are not doubled
+        rows = [(int(row["step"]), float(row["loss/train"])) for row in csv.DictReader(fh) if row["loss/train"]]
+    steps = [s for s, _ in rows]
+    assert steps == sorted(set(steps)), steps  # rows logged after the checkpoint are not doubled
+    return dict(rows)

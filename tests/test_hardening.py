@@ -522,6 +522,10 @@ def test_weights_as_run_folder_or_checkpoint_everywhere(trained_run, tmp_path, c
     code, out, err = cli(["evaluate", *EVAL[:2], "--weights", str(trained_run / "last.ckpt"), *EVAL[4:],
                           "--data", f"folder:{img.parent}", "--limit", "1"], capsys)
     assert code == 0 and "model basic21" in out, err
+    from pyramidal.web.engine import weights_choices
+
+    choices = weights_choices([trained_run, trained_run / "last.ckpt"])  # `serve --weights`
+    assert [c.task for c in choices[1:]] == ["noise", "noise"] and choices[2].path.suffix == ".ckpt"
 
 
 def test_restore_to_a_file_fails_once_before_the_model_loads(tmp_path, capsys):

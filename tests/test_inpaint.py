@@ -117,6 +117,20 @@ def test_known_pixels_come_back_exactly(mask_input, tiling):
     assert np.array_equal(batched[0][~holes], image[~holes]) and np.array_equal(batched[0], batched[1])
 
 
+def test_one_call_library_function_takes_a_mask():
+    import pyramidal
+
+    image, holes = photo(), box_mask()
+    out = pyramidal.restore(image, "inpaint", weights=tiny(mask_input=True), mask=holes, **CPU)
+    assert np.array_equal(out[~holes], image[~holes]) and (out[holes] != image[holes]).any()
+    painted = image.copy()
+    painted[holes] = MAGENTA
+    auto = pyramidal.restore(painted, "squares", weights=tiny(), mask="auto", **CPU)
+    assert np.array_equal(auto[~holes], image[~holes])
+    with pytest.raises(PyramidalError, match="no magenta"):
+        pyramidal.restore(image, "squares", weights=tiny(), mask="auto", **CPU)
+
+
 def test_every_byte_value_survives_outside_the_hole():
     values = np.tile(np.arange(256, dtype=np.uint8), (4, 1))
     image = np.stack([values, values[:, ::-1], values], axis=-1)
@@ -382,6 +396,7 @@ def test_degrade_masks_then_restore_with_them(tmp_path, weights, capsys):
 # evaluate on equal terms
 
 
+@pytest.mark.filterwarnings("ignore:.*was trained for task 'inpaint', not 'noise'")
 def test_evaluate_gives_the_mask_and_scores_the_hole(tmp_path):
     from pyramidal.evaluate import evaluate, format_markdown, format_table, hole_scores
 
@@ -467,3 +482,11 @@ def test_training_a_mask_conditioned_model(tmp_path):
     assert needs_mask(model) and model.info["task"] == "inpaint"
     with pytest.raises(PyramidalError, match="task noise makes no holes"):
         Trainer(TrainConfig(task="noise", model_options={"mask_input": True}, steps=1, **base))
+
+
+def test_onnx_export_refuses_a_mask_conditioned_model(tmp_path):
+    from pyramidal.export import export_onnx
+
+    with pytest.raises(PyramidalError, match="mask-conditioned"):
+        export_onnx(tiny(mask_input=True), tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

@@ -1,5 +1,6 @@
 """`pyramidal restore`: awkward inputs, tiling, self-ensemble, never overwriting inputs, built-in weights."""
 
+import math
 import os
 
 import numpy as np
@@ -88,11 +89,20 @@ def test_tiled_matches_untiled(weights):
     assert np.abs(whole - tiled).mean() < 0.5
 
 
-def test_tile_starts_cover_everything():
-    for length in (1, 100, 256, 257, 300, 517, 1000):
-        starts = tile_starts(length, 256, 32)
-        assert starts[0] == 0 and starts[-1] + min(256, length) == length
-        assert all(b - a <= 256 - 32 for a, b in zip(starts, starts[1:]))
+@pytest.mark.parametrize("multiple", [1, 16])
+def test_tile_layout_covers_everything_with_the_fewest_tiles(multiple):
+    from pyramidal.inference import tile_layout
+
+    for length in (1, 100, 256, 257, 300, 517, 1000, 3000, 4000):
+        side, starts = tile_layout(length, 256, 32, multiple)
+        assert starts == tile_starts(length, 256, 32) or multiple != 1
+        assert starts[0] == 0 and starts[-1] + side == length and side <= 256
+        assert all(b - a <= side - 32 for a, b in zip(starts, starts[1:]))  # every overlap at least 32 px
+        assert len(starts) == (1 if length <= 256 else math.ceil((length - 32) / (256 - 32)))
+        if length > 256:
+            assert side % multiple == 0
+    # A photo just over one tile wide gets two narrow tiles, not two full ones that mostly repeat each other.
+    assert tile_layout(258, 256, 32, 16) == (160, [0, 98])
 
 
 def test_restore_image_layouts(weights):

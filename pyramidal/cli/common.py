@@ -180,6 +180,19 @@ def add_task_options(parser: argparse._ActionsContainer, use: str, default: Any 
                             nargs="+" if use == "evaluate" else None, metavar=name.upper(), help="; ".join(parts))
 
 
-def task_option_values(args: argparse.Namespace) -> dict[str, Any]:
-    """The task-option flags given on the command line, {name: value}."""
-    return {name: getattr(args, name) for name in declared_task_options() if getattr(args, name, None) is not None}
+def task_option_values(args: argparse.Namespace, task: str | None = None) -> dict[str, Any]:
+    """The task-option flags given on the command line, {name: value}.
+
+    With `task`, a flag that task does not take is refused, naming the flag and the tasks that take it.
+    """
+    given = {name: getattr(args, name) for name in declared_task_options() if getattr(args, name, None) is not None}
+    if task is not None:
+        from pyramidal.damage import TASKS
+        from pyramidal.errors import PyramidalError
+
+        accepted = {o.name for o in TASKS.get(task).declared_options}
+        for name in given:
+            if name not in accepted:
+                users = " or ".join(t for t, _ in declared_task_options()[name])
+                raise PyramidalError(f"--{name.replace('_', '-')} applies to --task {users}, not {task}")
+    return given

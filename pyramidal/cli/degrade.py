@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out is None:
         raise PyramidalError("-o/--out OUTDIR is required: the folder for the damaged PNGs")
-    task = create_task(args.task, train=False, **task_option_values(args))  # ValueError: one line from the dispatcher
+    task = create_task(args.task, train=False, **task_option_values(args, args.task))  # ValueError: one line from the dispatcher
     if args.masks and not task.has_mask:
         from pyramidal.damage import TASKS
 

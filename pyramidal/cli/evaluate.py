@@ -65,18 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> list[dict] | None:
     """The task-option flags (`--sigma 25 50`, ...) as the settings to report, every combination of their
     values; None when none is given (the task's own eval settings). A flag of another task is an error."""
-    from pyramidal.cli.common import declared_task_options, task_option_values
-    from pyramidal.damage import TASKS
-    from pyramidal.errors import PyramidalError
+    from pyramidal.cli.common import task_option_values
 
-    given = task_option_values(args)
+    given = task_option_values(args, args.task)
     if not given:
         return None
-    accepted = {o.name for o in TASKS.get(args.task).declared_options}
-    for name in given:
-        if name not in accepted:
-            users = " or ".join(t for t, _ in declared_task_options()[name])
-            raise PyramidalError(f"--{name.replace('_', '-')} applies to --task {users}, not {args.task}")
 
     def plain(value):  # σ 50.0 → 50, so that a setting reads "sigma=50"
         return int(value) if isinstance(value, float) and value.is_integer() else value

@@ -10,7 +10,9 @@ HELP = "list the built-in trained weights: model, training data, steps, measured
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task", nargs="?", help="show the model card of this task's weights: licence, training "
                                                 "data, command, intended use, limits, scores")
-    parser.add_argument("--json", action="store_true", help="print the whole record (with TASK) as JSON")
+    from pyramidal.cli.common import add_json
+
+    add_json(parser)  # the whole record of TASK (or of every file)
 
 
 def _scores(info: dict) -> str:
@@ -54,14 +56,13 @@ def model_card(task: str, path, info: dict) -> str:
         out += field("evaluated on", info["evaluated_on"])
     out.append(f"Use it: pyramidal restore --task {task} IMAGE -o OUT; "
                f"pyramidal.create_model('{info['model']}.{task}', pretrained=True). "
-               f"Full record: pyramidal weights {task} --json")
+               f"Full record: pyramidal weights {task} --json -")
     return "\n".join(out)
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from pyramidal.checkpoint import read_weights_info
+    from pyramidal.cli.common import write_json_output
     from pyramidal.errors import PyramidalError
     from pyramidal.inference import WEIGHTS_DIR, available_builtin_weights, builtin_weights_path
 
@@ -69,12 +70,15 @@ def run(args: argparse.Namespace) -> int:
     if args.task:
         path = builtin_weights_path(args.task)
         info = read_weights_info(path)
-        print(json.dumps(info, indent=2, ensure_ascii=False) if args.json else model_card(args.task, path, info))
+        if args.json:
+            write_json_output(info, args.json)
+        if args.json != "-":
+            print(model_card(args.task, path, info))
         return 0
     if args.json:
-        records = {task: read_weights_info(builtin_weights_path(task)) for task in tasks}
-        print(json.dumps(records, indent=2, ensure_ascii=False))
-        return 0
+        write_json_output({task: read_weights_info(builtin_weights_path(task)) for task in tasks}, args.json)
+        if args.json == "-":
+            return 0
     if not tasks:
         raise PyramidalError(f"no built-in weights found in {WEIGHTS_DIR}")
     total = 0
