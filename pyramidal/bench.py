@@ -522,11 +522,19 @@ def _restore_model(c: BenchConfig) -> tuple[nn.Module, str]:
 def _bench_restore(c: BenchConfig, device: torch.device, precision: str,
                    say: Callable[[str], None]) -> dict[str, Any]:
     """`pyramidal restore` of one photo of `c.megapixels`, timed end to end (read, tiled restore, write)."""
-    from pyramidal.inference import check_tiling, prepare_for_inference, restore_files, tile_layout
+    from pyramidal.inference import (
+        DEFAULT_BATCH_SIZE,
+        DEFAULT_TILE,
+        check_tiling,
+        prepare_for_inference,
+        restore_files,
+        tile_layout,
+    )
     from pyramidal.io import read_image, write_image
 
     opts = {k: v for k, v in c.restore_options.items() if v is not None}
-    tile, overlap = check_tiling(opts.get("tile", 256), opts.get("overlap"), opts.get("batch_size", 4))
+    per_pass = opts.get("batch_size", DEFAULT_BATCH_SIZE)
+    tile, overlap = check_tiling(opts.get("tile", DEFAULT_TILE), opts.get("overlap"), per_pass)
     width = max(16, round(math.sqrt(c.megapixels * 1e6 * 4 / 3)))
     height = max(16, round(width * 3 / 4))
     model, name = _restore_model(c)
@@ -545,7 +553,7 @@ def _bench_restore(c: BenchConfig, device: torch.device, precision: str,
         "device": str(device), "precision": precision, "threads": torch.get_num_threads(),
         "machine": machine_kind(device), "steps": c.steps, "warmup": c.warmup,
         "restore_width": width, "restore_height": height, "restore_megapixels": width * height / 1e6,
-        "restore_tile": tile, "restore_overlap": overlap, "restore_tiles_per_pass": opts.get("batch_size", 4),
+        "restore_tile": tile, "restore_overlap": overlap, "restore_tiles_per_pass": per_pass,
         "restore_tiles": tiles, "restore_tile_size": [tile_h, tile_w], "restore_gflop": gflop,
         "matmul_peak_gflop_per_s": peak,
     }

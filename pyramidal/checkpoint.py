@@ -266,6 +266,30 @@ def load_weights(path: str | os.PathLike, **overrides: Any) -> nn.Module:
     return model.eval()
 
 
+def recorded_spec(info: Any, source: str | os.PathLike, check: bool = False) -> dict:
+    """{"model": name, "options": {...}} from a weight file's or checkpoint's record.
+
+    A malformed record is a PyramidalError naming `source`; with `check`, so are options the model does not
+    accept (types, limits, size; nothing is built), so that a bad file is refused when it is first named.
+    """
+    from pyramidal.models import check_model
+
+    if not isinstance(info, dict) or not isinstance(info.get("model"), str):
+        model = info.get("model") if isinstance(info, dict) else info
+        raise PyramidalError(f"{source}: the record's model must be a model name, got {model!r}")
+    options = info.get("options")
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise PyramidalError(f"{source}: the record's options must be a table of model options, got {options!r}")
+    if check:
+        try:
+            check_model(info["model"], **options)
+        except ValueError as exc:  # OptionError, unknown model names
+            raise PyramidalError(f"{source}: {exc}") from None
+    return {"model": info["model"], "options": options}
+
+
 def build_recorded_model(spec: dict, source: str | os.PathLike, overrides: dict | None = None) -> nn.Module:
     """`create_model` from a file's record ({"model": name, "options": {...}}); a bad record names the file.
 
@@ -274,15 +298,9 @@ def build_recorded_model(spec: dict, source: str | os.PathLike, overrides: dict 
     """
     from pyramidal.models import create_model
 
-    options = spec.get("options")
-    if options is None:
-        options = {}
-    if not isinstance(options, dict):
-        raise PyramidalError(f"{source}: the record's options must be a table of model options, got {options!r}")
-    if not isinstance(spec.get("model"), str):
-        raise PyramidalError(f"{source}: the record's model must be a model name, got {spec.get('model')!r}")
+    spec = recorded_spec(spec, source)
     try:
-        return create_model(spec["model"], **{**options, **(overrides or {})})
+        return create_model(spec["model"], **{**spec["options"], **(overrides or {})})
     except ValueError as exc:  # OptionError, unknown model names
         raise PyramidalError(f"{source}: {exc}") from None
 
@@ -399,7 +417,7 @@ def load_checkpoint_model(saved: dict, model: nn.Module, source: str) -> None:
         None.
     """
     own = getattr(model, "spec", None) or {"model": type(model).__name__, "options": {}}
-    spec = saved.get("spec") or {"model": "?", "options": {}}
+    spec = recorded_spec(saved.get("spec") or {"model": "?"}, source)
     if spec.get("model") != own.get("model"):
         raise PyramidalError(
             f"{source}: checkpoint is for {describe_spec(spec)}, but this run builds {describe_spec(own)}; "
@@ -431,6 +449,5 @@ def load_init_weights(model: nn.Module, path: str) -> None:
             p = weights_file(p)
         except PyramidalError as exc:
             raise PyramidalError(f"{exc} (--init-weights)") from None
-        info = read_weights_info(p)
-        saved = {"spec": {"model": info["model"], "options": info.get("options", {})}, "model": _read_state(p)}
+        saved = {"spec": read_weights_info(p), "model": _read_state(p)}
     load_checkpoint_model(saved, model, str(p))

@@ -1,25 +1,49 @@
 """Train several models under one budget, seed and data set, evaluate them alike, and tabulate and draw them.
 
 This reproduces the research's comparisons (its "Basic21 / Basic51 / Pyramidal51" figure) with one command.
+A comparison lives in one folder: its plan (plan.json), its training runs (runs/), how far each got
+(state.json) and the report (compare.md, compare.json, the picture grid and the learning curves). The same
+comparison run again into the same folder carries on where it stopped. Importing this module stays free of
+torch and NumPy (`pyramidal compare --help` lists the presets).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
 import os
-import time
+import re
 from pathlib import Path
 from typing import Any
 
 from pyramidal.errors import PyramidalError
-from pyramidal.io import format_number
 
+RESEARCH_MODELS = ["basic21", "basic51", "pyramidal51", "pyramidal51cat"]
 PRESETS: dict[str, dict[str, Any]] = {
     # The research's comparison: plain shallow, plain deep, pyramidal (add skips), pyramidal (concat skips).
-    "research": {"task": "squares", "models": ["basic21", "basic51", "pyramidal51", "pyramidal51cat"]},
+    "research": {"task": "squares", "models": RESEARCH_MODELS},
+    # The same and one more row: pyramidal51 up-sampling bilinearly, against the transposed convs' checkerboard.
+    "research-upsample": {"task": "squares", "models": RESEARCH_MODELS + ["pyramidal51-upsample=pyramidal51"],
+                          "model_options": {"pyramidal51-upsample": {"up": "upsample"}}},
+    # The research's second claim, depth needs dense skips: 103 convs with them and without.
+    "depth": {"task": "block", "models": ["pyramidal457101215", "plain103"]},
 }
+# Issue 19's experiment, part by part: (preset, task). scripts/research-comparison.sh runs each part with
+# `--steps 10000 --batch-size 16 --size 64 --seed 0`; the GPU campaign's --research runs them too.
+RESEARCH_PARTS: dict[str, tuple[str, str]] = {
+    "squares": ("research-upsample", "squares"),
+    "block": ("research-upsample", "block"),
+    "depth": ("depth", "block"),
+}
+
+PLAN_FILE, STATE_FILE = "plan.json", "state.json"
+# What makes a comparison what it is: a folder holding one refuses to continue it with other values.
+PLAN_KEYS = ("task", "models", "model_options", "steps", "budget_minutes", "data", "size", "batch_size", "seed",
+             "train_options")
+# Training settings that compare's own flags set alike for every model; --train-option may not change them.
+OWN_SETTINGS = ("task", "model", "model_options", "data", "size", "batch_size", "seed", "steps", "max_minutes",
+                "epochs", "device", "precision", "out", "resume")
+LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
 def parse_model_options(items: list[str] | None, models: list[str]) -> dict[str, dict]:
@@ -38,12 +62,12 @@ def parse_model_options(items: list[str] | None, models: list[str]) -> dict[str,
     return options
 
 
-def trained_steps(run_dir: Path) -> int | None:
+def trained_steps(run_dir: str | os.PathLike) -> int | None:
     """The last step logged in a run's metrics.csv (the steps actually trained)."""
     import csv
 
     try:
-        with open(run_dir / "metrics.csv", newline="") as fh:
+        with open(Path(run_dir) / "metrics.csv", newline="") as fh:
             steps = [int(r["step"]) for r in csv.DictReader(fh) if r.get("step")]
     except (OSError, ValueError):
         return None
@@ -56,6 +80,180 @@ def _count_parameters(weights: Path) -> int:
     return sum(p.numel() for p in load_weights(weights).parameters())
 
 
+def parse_entries(entries: list[str]) -> list[tuple[str, str]]:
+    """`--models` entries → [(label, model)]: 'MODEL', or 'LABEL=MODEL' for another row of an architecture
+    (its options then given as `--model-option LABEL:KEY=VALUE`). Labels name rows, never folders."""
+    from pyramidal.models import MODELS
+
+    out: list[tuple[str, str]] = []
+    for entry in entries:
+        label, sep, model = (part.strip() for part in entry.partition("="))
+        model = model if sep else label
+        if not LABEL.fullmatch(label) or not model:
+            raise PyramidalError(f"--models {entry!r}: expected MODEL or LABEL=MODEL (a label of letters, digits, "
+                                 "'.', '_', '+' and '-')")
+        MODELS.get(model)  # ValueError naming the registered models, before any training
+        if label != model and label in MODELS:
+            raise PyramidalError(f"--models {entry!r}: {label} is another model's name; choose another label")
+        out.append((label, model))
+    labels = [label for label, _ in out]
+    if not out:
+        raise PyramidalError("--models: give at least one model name")
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise PyramidalError(f"--models {','.join(entries)}: {repeated[0]} is listed twice (give a second row of "
+                             "one model a label: LABEL=MODEL)")
+    return out
+
+
+def read_plan(folder: str | os.PathLike) -> dict:
+    """The plan of the comparison in `folder` (its plan.json); PyramidalError if there is none."""
+    from pyramidal.io import read_json
+
+    path = Path(folder) / PLAN_FILE
+    if not path.is_file():
+        raise PyramidalError(f"{folder}: not a comparison folder (no {PLAN_FILE}) (--resume)")
+    plan = read_json(path, "comparison plan")
+    if not isinstance(plan, dict) or not all(key in plan for key in PLAN_KEYS):
+        raise PyramidalError(f"{path}: not a comparison plan written by `pyramidal compare`")
+    return plan
+
+
+def _check_folder(folder: Path, plan: dict) -> bool:
+    """True when `folder` holds this very comparison (a resume), False when it is new or empty; else one
+    PyramidalError line: another comparison's plan, or a folder with other files in it."""
+    import json
+
+    from pyramidal.runstate import RunLock
+
+    if (folder / PLAN_FILE).is_file():
+        stored = read_plan(folder)
+        new = json.loads(json.dumps(plan))  # as it reads back: tuples become lists
+        for key in PLAN_KEYS:
+            if stored[key] != new[key]:
+                raise PyramidalError(
+                    f"{folder}: holds a comparison with {key} {json.dumps(stored[key])}, not {json.dumps(new[key])}; "
+                    f"continue it with its own arguments (or `pyramidal compare --resume {folder}`), or give "
+                    "another --out")
+        return True
+    if folder.exists() and not folder.is_dir():
+        raise PyramidalError(f"{folder}: exists and is not a folder (--out)")
+    if folder.is_dir() and any(p.name != RunLock.NAME for p in folder.iterdir()):
+        raise PyramidalError(f"{folder}: exists and holds other files, but no comparison ({PLAN_FILE}); "
+                             "give an empty or new folder as --out")
+    return False
+
+
+def _checkpoint_progress(run_dir: Path | None) -> dict | None:
+    """{'step', 'finished', 'elapsed_s'} from a run's last.ckpt, or None without one."""
+    if run_dir is None or not (run_dir / "last.ckpt").is_file():
+        return None
+    from pyramidal.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(run_dir / "last.ckpt")
+    return {"step": int(saved["step"]), "finished": bool(saved.get("finished")),
+            "elapsed_s": float(saved.get("elapsed_s", 0.0))}
+
+
+class _State:
+    """state.json of a comparison: each row's run folder (relative to the comparison) and whether it is done."""
+
+    def __init__(self, folder: Path):
+        from pyramidal.io import read_json
+
+        self.path = folder / STATE_FILE
+        self.rows: dict[str, dict] = read_json(self.path, "comparison state") if self.path.is_file() else {}
+
+    def run_dir(self, label: str) -> Path | None:
+        entry = self.rows.get(label)
+        return self.path.parent / entry["run_dir"] if entry else None
+
+    def record(self, label: str, run_dir: Path, done: bool) -> None:
+        from pyramidal.io import write_json
+
+        self.rows[label] = {"run_dir": run_dir.relative_to(self.path.parent).as_posix(), "done": done}
+        write_json(self.rows, self.path)
+
+
+def _train_row(index: int, entries: list, config, state: _State, steps: int | None, resume_overrides: dict,
+               log) -> Path:
+    """Train one row of the comparison to the budget: skip it when done, resume it from its last.ckpt when
+    interrupted, start it afresh otherwise. Returns its run folder."""
+    import shutil
+
+    from pyramidal.config import resume_config
+    from pyramidal.train import Trainer
+
+    label = entries[index][0]
+    head = f"\n[{index + 1}/{len(entries)}] {label}"
+    run_dir = state.run_dir(label)
+    progress = _checkpoint_progress(run_dir)
+    if progress and progress["finished"] and (steps is None or progress["step"] >= steps):
+        log(f"{head}: trained already ({progress['step']} steps, {run_dir}); not trained again")
+        state.record(label, run_dir, done=True)
+        return run_dir
+    if progress is not None:
+        log(f"{head}: resuming {run_dir} at step {progress['step']}")
+        trainer = Trainer(resume_config(run_dir, resume_overrides))
+    else:
+        if run_dir is not None and run_dir.is_dir():  # stopped before its first checkpoint: nothing to keep
+            log(f"{head}: {run_dir} stopped before its first checkpoint; training afresh")
+            shutil.rmtree(run_dir)
+        else:
+            log(f"{head}: training")
+        trainer = Trainer(config)
+        state.record(label, trainer.run_dir, done=False)
+    trainer.fit()
+    if trainer.interrupted:
+        folder = state.path.parent
+        raise PyramidalError(f"stopped while training {label}; run the same command again, or `pyramidal compare "
+                             f"--resume {folder}`, to continue where it stopped")
+    state.record(label, trainer.run_dir, done=True)
+    return trainer.run_dir
+
+
+def _run_record(label: str, model: str, options: dict, run_dir: Path) -> dict:
+    """What the report says about one trained row: steps, best step, training time, parameters, weights."""
+    from pyramidal.checkpoint import read_weights_info
+
+    weights = run_dir / "best.safetensors"
+    if not weights.exists():
+        raise PyramidalError(f"{run_dir}: training wrote no best.safetensors")
+    info = read_weights_info(weights)
+    progress = _checkpoint_progress(run_dir) or {}
+    return {
+        "model": label,
+        "architecture": model,
+        "options": options,
+        "run_dir": str(run_dir),
+        "weights": str(weights),
+        "train_seconds": round(progress.get("elapsed_s", 0.0), 1),  # summed over resumes
+        "steps": progress.get("step", trained_steps(run_dir)),
+        "best_step": info.get("steps"),
+        "val_psnr_training": info.get("val_psnr"),
+        "parameters": _count_parameters(weights),
+    }
+
+
+def learning_curve(run_dir: str | os.PathLike, column: str = "PSNR/val") -> tuple[list[int], list[float]]:
+    """(steps, values) of one column of a run's metrics.csv, the rows that have it."""
+    import csv
+
+    steps, values = [], []
+    try:
+        with open(Path(run_dir) / "metrics.csv", newline="") as fh:
+            for row in csv.DictReader(fh):
+                try:
+                    step, value = int(row["step"]), float(row[column])
+                except (KeyError, TypeError, ValueError):  # a row without this column (training scalars)
+                    continue
+                steps.append(step)
+                values.append(value)
+    except OSError:
+        pass
+    return steps, values
+
+
 def compare(
     models: list[str],
     task: str = "squares",
@@ -66,7 +264,7 @@ def compare(
     size: int = 64,
     batch_size: int = 16,
     seed: int = 0,
-    out: str | os.PathLike = "runs/compare",
+    out: str | os.PathLike | None = None,
     model_options: dict[str, dict] | None = None,
     train_options: dict[str, Any] | None = None,
     eval_crop: int | None | str = "auto",
@@ -79,82 +277,111 @@ def compare(
     figure_rows: int = 4,
     log=print,
 ) -> dict:
-    """Train each model (same budget, seed, data), evaluate each on the same images, write table and figure.
+    """Train each model (same budget, seed, data), evaluate each on the same images, write tables and figures.
 
-    Exactly one of `steps` and `budget_minutes` sets the budget of every model. Returns the results dict
-    with 'folder', 'files' (written paths), 'runs' (per model) and 'settings' (merged evaluation rows).
+    `models` are model names, or 'LABEL=MODEL' for another row of one architecture; `model_options` is keyed by
+    these labels. Exactly one of `steps` and `budget_minutes` sets the budget of every model. `out` is the
+    comparison's folder (default runs/compare/TASK): run again with the same arguments, a comparison carries on
+    where it stopped (rows already trained are not trained again, an interrupted one resumes exactly from its
+    last checkpoint); other arguments for a folder that holds a comparison are refused.
+
+    Returns the results dict with 'folder', 'files' (written paths), 'runs' (per row), 'curves' (PSNR/val
+    against step per row) and 'settings' (merged evaluation rows).
     """
-    from pyramidal.config import resolve_config, validate_config
-    from pyramidal.evaluate import evaluate
-    from pyramidal.train import train
+    from pyramidal.config import RESUME_QUIET, resolve_config, validate_config
+    from pyramidal.runstate import RunLock
 
-    if not models:
-        raise PyramidalError("--models: give at least one model name")
-    if len(set(models)) != len(models):
-        raise PyramidalError(f"--models {','.join(models)}: a model is listed twice")
+    entries = parse_entries(models)
+    labels = [label for label, _ in entries]
     if (steps is None) == (budget_minutes is None):
         raise PyramidalError("give exactly one budget: --steps N or --budget-minutes M")
     if steps is not None and steps < 1 or budget_minutes is not None and budget_minutes <= 0:
         raise PyramidalError("the budget must be positive")
-    from pyramidal.models import MODELS
-
-    for name in models:
-        MODELS.get(name)  # an unknown name fails before any training
-    model_options = model_options or {}
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    folder = Path(out) / task / stamp
-    n = 1
-    while folder.exists():
-        n += 1
-        folder = Path(out) / task / f"{stamp}-{n}"
+    unknown = sorted(set(model_options or {}) - set(labels))
+    if unknown:
+        raise PyramidalError(f"--model-option {unknown[0]}: not one of --models {','.join(labels)}")
+    options = {label: dict((model_options or {}).get(label, {})) for label in labels}
+    train_options = dict(train_options or {})
+    own = [key for key in OWN_SETTINGS if key in train_options]
+    if own:
+        raise PyramidalError(f"--train-option {own[0]}: compare sets it alike for every model; use its own flag")
+    folder = Path(out) if out is not None else Path("runs/compare") / task
     configs = []
-    for name in models:
+    for label, name in entries:
         overrides = {
-            **(train_options or {}),
+            **train_options,
             "task": task, "model": name, "data": data, "size": size, "batch_size": batch_size, "seed": seed,
             "steps": steps, "max_minutes": budget_minutes, "device": device, "precision": precision,
-            "out": str(folder / "runs"), "model_options": model_options.get(name, {}),
+            "out": str(folder / "runs"), "model_options": options[label],
         }
         if budget_minutes is not None:
             overrides["epochs"] = None
         configs.append(resolve_config(overrides))
         validate_config(dataclasses.replace(configs[-1]))  # every model's options, before any folder or training
-    folder.mkdir(parents=True)
-    budget = f"{steps} steps" if steps is not None else f"{budget_minutes:g} minutes"
-    log(f"compare {', '.join(models)} on {task}: {budget} each, seed {seed}, data {data}, {size} px, "
-        f"batch {batch_size}; results in {folder}")
+    plan = {
+        "task": task,
+        "models": [label if label == name else f"{label}={name}" for label, name in entries],
+        "model_options": options, "steps": steps, "budget_minutes": budget_minutes, "data": data, "size": size,
+        "batch_size": batch_size, "seed": seed,
+        # Settings that leave the computation alone (threads, checkpoint cadence) may change between sessions.
+        "train_options": {k: v for k, v in train_options.items() if k not in RESUME_QUIET},
+    }
+    resuming = _check_folder(folder, plan)
+    folder.mkdir(parents=True, exist_ok=True)
+    # How it was run and reported: not part of the plan, the defaults of `pyramidal compare --resume DIR`.
+    other = {"device": device, "precision": precision, "eval_crop": eval_crop, "eval_crops": eval_crops,
+             "eval_limit": eval_limit, "settings": settings, "baselines": baselines, "figure_rows": figure_rows}
+    lock = RunLock(folder)  # one process per comparison: a second is refused with one line
+    try:
+        return _run(folder, plan, other, entries, configs, resuming, train_options, log)
+    finally:
+        lock.release()
 
+
+def _run(folder: Path, plan: dict, other: dict, entries: list, configs: list, resuming: bool,
+         train_options: dict, log) -> dict:
+    """`compare` once its arguments are checked and its folder is locked: train, evaluate, write."""
+    from pyramidal import __version__
+    from pyramidal.config import RESUME_QUIET
+    from pyramidal.io import write_json
+
+    if not resuming:
+        write_json({**plan, "other_settings": other, "written_by": f"pyramidal {__version__} compare"},
+                   folder / PLAN_FILE)
+    steps = plan["steps"]
+    budget = f"{steps} steps" if steps is not None else f"{plan['budget_minutes']:g} minutes"
+    log(f"{'resuming the comparison' if resuming else 'compare'} {', '.join(plan['models'])} on {plan['task']}: "
+        f"{budget} each, seed {plan['seed']}, data {plan['data']}, {plan['size']} px, batch {plan['batch_size']}; "
+        f"results in {folder}")
+    state = _State(folder)
+    resume_overrides = {"device": other["device"], "precision": other["precision"],
+                        **{k: v for k, v in train_options.items() if k in RESUME_QUIET}}
     runs = []
-    for name, config in zip(models, configs):
-        log(f"\n[{len(runs) + 1}/{len(models)}] training {name}")
-        start = time.perf_counter()
-        run_dir = Path(train(config))
-        seconds = time.perf_counter() - start
-        weights = run_dir / "best.safetensors"
-        if not weights.exists():
-            raise PyramidalError(f"{run_dir}: training wrote no best.safetensors")
-        from pyramidal.checkpoint import read_sidecar
+    for index, ((label, name), config) in enumerate(zip(entries, configs)):
+        run_dir = _train_row(index, entries, config, state, steps, resume_overrides, log)
+        runs.append(_run_record(label, name, plan["model_options"][label], run_dir))
+    result, images = _evaluate_runs(runs, plan, other, log)
+    result.update(models=[label for label, _ in entries], budget=budget, seed=plan["seed"], size=plan["size"],
+                  batch_size=plan["batch_size"], runs=runs, folder=str(folder), command=plan_command(plan, folder),
+                  curves={run["model"]: dict(zip(("step", "psnr_val"), learning_curve(run["run_dir"])))
+                          for run in runs})
+    files = write_outputs(result, images, folder, other["figure_rows"])
+    result["files"] = [str(p) for p in files]
+    return result
 
-        info = read_sidecar(weights)
-        runs.append({
-            "model": name,
-            "options": model_options.get(name, {}),
-            "run_dir": str(run_dir),
-            "weights": str(weights),
-            "train_seconds": round(seconds, 1),
-            "steps": trained_steps(run_dir),
-            "best_step": info.get("steps"),
-            "val_psnr_training": info.get("val_psnr"),
-            "parameters": _count_parameters(weights),
-        })
+
+def _evaluate_runs(runs: list[dict], plan: dict, other: dict, log) -> tuple[dict, list[dict]]:
+    """Every row's best weights through `evaluate` on the same images; the classical rows once."""
+    from pyramidal.evaluate import evaluate
 
     log("\nevaluating")
-    merged = None
-    kept = []
+    merged: dict | None = None
+    kept: list[dict] = []
     for i, run in enumerate(runs):
-        result = evaluate(run["weights"], task, data, crop=eval_crop, crops=eval_crops, limit=eval_limit,
-                          settings=settings, baselines=baselines if i == 0 else "none", device=device,
-                          precision=precision, keep_images=True)
+        result = evaluate(run["weights"], plan["task"], plan["data"], crop=other["eval_crop"],
+                          crops=other["eval_crops"], limit=other["eval_limit"], settings=other["settings"],
+                          baselines=other["baselines"] if i == 0 else "none", device=other["device"],
+                          precision=other["precision"], keep_images=True)
         images = result.pop("images")
         if merged is None:
             merged = copy.deepcopy(result)
@@ -164,62 +391,109 @@ def compare(
                 setting["rows"] = [r for r in setting["rows"] if r["kind"] != "model"]
         for setting, new_setting, keep, im in zip(merged["settings"], result["settings"], kept, images):
             row = next(r for r in new_setting["rows"] if r["kind"] == "model")
-            row.update(model=run["model"], parameters=run["parameters"], steps=run["steps"], best_step=run["best_step"],
-                       train_seconds=run["train_seconds"], val_psnr_training=run["val_psnr_training"])
+            row.update(model=run["model"], architecture=run["architecture"], parameters=run["parameters"],
+                       steps=run["steps"], best_step=run["best_step"], train_seconds=run["train_seconds"],
+                       val_psnr_training=run["val_psnr_training"])
             setting["rows"].append(row)
             keep[run["model"]] = im[row["method"]]
-    merged.update(models=models, budget=budget, seed=seed, size=size, batch_size=batch_size, runs=runs,
-                  folder=str(folder))
-    files = write_outputs(merged, kept, folder, figure_rows)
-    merged["files"] = [str(p) for p in files]
-    return merged
+    return merged, kept
+
+
+def plan_command(plan: dict, folder: str | os.PathLike) -> str:
+    """The `pyramidal compare` command line that runs (or continues) this plan into `folder`."""
+    import shlex
+
+    from pyramidal.config import parse_value, to_toml
+
+    def value(v: Any) -> str:  # TOML syntax, as --model-option and --train-option read it; plain words bare
+        return v if isinstance(v, str) and parse_value(v) == v else to_toml({"v": v}).strip().removeprefix("v = ")
+
+    args = ["pyramidal", "compare", "--task", plan["task"], "--models", ",".join(plan["models"])]
+    args += ["--steps", str(plan["steps"])] if plan["steps"] is not None else \
+        ["--budget-minutes", f"{plan['budget_minutes']:g}"]
+    args += ["--data", plan["data"], "--size", str(plan["size"]), "--batch-size", str(plan["batch_size"]),
+             "--seed", str(plan["seed"])]
+    labels = [m.split("=", 1)[0] for m in plan["models"]]
+    options = plan["model_options"]
+    shared = {k: v for k, v in (options[labels[0]] if labels else {}).items()
+              if all(options[label].get(k, object()) == v for label in labels)}
+    args += [a for k, v in shared.items() for a in ("--model-option", f"{k}={value(v)}")]
+    for label in labels:
+        args += [a for k, v in options[label].items() if k not in shared
+                 for a in ("--model-option", f"{label}:{k}={value(v)}")]
+    args += [a for k, v in plan["train_options"].items() for a in ("--train-option", f"{k}={value(v)}")]
+    return shlex.join(args + ["--out", str(folder)])
+
+
+def _has_holes(result: dict) -> bool:
+    """True when the rows carry the hole-only metrics (tasks with holes)."""
+    return any("psnr_hole" in r for s in result["settings"] for r in s["rows"])
 
 
 def format_markdown(result: dict) -> str:
-    """Markdown: the setup, then per setting one table of baselines and trained models."""
+    """Markdown: the setup and the command, per setting one table of classical methods and trained models
+    (whole crop and, for tasks with holes, the hole alone), then the figures."""
+    from pyramidal.io import format_number
+
+    holes = _has_holes(result)
     lines = [f"### `pyramidal compare` on `{result['task']}`", "",
              f"Budget {result['budget']} per model, seed {result['seed']}, training data {result['data']}, "
-             f"{result['size']} px patches, batch {result['batch_size']}.",
-             f"Evaluation: {result['described']}.", f"Metrics: {result['metrics']}."]
+             f"{result['size']} px patches, batch {result['batch_size']}; the weights with the best PSNR/val "
+             "of each run are scored.",
+             f"Evaluation: {result['described']}.", f"Metrics: {result['metrics']}."
+             + (" Hole columns score the damaged pixels alone." if holes else ""),
+             "", "```bash", result["command"], "```"]
+    hole_head = " hole PSNR (dB) | hole SSIM |" if holes else ""
     for setting in result["settings"]:
         lines += ["", f"**{result['task']}" + (f", {setting['label']}" if setting["label"] else "") + "**", "",
-                  "| method | parameters | steps (best at) | train time | PSNR (dB) | SSIM |",
-                  "|---|---:|---:|---:|---:|---:|"]
+                  f"| method | parameters | steps (best at) | train time | PSNR (dB) | SSIM |{hole_head}",
+                  "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if holes else "")]
         for r in setting["rows"]:
             if r["kind"] == "model":
                 extra = f"{r['parameters']:,} | {r['steps']} ({r['best_step']}) | {r['train_seconds']:.0f} s"
                 name = f"`{r['model']}`"
             else:
                 extra, name = " | | ", r["method"]
-            lines.append(f"| {name} | {extra} | {format_number(r['psnr'], 2)} | {format_number(r['ssim'], 4)} |")
+            hole = f" {format_number(r.get('psnr_hole'), 2)} | {format_number(r.get('ssim_hole'), 4)} |" if holes else ""
+            lines.append(f"| {name} | {extra} | {format_number(r['psnr'], 2)} | {format_number(r['ssim'], 4)} |{hole}")
+    figures = [Path(p).name for p in result.get("figures", [])]
+    if figures:
+        lines.append("")
+        lines += [f"![{name}]({name})" for name in figures]
     return "\n".join(lines) + "\n"
 
 
 def format_table(result: dict) -> str:
     """Plain-text version of the results for the terminal."""
+    from pyramidal.io import format_number
+
+    holes = _has_holes(result)
     lines = []
     for setting in result["settings"]:
         title = result["task"] + (f" ({setting['label']})" if setting["label"] else "")
-        lines += [title, f"  {'method':<44} {'params':>10} {'steps':>6} {'train s':>8} {'PSNR dB':>8} {'SSIM':>7}"]
+        lines += [title, f"  {'method':<44} {'params':>10} {'steps':>6} {'train s':>8} {'PSNR dB':>8} {'SSIM':>7}"
+                  + (f" {'hole dB':>8} {'hole SSIM':>9}" if holes else "")]
         for r in setting["rows"]:
             if r["kind"] == "model":
                 name, extra = r["model"], f"{r['parameters']:>10,} {r['steps']:>6} {r['train_seconds']:>8.0f}"
             else:
                 name, extra = r["method"], f"{'':>10} {'':>6} {'':>8}"
-            lines.append(f"  {name:<44} {extra} {format_number(r['psnr'], 2):>8} {format_number(r['ssim'], 4):>7}")
+            hole = (f" {format_number(r.get('psnr_hole'), 2):>8} {format_number(r.get('ssim_hole'), 4):>9}"
+                    if holes else "")
+            lines.append(f"  {name:<44} {extra} {format_number(r['psnr'], 2):>8} {format_number(r['ssim'], 4):>7}"
+                         + hole)
         lines.append("")
     return "\n".join(lines).rstrip()
 
 
 def write_outputs(result: dict, images: list[dict], folder: Path, figure_rows: int = 4) -> list[Path]:
-    """compare.json, compare.md and one figure per setting (ground truth, input, one column per model)."""
+    """The figures (one picture grid per setting: ground truth, input, one column per model; the learning
+    curves of every model in one plot), then compare.json and compare.md."""
     from pyramidal.evaluate import per_image_psnr
-    from pyramidal.figures import comparison_figure, file_suffix
+    from pyramidal.figures import comparison_figure, file_suffix, line_plot
     from pyramidal.io import write_json, write_text
 
-    files = [folder / "compare.json", folder / "compare.md"]
-    write_json(result, files[0])
-    write_text(format_markdown(result), files[1])
+    figures = []
     for setting, im in zip(result["settings"], images):
         damaged = next(r for r in setting["rows"] if r["kind"] == "input")
         by_model = {r["model"]: r for r in setting["rows"] if r["kind"] == "model"}
@@ -228,6 +502,16 @@ def write_outputs(result: dict, images: list[dict], folder: Path, figure_rows: i
         path = folder / f"compare_{result['task']}{file_suffix(setting['label'])}.png"
         title = (f"{result['task']} {setting['label']}".strip()
                  + f": {result['budget']} each, seed {result['seed']}, {result['data']}")
-        comparison_figure(path, im["clean"], columns, names=result["image_names"], rows=figure_rows, title=title)
-        files.append(path)
-    return files
+        figures.append(comparison_figure(path, im["clean"], columns, names=result["image_names"], rows=figure_rows,
+                                         title=title))
+    curves = {label: (c["step"], c["psnr_val"]) for label, c in result["curves"].items() if c["step"]}
+    if curves:
+        figures.append(line_plot(curves, folder / f"curves_{result['task']}.png", "step",
+                                 "PSNR/val (dB, fixed validation crops)",
+                                 title=f"{result['task']}: learning curves, {result['budget']} each, "
+                                       f"seed {result['seed']}"))
+    result["figures"] = [str(p) for p in figures]
+    files = [folder / "compare.json", folder / "compare.md"]
+    write_json(result, files[0])
+    write_text(format_markdown(result), files[1])
+    return files + figures

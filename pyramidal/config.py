@@ -142,11 +142,12 @@ def parse_options(items: list[str] | None, flag: str) -> dict[str, Any]:
 
 SCHEDULES = ("none", "cosine", "step")
 OPTIMIZERS = ("adam", "adamw")
+LOSSES = ("mse", "l1", "charbonnier")  # the training objective (train.LOSS_FUNCTIONS); PSNR is reported either way
 DEFAULT_EPOCHS = 10  # when no --epochs, --steps or --max-minutes is given
 TASK_SHORTHANDS = ("sigma", "factor", "quality")
 MODEL_SHORTHANDS = ("m", "growth", "down", "up", "dropout", "residual", "memory_efficient", "channels")
 # Fields that may change when a run is resumed without a note (they do not change what is computed).
-RESUME_QUIET = {"resume", "config", "epochs", "steps", "max_minutes", "device", "threads", "num_workers", "progress",
+RESUME_QUIET = {"resume", "config", "epochs", "steps", "max_minutes", "max_cpu_minutes", "device", "threads", "num_workers", "progress",
                 "quiet", "checkpoint_minutes", "checkpoint_every_steps", "out"}
 
 
@@ -184,6 +185,7 @@ class TrainConfig:
     lr: float = 3e-4
     weight_decay: float = 1e-4
     optimizer: str = "adam"  # adam: L2 weight decay as in the research; adamw: decoupled
+    loss: str = "mse"  # mse | l1 | charbonnier (a smooth L1); validation and PSNR stay on the MSE
     schedule: str = "none"  # none | cosine | step
     warmup_steps: int = 0
     min_lr: float = 0.0  # cosine floor
@@ -195,6 +197,7 @@ class TrainConfig:
     epochs: int | None = None
     steps: int | None = None
     max_minutes: float | None = None  # total training time, summed over resumes
+    max_cpu_minutes: float | None = None  # this process's CPU time (all its threads), summed over resumes
     # Machine.
     seed: int = 0
     device: str = "auto"
@@ -367,7 +370,7 @@ def parse_size_schedule(text: str | None) -> list[tuple[int, int, int | None]]:
 # Lowest allowed value of numeric options (None leaves an option unset); NaN and infinity are refused too.
 _LOWEST = {"threads": 1, "num_workers": 0, "max_images": 1, "val_images": 0, "val_every": 0, "log_images": 0,
            "checkpoint_minutes": 0, "checkpoint_every_steps": 0, "warmup_steps": 0, "lr_step": 0,
-           "weight_decay": 0, "min_lr": 0, "max_minutes": 0}
+           "weight_decay": 0, "min_lr": 0, "max_minutes": 0, "max_cpu_minutes": 0}
 
 
 def _check_limits(c: TrainConfig) -> None:
@@ -391,6 +394,8 @@ def validate_config(c: TrainConfig) -> None:
         raise PyramidalError(f"--schedule {c.schedule!r}: choose one of {', '.join(SCHEDULES)}")
     if c.optimizer not in OPTIMIZERS:
         raise PyramidalError(f"--optimizer {c.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    if c.loss not in LOSSES:
+        raise PyramidalError(f"--loss {c.loss!r}: choose one of {', '.join(LOSSES)}")
     if c.schedule == "step" and c.lr_step <= 0:
         raise PyramidalError("--schedule step needs --lr-step N (multiply the LR by --lr-gamma every N steps)")
     for name in ("size", "batch_size", "patches_per_epoch", "log_every"):
@@ -407,7 +412,7 @@ def validate_config(c: TrainConfig) -> None:
     if c.clip_grad is not None and c.clip_grad <= 0:
         raise PyramidalError(f"--clip-grad must be positive, got {c.clip_grad}")
     _check_limits(c)
-    if c.epochs is None and c.steps is None and c.max_minutes is None:
+    if c.epochs is None and c.steps is None and c.max_minutes is None and c.max_cpu_minutes is None:
         c.epochs = DEFAULT_EPOCHS
 
 

@@ -138,6 +138,7 @@ class TaskOption:
     help: str  # what the value means
     default: str  # what evaluation and `degrade` use when it is not given
     train_default: str | None = None  # what training does when it is not given (None: the same)
+    train_only: bool = False  # shapes random training damage only: offered by `train`, not `degrade`/`evaluate`
 
 
 class Task:
@@ -151,6 +152,7 @@ class Task:
     description = ""  # one line for listings; defaults to the first line of the class docstring
     declared_options: tuple[TaskOption, ...] = ()  # each stored by __init__ as `self._opt_<name>`
     has_mask = False  # `apply` also returns the B×1×H×W mask of the pixels it painted
+    has_noise_level = False  # `noise_levels(seeds)` gives each image's σ, for noise-map models
     # The colour holes are painted with, which a blind model trained on the task expects inside a user's mask
     # (None: the damage keeps its own pixels there, as text does).
     hole_colour: ClassVar[tuple[int, int, int] | None] = None
@@ -242,33 +244,60 @@ class NoiseTask(Task):
     name = "noise"
     train_range = (0.0, 130.0)
     default_eval_sigma = 50.0
+    # How training draws σ from train_range: uniform, or "low": lo + (hi − lo)·u² for u uniform in [0, 1],
+    # which puts 44 % of the images below σ = 25 (uniform: 19 %) and keeps the range.
+    sigma_distributions = ("uniform", "low")
     declared_options = (
         TaskOption("sigma", float, "standard deviation σ on the 0-255 scale", f"{default_eval_sigma:g}",
                    f"blind: drawn per image from {train_range[0]:g}-{train_range[1]:g}"),
+        TaskOption("sigma_dist", str, "how blind training draws σ: uniform, or low (σ = 130·u², more mass at "
+                   "low σ)", "uniform", train_only=True),
     )
     baselines = ("bm3d", "opencv-nlmeans")
+    has_noise_level = True
     headline_setting = {"sigma": int(default_eval_sigma)}
 
-    def __init__(self, train: bool = False, sigma: float | None = None):
+    def __init__(self, train: bool = False, sigma: float | None = None, sigma_dist: str | None = None):
         super().__init__(train)
         if sigma is not None:
             sigma = float(sigma)
             if not math.isfinite(sigma) or sigma < 0:
                 raise ValueError(f"noise: sigma must be >= 0, got {sigma}")
+        if sigma_dist is not None:
+            if sigma_dist not in self.sigma_distributions:
+                raise ValueError(f"noise: sigma_dist {sigma_dist!r}: choose one of "
+                                 f"{', '.join(self.sigma_distributions)}")
+            if sigma is not None:
+                raise ValueError("noise: sigma_dist sets how σ is drawn; a fixed sigma draws none, give one of them")
         self._opt_sigma = sigma
+        self._opt_sigma_dist = sigma_dist
+        self.sigma_dist = sigma_dist or "uniform"
         # The fixed σ (None in training when σ is drawn per image).
         self.sigma: float | None = sigma if sigma is not None else (None if train else self.default_eval_sigma)
 
     @classmethod
     def eval_settings(cls) -> list[dict[str, Any]]:
-        return [{"sigma": 25}, {"sigma": 50}, {"sigma": 125}]
+        return [{"sigma": 15}, {"sigma": 25}, {"sigma": 50}, {"sigma": 125}]
+
+    def _sigma(self, rng: np.random.Generator) -> float:
+        """The σ of one image: the fixed one, else drawn (the first draw of the image's generator)."""
+        if self.sigma is not None:
+            return self.sigma
+        if self.sigma_dist == "low":
+            lo, hi = self.train_range
+            return lo + (hi - lo) * rng.uniform() ** 2
+        return rng.uniform(*self.train_range)
+
+    def noise_levels(self, seeds: list[int]) -> list[float]:
+        """Each image's σ (0-255) for these per-image seeds: what `apply` with the same seeds draws."""
+        return [float(self._sigma(_rng(s))) for s in seeds]
 
     def _apply(self, x, seeds):
         b, c, h, w = x.shape
         fields = []
         for s in seeds:
             rng = _rng(s)
-            sigma = self.sigma if self.sigma is not None else rng.uniform(*self.train_range)
+            sigma = self._sigma(rng)
             fields.append(rng.standard_normal((c, h, w), dtype=np.float32) * np.float32(sigma))
         noise = torch.from_numpy(np.stack(fields)).to(x.device)
         return _to_u8(x.float() + noise), None

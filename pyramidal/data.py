@@ -475,9 +475,14 @@ class FolderSource(Source):
                           where=f"folder:{self.root}, {name} split")
 
     def eval_images(self, split: str = "val", crop: int | None = None, limit: int | None = None):
-        self._check_split(split)
+        # "all": every readable file, for a folder that training never reads (a held-out set).
+        if split == "all":
+            files = sorted({f for names in self.files.values() for f in names})
+        else:
+            self._check_split(split)
+            files = self.files[split]
         out = []
-        for f in self.files[split][:limit]:
+        for f in files[:limit]:
             try:
                 out.append((f, _crop_or_whole(read_rgb(self.root / f), crop)))
             except PyramidalError as exc:
@@ -614,9 +619,10 @@ class _EpochView(torch.utils.data.Dataset):
 class _DamageCollate:
     """Stacks one batch and damages it with per-sample seeds (picklable: runs inside worker processes)."""
 
-    def __init__(self, task: Task, train: bool, seed: int, epoch: int, with_mask: bool = False):
+    def __init__(self, task: Task, train: bool, seed: int, epoch: int, with_mask: bool = False,
+                 with_noise_level: bool = False):
         self.task, self.train, self.seed, self.epoch = task, train, seed, epoch
-        self.with_mask = with_mask
+        self.with_mask, self.with_noise_level = with_mask, with_noise_level
 
     def seeds(self, indices: Sequence[int]) -> list[int]:
         if self.train:
@@ -626,29 +632,37 @@ class _DamageCollate:
     def __call__(self, items: list[tuple[int, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
         indices = [i for i, _ in items]
         clean = torch.stack([x for _, x in items])
+        seeds = self.seeds(indices)
         if self.with_mask:
-            damaged, mask = self.task.apply(clean, seeds=self.seeds(indices))
+            damaged, mask = self.task.apply(clean, seeds=seeds)
             return damaged, clean, mask
-        return self.task(clean, seeds=self.seeds(indices)), clean
+        if self.with_noise_level:
+            return self.task(clean, seeds=seeds), clean, torch.tensor(self.task.noise_levels(seeds))
+        return self.task(clean, seeds=seeds), clean
 
 
 class PairLoader:
     """Iterates (damaged, clean) float32 B×3×H×W batches in [-1, 1]; damage is applied to whole batches.
 
     With `with_mask` (tasks with holes, for mask-conditioned models) each batch also carries the task's bool
-    B×1×H×W mask of holes: (damaged, clean, mask).
+    B×1×H×W mask of holes: (damaged, clean, mask); with `with_noise_level` (the noise task, for noise-map
+    models) each image's σ on the 0-255 scale, a float B tensor: (damaged, clean, sigma).
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset, task: Task | str, batch_size: int = 32,
                  train: bool = True, seed: int = 0, sampler: Any = None, drop_last: bool | None = None,
-                 num_workers: int = 0, with_mask: bool = False):
+                 num_workers: int = 0, with_mask: bool = False, with_noise_level: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.dataset = dataset
         self.task = create_task(task, train=train) if isinstance(task, str) else task
         if with_mask and not self.task.has_mask:
             raise ValueError(f"task {self.task.name} makes no holes, so it has no mask to give")
-        self.with_mask = bool(with_mask)
+        if with_noise_level and not self.task.has_noise_level:
+            raise ValueError(f"task {self.task.name} has no noise level to give")
+        if with_mask and with_noise_level:
+            raise ValueError("give the mask or the noise level, not both")
+        self.with_mask, self.with_noise_level = bool(with_mask), bool(with_noise_level)
         self.batch_size, self.train, self.seed = int(batch_size), bool(train), int(seed)
         self.sampler, self.num_workers = sampler, int(num_workers)
         self.drop_last = self.train if drop_last is None else bool(drop_last)
@@ -693,7 +707,7 @@ class PairLoader:
         return self._collate(self.epoch if epoch is None else epoch).seeds(indices)
 
     def _collate(self, epoch: int) -> _DamageCollate:
-        return _DamageCollate(self.task, self.train, self.seed, epoch, self.with_mask)
+        return _DamageCollate(self.task, self.train, self.seed, epoch, self.with_mask, self.with_noise_level)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         epoch, skip = self.epoch, self._skip
@@ -704,26 +718,28 @@ class PairLoader:
         if self.num_workers <= 0:
             for idx in batches:
                 with one_thread():  # small tensors: see damage.one_thread
-                    damaged, clean, *mask = collate([view[i] for i in idx])
-                    pair = (to_float(damaged), to_float(clean), *mask)
+                    damaged, clean, *condition = collate([view[i] for i in idx])
+                    pair = (to_float(damaged), to_float(clean), *condition)
                 yield pair
             return
         # Workers load and damage whole batches; every draw is seeded per sample, so the pixels are the
         # same as with num_workers=0.
         loader = torch.utils.data.DataLoader(view, batch_sampler=batches, num_workers=self.num_workers,
                                              collate_fn=collate)
-        for damaged, clean, *mask in loader:
+        for damaged, clean, *condition in loader:
             with one_thread():
-                pair = (to_float(damaged), to_float(clean), *mask)
+                pair = (to_float(damaged), to_float(clean), *condition)
             yield pair
 
 
 def make_loader(dataset: torch.utils.data.Dataset, task: Task | str, batch_size: int = 32, train: bool = True,
                 seed: int = 0, sampler: Any = None, drop_last: bool | None = None, num_workers: int = 0,
-                with_mask: bool = False) -> PairLoader:
-    """A resumable loader of (damaged, clean) float pairs in [-1, 1] (and masks, `with_mask`); see PairLoader."""
+                with_mask: bool = False, with_noise_level: bool = False) -> PairLoader:
+    """A resumable loader of (damaged, clean) float pairs in [-1, 1] (and masks, `with_mask`, or each σ,
+    `with_noise_level`); see PairLoader."""
     return PairLoader(dataset, task, batch_size=batch_size, train=train, seed=seed, sampler=sampler,
-                      drop_last=drop_last, num_workers=num_workers, with_mask=with_mask)
+                      drop_last=drop_last, num_workers=num_workers, with_mask=with_mask,
+                      with_noise_level=with_noise_level)
 
 
 # ----------------------------------------------------------------------------------------------------------

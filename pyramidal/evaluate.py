@@ -256,10 +256,13 @@ def eval_images(data: str, split: str = "val", crop: int | None = 256, crops: in
     `crop=None` or 0: whole images. `crops > 1` (built-in photographs only): that many fixed crops per
     photograph, the same ones every run; otherwise one centre crop (whole image if smaller) per image.
     """
-    from pyramidal.data import BuiltinSource, load_source
+    from pyramidal.data import BuiltinSource, FolderSource, load_source
 
     crop = crop or None
     source = load_source(data, size=crop or 64, val_crops=max(1, crops))
+    if split == "all" and not isinstance(source, FolderSource):
+        raise PyramidalError(f"{data}: --split all scores every image of a folder kept out of training; "
+                             "use it with --data folder:PATH")
     if crop and crops > 1 and isinstance(source, BuiltinSource):
         dataset = source.split(split)
         names = source.names[split]
@@ -342,7 +345,7 @@ def evaluate(
             (the baselines alone).
         task_name: the damage task, e.g. "noise".
         data: "builtin", "folder:PATH" or "celeba:PATH".
-        split: "val" or "test".
+        split: "val", "test", or "all" (every image of a folder source: a held-out folder never trained on).
         crop: crop side in px; "auto" for the task's protocol; 0 or None for whole images.
         crops: fixed crops per built-in photograph (default: the task's, at its default side; else 1).
         limit: evaluate at most this many images.

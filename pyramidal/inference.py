@@ -172,9 +172,9 @@ def prepare_for_inference(model: nn.Module | Callable, device: str | torch.devic
     device = resolve_device(device) if isinstance(device, str) else device
     precision = resolve_precision(precision, device)
     if device.type == "cpu":
-        # Tiles of 4×256² allocate feature maps of 25-45 MB, above glibc's largest mmap threshold (32 MB): by
+        # A restore pass allocates feature maps of 25-45 MB, above glibc's largest mmap threshold (32 MB): by
         # default each is a fresh mmap whose pages fault in again on every pass. Measured, one thread: restore
-        # runs 1.6-2× faster with freed memory kept for reuse (docs/performance.md).
+        # runs 1.2-1.9× faster with freed memory kept for reuse (docs/performance.md).
         tune_cpu_allocator()
     if isinstance(model, InferenceModel):
         same = (model.device, model.precision, model.channels_last) == (device, precision, channels_last)
@@ -272,6 +272,11 @@ def _ramp(size: int, overlap: int, fade_start: bool, fade_end: bool) -> np.ndarr
 
 
 DEFAULT_OVERLAP = 32
+# `restore`'s tiling. Measured on 2 cores, 12 MP (docs/performance.md): 512-px tiles do 15 % less work than
+# 256-px ones (less overlap), run as fast per pixel and score as well (closer to the whole image at once);
+# one tile per pass with one pass per CPU thread keeps the peak RSS of a 12 MP restore near 1.2 GB.
+DEFAULT_TILE = 512
+DEFAULT_BATCH_SIZE = 1
 
 
 def check_tiling(tile: int | None, overlap: int | None, batch_size: int = 1) -> tuple[int | None, int]:
@@ -403,8 +408,8 @@ def _finish(known: torch.Tensor, restored: torch.Tensor, strength: float, mask: 
 
 
 @torch.inference_mode()
-def restore_array(model: Callable, image: torch.Tensor, *, tile: int | None = 256, overlap: int | None = None,
-                  batch_size: int = 4, device: str | torch.device | None = None, precision: str = "auto",
+def restore_array(model: Callable, image: torch.Tensor, *, tile: int | None = DEFAULT_TILE, overlap: int | None = None,
+                  batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device | None = None, precision: str = "auto",
                   ensemble: bool = False, strength: float = 1.0, progress: bool | None = False,
                   mask: np.ndarray | torch.Tensor | str | None = None) -> torch.Tensor:
     """Restore one float image of any size, tiled and batched.
@@ -415,10 +420,11 @@ def restore_array(model: Callable, image: torch.Tensor, *, tile: int | None = 25
         model: an nn.Module (run through `prepare_for_inference`), a prepared model, or any callable
             B×3×H×W → B×3×H×W in [-1, 1].
         image: 3×H×W float tensor in [-1, 1].
-        tile: tile side in px; None or 0 runs the whole image at once.
+        tile: largest tile side in px (default 512); None or 0 runs the whole image at once. Tiles are
+            spread evenly and made only as large as their count needs (`tile_layout`).
         overlap: px shared by neighbouring tiles, blended with raised-cosine weights; smaller than `tile`.
             None (default): 32, or half the tile for tiles under 64 px. Ignored for the whole image.
-        batch_size: tiles per forward pass.
+        batch_size: tiles per forward pass (default 1); on the CPU one pass per torch thread runs at once.
         device: "auto", "cpu", "cuda", a torch.device, or None for the model's own device.
         precision: "auto", "fp32", "bf16" or "fp16".
         ensemble: average the 8 flips and rotations (8× the time).
@@ -456,36 +462,42 @@ def restore_array(model: Callable, image: torch.Tensor, *, tile: int | None = 25
     if len(boxes) == 1:
         return _finish(known, _forward(model, image[None], ensemble)[0].clamp(-1, 1).cpu(), strength, mask)
     out = torch.zeros(3, h, w, dtype=torch.float32)
-    weight = torch.zeros(1, h, w, dtype=torch.float32)
-    wy = {y: _ramp(th, overlap, y > 0, y + th < h) for y in ys}
-    wx = {x: _ramp(tw, overlap, x > 0, x + tw < w) for x in xs}
+    wy = {y: torch.from_numpy(_ramp(th, overlap, y > 0, y + th < h)) for y in ys}
+    wx = {x: torch.from_numpy(_ramp(tw, overlap, x > 0, x + tw < w)) for x in xs}
     shown = progress is not False and len(boxes) > max(1, batch_size)
     bar = progress_bar(total=len(boxes), desc=f"restoring {w}×{h}", unit="tiles", enabled=None if shown else False)
-    # On the CPU the tiles are shared among threads of one torch thread each, `batch_size` tiles in flight in all.
-    workers = _tile_workers(model, len(boxes))
-    step = max(1, math.ceil(batch_size / workers))
-    chunks = [boxes[i:i + step] for i in range(0, len(boxes), step)]
+    chunks = [boxes[i:i + max(1, batch_size)] for i in range(0, len(boxes), max(1, batch_size))]
 
     def run(chunk: list[tuple[int, int]]) -> torch.Tensor:
         batch = torch.stack([image[:, y:y + th, x:x + tw] for y, x in chunk])
         return _forward(model, batch, ensemble).cpu()
 
-    for chunk, restored in zip(chunks, map_one_thread_each(run, chunks, workers)):
+    # On the CPU, one forward pass per torch thread runs at once, each on one thread (see `_tile_workers`).
+    for chunk, restored in zip(chunks, map_one_thread_each(run, chunks, _tile_workers(model, len(chunks)))):
         for (y, x), patch in zip(chunk, restored):
-            wt = torch.from_numpy(np.outer(wy[y], wx[x]))[None]
-            out[:, y:y + th, x:x + tw] += patch * wt
-            weight[:, y:y + th, x:x + tw] += wt
+            out[:, y:y + th, x:x + tw] += patch * wy[y][:, None] * wx[x]
         bar.update(len(chunk))
     bar.close()
-    return _finish(known, (out / weight).clamp(-1, 1), strength, mask)
+    # The tiles form a full grid, so the blend weights sum to (sum of row ramps) × (sum of column ramps).
+    total_y, total_x = torch.zeros(h), torch.zeros(w)
+    for y in ys:
+        total_y[y:y + th] += wy[y]
+    for x in xs:
+        total_x[x:x + tw] += wx[x]
+    return _finish(known, out.div_(total_y[:, None]).div_(total_x).clamp_(-1, 1), strength, mask)
 
 
-def _tile_workers(model: InferenceModel, tiles: int) -> int:
-    """Threads for tiles: torch's thread count for a torch model on the CPU, else 1 (a GPU, or an ONNX session,
-    which has its own threads)."""
+def _tile_workers(model: InferenceModel, passes: int) -> int:
+    """How many forward passes over tiles run at once: on the CPU one per torch thread, each on one thread.
+
+    Measured on 2 cores (docs/performance.md): one intra-op team of 2 threads splits this model's narrow
+    convolutions poorly and waits at a barrier after every op, which a busy machine turns into 4-5× longer
+    restores; two passes of one thread each do not wait for each other. Memory grows with the passes in
+    flight (`batch_size` tiles each). A GPU, or an ONNX session with its own threads, runs one pass at a time.
+    """
     if model.device.type != "cpu" or not isinstance(model.model, nn.Module):
         return 1
-    return max(1, min(torch.get_num_threads(), tiles))
+    return max(1, min(torch.get_num_threads(), passes))
 
 
 def _with_strength(image: torch.Tensor, restored: torch.Tensor, strength: float) -> torch.Tensor:
@@ -517,11 +529,11 @@ def _to_float_chw(image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, bool,
         hwc = True
     elif arr.ndim != 3 or arr.shape[0] != 3:
         raise PyramidalError(f"restore_image expects H×W×3, 3×H×W or H×W pixels, got shape {tuple(arr.shape)}")
-    return arr.float().div(127.5).sub(1.0), is_tensor, hwc
+    return arr.float().div_(127.5).sub_(1.0), is_tensor, hwc  # in place: one float copy of a large photo, not three
 
 
 def _from_float_chw(y: torch.Tensor, is_tensor: bool, hwc: bool) -> np.ndarray | torch.Tensor:
-    out = y.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+    out = y.add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
     if hwc:
         out = out.permute(1, 2, 0).contiguous()
     return out if is_tensor else out.numpy()
@@ -566,8 +578,8 @@ def from_model_range(y: torch.Tensor, dtype: np.dtype | type) -> np.ndarray:
     return hwc.add(1.0).mul(0.5).clamp(0, 1).contiguous().numpy().astype(dtype)
 
 
-def restore_image(model: Callable, image: np.ndarray | torch.Tensor, *, tile: int | None = 256, overlap: int | None = None,
-                  batch_size: int = 4, device: str | torch.device | None = None, precision: str = "auto",
+def restore_image(model: Callable, image: np.ndarray | torch.Tensor, *, tile: int | None = DEFAULT_TILE,
+                  overlap: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device | None = None, precision: str = "auto",
                   ensemble: bool = False, strength: float = 1.0,
                   progress: bool | None = False, mask: np.ndarray | torch.Tensor | str | None = None
                   ) -> np.ndarray | torch.Tensor:
@@ -756,7 +768,6 @@ def restore_files(
                 rgb = restore_image(model, loaded.rgb, device=dev, precision=prec, progress=progress, mask=holes,
                                     **options)
                 alpha = loaded.alpha
-            out.parent.mkdir(parents=True, exist_ok=True)
             write_image(rgb, out, alpha, loaded.grayscale, format=fmt, quality=quality)
         except PyramidalError as exc:
             result.error = str(exc)

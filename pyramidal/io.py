@@ -8,6 +8,7 @@ gives one PyramidalError line, "<file>: <reason>".
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -36,6 +37,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Write a file so that a crash never leaves it half-written: `write(tmp)`, fsync, rename over `path`.
 
     A device, pipe or folder at `path` is refused: renaming over it would replace it, not write into it.
+    On failure nothing is left: not the temporary file, nor the folders made for it. A full disk or an I/O
+    error is an OSError naming `path`, whatever the serializer raised (safetensors and torch.save have
+    their own exception types for it).
 
     Args:
         path: the file to write.
@@ -48,10 +52,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     if path.exists() and not path.is_file():
         raise PyramidalError(f"{path}: {'is a folder' if path.is_dir() else 'not a regular file'}; "
                              "refusing to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    created = missing_folders(path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(tmp)
         # mkstemp makes the file private (0600); give it the permissions an ordinary new file gets.
         umask = os.umask(0)
@@ -60,9 +66,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        remove_empty_folders(created)
+        text = str(exc).lower()
+        if isinstance(exc, Exception) and not isinstance(exc, (OSError, PyramidalError)) \
+                and any(k in text for k in _WRITE_FAILURES):
+            code = errno.ENOSPC if "space" in text else errno.EIO
+            raise OSError(code, os.strerror(code), str(path)) from exc
         raise
+
+
+# How serializers that raise their own exception types report a failed write (full disk, I/O error).
+_WRITE_FAILURES = ("no space left", "i/o error", "file write failed", "disk quota")
 
 
 def write_text(text: str, path: str | os.PathLike) -> None:
@@ -173,6 +190,24 @@ def folder_problem(folder: str | os.PathLike) -> str | None:
     except OSError as exc:
         return f"{probe}: cannot write here ({exc.strerror or exc})"
     return None
+
+
+def missing_folders(path: str | os.PathLike) -> list[Path]:
+    """The folders on the way to `path` (itself included) that do not exist yet, deepest first."""
+    path, missing = Path(path), []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def remove_empty_folders(folders: Iterable[str | os.PathLike]) -> None:
+    """Remove each folder in turn (deepest first) while it is empty: a failed command leaves no folders."""
+    for folder in folders:
+        try:
+            Path(folder).rmdir()
+        except OSError:  # not empty (or gone): what is left stays
+            break
 
 
 class OutputPlan:

@@ -49,7 +49,7 @@ from pyramidal.device import autocast, init_distributed, resolve_precision
 from pyramidal.errors import PyramidalError
 from pyramidal.fastpath import tune_cpu_allocator
 from pyramidal.figures import tile_grid
-from pyramidal.io import folder_problem
+from pyramidal.io import folder_problem, missing_folders, remove_empty_folders
 from pyramidal.runstate import (
     EMA,
     MetricsLog,
@@ -91,6 +91,17 @@ def _grid(images: torch.Tensor) -> np.ndarray:
     return tile_grid(((images.detach().float().cpu() + 1) / 2).clamp(0, 1).numpy())
 
 
+def charbonnier_loss(output: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """mean √((output − target)² + ε²): L1 with a smooth minimum (LapSRN's Charbonnier), ε on the [-1, 1] scale."""
+    return torch.sqrt((output - target).pow(2) + eps * eps).mean()
+
+
+# The training objectives by `--loss` name (config.LOSSES); validation and the logged PSNR use the MSE whatever
+# the objective, so runs with different losses are compared on the same number.
+LOSS_FUNCTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "mse": F.mse_loss, "l1": F.l1_loss, "charbonnier": charbonnier_loss}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # One training step: the trainer, `pyramidal bench` and the gradient report all run this.
 
@@ -113,19 +124,23 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | 
 
 
 def model_output(model: nn.Module, damaged: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor | None, *,
-                 device: torch.device, precision: str, channels_last: bool = True) -> torch.Tensor:
+                 device: torch.device, precision: str, channels_last: bool = True,
+                 noise_level: torch.Tensor | None = None) -> torch.Tensor:
     """The model's float32 output on `device` under autocast, as `restore` would return it.
 
     With a bool B×1×H×W `mask` of holes (a mask-conditioned model), the model sees
     `mask_conditioned_input(damaged, mask)` and only its prediction inside the holes is kept: the clean pixels
-    elsewhere, which `restore --mask` keeps exactly, so the loss scores the holes alone.
+    elsewhere, which `restore --mask` keeps exactly, so the loss scores the holes alone. With `noise_level`,
+    each image's true σ (0-255; a noise-map model), the model sees `noise_map_input(damaged, noise_level)`.
     """
-    from pyramidal.models.blocks import mask_conditioned_input
+    from pyramidal.models.blocks import mask_conditioned_input, noise_map_input
 
     damaged = damaged.to(device, non_blocking=True)
     if mask is not None:
         mask = mask.to(device, non_blocking=True)
         damaged = mask_conditioned_input(damaged, mask)
+    if noise_level is not None:
+        damaged = noise_map_input(damaged, noise_level)
     if channels_last:
         damaged = damaged.contiguous(memory_format=torch.channels_last)
     with autocast(device, precision):
@@ -138,18 +153,20 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, damaged: torc
                device: torch.device, precision: str, channels_last: bool = True,
                scaler: torch.amp.GradScaler | None = None, clip_grad: float | None = None,
                check_loss: Callable[[torch.Tensor], None] | None = None, update: bool = True,
-               mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               mask: torch.Tensor | None = None, noise_level: torch.Tensor | None = None,
+               objective: str = "mse") -> tuple[torch.Tensor, torch.Tensor]:
     """One step of `pyramidal train`; returns the loss and the output, detached.
 
-    Forward under autocast in `precision` (channels_last input), MSE in fp32, backward (scaled for fp16),
-    optional clipping of the global gradient norm, the optimizer's update. `check_loss` sees the loss before
-    the backward pass and may raise to stop; `update=False` leaves the gradients in place, unapplied.
-    `mask`: the holes, for a mask-conditioned model (see `model_output`).
+    Forward under autocast in `precision` (channels_last input), the `objective` (`LOSS_FUNCTIONS`: mse, l1,
+    charbonnier) in fp32, backward (scaled for fp16), optional clipping of the global gradient norm, the
+    optimizer's update. `check_loss` sees the loss before the backward pass and may raise to stop;
+    `update=False` leaves the gradients in place, unapplied. `mask`: the holes, for a mask-conditioned model;
+    `noise_level`: each image's σ, for a noise-map model (see `model_output`).
     """
     clean = clean.to(device, non_blocking=True)
     output = model_output(model, damaged, clean, mask, device=device, precision=precision,
-                          channels_last=channels_last)
-    loss = F.mse_loss(output, clean.float())
+                          channels_last=channels_last, noise_level=noise_level)
+    loss = LOSS_FUNCTIONS[objective](output, clean.float())
     if check_loss is not None:
         check_loss(loss.detach())
     optimizer.zero_grad(set_to_none=True)
@@ -224,6 +241,11 @@ class Trainer:
             holes = ", ".join(n for n in TASKS.names() if TASKS.get(n).has_mask)
             raise PyramidalError(f"mask_input: task {c.task} makes no holes to give the model; choose one that "
                                  f"does ({holes})")
+        # A noise-map model is given each image's true σ, in training and validation alike.
+        self.with_noise_level = bool(c.model_kwargs().get("noise_map"))
+        if self.with_noise_level and not self.task.has_noise_level:
+            raise PyramidalError(f"noise_map: task {c.task} has no noise level σ to give the model; train it on "
+                                 "--task noise")
         self.phases = size_phases(c)
         self._sources: dict[int, Any] = {}
         self._loaders: dict[int, Any] = {}
@@ -268,6 +290,7 @@ class Trainer:
         self.best_psnr = float("-inf")
         self.best_step: int | None = None
         self.elapsed = 0.0
+        self.cpu_elapsed = 0.0
         self.last_val_step: int | None = None
         self.interrupted = False
         self._out_of_time = False
@@ -328,11 +351,7 @@ class Trainer:
         if self.resumed or not self._created or self.step > 0 or (self.run_dir / "last.ckpt").exists():
             return
         shutil.rmtree(self.run_dir, ignore_errors=True)
-        for folder in self._created[1:]:  # the OUT/TASK/MODEL folders it made, while empty
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        remove_empty_folders(self._created[1:])  # the OUT/TASK/MODEL folders it made, while empty
 
     def _loop(self) -> None:
         self._start()
@@ -361,11 +380,12 @@ class Trainer:
         # A bar on a terminal; with --progress in a log, plain lines (progress.py) rather than bar refreshes.
         with progress(total=total, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}", unit="steps",
                       enabled=self.progress, file=sys.stderr) as bar:
-            for damaged, clean, *mask in loader:  # the mask of holes comes only for a mask-conditioned model
-                self._train_step(damaged, clean, *mask)
+            # A third item comes only for a conditioned model: the holes (mask_input) or each σ (noise_map).
+            for damaged, clean, *condition in loader:
+                self._train_step(damaged, clean, *condition)
                 if self.progress:
-                    loss, ips = self._bar_values
-                    bar.set_postfix_str(f"loss {loss:.4f}  PSNR {psnr_from_mse(loss):.2f} dB  {ips:.0f} img/s",
+                    loss, mse, ips = self._bar_values
+                    bar.set_postfix_str(f"loss {loss:.4f}  PSNR {psnr_from_mse(mse):.2f} dB  {ips:.0f} img/s",
                                         refresh=False)
                     bar.update(1)
                 if self.batch_in_epoch >= total:
@@ -399,7 +419,8 @@ class Trainer:
         if self.config.num_workers:
             kwargs["num_workers"] = self.config.num_workers
         return make_loader(ds, task, batch_size=batch_size, train=train, seed=self.config.seed,
-                           sampler=sampler, drop_last=train, with_mask=self.with_mask, **kwargs)
+                           sampler=sampler, drop_last=train, with_mask=self.with_mask,
+                           with_noise_level=self.with_noise_level, **kwargs)
 
     def _train_loader(self, phase: int):
         if phase not in self._loaders:
@@ -457,10 +478,7 @@ class Trainer:
         path = None
         if self.is_main:
             c = self.config
-            missing = Path(c.out) / c.task / c.model
-            while not missing.exists() and missing != missing.parent:
-                self._created.append(missing)
-                missing = missing.parent
+            self._created = missing_folders(Path(c.out) / c.task / c.model)
             run_dir = new_run_dir(c.out, c.task, c.model)
             self._created.insert(0, run_dir)
             path = str(run_dir)
@@ -497,6 +515,7 @@ class Trainer:
         self.best_psnr = float(saved["best_psnr"])
         self.best_step = saved.get("best_step")
         self.elapsed = float(saved.get("elapsed_s", 0.0))
+        self.cpu_elapsed = float(saved.get("cpu_s", 0.0))
         self.last_val_step = saved.get("last_val_step")
         if self.rank == 0:
             set_rng_state(saved["rng"])
@@ -523,6 +542,7 @@ class Trainer:
             "best_step": self.best_step,
             "last_val_step": self.last_val_step,
             "elapsed_s": self._elapsed(),
+            "cpu_s": self._cpu_elapsed(),
             "finished": self.finished,
             "world_size": self.world_size,
             "rng": rng_state(),
@@ -580,18 +600,31 @@ class Trainer:
     def _log_train(self) -> None:
         if self._acc_n == 0:
             return
-        mse = self._acc_loss / self._acc_n
+        mse = self._acc_mse / self._acc_n
         now = time.perf_counter()
         seconds = max(now - self._interval_start - self._excluded, 1e-9)
         self._interval_start, self._excluded = now, 0.0
-        values = {"loss/train": mse, "PSNR/train": psnr_from_mse(mse), "lr": self._lr_at(self.step - 1),
-                  "images_per_s": self._acc_images / seconds}
+        values = {"loss/train": self._acc_loss / self._acc_n, "PSNR/train": psnr_from_mse(mse),
+                  "lr": self._lr_at(self.step - 1), "images_per_s": self._acc_images / seconds}
         self.last_train = values
         self._log(values)
-        self._acc_loss = self._acc_n = self._acc_images = 0
+        self._acc_loss = self._acc_mse = self._acc_n = self._acc_images = 0
 
     def _elapsed(self) -> float:
         return self.elapsed + (time.monotonic() - self._t_start if hasattr(self, "_t_start") else 0.0)
+
+    def _cpu_elapsed(self) -> float:
+        """Seconds of this process's CPU time (all its threads) spent training, summed over resumes."""
+        return self.cpu_elapsed + (time.process_time() - self._cpu_start if hasattr(self, "_cpu_start") else 0.0)
+
+    def _budget_spent(self) -> str | None:
+        """The flag whose time budget is used up (--max-minutes, --max-cpu-minutes), or None."""
+        c = self.config
+        if c.max_minutes is not None and self._elapsed() >= c.max_minutes * 60:
+            return "--max-minutes"
+        if c.max_cpu_minutes is not None and self._cpu_elapsed() >= c.max_cpu_minutes * 60:
+            return "--max-cpu-minutes"
+        return None
 
     # -- steps, validation, stopping ------------------------------------------------------------------------
 
@@ -606,15 +639,17 @@ class Trainer:
             return True
         # Under DDP only rank 0 watches the clock; its verdict reaches every rank through _stop_flag.
         if not self.distributed:
-            if c.max_minutes is not None and self._elapsed() >= c.max_minutes * 60:
+            if self._budget_spent():
                 self._out_of_time = True
                 return True
             if self._stop.requested:
                 self._stop_flag = self._interrupted = True
         return self._stop_flag
 
-    def _train_step(self, damaged: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+    def _train_step(self, damaged: torch.Tensor, clean: torch.Tensor, condition: torch.Tensor | None = None) -> None:
         c = self.config
+        mask = condition if self.with_mask else None
+        noise_level = condition if self.with_noise_level else None
         # Dropout draws from the global RNG: seeding it from (seed, step, rank) makes every step's masks a
         # pure function of its position, so a resumed run repeats them exactly whatever else used the RNG.
         torch.manual_seed(derive_seed(c.seed, self.step, self.rank))
@@ -622,29 +657,32 @@ class Trainer:
             group["lr"] = self._lr_at(self.step)
         _, output = train_step(self.train_model, self.optimizer, damaged, clean, device=self.device,
                                precision=self.precision, channels_last=c.channels_last, scaler=self.scaler,
-                               clip_grad=c.clip_grad, check_loss=self._check_loss, mask=mask)
+                               clip_grad=c.clip_grad, check_loss=self._check_loss, mask=mask,
+                               noise_level=noise_level, objective=c.loss)
         if self.ema is not None:
             self.ema.update(self.model, self.step)
         self.step += 1
         self.batch_in_epoch += 1
         n = damaged.shape[0] * self.world_size
+        # PSNR/train is the MSE's whatever the objective (this process's batch when distributed).
+        mse = self._loss_value if c.loss == "mse" else F.mse_loss(output, clean.to(output.device)).item()
         self._acc_loss += self._loss_value
+        self._acc_mse += mse
         self._acc_n += 1
         self._acc_images += n
         self._last_output = output[: c.log_images]
         now = time.perf_counter()
-        self._bar_values = (self._loss_value, n / max(now - self._step_end, 1e-9))
+        self._bar_values = (self._loss_value, mse, n / max(now - self._step_end, 1e-9))
         self._step_end = now
 
     def _check_loss(self, loss: torch.Tensor) -> None:
         """Before the update: stop on a non-finite loss; under DDP also share the loss, signals and clock."""
-        c = self.config
         if self.distributed:
             import torch.distributed as dist
 
             # One collective per step carries the mean loss (for logging and a shared NaN verdict), any
             # rank's signal and rank 0's clock, so that every process leaves the loop at the same step.
-            out_of_time = self.is_main and c.max_minutes is not None and self._elapsed() >= c.max_minutes * 60
+            out_of_time = self.is_main and self._budget_spent() is not None
             flags = torch.tensor([float(self._stop.requested), float(out_of_time)], device=loss.device)
             packet = torch.cat([loss.float().reshape(1), flags])
             dist.all_reduce(packet)
@@ -669,9 +707,11 @@ class Trainer:
         se = se_in = 0.0
         count = 0
         shown: list[torch.Tensor] = []
-        for damaged, clean, *mask in self.val_loader:
-            out = model_output(model, damaged, clean, mask[0] if mask else None, device=self.device,
-                               precision=self.precision, channels_last=c.channels_last).cpu()
+        for damaged, clean, *condition in self.val_loader:
+            given = condition[0] if condition else None
+            out = model_output(model, damaged, clean, given if self.with_mask else None, device=self.device,
+                               precision=self.precision, channels_last=c.channels_last,
+                               noise_level=given if self.with_noise_level else None).cpu()
             se += F.mse_loss(out, clean, reduction="sum").item()
             se_in += F.mse_loss(damaged, clean, reduction="sum").item()
             count += clean.numel()
@@ -742,7 +782,7 @@ class Trainer:
         c = self.config
         self._stop_flag = False  # stop after this step: a signal, or --max-minutes under DDP
         self._interrupted = False  # the stop came from a signal
-        self._acc_loss = self._acc_n = self._acc_images = 0
+        self._acc_loss = self._acc_mse = self._acc_n = self._acc_images = 0
         self._excluded = 0.0
         self._interval_start = self._step_end = time.perf_counter()
         self._last_output = None
@@ -750,6 +790,7 @@ class Trainer:
         self.last_ckpt_step = self.step if self.resumed else None
         self.last_ckpt_time = time.monotonic()
         self._t_start = time.monotonic()
+        self._cpu_start = time.process_time()
         if self.is_main and not c.quiet:
             where = f"resuming {self.run_dir} at step {self.step}" if self.resumed else f"run folder {self.run_dir}"
             print(f"{where}  ({describe_spec(self.model.spec)}, task {c.task}, {self.device}, {self.precision}, "
@@ -769,7 +810,7 @@ class Trainer:
         self.logs.writer.flush()
         if not self.config.quiet:
             why = "stopped on request" if self.interrupted else (
-                "time budget (--max-minutes) reached" if self._out_of_time else "done")
+                f"time budget ({self._budget_spent() or '--max-minutes'}) reached" if self._out_of_time else "done")
             best = f"best PSNR/val {self.best_psnr:.2f} dB at step {self.best_step}" if self.best_step is not None else ""
             print(f"{why}: step {self.step}, epoch {self.epoch}; {best}; {self.run_dir}", flush=True)
 

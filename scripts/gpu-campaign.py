@@ -46,7 +46,6 @@ except ModuleNotFoundError:  # Python 3.10
 ROOT = Path(__file__).resolve().parents[1]
 BUILTIN_CONFIGS = ROOT / "pyramidal" / "configs" / "builtin"
 BENCH_MODELS = ("pyramidal23456", "pyramidal457101215")  # the built-in architecture, the research's 103 layers
-RESEARCH_MODELS = "basic21,basic51,pyramidal51,pyramidal51cat"  # issue 19's comparison (`compare --preset research`)
 FILE_LIMIT = 16 * 2**20  # the device tool returns files up to 16 MiB
 ARCHIVE_LIMIT = FILE_LIMIT - 2**20  # headroom for tar headers and padding
 # With report.json, campaign.log, bench.json and research.tar, three weight archives keep OUT at 7 files.
@@ -863,29 +862,37 @@ class TrainPhase:
         self.section["archives"] = archives
 
     def _research(self, end: float) -> None:
-        """Issue 19's comparison (basic21, basic51, pyramidal51, pyramidal51cat) in the time that is left."""
+        """Issue 19's comparison in the time that is left: the parts of `pyramidal.compare.RESEARCH_PARTS`
+        named by --research-tasks (squares and block: the research's four models and pyramidal51 with
+        up=upsample; depth: pyramidal457101215 against plain103 on block), as scripts/research-comparison.sh."""
+        from pyramidal.compare import PRESETS, RESEARCH_PARTS
+
         s = self.s
         section = self.section.setdefault("research", {"tasks": {}})
         left = end - time.monotonic()
-        tasks = s.research_tasks
-        if left < 90 and not s.smoke:
-            section["skipped"] = f"{left:.0f} s left"
+        tasks = [t for t in s.research_tasks if t in RESEARCH_PARTS]
+        for task in s.research_tasks:
+            if task not in RESEARCH_PARTS:
+                section["tasks"][task] = {"skipped": f"not one of {', '.join(RESEARCH_PARTS)}"}
+        if not tasks or (left < 90 and not s.smoke):
+            section["skipped"] = f"{left:.0f} s left" if tasks else "no known part in --research-tasks"
             return
         if s.research_steps:
             steps = s.research_steps
         else:  # equal steps for every model; batch 16 steps cost about what the measured batch-B steps did
-            per_model = (left / len(tasks) - 30) / 4
+            per_model = (left / len(tasks) - 30) / max(len(PRESETS[RESEARCH_PARTS[t][0]]["models"]) for t in tasks)
             steps_per_s = self.planner.rate_64 / s.batch_size
             steps = max(100, int(0.6 * steps_per_s * per_model))
-        section.update(steps=steps, models=RESEARCH_MODELS)
+        section.update(steps=steps, parts={t: list(RESEARCH_PARTS[t]) for t in tasks})
         parent = s.work / "research"
         files: list[tuple[Path, str]] = []
         for task in tasks:
             if self.runner.stop.is_set():
                 break
-            before = {p for p in parent.glob(f"{task}/*") if p.is_dir()}
-            args = ["compare", "--models", RESEARCH_MODELS, "--task", task, "--steps", str(steps), "--device",
-                    s.device, "--precision", s.precision, "--out", str(parent), "--baselines", "fast",
+            preset, damage = RESEARCH_PARTS[task]
+            folder = parent / task  # the comparison's folder: the same command again continues it
+            args = ["compare", "--preset", preset, "--task", damage, "--steps", str(steps), "--device",
+                    s.device, "--precision", s.precision, "--out", str(folder), "--baselines", "fast",
                     "--train-option", f"num_workers={s.workers}",
                     "--train-option", f"patches_per_epoch={16 * (s.steps_per_epoch if s.smoke else 1000)}",
                     "--train-option", f"val_images={4 if s.smoke else 48}", "--train-option", "log_images=0"]
@@ -893,15 +900,15 @@ class TrainPhase:
                 args += ["--size", "32", "--eval-limit", "1", "--train-option", "threads=1"]
             rc, seconds, tail = self.runner.run(self.runner.pyramidal(*args), f"research {task}",
                                                 kill_at=None if s.kill_grace is None else end)
-            found = [p for p in parent.glob(f"{task}/*") if p.is_dir() and p not in before]
-            folder = max(found, key=lambda p: p.stat().st_mtime) if found else None
+            started = (folder / "plan.json").is_file()
             section["tasks"][task] = {"returncode": rc, "seconds": round(seconds, 1),
-                                      "folder": rel(folder) if folder else None}
+                                      "folder": rel(folder) if started else None}
             if rc != 0:
                 section["tasks"][task]["output_tail"] = tail[-10:]
-            if folder is not None:
+            if started:
                 files += [(p, str(p.relative_to(parent))) for p in sorted(folder.rglob("*"))
-                          if p.is_file() and (p.parent == folder or p.name in ("config.json", "best.json", "metrics.csv"))]
+                          if p.is_file() and not p.name.startswith(".")
+                          and (p.parent == folder or p.name in ("config.json", "best.json", "metrics.csv"))]
                 section["archive"] = write_archive(self.outputs, "research.tar", files)
             self.outputs.save_report()
 
@@ -976,7 +983,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bench-batch", type=int, help="batch of the check phase's bench [64]")
     parser.add_argument("--research", action="store_true",
                         help="train phase: then issue 19's comparison in the time reserved by --research-share")
-    parser.add_argument("--research-tasks", default="squares,block", help="[squares,block]")
+    parser.add_argument("--research-tasks", default="squares,block",
+                        help="parts of the comparison: squares, block, depth (pyramidal.compare.RESEARCH_PARTS) "
+                             "[squares,block]")
     parser.add_argument("--research-share", type=float, default=0.3, help="share of the train phase's time [0.3]")
     parser.add_argument("--research-steps", type=int, help="steps per model [from the time and the measured rate; 2]")
     args = parser.parse_args(argv)

@@ -14,27 +14,25 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "pyramidal" / "weights"
 
-# The photographs of `--data builtin+.data/photos`, and their licences.
-TRAINING_DATA = [
+# The photographs of `--data builtin+.data/photos`, and their licences: scikit-image's, then those of the
+# folders of .data/photos that scripts/get-training-photos.sh fills (its --list has each file's licence).
+SKIMAGE_PHOTOS = (
     "12 of scikit-image's sample photographs (rocket, motorcycle_left, motorcycle_right, hubble_deep_field, "
     "ihc, retina, camera, coins, moon, brick, grass, gravel), shipped inside scikit-image; public domain or "
-    "CC0, as each one's skimage.data docstring states",
-    "12 nature photographs of Debian's mate-backgrounds package (usr/share/backgrounds/mate/nature), "
-    "GPL-2+ (see its copyright file); fetched by scripts/get-training-photos.sh into .data/photos, not "
-    "distributed with pyramidal",
-    "validation only, never trained on: scikit-image's astronaut, chelsea and coffee",
-]
-LICENSE_NOTE = (
-    "The weights are released under pyramidal's MIT licence. Half of the training photographs are GPL-2+ "
-    "(mate-backgrounds); whether trained weights are a derivative work of their training images is not "
-    "settled. Weights free of them: retrain with the same command and --data builtin (public-domain and "
-    "CC0 photographs only).")
+    "CC0, as each one's skimage.data docstring states")
+NEVER_TRAINED_ON = (
+    "validation only, never trained on: scikit-image's astronaut, chelsea and coffee, and the photographs "
+    "scripts/get-training-photos.sh holds out in .data/photos-heldout")
+# A record without `training_photos` predates it: those weights were trained on mate-nature alone.
+DEFAULT_PHOTO_FOLDERS = ["mate-nature"]
 TASK_USE = {
     "noise": "removing Gaussian-like noise from photographs, blind to its strength (σ 0-130 on the 0-255 "
              "scale); --strength trades the detail it keeps against the smoothness it gives",
@@ -55,17 +53,62 @@ def preset_name(config: str) -> str:
     return re.sub(r"(?:pyramidal/)?configs/((?:builtin/)?[\w-]+)\.toml", r"\1", config)
 
 
+def photo_list() -> list[dict[str, str]]:
+    """The entries of `scripts/get-training-photos.sh --list`: split, folder, name, package, version, path,
+    licence, size, sha256, author."""
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "get-training-photos.sh"), "--list"],
+                         check=True, capture_output=True, text=True).stdout
+    keys = ("split", "folder", "name", "package", "version", "path", "licence", "size", "sha256", "author")
+    return [dict(zip(keys, line.split(maxsplit=9))) for line in out.splitlines() if line.strip()]
+
+
+def photo_folders(data: str) -> list[str]:
+    """The folders of extra training photographs that `--data builtin+PATH` read (none for other data)."""
+    if not data.startswith("builtin+"):
+        return []
+    root = ROOT / data[len("builtin+"):].removeprefix("folder:")
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def training_data(folders: list[str]) -> tuple[list[str], int, list[str]]:
+    """(the card's training-data lines, how many photographs, the extra photographs' licences) for
+    scikit-image's training photographs plus the training split of the photo-list `folders`."""
+    packages: dict[str, list[dict[str, str]]] = {}
+    for entry in photo_list():
+        if entry["split"] == "train" and entry["folder"] in folders:
+            packages.setdefault(entry["package"], []).append(entry)
+    lines, count, licences = [SKIMAGE_PHOTOS], 12, Counter()
+    for package, entries in packages.items():
+        per_licence = Counter(e["licence"] for e in entries)
+        licences.update(per_licence)
+        count += len(entries)
+        each = ", ".join(f"{n} {name}" for name, n in per_licence.items()) if len(per_licence) > 1 else entry_lic(entries)
+        lines.append(
+            f"{len(entries)} photograph{'s' * (len(entries) > 1)} of Debian's {package} {entries[0]['version']} "
+            f"({each}), fetched by "
+            f"scripts/get-training-photos.sh into .data/photos/{entries[0]['folder']}, which lists each file's "
+            "path, author, licence and sha256 (docs/damage-and-data.md, Training photographs); not distributed "
+            "with pyramidal")
+    return [*lines, NEVER_TRAINED_ON], count, list(licences)
+
+
 def model_card(task: str, info: dict) -> dict:
     """Licence, data, intended use and limits for the record of a built-in weight file."""
     parameters = info.get("parameters")
     size = f"{parameters:,}-parameter " if parameters else ""
+    data, photos, licences = training_data(info.get("training_photos", DEFAULT_PHOTO_FOLDERS))
+    note = "The weights are released under pyramidal's MIT licence. " + (
+        f"The training photographs beyond scikit-image's are {', '.join(licences)} (see training_data); whether "
+        "trained weights are a derivative work of their training images is not settled. Weights free of them: "
+        "retrain with the same command and --data builtin (public-domain and CC0 photographs only)."
+        if licences else "They were trained on public-domain and CC0 photographs only.")
     return {
         "license": "MIT",
-        "license_note": LICENSE_NOTE,
-        "training_data": TRAINING_DATA,
+        "license_note": note,
+        "training_data": data,
         "intended_use": f"{TASK_USE.get(task, task)}; a demonstration of the model family and a starting point "
                         "for fine-tuning (pyramidal train --init-weights).",
-        "limits": f"A small {size}model trained for {info.get('steps', 0):,} steps on 24 photographs, with 64-96 "
+        "limits": f"A small {size}model trained for {info.get('steps', 0):,} steps on {photos} photographs, with 64-96 "
                   "px patches, on a CPU. It learned the task's synthetic damage exactly as `pyramidal degrade` "
                   "makes it and transfers poorly to other damage (camera noise, other codecs, other blur "
                   "kernels, holes of other shapes or colours). Below the best classical method in some "
@@ -104,6 +147,7 @@ def main(task: str, run_dir: str) -> None:
         "task_options": info.get("task_options", {}),
         "parameters": count_parameters(model),
         "data": config["data"],
+        "training_photos": photo_folders(config["data"]),
         "steps": steps,
         "val_psnr_64px": info.get("val_psnr"),
         "command": command,
@@ -148,6 +192,7 @@ def refresh_card(task: str) -> None:
     path = WEIGHTS / f"{task}.safetensors"
     info = read_weights_info(path)
     info["command"] = preset_name(info["command"])
+    info.setdefault("training_photos", DEFAULT_PHOTO_FOLDERS)
     info.update(model_card(task, info))
     save_state(load_file(str(path)), path, info)
     print(f"{task}: record and card written into {path}")

@@ -126,7 +126,7 @@ def test_prepare_for_inference_fp32_matches_eval_model():
 def test_bench_restore_smoke_runs_the_restore_path(monkeypatch, capsys):
     """`--mode restore --smoke` times `inference.restore_files` itself, with restore's default tiling."""
     import pyramidal.inference as inference
-    from pyramidal.inference import tile_layout
+    from pyramidal.inference import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE, tile_layout
 
     calls = []
     real = inference.restore_files
@@ -144,8 +144,9 @@ def test_bench_restore_smoke_runs_the_restore_path(monkeypatch, capsys):
     assert result["model"] == "pyramidal23456" and result["weights"] == "builtin" and result["task"] == "noise"
     w, h = result["restore_width"], result["restore_height"]
     assert abs(w * h / 1e6 - 0.05) < 0.005 and abs(w / h - 4 / 3) < 0.02
-    assert (result["restore_tile"], result["restore_overlap"], result["restore_tiles_per_pass"]) == (256, 32, 4)
-    (th, ys), (tw, xs) = tile_layout(h, 256, 32, 16), tile_layout(w, 256, 32, 16)  # pyramidal23456: 4 levels
+    tiling = (result["restore_tile"], result["restore_overlap"], result["restore_tiles_per_pass"])
+    assert tiling == (DEFAULT_TILE, DEFAULT_OVERLAP, DEFAULT_BATCH_SIZE)  # restore's own defaults
+    (th, ys), (tw, xs) = tile_layout(h, DEFAULT_TILE, 32, 16), tile_layout(w, DEFAULT_TILE, 32, 16)  # 4 levels
     assert result["restore_tiles"] == len(ys) * len(xs) and result["restore_tile_size"] == [th, tw]
     for key in ("restore_s", "restore_mp_per_s", "restore_gflop_per_s", "restore_peak_fraction",
                 "restore_matmul_gflop_per_s", "restore_io_s"):

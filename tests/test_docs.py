@@ -105,6 +105,13 @@ def test_readme_is_short():
     assert n <= MAX_README_LINES, f"README.md has {n} lines; move reference material into docs/"
 
 
+def test_readme_command_table_names_every_command():
+    from pyramidal.cli import COMMANDS
+
+    rows = re.findall(r"^\| `([a-z]+)` \|", README.read_text(encoding="utf-8"), re.M)
+    assert rows == list(COMMANDS), "the README's command table should list every command, in --help order"
+
+
 def test_docs_index_and_mkdocs_nav_list_every_page():
     names = {p.name for p in DOCS.glob("*.md")}
     nav = set(re.findall(r":\s*(\S+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(encoding="utf-8"), re.M))

@@ -102,6 +102,8 @@ CASES: list[tuple[list[str], str]] = [
     (["train", *TINY_TRAIN, "--resume", "missing_run"], "missing_run"),
     (["train", "--resume", "evil_run"], "refuses to load"),
     (["train", *TINY_TRAIN, "--init-weights", "missing.safetensors"], "missing.safetensors"),
+    (["train", *TINY_TRAIN, "--init-weights", "badrecord.safetensors"], "badrecord.safetensors"),
+    (["train", *TINY_TRAIN, "--init-weights", "evil.ckpt"], "evil.ckpt"),
     (["train", *TINY_TRAIN, "--data", "folder:missing"], "missing"),
     (["train", *TINY_TRAIN, "--data", "folder:trunc"], "trunc"),
     # restore
@@ -130,6 +132,8 @@ CASES: list[tuple[list[str], str]] = [
     (["serve", "--max-megapixels", "0"], "--max-megapixels"),
     (["serve", "--weights", "missing.safetensors"], "missing.safetensors"),
     (["serve", "--weights", "a_file"], "a_file"),
+    (["serve", "--weights", "badrecord.safetensors"], "badrecord.safetensors"),
+    (["serve", "--weights", "evil.ckpt"], "evil.ckpt"),
     (["serve", "--weights-dir", "missing"], "missing"),
     (["serve", "--device", "bogus"], "--device"),
     # evaluate
@@ -156,6 +160,7 @@ CASES: list[tuple[list[str], str]] = [
     (["compare", "--models", "basic21", "--task", "/x", "--steps", "1", "-o", "out"], "--task"),
     (["compare", "--models", "basic21", "--steps", "1", "--eval-limit", "0", "-o", "out"], "--eval-limit"),
     (["compare", "--models", "basic21", "--steps", "1", "-o", "a_file/cmp"], "a_file"),
+    (["compare", "--models", "basic21", "--steps", "1", "--data", "folder:missing", "-o", "out"], "missing"),
     (["compare", "--models", "basic21", "--steps", "1", "--model-option", "channels=abc", "-o", "out"], "channels"),
     # gradients
     (["gradients", "--models", "nope", "-o", "out"], "nope"),

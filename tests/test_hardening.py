@@ -242,7 +242,7 @@ def test_train_out_unwritable_or_full_disk_leaves_nothing(tmp_path, capsys, monk
                         (tmp_path / "a_file" / "runs", "exists and is not a folder")):
         code, _, err = cli(["train", *TRAIN, "--steps", "1", "--out", str(out)], capsys)
         assert code == 2
-        one_error(err, str(tmp_path / "a_file"), "--out")
+        one_error(err, str(tmp_path / "a_file"), needle, "--out")
 
     # A read-only disk: creating any file there fails (simulated, so that it works for root too).
     import tempfile
@@ -274,6 +274,23 @@ def test_train_out_unwritable_or_full_disk_leaves_nothing(tmp_path, capsys, monk
     assert code == 2
     one_error(err, "No space left on device")
     assert not (tmp_path / "new").exists()
+
+
+def test_full_disk_in_any_serializer_is_an_os_error_and_leaves_nothing(tmp_path):
+    """safetensors and torch.save report a full disk in their own exception types; the writer says it plainly."""
+    from safetensors import SafetensorError
+
+    from pyramidal.io import atomic_write
+
+    def full(tmp):
+        Path(tmp).write_bytes(b"part")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    target = tmp_path / "new" / "deeper" / "w.safetensors"
+    with pytest.raises(OSError) as info:
+        atomic_write(target, full)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert files_under(tmp_path) == set()  # neither the temporary file nor the folders made for it
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")

@@ -89,6 +89,37 @@ def test_tiled_matches_untiled(weights):
     assert np.abs(whole - tiled).mean() < 0.5
 
 
+def test_tiles_in_threads_match_one_thread(weights):
+    """On the CPU one pass per torch thread runs at once; the result is the one-thread result, bit for bit, and
+    the caller's thread count is left as it was."""
+    from pyramidal.checkpoint import load_weights
+
+    model = load_weights(weights)
+    img = smooth_image(150, 230)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = restore_image(model, img, tile=64, overlap=16, batch_size=2, device="cpu", precision="fp32")
+        torch.set_num_threads(3)
+        three = restore_image(model, img, tile=64, overlap=16, batch_size=2, device="cpu", precision="fp32")
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(one, three)
+
+
+def test_cli_restore_defaults_are_the_library_defaults():
+    import argparse
+
+    from pyramidal.cli import restore as cli_restore
+    from pyramidal.inference import DEFAULT_BATCH_SIZE, DEFAULT_TILE
+
+    parser = argparse.ArgumentParser()
+    cli_restore.add_arguments(parser)
+    args = parser.parse_args(["in.png", "-o", "out"])
+    assert (args.tile, args.batch_size) == (DEFAULT_TILE, DEFAULT_BATCH_SIZE)
+
+
 @pytest.mark.parametrize("multiple", [1, 16])
 def test_tile_layout_covers_everything_with_the_fewest_tiles(multiple):
     from pyramidal.inference import tile_layout

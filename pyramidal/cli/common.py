@@ -167,6 +167,8 @@ def add_task_options(parser: argparse._ActionsContainer, use: str, default: Any 
     from pyramidal.damage import TASKS
 
     for name, users in declared_task_options().items():
+        if use != "train" and all(option.train_only for _, option in users):
+            continue  # it shapes random training damage; degrade and evaluate use fixed settings
         parts = []
         for task, option in users:
             if use == "evaluate":

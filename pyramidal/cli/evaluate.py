@@ -39,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'builtin' (default), a .safetensors file, a training checkpoint (last.ckpt), a run "
                              "folder, or 'none' for the baselines alone")
     parser.add_argument("--data", default="builtin", help="builtin (default), folder:PATH or celeba:PATH")
-    parser.add_argument("--split", default="val", choices=("val", "test"), help="evaluation split (default val)")
+    parser.add_argument("--split", default="val", choices=("val", "test", "all"),
+                        help="evaluation split (default val); all: every image of a folder:PATH that training "
+                             "never reads, such as .data/photos-heldout")
     policy = _crop_help()
     parser.add_argument("--crop", type=at_least(0), default=None, help=f"crop side in px, 0 = whole images ({policy})")
     parser.add_argument("--crops", type=at_least(1), default=None,

@@ -27,11 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default="builtin",
                         help="'builtin' (weights shipped for --task, the default), a .safetensors file, a training "
                              "checkpoint (last.ckpt), a run folder, or a folder with model.safetensors + config.json")
-    parser.add_argument("--tile", type=at_least(0), default=256,
-                        help="tile side in px; 0 = whole image at once (default 256)")
+    # The defaults are inference.DEFAULT_TILE and DEFAULT_BATCH_SIZE (written out: --help never imports torch).
+    parser.add_argument("--tile", type=at_least(0), default=512,
+                        help="largest tile side in px, tiles spread evenly; 0 = whole image at once (default 512)")
     parser.add_argument("--overlap", type=at_least(0), default=None,
                         help="overlap between tiles in px, blended (default 32, at most half a tile)")
-    parser.add_argument("--batch-size", type=at_least(1), default=4, help="tiles per forward pass (default 4)")
+    parser.add_argument("--batch-size", type=at_least(1), default=1,
+                        help="tiles per forward pass; on the CPU one pass per thread runs at once (default 1)")
     add_device(parser)
     add_precision(parser)
     parser.add_argument("--ensemble", action="store_true",

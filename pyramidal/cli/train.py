@@ -67,6 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, default=S, help="weight decay [1e-4]")
     g.add_argument("--optimizer", choices=("adam", "adamw"), default=S,
                    help="adam: L2 decay as in the research; adamw: decoupled decay [adam]")
+    g.add_argument("--loss", choices=("mse", "l1", "charbonnier"), default=S,
+                   help="training objective; validation and PSNR use the MSE either way [mse]")
     g.add_argument("--schedule", choices=("none", "cosine", "step"), default=S, help="LR schedule [none]")
     g.add_argument("--warmup-steps", type=int, default=S, help="linear LR warm-up steps [0]")
     g.add_argument("--min-lr", type=float, default=S, help="cosine: final LR [0]")
@@ -80,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, default=S, help="epochs [10 if no limit is given]")
     g.add_argument("--steps", type=int, default=S, help="optimizer steps")
     g.add_argument("--max-minutes", type=float, default=S, help="training minutes, summed over resumes")
+    g.add_argument("--max-cpu-minutes", type=float, default=S,
+                   help="CPU minutes of this process (all its threads), summed over resumes: equal budgets on a "
+                        "shared machine")
 
     g = parser.add_argument_group("machine")
     g.add_argument("--seed", type=int, default=S, help="random seed; fixed seed = reproducible on the CPU [0]")

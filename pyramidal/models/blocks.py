@@ -80,11 +80,56 @@ def mask_conditioned_input(images: torch.Tensor, mask: torch.Tensor) -> torch.Te
     return torch.cat([images * (1 - hole), hole], dim=1)
 
 
+def noise_map_input(images: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """The input of a model built with `noise_map=True` (FFDNet-style): B×3×H×W images in [-1, 1] and the
+    noise σ on the 0-255 scale, one per image (a B tensor) or one for all → B×4×H×W, a constant σ/255 channel
+    after the colours."""
+    level = torch.as_tensor(sigma, dtype=images.dtype, device=images.device).reshape(-1, 1, 1, 1) / 255.0
+    return torch.cat([images, level.expand(images.shape[0], 1, *images.shape[2:])], dim=1)
+
+
+NORMS = Registry("normalisation")
+
+
+class LayerNorm2d(nn.Module):
+    """Layer norm over the channels of each pixel of a B×C×H×W map (NAFNet's), with a per-channel affine."""
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # torch's fused layer norm over the last dim, on a channels-last view: 9× faster on one CPU thread
+        # (fwd + bwd) than the mean/variance written out, which stores every intermediate map.
+        return F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps).permute(0, 3, 1, 2)
+
+
+@NORMS.register("batch")
+def batch_norm(channels: int) -> nn.Module:
+    """BatchNorm2d, as in the research: batch statistics in training, running averages in eval."""
+    return nn.BatchNorm2d(channels)
+
+
+@NORMS.register("layer")
+def layer_norm(channels: int) -> nn.Module:
+    """LayerNorm2d: per pixel over the channels, the same in training and eval, independent of the batch."""
+    return LayerNorm2d(channels)
+
+
+@NORMS.register("none")
+def no_norm(channels: int) -> nn.Module:
+    """No normalisation (as EDSR and most super-resolution nets)."""
+    return nn.Identity()
+
+
 class PaddedModel(nn.Module):
     """Base for models that down-sample `levels` times: pads the input to 2**levels and crops back."""
 
     levels: int = 0
     mask_input: bool = False  # True: the input is `mask_conditioned_input(images, mask)`, 4 channels
+    noise_map: bool = False  # True: the input is `noise_map_input(images, sigma)`, 4 channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padded, (h, w) = pad_to_multiple(x, 2**self.levels)

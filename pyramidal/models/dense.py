@@ -10,10 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from pyramidal.models.blocks import NORMS, LayerNorm2d
 from pyramidal.registry import Registry
 
 DOWN = Registry("transition down")
 UP = Registry("transition up")
+# The block kinds a dense pyramid is built from (its `block` option): each takes the feature maps of its
+# input and adds `out_channels` new ones, so the pyramid's channel bookkeeping is the same for every kind.
+BLOCKS = Registry("block")
 
 
 def rf_step(kind: str, kernel: int, stride: int = 2) -> Callable[[Callable], Callable]:
@@ -79,11 +83,12 @@ def wants_checkpoint(features: list[torch.Tensor]) -> bool:
 
 
 class DenseLayer(nn.Module):
-    """concat(features) → BN → ReLU → 3×3 conv to `growth` features → dropout."""
+    """concat(features) → BN (or another `norm`) → ReLU → 3×3 conv to `growth` features → dropout."""
 
-    def __init__(self, in_channels: int, growth: int, dropout: float = 0.2, memory_efficient: bool = False):
+    def __init__(self, in_channels: int, growth: int, dropout: float = 0.2, memory_efficient: bool = False,
+                 norm: str = "batch"):
         super().__init__()
-        self.norm = nn.BatchNorm2d(in_channels)
+        self.norm = NORMS.get(norm)(in_channels)
         self.conv = nn.Conv2d(in_channels, growth, 3, padding=1)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.memory_efficient = memory_efficient
@@ -103,6 +108,7 @@ class DenseLayer(nn.Module):
         return self.dropout(out)
 
 
+@BLOCKS.register("dense")
 class DenseBlock(nn.Module):
     """`num_layers` DenseLayers; each sees the block input plus every earlier layer's output.
 
@@ -118,10 +124,11 @@ class DenseBlock(nn.Module):
         num_layers: int,
         dropout: float = 0.2,
         memory_efficient: bool = False,
+        norm: str = "batch",
     ):
         super().__init__()
         self.layers = nn.ModuleList(
-            DenseLayer(in_channels + i * growth, growth, dropout, memory_efficient) for i in range(num_layers)
+            DenseLayer(in_channels + i * growth, growth, dropout, memory_efficient, norm) for i in range(num_layers)
         )
         self.out_channels = num_layers * growth
 
@@ -142,10 +149,11 @@ class PlainBlock(nn.Module):
 
     concat_input = False
 
-    def __init__(self, in_channels: int, growth: int, num_layers: int, dropout: float = 0.2, **_: object):
+    def __init__(self, in_channels: int, growth: int, num_layers: int, dropout: float = 0.2, norm: str = "batch",
+                 **_: object):
         super().__init__()
         self.layers = nn.ModuleList(
-            DenseLayer(in_channels if i == 0 else growth, growth, dropout) for i in range(num_layers)
+            DenseLayer(in_channels if i == 0 else growth, growth, dropout, norm=norm) for i in range(num_layers)
         )
         self.out_channels = growth
 
@@ -156,8 +164,73 @@ class PlainBlock(nn.Module):
         return x
 
 
-def _pointwise(channels: int, dropout: float) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Conv2d(channels, channels, 1), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+class SimpleGate(nn.Module):
+    """NAFNet's gate: split the channels in halves and multiply them, in place of a nonlinearity."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, dim=1)
+        return a * b
+
+
+class NAFBlock(nn.Module):
+    """NAFNet's block at a fixed width (Chen et al. 2022, "Simple Baselines for Image Restoration").
+
+    x + β·[LN → 1×1 conv to 2c → 3×3 depthwise → SimpleGate → simplified channel attention → 1×1 conv], then
+    y + γ·[LN → 1×1 conv to 2c → SimpleGate → 1×1 conv]; no other nonlinearity. β and γ start at 0, so the
+    block starts as the identity.
+    """
+
+    def __init__(self, channels: int, dropout: float = 0.0):
+        super().__init__()
+        c = channels
+        self.norm1, self.norm2 = LayerNorm2d(c), LayerNorm2d(c)
+        self.conv1 = nn.Conv2d(c, 2 * c, 1)
+        self.depthwise = nn.Conv2d(2 * c, 2 * c, 3, padding=1, groups=2 * c)
+        self.gate = SimpleGate()
+        self.attention = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, c, 1))  # simplified channel attention
+        self.conv2 = nn.Conv2d(c, c, 1)
+        self.conv3 = nn.Conv2d(c, 2 * c, 1)
+        self.conv4 = nn.Conv2d(c, c, 1)
+        # Whole channels, as in the dense layers (and far cheaper to draw than NAFNet's per-element masks).
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.beta = nn.Parameter(torch.zeros(1, c, 1, 1))
+        self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.gate(self.depthwise(self.conv1(self.norm1(x))))
+        y = self.conv2(y * self.attention(y))
+        x = x + self.beta * self.dropout(y)
+        y = self.conv4(self.gate(self.conv3(self.norm2(x))))
+        return x + self.gamma * self.dropout(y)
+
+
+@BLOCKS.register("nafnet")
+class NAFStage(nn.Module):
+    """A 1×1 conv from the block input to `num_layers * growth` channels, then `num_layers` NAFBlocks at that width.
+
+    Like a DenseBlock it returns `num_layers * growth` new features and the pyramid keeps its input beside
+    them, so it drops into the same levels, transitions and skips. Its own norm is NAFNet's layer norm.
+    """
+
+    concat_input = True
+
+    def __init__(self, in_channels: int, growth: int, num_layers: int, dropout: float = 0.0, **_: object):
+        super().__init__()
+        self.out_channels = num_layers * growth
+        self.project = nn.Conv2d(in_channels, self.out_channels, 1)
+        self.blocks = nn.Sequential(*(NAFBlock(self.out_channels, dropout) for _ in range(num_layers)))
+
+    def extend(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The input feature maps followed by the stage's new ones (as `DenseBlock.extend`)."""
+        return list(features) + [self.blocks(self.project(concat(list(features))))]
+
+    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        inputs = list(x) if isinstance(x, (list, tuple)) else [x]
+        return self.extend(inputs)[-1]  # B × (num_layers*growth) × H × W
+
+
+def _pointwise(channels: int, dropout: float, norm: str = "batch") -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(channels, channels, 1), NORMS.get(norm)(channels), nn.ReLU(inplace=True)]
     if dropout > 0:
         layers.append(nn.Dropout2d(dropout))
     return layers
@@ -165,25 +238,25 @@ def _pointwise(channels: int, dropout: float) -> list[nn.Module]:
 
 @DOWN.register("maxpool")
 @rf_step("conv", 2)
-def maxpool_down(channels: int, dropout: float = 0.2) -> nn.Module:
+def maxpool_down(channels: int, dropout: float = 0.2, norm: str = "batch") -> nn.Module:
     """1×1 conv + BN + ReLU + dropout + 2×2 max pool, as in the research."""
-    return nn.Sequential(*_pointwise(channels, dropout), nn.MaxPool2d(2))
+    return nn.Sequential(*_pointwise(channels, dropout, norm), nn.MaxPool2d(2))
 
 
 @DOWN.register("avgpool")
 @rf_step("conv", 2)
-def avgpool_down(channels: int, dropout: float = 0.2) -> nn.Module:
+def avgpool_down(channels: int, dropout: float = 0.2, norm: str = "batch") -> nn.Module:
     """1×1 conv + BN + ReLU + dropout + 2×2 average pool."""
-    return nn.Sequential(*_pointwise(channels, dropout), nn.AvgPool2d(2))
+    return nn.Sequential(*_pointwise(channels, dropout, norm), nn.AvgPool2d(2))
 
 
 @DOWN.register("strided")
 @rf_step("conv", 3)
-def strided_down(channels: int, dropout: float = 0.2) -> nn.Module:
+def strided_down(channels: int, dropout: float = 0.2, norm: str = "batch") -> nn.Module:
     """3×3 stride-2 conv + BN + ReLU."""
     return nn.Sequential(
-        nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(channels),
+        nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=norm == "none"),  # a norm brings its own shift
+        NORMS.get(norm)(channels),
         nn.ReLU(inplace=True),
     )
 

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from pyramidal.models import register_configured
-from pyramidal.models.blocks import OutputBlock, PaddedModel
-from pyramidal.models.dense import DOWN, UP, DenseBlock, PlainBlock, checkpointed, concat, wants_checkpoint
+from pyramidal.models.blocks import NORMS, OutputBlock, PaddedModel
+from pyramidal.models.dense import BLOCKS, DOWN, UP, PlainBlock, checkpointed, concat, wants_checkpoint
 
 
 @dataclass
@@ -31,6 +31,9 @@ class DensePyramidConfig:
     out_channels: int = 3
     decoder_blocks: tuple[int, ...] | None = field(default=None)  # default: the encoder sizes reversed
     mask_input: bool = False  # one more input channel: the mask of holes (blocks.mask_conditioned_input)
+    noise_map: bool = False  # one more input channel: the noise level σ/255 (blocks.noise_map_input)
+    block: str = "dense"  # the block kind of every level (models.dense.BLOCKS): dense, nafnet
+    norm: str = "batch"  # normalisation in dense layers and transitions (models.blocks.NORMS): batch, layer, none
 
     # (low, high) for `pyramidal.models.check_options`; other whole numbers must be >= 1.
     LIMITS = {"blocks": (1, 256), "decoder_blocks": (1, 256), "bottleneck": (1, 256), "dropout": (0.0, 1.0)}
@@ -44,17 +47,23 @@ class DensePyramid(PaddedModel):
         self.config = config
         c = config
         self.mask_input = bool(c.mask_input)
-        DOWN.get(c.down), UP.get(c.up)  # fail early with the list of valid names
-        block_cls = DenseBlock if c.dense else PlainBlock
+        self.noise_map = bool(c.noise_map)
+        if self.mask_input and self.noise_map:
+            raise ValueError("mask_input and noise_map: choose one extra input channel, not both")
+        DOWN.get(c.down), UP.get(c.up), NORMS.get(c.norm)  # fail early with the list of valid names
+        if not c.dense and c.block != "dense":
+            raise ValueError(f"dense=false (plain sequential layers) replaces the dense block; block={c.block!r} "
+                             "needs dense=true")
+        block_cls = BLOCKS.get(c.block) if c.dense else PlainBlock
         decoder_sizes = tuple(c.decoder_blocks) if c.decoder_blocks is not None else tuple(reversed(c.blocks))
         if len(decoder_sizes) != len(c.blocks):
             raise ValueError(f"decoder_blocks {decoder_sizes} must have one entry per encoder block {tuple(c.blocks)}")
         self.levels = len(c.blocks)
 
         def block(in_ch: int, n: int) -> nn.Module:
-            return block_cls(in_ch, c.growth, n, c.dropout, memory_efficient=c.memory_efficient)
+            return block_cls(in_ch, c.growth, n, c.dropout, memory_efficient=c.memory_efficient, norm=c.norm)
 
-        stem_in = c.in_channels + self.mask_input
+        stem_in = c.in_channels + self.mask_input + self.noise_map
         self.stem = nn.Sequential(nn.Conv2d(stem_in, c.m, 3, padding=1), nn.ReLU(inplace=True))
         channels = c.m
         self.encoder, self.down = nn.ModuleList(), nn.ModuleList()
@@ -64,7 +73,7 @@ class DensePyramid(PaddedModel):
             self.encoder.append(blk)
             channels = channels + blk.out_channels if blk.concat_input else blk.out_channels
             skip_channels.append(channels)
-            self.down.append(DOWN.get(c.down)(channels, c.dropout))
+            self.down.append(DOWN.get(c.down)(channels, c.dropout, norm=c.norm))
         self.bottleneck = block(channels, c.bottleneck)
         # FC-DenseNet: only the new features of a block go up, which keeps the decoder narrow.
         up_channels = self.bottleneck.out_channels

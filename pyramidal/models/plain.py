@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from pyramidal.models import register_configured
-from pyramidal.models.blocks import OutputBlock, PaddedModel, conv_block, convtranspose_block, input_block
+from pyramidal.models.blocks import ACTIVATIONS, OutputBlock, PaddedModel, conv_block, convtranspose_block, input_block
+from pyramidal.models.dense import UP
 
 
 def default_channels(levels: int, width: int = 32, max_width: int = 256) -> tuple[int, ...]:
@@ -23,6 +24,7 @@ class AutoencoderConfig:
     skip: str = "none"  # none | add | cat
     channels: tuple[int, ...] | None = None  # levels+1 widths; default 32, 64, 128, 256, 256, 256
     activation: str = "relu"
+    up: str = "convtranspose"  # a registered transition up (models.dense.UP), then BN + activation
     residual: bool = False
     in_channels: int = 3
     out_channels: int = 3
@@ -32,8 +34,17 @@ class AutoencoderConfig:
     LIMITS = {"levels": (1, 12), "convs_per_level": (1, 64)}
 
 
+def up_block(in_channels: int, out_channels: int, up: str = "convtranspose", activation: str = "relu") -> nn.Module:
+    """×2 up-sampling + BN + activation: the research's bias-free transposed conv, or any registered `UP`
+    transition (`upsample`: bilinear ×2 then a 3×3 conv, free of the transposed conv's checkerboard)."""
+    if up == "convtranspose":
+        return convtranspose_block(in_channels, out_channels, activation)
+    return nn.Sequential(UP.get(up)(in_channels, out_channels), nn.BatchNorm2d(out_channels),
+                         ACTIVATIONS.get(activation)())
+
+
 class Autoencoder(PaddedModel):
-    """Conv encoder-decoder: stride-2 convs down, stride-2 transposed convs up, optional skips per level.
+    """Conv encoder-decoder: stride-2 convs down, ×2 up-sampling (`up`, default transposed convs), optional skips.
 
     Level i: (convs_per_level - 1) conv blocks at width c[i-1], then a stride-2 conv to c[i].
     The decoder mirrors it; with skips, the encoder map at each resolution joins the decoder there.
@@ -52,6 +63,7 @@ class Autoencoder(PaddedModel):
         self.config, self.levels, self.widths = c, c.levels, widths
         self.mask_input = bool(c.mask_input)
         act = c.activation
+        UP.get(c.up)  # fail early with the list of valid names
         extra = c.convs_per_level - 1
         self.stem = input_block(c.in_channels + self.mask_input, widths[0], act)
         self.encoder = nn.ModuleList()
@@ -66,7 +78,7 @@ class Autoencoder(PaddedModel):
         self.up = nn.ModuleList()
         incoming = widths[-1]
         for i in reversed(range(c.levels)):
-            self.up.append(convtranspose_block(incoming, widths[i], act))
+            self.up.append(up_block(incoming, widths[i], c.up, act))
             merged = 2 * widths[i] if c.skip == "cat" else widths[i]
             convs = [conv_block(merged if j == 0 else widths[i], widths[i], activation=act) for j in range(extra)]
             self.decoder.append(nn.Sequential(*convs))
@@ -90,11 +102,12 @@ class Autoencoder(PaddedModel):
 
     def rf_path(self) -> list[tuple[str, int, int]]:
         n = self.config.convs_per_level - 1
+        up = UP.get(self.config.up).rf_step  # declared where the transition is registered
         path = [("conv", 3, 1)]
         for _ in range(self.levels):
             path += [("conv", 3, 1)] * n + [("conv", 3, 2)]
         for _ in range(self.levels):
-            path += [("up", 3, 2)] + [("conv", 3, 1)] * n
+            path += [up] + [("conv", 3, 1)] * n
         return path + [("conv", 3, 1)]
 
 

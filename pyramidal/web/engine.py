@@ -142,9 +142,11 @@ def weights_choices(files: Sequence[str | Path] = (), folders: Sequence[str | Pa
         if path.resolve() in seen:
             continue
         seen.add(path.resolve())
-        from pyramidal.checkpoint import read_sidecar  # imports torch: only once the paths are known good
+        # Imports torch: only once the paths are known good.
+        from pyramidal.checkpoint import read_sidecar, recorded_spec
 
         info = read_sidecar(path)
+        recorded_spec(info, path, check=True)  # a file the page could not load is refused now, not per request
         task = info.get("task")
         label = f"{name} ({info['model']}" + (f", trained for {task})" if task else ")")
         choices.append(WeightsChoice(f"file{len(choices)}", label, path, task, info["model"]))
