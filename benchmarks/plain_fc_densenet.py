@@ -57,11 +57,14 @@ def transition_down(channels: int, dropout: float) -> nn.Sequential:
 
 
 class PlainOutput(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, residual: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.residual = residual
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        if self.residual:  # the conv predicts a correction to the input
+            return (image + self.conv(x)).clamp(-1.0, 1.0)
         return torch.tanh(self.conv(x))
 
 
@@ -69,7 +72,7 @@ class PlainFCDenseNet(nn.Module):
     """Stem → [dense block → concat → transition down]×L → bottleneck → [up → concat skip → dense block]×L → output."""
 
     def __init__(self, blocks=(4, 5, 7, 10, 12), bottleneck: int = 15, m: int = 48, growth: int = 16,
-                 dropout: float = 0.2, in_channels: int = 3, out_channels: int = 3):
+                 dropout: float = 0.2, in_channels: int = 3, out_channels: int = 3, residual: bool = False):
         super().__init__()
         self.levels = len(blocks)
         self.stem = nn.Sequential(nn.Conv2d(in_channels, m, 3, padding=1), nn.ReLU())
@@ -88,7 +91,7 @@ class PlainFCDenseNet(nn.Module):
             in_ch = up_channels + skip
             self.decoder.append(PlainDenseBlock(in_ch, growth, n, dropout))
             up_channels = n * growth
-        self.output = PlainOutput(in_ch + up_channels, out_channels)
+        self.output = PlainOutput(in_ch + up_channels, out_channels, residual)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if image.shape[-1] % 2**self.levels or image.shape[-2] % 2**self.levels:
@@ -103,7 +106,7 @@ class PlainFCDenseNet(nn.Module):
         for up, block, skip in zip(self.up, self.decoder, reversed(skips)):
             x = torch.cat([up(new), skip], 1)
             new = block(x)
-        return self.output(torch.cat([x, new], 1))
+        return self.output(torch.cat([x, new], 1), image)
 
 
 def from_config(config) -> PlainFCDenseNet:
@@ -115,13 +118,14 @@ def from_config(config) -> PlainFCDenseNet:
         unsupported.append("dense=True and skips=True")
     if c.down != "maxpool" or c.up != "convtranspose":
         unsupported.append("down=maxpool, up=convtranspose")
-    if c.residual or c.memory_efficient:
-        unsupported.append("residual=False, memory_efficient=False")
+    if c.memory_efficient:
+        unsupported.append("memory_efficient=False")
     if decoder != tuple(reversed(c.blocks)) or not c.blocks:
         unsupported.append("a mirrored decoder")
     if unsupported:
         raise ValueError("the plain reference only builds FC-DenseNets with " + "; ".join(unsupported))
-    return PlainFCDenseNet(tuple(c.blocks), c.bottleneck, c.m, c.growth, c.dropout, c.in_channels, c.out_channels)
+    return PlainFCDenseNet(tuple(c.blocks), c.bottleneck, c.m, c.growth, c.dropout, c.in_channels, c.out_channels,
+                           c.residual)
 
 
 def main() -> None:

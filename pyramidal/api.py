@@ -268,9 +268,9 @@ def restore(image: str | os.PathLike | Image.Image | np.ndarray, task: str = "no
             "block", "grid", "mixed"; `pyramidal weights` lists them).
         weights: "builtin", a `.safetensors` file, a folder with `model.safetensors` + `config.json`, or a
             model (an nn.Module from `create_model`/`load_weights`).
-        **options: tile (default 256), overlap (32), batch_size (4), ensemble (False), strength (1.0),
-            device ("auto"), precision ("auto"), progress (False); anything else goes on to
-            `pyramidal.inference.restore_array`.
+        **options: tile (default 512), overlap (32), batch_size (1), ensemble (False), strength (1.0),
+            device ("auto"), precision ("auto"), progress (False), sigma (the noise σ, for a model built with
+            `noise_map=True`); anything else goes on to `pyramidal.inference.restore_array`.
 
     Returns:
         The same kind as given. An array comes back with the same shape and dtype, alpha unchanged. A PIL

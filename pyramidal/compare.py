@@ -327,15 +327,32 @@ def compare(
         "train_options": {k: v for k, v in train_options.items() if k not in RESUME_QUIET},
     }
     resuming = _check_folder(folder, plan)
+    created = []  # folders made here: removed again if a new comparison fails before its first training run
+    missing = folder
+    while not missing.exists() and missing != missing.parent:
+        created.append(missing)
+        missing = missing.parent
     folder.mkdir(parents=True, exist_ok=True)
     # How it was run and reported: not part of the plan, the defaults of `pyramidal compare --resume DIR`.
     other = {"device": device, "precision": precision, "eval_crop": eval_crop, "eval_crops": eval_crops,
              "eval_limit": eval_limit, "settings": settings, "baselines": baselines, "figure_rows": figure_rows}
     lock = RunLock(folder)  # one process per comparison: a second is refused with one line
+    ok = False
     try:
-        return _run(folder, plan, other, entries, configs, resuming, train_options, log)
+        result = _run(folder, plan, other, entries, configs, resuming, train_options, log)
+        ok = True
+        return result
     finally:
         lock.release()
+        if not ok and not resuming and not (folder / STATE_FILE).exists():
+            # Failed before any run folder was made (bad data, say): leave nothing behind.
+            for name in (PLAN_FILE, RunLock.NAME):
+                (folder / name).unlink(missing_ok=True)
+            for path in created:
+                try:
+                    path.rmdir()
+                except OSError:
+                    break
 
 
 def _run(folder: Path, plan: dict, other: dict, entries: list, configs: list, resuming: bool,

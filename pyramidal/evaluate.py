@@ -365,7 +365,7 @@ def evaluate(
     """
     from pyramidal.damage import create_task, eval_seed
     from pyramidal.device import resolve_device, resolve_precision
-    from pyramidal.inference import check_tiling, needs_mask, restore_images
+    from pyramidal.inference import check_tiling, needs_mask, needs_noise_level, restore_images
     from pyramidal.progress import progress as progress_bar
 
     if baselines not in BASELINE_LEVELS:
@@ -385,6 +385,11 @@ def evaluate(
     if mask_given and not base_task.has_mask:
         raise PyramidalError(f"{model_label} is mask-conditioned (mask_input); task {task_name} has no holes to "
                              "give it; evaluate it on a task with holes")
+    # A noise-map model is given the true σ of each setting, as BM3D is.
+    sigma_given = model is not None and needs_noise_level(model)
+    if sigma_given and not base_task.has_noise_level:
+        raise PyramidalError(f"{model_label} takes the noise level as an input (noise_map); task {task_name} has "
+                             "no noise σ to give it; evaluate it on --task noise")
     run_slow = baselines == "all" or (baselines == "auto" and len(images) <= AUTO_SLOW_LIMIT)
     chosen = [] if baselines == "none" else baselines_for(task_name)
     settings = settings if settings is not None else base_task.eval_settings()
@@ -444,13 +449,15 @@ def evaluate(
             seconds = (time.perf_counter() - start) / len(images)
             outputs[baseline.name] = restored
             rows.append(_summarize(baseline.name, "baseline", scored(restored), seconds, None, holes))
-        given = " (mask given)" if mask_given else ""
+        given = " (mask given)" if mask_given else " (σ given)" if sigma_given else ""
+        sigma = task.noise_levels([eval_seed(0)])[0] if sigma_given else None
         passes = [(False, f"model {model_name}{given}")] if model is not None else []
         if model is not None and ensemble:
             passes.append((True, f"model {model_name} + self-ensemble ×8{given}"))
         for use_ensemble, name in passes:
             start = time.perf_counter()
             restored = restore_images(model, damaged, ensemble=use_ensemble, masks=masks if mask_given else None,
+                                      sigma=sigma,
                                       progress=False if progress is False else None, desc=stage(name),
                                       **restore_opts)
             seconds = (time.perf_counter() - start) / len(images)

@@ -64,6 +64,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_
         # The ONNX runner feeds 3-channel images: a mask-conditioned model needs its mask channel built first.
         raise PyramidalError("ONNX export takes blind models only; this one is mask-conditioned (mask_input), "
                              "run it with the torch backend and --mask")
+    if getattr(model, "noise_map", False):
+        raise PyramidalError("ONNX export takes blind models only; this one takes the noise level (noise_map), "
+                             "run it with the torch backend and --sigma")
     _require("onnx")
     _require("onnxscript")
     path = Path(path)

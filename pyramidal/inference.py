@@ -371,6 +371,29 @@ def needs_mask(model: Callable) -> bool:
     return bool(getattr(_unwrapped(model), "mask_input", False))
 
 
+NEEDS_SIGMA = ("takes the noise level as an input (built with noise_map=true): give the images' noise σ on the "
+               "0-255 scale with --sigma S (sigma= in Python)")
+
+
+def needs_noise_level(model: Callable) -> bool:
+    """True for a noise-map model (built with `noise_map=True`): it must be given the noise σ."""
+    return bool(getattr(_unwrapped(model), "noise_map", False))
+
+
+def check_sigma(model: Callable, sigma: float | None) -> None:
+    """PyramidalError naming --sigma unless `sigma` suits `model`: needed by a noise-map model, refused by others."""
+    if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, (int, float))):
+        raise PyramidalError(f"--sigma {sigma!r}: must be a number (the noise σ on the 0-255 scale)")
+    if needs_noise_level(model):
+        if sigma is None:
+            raise PyramidalError("this model " + NEEDS_SIGMA)
+        if not 0 <= sigma <= 255:
+            raise PyramidalError(f"--sigma {sigma!r}: must be a number from 0 to 255 (the noise σ on the 0-255 scale)")
+    elif isinstance(sigma, (int, float)):
+        raise PyramidalError(f"--sigma {sigma:g}: this model has no noise-level input (it was not built with "
+                             "noise_map=true); leave --sigma out, or use --strength to apply less or more of it")
+
+
 def hole_colour(model: Callable) -> tuple[int, int, int] | None:
     """The colour the task in the model's weights record painted holes with (magenta for the hole tasks);
     None when the task keeps its own pixels there (text) or the model has no record."""
@@ -380,14 +403,19 @@ def hole_colour(model: Callable) -> tuple[int, int, int] | None:
     return getattr(TASKS.get(task), "hole_colour", None) if task in TASKS.names() else None
 
 
-def model_input(model: Callable, image: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """What `model` is run on for a C×H×W image in [-1, 1] and its H×W hole mask (or None).
+def model_input(model: Callable, image: torch.Tensor, mask: torch.Tensor | None,
+                sigma: float | None = None) -> torch.Tensor:
+    """What `model` is run on for a C×H×W image in [-1, 1], its H×W hole mask (or None) and its noise σ (or None).
 
     A mask-conditioned model gets the mask as a fourth channel with the holes made neutral; a blind model
-    sees the holes painted as its training task painted them (magenta), since that is how it finds them.
+    sees the holes painted as its training task painted them (magenta), since that is how it finds them. A
+    noise-map model gets σ/255 as a fourth channel (`check_sigma`).
     """
-    from pyramidal.models.blocks import mask_conditioned_input
+    from pyramidal.models.blocks import mask_conditioned_input, noise_map_input
 
+    check_sigma(model, sigma)
+    if sigma is not None:
+        image = noise_map_input(image[None], float(sigma))[0]
     if mask is None:
         if needs_mask(model):
             raise PyramidalError("this model " + NEEDS_MASK)
@@ -411,7 +439,7 @@ def _finish(known: torch.Tensor, restored: torch.Tensor, strength: float, mask: 
 def restore_array(model: Callable, image: torch.Tensor, *, tile: int | None = DEFAULT_TILE, overlap: int | None = None,
                   batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device | None = None, precision: str = "auto",
                   ensemble: bool = False, strength: float = 1.0, progress: bool | None = False,
-                  mask: np.ndarray | torch.Tensor | str | None = None) -> torch.Tensor:
+                  mask: np.ndarray | torch.Tensor | str | None = None, sigma: float | None = None) -> torch.Tensor:
     """Restore one float image of any size, tiled and batched.
 
     This is the level where the models' own range applies: pixels are floats in [-1, 1] (0 → -1, 255 → 1).
@@ -436,6 +464,8 @@ def restore_array(model: Callable, image: torch.Tensor, *, tile: int | None = DE
         mask: H×W holes to fill (non-zero = hole), "auto" for the magenta (255, 0, 255) pixels
             (`magenta_mask`), or None. With a mask the output is the model's prediction inside the holes and
             exactly the input elsewhere; a mask-conditioned model needs one.
+        sigma: the image's noise σ on the 0-255 scale, for a noise-map model (built with `noise_map=True`),
+            which needs it; refused for other models.
 
     Returns:
         The restored image, float32 3×H×W in [-1, 1] on the CPU.
@@ -449,7 +479,7 @@ def restore_array(model: Callable, image: torch.Tensor, *, tile: int | None = DE
             raise PyramidalError(f"mask {mask!r}: give an H×W array of holes, or 'auto' for magenta holes")
         mask = auto_mask(_from_float_chw(image.detach().cpu().float(), False, True))
     mask = None if mask is None else check_mask(mask, tuple(image.shape[1:]))
-    known, image = image, model_input(model, image, mask)  # the model may see 4 channels, or painted holes
+    known, image = image, model_input(model, image, mask, sigma)  # the model may see 4 channels, or painted holes
     dev, prec = _device_and_precision(model, device, precision)
     model = prepare_for_inference(model, dev, prec)
     _, h, w = image.shape
@@ -581,15 +611,16 @@ def from_model_range(y: torch.Tensor, dtype: np.dtype | type) -> np.ndarray:
 def restore_image(model: Callable, image: np.ndarray | torch.Tensor, *, tile: int | None = DEFAULT_TILE,
                   overlap: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device | None = None, precision: str = "auto",
                   ensemble: bool = False, strength: float = 1.0,
-                  progress: bool | None = False, mask: np.ndarray | torch.Tensor | str | None = None
-                  ) -> np.ndarray | torch.Tensor:
+                  progress: bool | None = False, mask: np.ndarray | torch.Tensor | str | None = None,
+                  sigma: float | None = None) -> np.ndarray | torch.Tensor:
     """Restore one 8-bit image; returns uint8 in the layout given.
 
     Args:
         model: an nn.Module (run through `prepare_for_inference` on `device`), a prepared model, or any
             callable B×3×H×W → B×3×H×W in [-1, 1].
         image: uint8 numpy H×W×3 (PIL layout), numpy or torch 3×H×W (torch layout), or H×W grayscale.
-        tile, overlap, batch_size, device, precision, ensemble, strength, progress: as for `restore_array`.
+        tile, overlap, batch_size, device, precision, ensemble, strength, progress, sigma: as for
+            `restore_array`.
         mask: the holes to fill: an H×W array (non-zero = hole), "auto" for the magenta (255, 0, 255) pixels
             (`magenta_mask`), or None. The pixels outside the holes come back exactly as given.
 
@@ -598,7 +629,8 @@ def restore_image(model: Callable, image: np.ndarray | torch.Tensor, *, tile: in
     """
     x, is_tensor, hwc = _to_float_chw(image)
     y = restore_array(model, x, tile=tile, overlap=overlap, batch_size=batch_size, device=device,
-                      precision=precision, ensemble=ensemble, strength=strength, progress=progress, mask=mask)
+                      precision=precision, ensemble=ensemble, strength=strength, progress=progress, mask=mask,
+                      sigma=sigma)
     return _from_float_chw(y, is_tensor, hwc)
 
 
@@ -616,7 +648,8 @@ def restore_images(model: Callable, images: Sequence[np.ndarray | torch.Tensor],
                    overlap: int | None = None, batch_size: int = 4, device: str | torch.device | None = None,
                    precision: str = "auto", ensemble: bool = False, strength: float = 1.0,
                    progress: bool | None = False, desc: str = "restoring",
-                   masks: Sequence[np.ndarray | torch.Tensor | None] | None = None) -> list[np.ndarray | torch.Tensor]:
+                   masks: Sequence[np.ndarray | torch.Tensor | None] | None = None,
+                   sigma: float | None = None) -> list[np.ndarray | torch.Tensor]:
     """`restore_image` for many images: same-size images that fit in one tile go through in batches.
 
     Args:
@@ -626,6 +659,7 @@ def restore_images(model: Callable, images: Sequence[np.ndarray | torch.Tensor],
         progress: None shows a progress display over the images, False (default) hides it.
         desc: what the progress display says is being done.
         masks: None, or one H×W mask of holes (or None) per image, as for `restore_image`.
+        sigma: the images' noise σ, for a noise-map model (as for `restore_array`).
 
     Returns:
         The restored uint8 images, in order, each in its own input's layout.
@@ -634,13 +668,13 @@ def restore_images(model: Callable, images: Sequence[np.ndarray | torch.Tensor],
     dev, prec = _device_and_precision(model, device, precision)
     model = prepare_for_inference(model, dev, prec)
     opts = dict(tile=tile, overlap=overlap, batch_size=batch_size, device=dev, precision=prec, ensemble=ensemble,
-                strength=strength)
+                strength=strength, sigma=sigma)
     converted = [_to_float_chw(im) for im in images]
     if masks is not None and len(masks) != len(images):
         raise PyramidalError(f"got {len(masks)} masks for {len(images)} images")
     holes = [None if masks is None or masks[i] is None else check_mask(masks[i], tuple(x.shape[1:]), f"mask {i}")
              for i, (x, _, _) in enumerate(converted)]
-    inputs = [model_input(model, x, m) for (x, _, _), m in zip(converted, holes)]
+    inputs = [model_input(model, x, m, sigma) for (x, _, _), m in zip(converted, holes)]
     results: list[np.ndarray | torch.Tensor | None] = [None] * len(images)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, (x, _, _) in enumerate(converted):
@@ -729,7 +763,7 @@ def restore_files(
         mask: the holes to fill, or None: a mask image (`io.read_mask`) when there is one input, a folder of
             masks with the inputs' file stems (any image suffix), or "auto" for magenta holes. An input whose
             mask is missing or bad is an error result.
-        **options: for `restore_array`: tile, overlap, batch_size, device, precision, ensemble, strength.
+        **options: for `restore_array`: tile, overlap, batch_size, device, precision, ensemble, strength, sigma.
 
     Returns:
         One FileResult per input image, in input order.
@@ -747,6 +781,7 @@ def restore_files(
                                  on_skip=on_skip)
     if needs_mask(model) and mask is None:
         raise PyramidalError(f"{getattr(_unwrapped(model), 'weights_path', 'this model')} {NEEDS_MASK}")
+    check_sigma(model, options.get("sigma"))  # before any file, not once per file
     holes_of = _mask_finder(mask, len(items))
     dev, prec = _device_and_precision(model, options.pop("device", None), options.pop("precision", "auto"))
     model = prepare_for_inference(model, dev, prec)

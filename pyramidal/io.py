@@ -167,11 +167,12 @@ def format_number(value: float | int | None, digits: int = 2, unit: str = "", mi
 # --------------------------------------------------------------------------- planning outputs
 
 
-def folder_problem(folder: str | os.PathLike) -> str | None:
+def folder_problem(folder: str | os.PathLike, probed: dict[Path, str | None] | None = None) -> str | None:
     """None if files can be written in `folder` (creating it if need be); else a "<path>: <reason>" line.
 
     The nearest existing folder is probed by creating (and removing) an empty file in it, which finds
-    read-only disks and permissions for every user, root included.
+    read-only disks and permissions for every user, root included. `probed` caches the verdict per
+    existing folder, for many outputs at once.
     """
     folder = Path(folder)
     probe = folder
@@ -183,13 +184,16 @@ def folder_problem(folder: str | os.PathLike) -> str | None:
         probe = probe.parent
     if not probe.is_dir():
         return f"{probe}: exists and is not a folder" + (f", so {folder} cannot be created" if probe != folder else "")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".pyramidal-probe-", dir=probe)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as exc:
-        return f"{probe}: cannot write here ({exc.strerror or exc})"
-    return None
+    probed = {} if probed is None else probed
+    if probe not in probed:
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".pyramidal-probe-", dir=probe)
+            os.close(fd)
+            os.unlink(tmp)
+            probed[probe] = None
+        except OSError as exc:
+            probed[probe] = f"{probe}: cannot write here ({exc.strerror or exc})"
+    return probed[probe]
 
 
 def missing_folders(path: str | os.PathLike) -> list[Path]:
@@ -260,8 +264,9 @@ class OutputPlan:
             if path.exists() and not (self.overwrite or replace_ok or key in self.inputs):
                 existing.append(path)
             folders.setdefault(path.parent)
+        probed: dict[Path, str | None] = {}
         for folder in folders:
-            problem = folder_problem(folder)
+            problem = folder_problem(folder, probed)
             if problem:
                 raise PyramidalError(problem)
         if existing:

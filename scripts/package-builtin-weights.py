@@ -82,7 +82,9 @@ def training_data(folders: list[str]) -> tuple[list[str], int, list[str]]:
         per_licence = Counter(e["licence"] for e in entries)
         licences.update(per_licence)
         count += len(entries)
-        each = ", ".join(f"{n} {name}" for name, n in per_licence.items()) if len(per_licence) > 1 else entry_lic(entries)
+        each = ", ".join(f"{n} {name}" for name, n in per_licence.items())
+        if len(per_licence) == 1:
+            each = entries[0]["licence"]
         lines.append(
             f"{len(entries)} photograph{'s' * (len(entries) > 1)} of Debian's {package} {entries[0]['version']} "
             f"({each}), fetched by "

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tasks=("$@")
 [ ${#tasks[@]} -gt 0 ] || tasks=(noise pixelate blur jpeg squares block grid mixed)
-[ -d .data/photos ] || scripts/get-training-photos.sh
+scripts/get-training-photos.sh  # fetches only the photographs missing from .data/photos and .data/photos-heldout
 py=${PYTHON:-.venv/bin/python}
 mkdir -p runs/builtin/logs
 train_one() {

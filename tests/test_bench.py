@@ -101,6 +101,12 @@ def test_reference_matches_package_model():
         assert torch.equal(model(x), ref(x))
     with pytest.raises(ValueError, match="only builds"):
         plain.from_config(create_model("plain103").config)
+    # The built-in weights' architecture is residual: the correction is added to the input, then clamped.
+    builtin = create_model("pyramidal23456", m=8, growth=4).eval()
+    ref = plain.from_config(builtin.config).eval()
+    ref.load_state_dict(builtin.state_dict())
+    with torch.no_grad():
+        assert torch.equal(builtin(x), ref(x))
 
 
 def test_prepare_for_inference_fp32_matches_eval_model():

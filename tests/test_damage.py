@@ -117,7 +117,7 @@ def test_single_image_and_empty_batch():
 
 
 def test_options_and_eval_settings():
-    assert create_task("noise").eval_settings() == [{"sigma": 25}, {"sigma": 50}, {"sigma": 125}]
+    assert create_task("noise").eval_settings() == [{"sigma": 15}, {"sigma": 25}, {"sigma": 50}, {"sigma": 125}]
     assert create_task("jpeg").eval_settings() == [{"quality": 10}, {"quality": 5}]
     assert create_task("blur").eval_settings() == [{}]
     assert create_task("noise", train=False).sigma == 50

@@ -147,6 +147,7 @@ CASES: list[tuple[list[str], str]] = [
     (["evaluate", "--task", "noise", "--weights", "none", "--limit", "0"], "--limit"),
     (["evaluate", "--task", "noise", "--weights", "none", "--crop", "-1"], "--crop"),
     (["evaluate", "--task", "noise", "--weights", "none", "--split", "bogus"], "--split"),
+    (["evaluate", "--task", "noise", "--weights", "none", "--split", "all"], "--split all"),
     (["evaluate", "--task", "noise", "--weights", "none", "--baselines", "bogus"], "--baselines"),
     (["evaluate", "--task", "blur", "--weights", "none", "--sigma", "25"], "--sigma"),
     (["evaluate", "--task", "noise", "--weights", "missing.safetensors"], "missing.safetensors"),

@@ -74,7 +74,7 @@ def test_noise_reports_each_sigma_and_missing_extra(monkeypatch):
     real = ev._module_available
     monkeypatch.setattr(ev, "_module_available", lambda name: False if name == "bm3d" else real(name))
     result = evaluate(None, "noise", crop=32, limit=1, baselines="all")
-    assert [s["options"] for s in result["settings"]] == [{"sigma": 25}, {"sigma": 50}, {"sigma": 125}]
+    assert [s["options"] for s in result["settings"]] == [{"sigma": 15}, {"sigma": 25}, {"sigma": 50}, {"sigma": 125}]
     for setting in result["settings"]:
         rows = {r["method"]: r for r in setting["rows"]}
         bm3d = rows["BM3D (CBM3D, true σ)"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "train several models under the same budget, seed and data, evaluate them alike; table and figure"
+HELP = ("train several models under the same budget, seed and data, evaluate them alike; tables, learning "
+        "curves and figure; the same command again continues an interrupted comparison")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strength", type=float, default=1.0,
                         help="how much of the model's change to apply, 0-2: output = input + S·(model − input); "
                              "below 1 keeps more detail (and noise), above 1 smooths more (default 1)")
+    parser.add_argument("--sigma", type=float, default=None,
+                        help="the noise σ of the images on the 0-255 scale, for a denoiser trained with a noise-level "
+                             "input (noise_map=true), which needs it; other models take --strength instead")
     parser.add_argument("--format", choices=("png", "jpg", "webp", "tiff"), default="png",
                         help="output format (default png); 16-bit inputs give 16-bit png and tiff")
     parser.add_argument("--quality", type=int, default=None, help="jpg / webp quality 1-100 (default 95)")
@@ -118,7 +121,7 @@ def _restore_all(model, args: argparse.Namespace, device, precision: str) -> int
         model, args.inputs, args.out, overwrite=args.overwrite, on_result=report, on_skip=skipped,
         recursive=args.recursive, format=args.format, quality=args.quality, progress=None,
         tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=device,
-        precision=precision, ensemble=args.ensemble, strength=args.strength, mask=args.mask,
+        precision=precision, ensemble=args.ensemble, strength=args.strength, mask=args.mask, sigma=args.sigma,
     )
     if not results:
         raise PyramidalError(f"no images found in {', '.join(args.inputs)}")

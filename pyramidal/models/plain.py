@@ -8,7 +8,14 @@ import torch
 from torch import nn
 
 from pyramidal.models import register_configured
-from pyramidal.models.blocks import ACTIVATIONS, OutputBlock, PaddedModel, conv_block, convtranspose_block, input_block
+from pyramidal.models.blocks import (
+    ACTIVATIONS,
+    OutputBlock,
+    PaddedModel,
+    conv_block,
+    convtranspose_block,
+    input_block,
+)
 from pyramidal.models.dense import UP
 
 
