@@ -109,7 +109,7 @@ CASES: list[tuple[list[str], str]] = [
     # restore
     (["restore", "--weights", "tiny.safetensors", "--tile", "-1", "in", "-o", "out"], "--tile"),
     (["restore", "--weights", "tiny.safetensors", "--overlap", "-3", "in", "-o", "out"], "--overlap"),
-    (["restore", "--weights", "tiny.safetensors", "--overlap", "300", "in", "-o", "out"], "--overlap"),
+    (["restore", "--weights", "tiny.safetensors", "--tile", "64", "--overlap", "64", "in", "-o", "out"], "--overlap"),
     (["restore", "--weights", "tiny.safetensors", "--batch-size", "0", "in", "-o", "out"], "--batch-size"),
     (["restore", "--weights", "tiny.safetensors", "--strength", "5", "in", "-o", "out"], "--strength"),
     (["restore", "--weights", "tiny.safetensors", "--format", "bmp", "in", "-o", "out"], "--format"),
@@ -143,7 +143,7 @@ CASES: list[tuple[list[str], str]] = [
     (["evaluate", "--task", "noise", "--weights", "none", "--figures", "a_file"], "a_file"),
     (["evaluate", "--task", "noise", "--weights", "none", "--json", "r.json", "--markdown", "r.json"], "r.json"),
     (["evaluate", "--task", "noise", "--weights", "none", "--tile", "-1"], "--tile"),
-    (["evaluate", "--task", "noise", "--weights", "none", "--overlap", "300"], "--overlap"),
+    (["evaluate", "--task", "noise", "--weights", "none", "--tile", "64", "--overlap", "64"], "--overlap"),
     (["evaluate", "--task", "noise", "--weights", "none", "--limit", "0"], "--limit"),
     (["evaluate", "--task", "noise", "--weights", "none", "--crop", "-1"], "--crop"),
     (["evaluate", "--task", "noise", "--weights", "none", "--split", "bogus"], "--split"),
