@@ -69,9 +69,9 @@ def format_table(rows: list[DemoRow]) -> str:
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, train_minutes: float = 2.0,
              tasks: list[str] | None = None, say=print) -> dict:
     """Restore with every built-in weight file, print a PSNR table and figures, then train a small model."""
+    from pyramidal.config import TrainConfig
     from pyramidal.inference import available_builtin_weights
     from pyramidal.io import write_text
-    from pyramidal.config import TrainConfig
     from pyramidal.train import train
 
     out = Path(out)

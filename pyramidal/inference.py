@@ -174,7 +174,7 @@ def prepare_for_inference(model: nn.Module | Callable, device: str | torch.devic
     if device.type == "cpu":
         # A restore pass allocates feature maps of 25-45 MB, above glibc's largest mmap threshold (32 MB): by
         # default each is a fresh mmap whose pages fault in again on every pass. Measured, one thread: restore
-        # runs 1.2-1.9× faster with freed memory kept for reuse (docs/performance.md).
+        # runs 1.6-2.3× faster with freed memory kept for reuse (docs/performance.md).
         tune_cpu_allocator()
     if isinstance(model, InferenceModel):
         same = (model.device, model.precision, model.channels_last) == (device, precision, channels_last)

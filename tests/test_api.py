@@ -17,7 +17,7 @@ import pyramidal
 from pyramidal.api import clear_cache
 from pyramidal.checkpoint import save_pretrained, save_weights
 from pyramidal.errors import PyramidalError
-from pyramidal.inference import load_restorer, restore_image
+from pyramidal.inference import WEIGHTS_DIR, load_restorer, restore_image
 from pyramidal.models import create_model
 
 FAST = {"device": "cpu", "precision": "fp32"}
@@ -215,7 +215,9 @@ def test_list_models_filters_with_a_pattern():
 
 def test_list_pretrained_names_what_ships():
     shipped = pyramidal.list_pretrained()
-    assert "pyramidal23456.noise" in shipped and len(shipped) == 8
+    weight_files = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+    assert "pyramidal23456.noise" in shipped and len(shipped) == len(weight_files) >= 8
+    assert sorted(name.split(".", 1)[1] for name in shipped) == weight_files
     assert pyramidal.list_pretrained("*noise") == ["pyramidal23456.noise"]
 
 
