@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 # Prepared models kept for the next `restore` call: (weights file, its mtime and size, device, precision).
 _CACHE: OrderedDict[tuple, Any] = OrderedDict()
-_CACHE_SIZE = 4
+_CACHE_SIZE = 8  # models kept loaded by restore() and pyramidal serve
 _CACHE_LOCK = threading.Lock()
 
 # PIL modes that map one-to-one onto a numpy array and back.
@@ -135,8 +135,19 @@ def load_pretrained(name: str, pretrained: bool | str | os.PathLike = True, **op
 # --------------------------------------------------------------------------- one-call restore
 
 
-def _cached_model(weights: Any, task: str | None, device: str, precision: str) -> Any:
-    """A prepared model for `weights`, loaded once and kept while the file is unchanged."""
+def cached_model(weights: Any, task: str | None, device: str = "auto", precision: str = "auto") -> Any:
+    """The one model cache of `restore` and `pyramidal serve`: a prepared model, loaded once and kept while
+    the file is unchanged.
+
+    Args:
+        weights: "builtin", a weights file, run folder or checkpoint, or a model (prepared, not cached).
+        task: the damage task, used to pick built-in weights.
+        device: "auto", "cpu" or "cuda".
+        precision: "auto", "fp32", "bf16" or "fp16".
+
+    Returns:
+        The model prepared by `inference.prepare_for_inference`; `.model.info` holds the file's record.
+    """
     from torch import nn
 
     from pyramidal.device import resolve_device, resolve_precision
@@ -287,7 +298,7 @@ def restore(image: str | os.PathLike | Image.Image | np.ndarray, task: str = "no
 
     device = options.pop("device", "auto")
     precision = options.pop("precision", "auto")
-    model = _cached_model(weights, task, device, precision)
+    model = cached_model(weights, task, device, precision)
     options = {"device": model.device, "precision": model.precision, **options}
     if isinstance(image, (str, os.PathLike)):
         from pyramidal.io import read_image

@@ -169,3 +169,29 @@ def test_spec_rebuilds_the_same_architecture():
 def test_public_api():
     assert "pyramidal457101215" in pyramidal.list_models()
     assert isinstance(pyramidal.create_model("basic21"), nn.Module)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_concat_gives_dense_gradients_equal_to_torch_cat(dtype):
+    """The dense blocks' concatenation: torch.cat's values and gradients, each gradient dense in its input's
+    layout (a channel slice of a channels_last gradient makes later elementwise sums slow)."""
+    from pyramidal.models.dense import concat
+
+    torch.manual_seed(0)
+    widths = (24, 12, 12)
+    pieces = [torch.randn(2, c, 5, 7, dtype=dtype).contiguous(memory_format=torch.channels_last) for c in widths]
+    pieces[1] = pieces[1].contiguous()  # one NCHW input keeps its own layout
+    ours = [p.clone().requires_grad_() for p in pieces]
+    ref = [p.clone().requires_grad_() for p in pieces]
+    out = concat(ours)
+    assert torch.equal(out, torch.cat(ref, 1))
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    torch.cat(ref, 1).backward(grad)
+    for mine, theirs, piece in zip(ours, ref, pieces):
+        assert torch.equal(mine.grad, theirs.grad)
+        fmt = torch.contiguous_format if piece.is_contiguous() else torch.channels_last
+        assert mine.grad.is_contiguous(memory_format=fmt)
+    assert not ref[0].grad.is_contiguous(memory_format=torch.channels_last)  # torch.cat's own: a strided slice
+    with torch.no_grad():
+        assert concat(ours).grad_fn is None  # without autograd it is torch.cat itself

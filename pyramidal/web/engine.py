@@ -16,9 +16,7 @@ import io
 import math
 import re
 import tempfile
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +31,6 @@ MAGENTA = (255, 0, 255)
 MAGENTA_TOLERANCE = 48
 # Tasks whose damage the user can mark with a mask although their class reports none (older task declarations).
 MASKABLE_WITHOUT_HOLES = ("text",)
-MAX_CACHED_MODELS = 8
 
 ProgressFn = Callable[[int, int], None]
 
@@ -173,32 +170,15 @@ def runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     return Runtime(dev, resolve_precision(precision, dev))
 
 
-_models: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
-_models_lock = threading.Lock()
-
-
 def load(task: str, weights: str | Path = "builtin", device: str = "auto", precision: str = "auto") -> Any:
-    """The model for `task` from `weights` (`builtin` or a .safetensors path), prepared for inference; cached."""
-    path = _library("resolve_weights", _INFERENCE)(weights, task)
-    key = (str(Path(path).resolve()), device, precision)
-    with _models_lock:
-        if key in _models:
-            _models.move_to_end(key)
-            return _models[key]
-        model = _library("load_restorer", _INFERENCE)(path, task)
-        info = dict(getattr(model, "info", {}))
-        try:
-            prepare = _library("prepare_for_inference", _INFERENCE)
-        except ImportError:  # older layout: restore_image prepares the model on every call
-            prepared = model
-        else:
-            rt = runtime(device, precision)
-            prepared = prepare(model, rt.device, rt.precision)
-        prepared.info = info
-        _models[key] = prepared
-        while len(_models) > MAX_CACHED_MODELS:
-            _models.popitem(last=False)
-        return prepared
+    """The model for `task` from `weights` (`builtin` or a .safetensors path), prepared for inference, from the
+    library's one model cache (`pyramidal.api.cached_model`, which `pyramidal.restore` uses too)."""
+    from pyramidal.api import cached_model
+
+    prepared = cached_model(weights, task, device, precision)
+    if not getattr(prepared, "info", None):
+        prepared.info = dict(getattr(prepared.model, "info", {}))
+    return prepared
 
 
 def forward_passes(height: int, width: int, tile: int, overlap: int, batch_size: int, ensemble: bool) -> int:
