@@ -178,20 +178,25 @@ def test_concat_gives_dense_gradients_equal_to_torch_cat(dtype):
     from pyramidal.models.dense import concat
 
     torch.manual_seed(0)
-    widths = (24, 12, 12)
-    pieces = [torch.randn(2, c, 5, 7, dtype=dtype).contiguous(memory_format=torch.channels_last) for c in widths]
-    pieces[1] = pieces[1].contiguous()  # one NCHW input keeps its own layout
-    ours = [p.clone().requires_grad_() for p in pieces]
-    ref = [p.clone().requires_grad_() for p in pieces]
-    out = concat(ours)
-    assert torch.equal(out, torch.cat(ref, 1))
-    grad = torch.randn_like(out)
-    out.backward(grad)
-    torch.cat(ref, 1).backward(grad)
-    for mine, theirs, piece in zip(ours, ref, pieces):
-        assert torch.equal(mine.grad, theirs.grad)
-        fmt = torch.contiguous_format if piece.is_contiguous() else torch.channels_last
-        assert mine.grad.is_contiguous(memory_format=fmt)
-    assert not ref[0].grad.is_contiguous(memory_format=torch.channels_last)  # torch.cat's own: a strided slice
+    leaves = [torch.randn(2, c, 5, 7, dtype=dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+              for c in (24, 12, 12)]
+    grad = torch.randn(2, 48, 5, 7, dtype=dtype).contiguous(memory_format=torch.channels_last)
+
+    def gradients(cat):
+        # Feature maps inside a model are not leaves: their gradients arrive as the concatenation hands them out.
+        seen = []
+        features = [leaf * 1 for leaf in leaves]
+        for f in features:
+            f.register_hook(seen.append)
+        out = cat(features)
+        out.backward(grad)
+        return out, seen
+
+    ours, mine = gradients(concat)
+    theirs, ref = gradients(lambda features: torch.cat(features, 1))
+    assert torch.equal(ours, theirs)
+    for a, b in zip(mine, ref):
+        assert torch.equal(a, b) and a.is_contiguous(memory_format=torch.channels_last)
+    assert not ref[1].is_contiguous(memory_format=torch.channels_last)  # torch.cat's own: a strided slice
     with torch.no_grad():
-        assert concat(ours).grad_fn is None  # without autograd it is torch.cat itself
+        assert concat([leaf * 1 for leaf in leaves]).grad_fn is None  # without autograd it is torch.cat itself
