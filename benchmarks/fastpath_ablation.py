@@ -25,7 +25,7 @@ from pyramidal.config import TrainConfig
 from pyramidal.fastpath import memory_format, tune_cpu_allocator
 from pyramidal.inference import prepare_for_inference
 from pyramidal.models import create_model
-from pyramidal.train import make_optimizer, train_step
+from pyramidal.step import make_optimizer, train_step
 
 CONFIGS = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
 

@@ -286,7 +286,7 @@ def _train_step_fn(model: nn.Module, device: torch.device, precision: str, chann
                    y: torch.Tensor) -> Callable[[], None]:
     """One training step of `pyramidal train`: its `train_step`, optimizer and loss scaling, default settings."""
     from pyramidal.config import TrainConfig
-    from pyramidal.train import grad_scaler, make_optimizer, train_step
+    from pyramidal.step import grad_scaler, make_optimizer, train_step
 
     model.train()
     c = TrainConfig()

@@ -142,7 +142,7 @@ def parse_options(items: list[str] | None, flag: str) -> dict[str, Any]:
 
 SCHEDULES = ("none", "cosine", "step")
 OPTIMIZERS = ("adam", "adamw")
-LOSSES = ("mse", "l1", "charbonnier")  # the training objective (train.LOSS_FUNCTIONS); PSNR is reported either way
+LOSSES = ("mse", "l1", "charbonnier")  # the training objective (step.LOSS_FUNCTIONS); PSNR is reported either way
 DEFAULT_EPOCHS = 10  # when no --epochs, --steps or --max-minutes is given
 TASK_SHORTHANDS = ("sigma", "factor", "quality")
 MODEL_SHORTHANDS = ("m", "growth", "down", "up", "dropout", "residual", "memory_efficient", "channels")

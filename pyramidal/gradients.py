@@ -79,7 +79,7 @@ def measure_model(
     from pyramidal.data import load_source, make_loader
     from pyramidal.device import resolve_device
     from pyramidal.models import create_model
-    from pyramidal.train import make_optimizer, train_step
+    from pyramidal.step import make_optimizer, train_step
 
     dev = resolve_device(device) if isinstance(device, str) else device
     torch.manual_seed(seed)

@@ -269,3 +269,26 @@ class MetricsLog:
     def close(self) -> None:
         self.writer.close()
         self.csv_file.close()
+
+
+def best_record(config: Any, task_options: dict, step: int, epoch: int, psnr: float) -> dict[str, Any]:
+    """What `best.safetensors` records of its run: task, data, steps, validation PSNR and the whole config."""
+    from pyramidal import __version__
+
+    return {"task": config.task, "task_options": task_options, "data": config.data, "size": config.size,
+            "steps": step, "epoch": epoch, "val_psnr": round(psnr, 4), "val_images": config.val_images,
+            "ema": config.ema, "trained_with": f"pyramidal {__version__} train", "config": config.to_dict()}
+
+
+def summary_line(epoch: int, epochs: int | None, step: int, train: dict[str, float], val_psnr: float | None,
+                 best_psnr: float, elapsed: float) -> str:
+    """The line a run prints after each epoch: step, loss, PSNR (train, validation, best), speed, lr, time."""
+    parts = [f"epoch {epoch}" + (f"/{epochs}" if epochs else ""), f"step {step}"]
+    if train:
+        parts += [f"loss {train['loss/train']:.5f}", f"PSNR/train {train['PSNR/train']:.2f} dB"]
+    if val_psnr is not None:
+        parts.append(f"PSNR/val {val_psnr:.2f} dB (best {best_psnr:.2f})")
+    if train:
+        parts += [f"{train['images_per_s']:.0f} img/s", f"lr {train['lr']:.2e}"]
+    parts.append(f"{elapsed:.0f} s")
+    return "  ".join(parts)

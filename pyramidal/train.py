@@ -18,7 +18,6 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,7 @@ from pyramidal.config import (
     validate_config,
 )
 from pyramidal.damage import derive_seed
-from pyramidal.device import autocast, init_distributed, resolve_precision
+from pyramidal.device import init_distributed, resolve_precision
 from pyramidal.errors import PyramidalError
 from pyramidal.fastpath import tune_cpu_allocator
 from pyramidal.figures import tile_grid
@@ -55,11 +54,14 @@ from pyramidal.runstate import (
     MetricsLog,
     RunLock,
     StopRequest,
+    best_record,
     first_nonfinite,
     new_run_dir,
     rng_state,
     set_rng_state,
+    summary_line,
 )
+from pyramidal.step import grad_scaler, make_optimizer, model_output, psnr_from_mse, train_step
 
 
 class TrainingDiverged(PyramidalError):
@@ -79,117 +81,9 @@ def train(config: TrainConfig) -> Path:
     return Trainer(config).fit()
 
 
-def psnr_from_mse(mse: float) -> float:
-    """PSNR in dB on the 0–1 scale for an MSE measured on [-1, 1] images: 10·log10(4 / MSE)."""
-    if mse <= 0:
-        return float("inf")
-    return 10.0 * math.log10(4.0 / mse)
-
-
 def _grid(images: torch.Tensor) -> np.ndarray:
     """B×3×H×W in [-1, 1] → one TensorBoard picture."""
     return tile_grid(((images.detach().float().cpu() + 1) / 2).clamp(0, 1).numpy())
-
-
-def charbonnier_loss(output: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """mean √((output − target)² + ε²): L1 with a smooth minimum (LapSRN's Charbonnier), ε on the [-1, 1] scale."""
-    return torch.sqrt((output - target).pow(2) + eps * eps).mean()
-
-
-# The training objectives by `--loss` name (config.LOSSES); validation and the logged PSNR use the MSE whatever
-# the objective, so runs with different losses are compared on the same number. torch's functions are looked
-# up at each call, so patching `F.mse_loss` (as the divergence tests do) reaches the training loss too.
-LOSS_FUNCTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "mse": lambda output, target: F.mse_loss(output, target),
-    "l1": lambda output, target: F.l1_loss(output, target),
-    "charbonnier": charbonnier_loss,
-}
-
-
-# ----------------------------------------------------------------------------------------------------------
-# One training step: the trainer, `pyramidal bench` and the gradient report all run this.
-
-
-def make_optimizer(parameters: Iterable[nn.Parameter], name: str, lr: float, weight_decay: float,
-                   device: torch.device) -> torch.optim.Optimizer:
-    """Adam (L2 weight decay, as in the research) or AdamW (decoupled), fused into one kernel on CPU and CUDA.
-
-    Fused, the update takes 9 instead of 19 ms for 0.8 M parameters and 50 instead of 109 ms for 9.3 M on one
-    CPU thread (torch's default there is a per-tensor loop); a checkpoint keeps the setting it was made with.
-    """
-    cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-    fused = True if device.type in ("cpu", "cuda") else None
-    return cls(parameters, lr=lr, weight_decay=weight_decay, fused=fused)
-
-
-def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
-    """fp16 needs loss scaling so that small gradients survive; bf16 and fp32 do not."""
-    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
-
-
-def model_output(model: nn.Module, damaged: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor | None, *,
-                 device: torch.device, precision: str, channels_last: bool = True,
-                 noise_level: torch.Tensor | None = None) -> torch.Tensor:
-    """The model's float32 output on `device` under autocast, as `restore` would return it.
-
-    With a bool B×1×H×W `mask` of holes (a mask-conditioned model), the model sees
-    `mask_conditioned_input(damaged, mask)` and only its prediction inside the holes is kept: the clean pixels
-    elsewhere, which `restore --mask` keeps exactly, so the loss scores the holes alone. With `noise_level`,
-    each image's true σ (0-255; a noise-map model), the model sees `noise_map_input(damaged, noise_level)`.
-    """
-    from pyramidal.models.blocks import mask_conditioned_input, noise_map_input
-
-    damaged = damaged.to(device, non_blocking=True)
-    if mask is not None:
-        mask = mask.to(device, non_blocking=True)
-        damaged = mask_conditioned_input(damaged, mask)
-    if noise_level is not None:
-        damaged = noise_map_input(damaged, noise_level)
-    if channels_last:
-        damaged = damaged.contiguous(memory_format=torch.channels_last)
-    with autocast(device, precision):
-        output = model(damaged)
-    output = output.float()
-    return output if mask is None else torch.where(mask, output, clean.to(device, non_blocking=True).float())
-
-
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, damaged: torch.Tensor, clean: torch.Tensor, *,
-               device: torch.device, precision: str, channels_last: bool = True,
-               scaler: torch.amp.GradScaler | None = None, clip_grad: float | None = None,
-               check_loss: Callable[[torch.Tensor], None] | None = None, update: bool = True,
-               mask: torch.Tensor | None = None, noise_level: torch.Tensor | None = None,
-               objective: str = "mse") -> tuple[torch.Tensor, torch.Tensor]:
-    """One step of `pyramidal train`; returns the loss and the output, detached.
-
-    Forward under autocast in `precision` (channels_last input), the `objective` (`LOSS_FUNCTIONS`: mse, l1,
-    charbonnier) in fp32, backward (scaled for fp16), optional clipping of the global gradient norm, the
-    optimizer's update. `check_loss` sees the loss before the backward pass and may raise to stop;
-    `update=False` leaves the gradients in place, unapplied. `mask`: the holes, for a mask-conditioned model;
-    `noise_level`: each image's σ, for a noise-map model (see `model_output`).
-    """
-    clean = clean.to(device, non_blocking=True)
-    output = model_output(model, damaged, clean, mask, device=device, precision=precision,
-                          channels_last=channels_last, noise_level=noise_level)
-    loss = LOSS_FUNCTIONS[objective](output, clean.float())
-    if check_loss is not None:
-        check_loss(loss.detach())
-    optimizer.zero_grad(set_to_none=True)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        if update:
-            if clip_grad:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-    else:
-        loss.backward()
-        if update:
-            if clip_grad:
-                torch.nn.utils.clip_grad_norm_(params, clip_grad)
-            optimizer.step()
-    return loss.detach(), output.detach()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -563,27 +457,12 @@ class Trainer:
         self.last_ckpt_time = time.monotonic()
 
     def _save_best(self, psnr: float) -> None:
-        c = self.config
         model = self.ema.model if self.ema is not None else self.model
-        from pyramidal import __version__
-
-        metadata = {
-            "task": c.task,
-            "task_options": self.task.options,
-            "data": c.data,
-            "size": c.size,
-            "steps": self.step,
-            "epoch": self.epoch,
-            "val_psnr": round(psnr, 4),
-            "val_images": c.val_images,
-            "ema": c.ema,
-            "trained_with": f"pyramidal {__version__} train",
-            "config": c.to_dict(),
-        }
         bad = first_nonfinite(model.state_dict(), "ema" if self.ema is not None else "model")
         if bad is not None:  # never replace good best weights with broken ones
             raise self._diverged(bad[0], bad[1], self.step)
-        save_weights(model, self.run_dir / "best.safetensors", metadata=metadata)
+        record = best_record(self.config, self.task.options, self.step, self.epoch, psnr)
+        save_weights(model, self.run_dir / "best.safetensors", metadata=record)
 
     def _diverged(self, what: str, value: float, step: int) -> TrainingDiverged:
         ckpt = self.run_dir / "last.ckpt"
@@ -770,17 +649,8 @@ class Trainer:
         self._excluded += time.perf_counter() - t0
 
     def _summary(self) -> None:
-        c = self.config
-        t = getattr(self, "last_train", {})
-        parts = [f"epoch {self.epoch}" + (f"/{c.epochs}" if c.epochs else ""), f"step {self.step}"]
-        if t:
-            parts += [f"loss {t['loss/train']:.5f}", f"PSNR/train {t['PSNR/train']:.2f} dB"]
-        if getattr(self, "last_val_psnr", None) is not None:
-            parts.append(f"PSNR/val {self.last_val_psnr:.2f} dB (best {self.best_psnr:.2f})")
-        if t:
-            parts += [f"{t['images_per_s']:.0f} img/s", f"lr {t['lr']:.2e}"]
-        parts.append(f"{self._elapsed():.0f} s")
-        print("  ".join(parts), flush=True)
+        print(summary_line(self.epoch, self.config.epochs, self.step, getattr(self, "last_train", {}),
+                           getattr(self, "last_val_psnr", None), self.best_psnr, self._elapsed()), flush=True)
 
     def _start(self) -> None:
         c = self.config

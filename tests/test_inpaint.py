@@ -455,7 +455,7 @@ def test_loader_gives_masks_only_when_asked():
 
 
 def test_train_step_scores_only_the_holes():
-    from pyramidal.train import train_step
+    from pyramidal.step import train_step
 
     model = create_model("basic21", channels=(4, 8, 8), mask_input=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)

@@ -21,7 +21,8 @@ from pyramidal.errors import PyramidalError
 from pyramidal.models import create_model
 from pyramidal.models.blocks import NORMS, noise_map_input
 from pyramidal.models.dense import BLOCKS
-from pyramidal.train import LOSS_FUNCTIONS, Trainer, make_optimizer, train_step
+from pyramidal.step import LOSS_FUNCTIONS, make_optimizer, train_step
+from pyramidal.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(task="noise", model="pyramidal44", m=8, growth=4, data="builtin", size=32, batch_size=4,

@@ -18,7 +18,8 @@ import torch
 from pyramidal.checkpoint import load_checkpoint, load_weights
 from pyramidal.config import TrainConfig
 from pyramidal.errors import PyramidalError
-from pyramidal.train import Trainer, TrainingDiverged, psnr_from_mse, train
+from pyramidal.step import psnr_from_mse
+from pyramidal.train import Trainer, TrainingDiverged, train
 
 # A tiny dense pyramid: 8-wide stem, growth 4, one level; dropout stays on (its RNG must resume exactly).
 TINY = dict(task="squares", model="pyramidal44", m=8, growth=4, data="builtin", size=32, batch_size=4,
