@@ -385,6 +385,8 @@
       showError(status.error);
       return;
     } else if (status.state === "done") {
+      // A fast restore can finish between two polls: say what it ran before the result replaces the bar.
+      if (status.total) showProgress(`restored: ${status.done} of ${status.total} tile batches`, status.done, status.total);
       try {
         await showResult(status);
       } catch (e) {
