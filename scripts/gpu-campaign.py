@@ -607,8 +607,10 @@ class Planner:
         """(steps, minutes) for `run`, the first of `remaining`, so that the task ends by `task_end`."""
         with self._lock:
             now = time.monotonic()
-            seconds = max(0.0, task_end - now) * run.work / sum(r.work for r in remaining)
-            seconds -= self.overhead + (self.eval_seconds if len(remaining) == 1 else 0.0)
+            # Each run still to come costs its start-up overhead and the task ends with one evaluation: keep
+            # those aside first, then share what is left by work, so short last phases are not squeezed out.
+            spare = task_end - now - self.overhead * len(remaining) - self.eval_seconds
+            seconds = max(0.0, spare) * run.work / sum(r.work for r in remaining)
             seconds = max(seconds, 3.0 if self.s.smoke else 10.0)
             rate = self.task_rate_64.get(run.task, self.rate_64) * (64 / run.size) ** 2
             steps = max(1, int(0.95 * rate * seconds / self.s.batch_size))
