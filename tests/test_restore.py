@@ -19,14 +19,6 @@ from pyramidal.models import create_model
 FAST = ["--device", "cpu", "--precision", "fp32"]
 
 
-@pytest.fixture
-def weights(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "w" / "tiny.safetensors"
-    save_weights(create_model("basic21", channels=(4, 8, 8)).eval(), path, {"task": "noise"})
-    return path
-
-
 def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 256, (h // 16 + 2, w // 16 + 2, 3), dtype=np.uint8)

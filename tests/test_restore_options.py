@@ -5,24 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from pyramidal.checkpoint import save_weights
 from pyramidal.cli import main
 from pyramidal.inference import load_restorer, restore_image
 from pyramidal.io import read_image, write_image
-from pyramidal.models import create_model
 
 FAST = ["--device", "cpu", "--precision", "fp32"]
-
-
-@pytest.fixture
-def weights(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "w" / "tiny.safetensors"
-    save_weights(create_model("basic21", channels=(4, 8, 8)).eval(), path, {"task": "noise"})
-    return path
 
 
 def photo(h: int = 40, w: int = 56, seed: int = 0) -> np.ndarray:
