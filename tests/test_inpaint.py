@@ -27,7 +27,7 @@ from pyramidal.inference import (
 )
 from pyramidal.io import read_mask
 from pyramidal.models import create_model
-from pyramidal.models.blocks import mask_conditioned_input
+from pyramidal.models.blocks import fill_holes, mask_conditioned_input, smooth_fill
 
 FAST = ["--device", "cpu", "--precision", "fp32"]
 CPU = dict(device="cpu", precision="fp32")
@@ -169,6 +169,54 @@ def test_mask_input_round_trips_through_the_weights_file(tmp_path):
     assert loaded.info["options"]["mask_input"] is True
     assert loaded.mask_input and loaded.stem[0].in_channels == 4 and needs_mask(loaded)
     assert not needs_mask(load_weights(_blind(tmp_path)))
+
+
+def _ramp_with_hole(h: int = 40, w: int = 56) -> tuple[torch.Tensor, torch.Tensor]:
+    """A linear colour ramp (a different slope per channel) and a mask with a square hole and a thin line."""
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    ramp = torch.stack([0.6 * xx, 0.5 * yy, 0.3 * xx - 0.4 * yy])[None]
+    hole = torch.zeros(1, 1, h, w)
+    hole[..., 12:26, 20:34] = 1
+    hole[..., 5, 3:50] = 1
+    return ramp, hole
+
+
+def test_smooth_fill_keeps_known_pixels_and_continues_smooth_images():
+    ramp, hole = _ramp_with_hole()
+    inside = hole.bool().expand_as(ramp)
+    filled = smooth_fill(ramp * (1 - hole), hole)
+    assert torch.equal(filled[~inside], ramp[~inside])  # known pixels exactly
+    constant = torch.full_like(ramp, 0.25)
+    assert torch.allclose(smooth_fill(constant * (1 - hole), hole), constant, atol=1e-5)
+    # Membrane and thin plate both continue a linear ramp into the hole: far closer than the grey of the input.
+    error = (filled - ramp)[inside].abs()
+    assert error.max() < 0.05 and error.mean() < 0.02, (error.max(), error.mean())
+    assert error.mean() < 0.1 * ramp[inside].abs().mean()
+    # Whatever colour the holes were painted, the fill is the same; no known pixel at all gives zeros.
+    assert torch.equal(smooth_fill(torch.where(inside, torch.ones_like(ramp), ramp), hole), filled)
+    assert torch.equal(smooth_fill(ramp, torch.ones_like(hole)), torch.zeros_like(ramp))
+    # Under bf16 autocast the fill runs in float32 and returns the input's dtype.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(smooth_fill(ramp, hole), filled)
+
+
+def test_hole_fill_option_validated_stored_and_starts_as_the_fill(tmp_path):
+    with pytest.raises(ValueError, match="needs mask_input=true"):
+        create_model("pyramidal44", m=8, growth=4, hole_fill="smooth")
+    with pytest.raises(ValueError, match="choose one of grey, smooth"):
+        create_model("basic21", channels=(4, 8, 8), mask_input=True, hole_fill="mean")
+    ramp, hole = _ramp_with_hole()
+    fed = mask_conditioned_input(ramp, hole.bool())
+    for name, options in FAMILIES:
+        model = create_model(name, mask_input=True, hole_fill="smooth", residual=True, **options).eval()
+        with torch.no_grad():  # a residual model starts exactly as the fill: its output conv is zero
+            assert torch.allclose(model(fed), fill_holes(fed)[:, :3].clamp(-1, 1), atol=1e-6), name
+    path = tmp_path / "fill.safetensors"
+    save_weights(create_model("pyramidal44", m=8, growth=4, mask_input=True, hole_fill="smooth"), path,
+                 {"task": "inpaint"})
+    loaded = load_weights(path)
+    assert loaded.info["options"]["hole_fill"] == "smooth" and loaded.hole_fill == "smooth"
+    assert create_model("pyramidal44", m=8, growth=4, mask_input=True).hole_fill == "grey"
 
 
 def _blind(tmp_path):

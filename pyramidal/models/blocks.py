@@ -80,6 +80,75 @@ def mask_conditioned_input(images: torch.Tensor, mask: torch.Tensor) -> torch.Te
     return torch.cat([images * (1 - hole), hole], dim=1)
 
 
+# How a mask-conditioned model sees its holes before its first layer (a model option, stored in its weights):
+# grey: as `mask_conditioned_input` leaves them, a constant 0 (mid-grey); smooth: filled from the known pixels
+# around them by `smooth_fill`, so that a residual model learns only the correction to a classical fill.
+HOLE_FILLS = ("grey", "smooth")
+
+
+def _laplacian(u: torch.Tensor) -> torch.Tensor:
+    """The 5-point Laplacian / 4 of a B×C×H×W map, edges replicated."""
+    p = F.pad(u, (1, 1, 1, 1), mode="replicate")
+    return (p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]) / 4 - u
+
+
+def smooth_fill(images: torch.Tensor, hole: torch.Tensor, harmonic: int = 16, biharmonic: int = 64) -> torch.Tensor:
+    """Fill the holes of B×C×H×W `images` (B×1×H×W `hole`, 1 = hole) smoothly from the known pixels around them.
+
+    Multigrid on an image pyramid: known-pixel-weighted averages go down (push), and from the coarsest level up
+    (pull) each level starts from the bilinear up-sampling of the one below, then relaxes the pixels it does not
+    know: `harmonic` Jacobi steps of Laplace's equation (a membrane, like Navier–Stokes inpainting), then
+    `biharmonic` gradient steps on the squared Laplacian (a thin plate, which carries edges' slopes into the
+    hole, like scikit-image's biharmonic inpainting). On the built-in validation crops it lands between OpenCV's
+    Navier–Stokes and scikit-image's biharmonic fill, at a small fraction of their time. Known pixels come back
+    unchanged; a hole with no known pixel at all is filled with 0. Float32 throughout, whatever the autocast.
+    """
+    dtype = images.dtype
+    values, known = images.float(), 1 - hole.float()
+    pyramid = [(values * known, known)]
+    while min(pyramid[-1][1].shape[-2:]) > 1:
+        v, w = pyramid[-1]
+        pyramid.append((F.avg_pool2d(v, 2, ceil_mode=True), F.avg_pool2d(w, 2, ceil_mode=True)))
+    filled = None
+    for v, w in reversed(pyramid):
+        mean = v / w.clamp_min(1e-8)
+        # How far a level trusts its own average: fully once a sixteenth of its area is known.
+        trust = (w * 16).clamp(max=1)
+        if filled is None:
+            filled = mean * trust
+            continue
+        filled = F.interpolate(filled, size=v.shape[-2:], mode="bilinear", align_corners=False)
+        fixed, free = trust * mean, 1 - trust
+        filled = fixed + free * filled
+        for _ in range(harmonic):
+            filled = fixed + free * (filled + _laplacian(filled))
+        for _ in range(biharmonic):
+            filled = filled - 0.2 * free * _laplacian(_laplacian(filled))
+    return torch.where(hole.bool(), filled, values).to(dtype)
+
+
+def check_hole_fill(hole_fill: str, mask_input: bool) -> str:
+    """Validate the `hole_fill` model option: one of HOLE_FILLS, and anything but grey only with mask_input."""
+    if hole_fill not in HOLE_FILLS:
+        raise ValueError(f"hole_fill {hole_fill!r}: choose one of {', '.join(HOLE_FILLS)}")
+    if hole_fill != "grey" and not mask_input:
+        raise ValueError(f"hole_fill={hole_fill} fills the holes of the mask given as input; it needs mask_input=true")
+    return hole_fill
+
+
+def start_at_fill(output: "OutputBlock") -> None:
+    """Zero a residual output conv, so that a smooth-filling model starts as the classical fill itself."""
+    if output.residual:
+        nn.init.zeros_(output.conv.weight)
+        nn.init.zeros_(output.conv.bias)
+
+
+def fill_holes(x: torch.Tensor) -> torch.Tensor:
+    """`mask_conditioned_input`'s B×(C+1)×H×W output with its holes `smooth_fill`ed (the mask channel kept)."""
+    colours, hole = x[:, :-1], x[:, -1:]
+    return torch.cat([smooth_fill(colours, hole), hole], dim=1)
+
+
 def noise_map_input(images: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
     """The input of a model built with `noise_map=True` (FFDNet-style): B×3×H×W images in [-1, 1] and the
     noise σ on the 0-255 scale, one per image (a B tensor) or one for all → B×4×H×W, a constant σ/255 channel
@@ -130,8 +199,11 @@ class PaddedModel(nn.Module):
     levels: int = 0
     mask_input: bool = False  # True: the input is `mask_conditioned_input(images, mask)`, 4 channels
     noise_map: bool = False  # True: the input is `noise_map_input(images, sigma)`, 4 channels
+    hole_fill: str = "grey"  # HOLE_FILLS; "smooth": the holes are `smooth_fill`ed before the first layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hole_fill == "smooth":
+            x = fill_holes(x)
         padded, (h, w) = pad_to_multiple(x, 2**self.levels)
         return self.body(padded)[..., :h, :w]
 

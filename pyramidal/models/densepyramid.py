@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pyramidal.models import register_configured
-from pyramidal.models.blocks import NORMS, OutputBlock, PaddedModel
+from pyramidal.models.blocks import NORMS, OutputBlock, PaddedModel, check_hole_fill, start_at_fill
 from pyramidal.models.dense import BLOCKS, DOWN, UP, PlainBlock, checkpointed, concat, wants_checkpoint
 
 
@@ -32,6 +32,7 @@ class DensePyramidConfig:
     decoder_blocks: tuple[int, ...] | None = field(default=None)  # default: the encoder sizes reversed
     mask_input: bool = False  # one more input channel: the mask of holes (blocks.mask_conditioned_input)
     noise_map: bool = False  # one more input channel: the noise level σ/255 (blocks.noise_map_input)
+    hole_fill: str = "grey"  # with mask_input: grey, or smooth (blocks.smooth_fill before the first layer)
     block: str = "dense"  # the block kind of every level (models.dense.BLOCKS): dense, nafnet
     norm: str = "batch"  # normalisation in dense layers and transitions (models.blocks.NORMS): batch, layer, none
 
@@ -47,6 +48,7 @@ class DensePyramid(PaddedModel):
         self.config = config
         c = config
         self.mask_input = bool(c.mask_input)
+        self.hole_fill = check_hole_fill(c.hole_fill, self.mask_input)
         self.noise_map = bool(c.noise_map)
         if self.mask_input and self.noise_map:
             raise ValueError("mask_input and noise_map: choose one extra input channel, not both")
@@ -90,6 +92,8 @@ class DensePyramid(PaddedModel):
         if not c.blocks:
             final = channels + self.bottleneck.out_channels if self.bottleneck.concat_input else up_channels
         self.output = OutputBlock(final, c.out_channels, residual=c.residual)
+        if self.hole_fill == "smooth":
+            start_at_fill(self.output)
 
     def _stage(self, module: nn.Module, features: list[torch.Tensor], *extra: torch.Tensor) -> torch.Tensor:
         """`module(concat(features), *extra)`; memory-efficiently, the concat and the module's inner maps

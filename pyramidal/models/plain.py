@@ -12,9 +12,11 @@ from pyramidal.models.blocks import (
     ACTIVATIONS,
     OutputBlock,
     PaddedModel,
+    check_hole_fill,
     conv_block,
     convtranspose_block,
     input_block,
+    start_at_fill,
 )
 from pyramidal.models.dense import UP
 
@@ -36,6 +38,7 @@ class AutoencoderConfig:
     in_channels: int = 3
     out_channels: int = 3
     mask_input: bool = False  # one more input channel: the mask of holes (blocks.mask_conditioned_input)
+    hole_fill: str = "grey"  # with mask_input: grey, or smooth (blocks.smooth_fill before the first layer)
 
     # (low, high) for `pyramidal.models.check_options`; other whole numbers must be >= 1.
     LIMITS = {"levels": (1, 12), "convs_per_level": (1, 64)}
@@ -69,6 +72,7 @@ class Autoencoder(PaddedModel):
             raise ValueError(f"channels needs {c.levels + 1} widths for {c.levels} levels, got {widths}")
         self.config, self.levels, self.widths = c, c.levels, widths
         self.mask_input = bool(c.mask_input)
+        self.hole_fill = check_hole_fill(c.hole_fill, self.mask_input)
         act = c.activation
         UP.get(c.up)  # fail early with the list of valid names
         extra = c.convs_per_level - 1
@@ -91,6 +95,8 @@ class Autoencoder(PaddedModel):
             self.decoder.append(nn.Sequential(*convs))
             incoming = widths[i] if extra else merged
         self.output = OutputBlock(incoming, c.out_channels, residual=c.residual)
+        if self.hole_fill == "smooth":
+            start_at_fill(self.output)
 
     def body(self, image: torch.Tensor) -> torch.Tensor:
         x = self.stem(image)
