@@ -553,8 +553,10 @@ def train_args(s: Settings, config: Path, out: Path, *, steps: int, minutes: flo
             "--no-progress"]
     if init_weights is not None:
         args += ["--init-weights", rel(init_weights)]
-    if not (ROOT / ".data" / "photos").is_dir() and not s.smoke:
-        args += ["--data", "builtin"]  # noted in the report: the recipes want the extra photographs
+    if not s.smoke:
+        # Every training photograph there is: the CPU recipes pin the folders their shipped weights saw.
+        photos = (ROOT / ".data" / "photos").is_dir()
+        args += ["--data", "builtin+.data/photos" if photos else "builtin"]  # without: noted in the report
     return args + s.run_overrides + s.train_args
 
 

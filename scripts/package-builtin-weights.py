@@ -67,7 +67,11 @@ def photo_folders(data: str) -> list[str]:
     if not data.startswith("builtin+"):
         return []
     root = ROOT / data[len("builtin+"):].removeprefix("folder:")
-    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    if root.parent.name == "photos" and root.name in {e["folder"] for e in photo_list()}:
+        return [root.name]  # one photo-list folder alone, e.g. builtin+.data/photos/mate-nature
+    return sorted(p.name for p in root.iterdir() if p.is_dir())
 
 
 def training_data(folders: list[str]) -> tuple[list[str], int, list[str]]:

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Retrain the built-in weights: two tasks at a time (one CPU thread each), then package each run
 # (fp16 safetensors + sidecar with its config, command, steps and evaluated scores) into pyramidal/weights/.
-# Usage: scripts/train-builtin.sh [TASK ...]   (default: all eight)
+# Usage: scripts/train-builtin.sh [TASK ...]   (default: all nine)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tasks=("$@")
-[ ${#tasks[@]} -gt 0 ] || tasks=(noise pixelate blur jpeg squares block grid mixed)
+[ ${#tasks[@]} -gt 0 ] || tasks=(noise pixelate blur jpeg squares block grid mixed inpaint)
 scripts/get-training-photos.sh  # fetches only the photographs missing from .data/photos and .data/photos-heldout
 py=${PYTHON:-.venv/bin/python}
 mkdir -p runs/builtin/logs
