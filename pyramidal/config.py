@@ -412,6 +412,13 @@ def validate_config(c: TrainConfig) -> None:
     if c.clip_grad is not None and c.clip_grad <= 0:
         raise PyramidalError(f"--clip-grad must be positive, got {c.clip_grad}")
     _check_limits(c)
+    if (c.model_kwargs().get("hole_fill") == "smooth" and c.optimizer == "adam" and c.weight_decay > 0
+            and not c.init_weights and not c.resume):
+        # Measured: the output conv starts at zero, so no gradient reaches the other layers at first, and
+        # Adam's normalised L2 step (lr-sized, whatever the decay) shrank them to nothing within 800 steps.
+        raise PyramidalError("hole_fill=smooth starts from a zeroed output layer; with --optimizer adam and "
+                             "--weight-decay > 0 the L2 decay alone drives the other layers to zero before any "
+                             "gradient reaches them: use --optimizer adamw (or --weight-decay 0)")
     if c.epochs is None and c.steps is None and c.max_minutes is None and c.max_cpu_minutes is None:
         c.epochs = DEFAULT_EPOCHS
 

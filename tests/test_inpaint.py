@@ -532,6 +532,18 @@ def test_training_a_mask_conditioned_model(tmp_path):
         Trainer(TrainConfig(task="noise", model_options={"mask_input": True}, steps=1, **base))
 
 
+def test_smooth_fill_from_scratch_refuses_adam_with_l2_decay(tmp_path, capsys):
+    base = ["train", "--task", "inpaint", "--model", "pyramidal44", "--m", "8", "--growth", "4",
+            "--model-option", "mask_input=true", "--model-option", "hole_fill=smooth", "--steps", "1", "--size", "32",
+            "--batch-size", "2", "--data", "builtin", "--val-images", "2", "--out", str(tmp_path / "runs"),
+            "--no-progress", "--log-images", "0", *FAST]
+    assert main(base + ["--optimizer", "adam", "--weight-decay", "1e-4"]) != 0
+    err = capsys.readouterr().err
+    assert "hole_fill=smooth" in err and "--optimizer adamw" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+    assert main(base + ["--optimizer", "adamw"]) == 0
+
+
 def test_onnx_export_refuses_a_mask_conditioned_model(tmp_path):
     from pyramidal.export import export_onnx
 
