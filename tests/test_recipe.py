@@ -370,3 +370,27 @@ def test_every_candidate_flag_is_a_train_flag():
     flags = {s for a in train._actions for s in a.option_strings}
     for name, (_, extra) in _ablation().CANDIDATES.items():
         assert {f for f in extra if f.startswith("--")} <= flags, name
+
+
+def _learning_curves():
+    spec = importlib.util.spec_from_file_location("learning_curves", REPO / "scripts" / "learning-curves.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_learning_curves_plot_and_table(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = ["step,epoch,loss/train,PSNR/val"] + [f"{s},0,0.1," for s in range(0, 1001, 50)]
+    rows += [f"{s},0,,{20 + s / 100:.2f}" for s in range(0, 1001, 100)]  # rises 1 dB per 100 steps
+    (run / "metrics.csv").write_text("\n".join(rows) + "\n")
+    lc = _learning_curves()
+    assert lc.main(["-o", str(tmp_path / "c.png"), f"ramp={run}"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    line = next(x for x in out.splitlines() if x.startswith("| ramp |"))
+    assert "20.00 @ 0" in line and "30.00 @ 1,000" in line and "| 30.00 |" in line
+    assert "+3.00 dB" in line  # the best (30.0) against the best up to step 750 (27.0 at step 700)
+    with pytest.raises(SystemExit):
+        lc.main([f"empty={tmp_path}"])
