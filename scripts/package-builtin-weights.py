@@ -173,7 +173,12 @@ def main(task: str, run_dir: str) -> None:
     previous = config.get("init_weights")
     while previous:
         earlier = Path(previous).parent
-        steps += json.loads(Path(previous).with_suffix(".json").read_text())["steps"]
+        record = json.loads(Path(previous).with_suffix(".json").read_text())
+        steps += record["steps"]
+        if "command" in record:  # a packaged file (e.g. the shipped weights): its sidecar has the whole chain
+            commands[0] += f" --init-weights <{preset_name(record['config']['config'])} run>/best.safetensors"
+            commands.insert(0, preset_name(record["command"]))
+            break
         earlier_config = json.loads((earlier / "config.json").read_text())
         commands[0] += f" --init-weights <{preset_name(earlier_config['config'])} run>/best.safetensors"
         commands.insert(0, f"pyramidal train --config {preset_name(earlier_config['config'])}")
