@@ -4,8 +4,9 @@
     scripts/learning-curves.py -o docs/images/curves.png "noise phase 3=runs/builtin-phase3/noise/pyramidal23456/<stamp>"
 
 Each argument is LABEL=RUN_DIR (a run folder of `pyramidal train`, read from its metrics.csv). The table gives
-each curve's PSNR/val at evenly spaced steps, its best, and the gain over its last quarter of steps: the slope
-a reader needs to judge how much more training would still give.
+each curve's PSNR/val at evenly spaced steps, its best, and what the second half of its steps added to the best
+of the first half: the gain of the last doubling of the steps, the slope a reader needs to judge how much more
+training would still give (if it keeps up, another doubling gives about as much again).
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ from pyramidal.figures import line_plot  # noqa: E402
 
 
 def curve_table(curves: dict[str, tuple[list[int], list[float]]], points: int = 6) -> str:
-    lines = ["| run | " + " | ".join(f"{i}/{points - 1}" for i in range(points)) + " | best | last quarter |",
+    lines = ["| run | " + " | ".join(f"{i}/{points - 1}" for i in range(points)) + " | best | last doubling |",
              "|---|" + "---:|" * (points + 2)]
     for label, (steps, values) in curves.items():
         picks = [min(range(len(steps)), key=lambda j: abs(steps[j] - steps[-1] * i / (points - 1)))
                  for i in range(points)]
         cells = [f"{values[j]:.2f} @ {steps[j]:,}" for j in picks]
-        # What the last quarter of the steps added to the best PSNR/val reached before it.
-        gain = max(values) - max(v for s, v in zip(steps, values) if s <= steps[-1] * 0.75)
+        # What the second half of the steps added to the best PSNR/val of the first half.
+        gain = max(values) - max(v for s, v in zip(steps, values) if s <= steps[-1] / 2)
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {max(values):.2f} | {gain:+.2f} dB |")
     return "\n".join(lines)
 
