@@ -195,6 +195,12 @@ def test_smooth_fill_keeps_known_pixels_and_continues_smooth_images():
     # Whatever colour the holes were painted, the fill is the same; no known pixel at all gives zeros.
     assert torch.equal(smooth_fill(torch.where(inside, torch.ones_like(ramp), ramp), hole), filled)
     assert torch.equal(smooth_fill(ramp, torch.ones_like(hole)), torch.zeros_like(ramp))
+    # Any shape, one-pixel rows and columns too: a hole takes the known pixels' values, never 0 for lack of a level.
+    for h, w in ((1, 9), (7, 1), (3, 3), (33, 65)):
+        line = torch.full((1, 3, h, w), 0.5)
+        holes = torch.zeros(1, 1, h, w)
+        holes[..., h // 2, w // 2] = 1
+        assert torch.allclose(smooth_fill(line * (1 - holes), holes), line), (h, w)
     # Under bf16 autocast the fill runs in float32 and returns the input's dtype.
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(smooth_fill(ramp, hole), filled)

@@ -106,9 +106,10 @@ def smooth_fill(images: torch.Tensor, hole: torch.Tensor, harmonic: int = 16, bi
     dtype = images.dtype
     values, known = images.float(), 1 - hole.float()
     pyramid = [(values * known, known)]
-    while min(pyramid[-1][1].shape[-2:]) > 1:
+    while max(pyramid[-1][1].shape[-2:]) > 1:  # down to one pixel, so a hole anywhere sees every known pixel
         v, w = pyramid[-1]
-        pyramid.append((F.avg_pool2d(v, 2, ceil_mode=True), F.avg_pool2d(w, 2, ceil_mode=True)))
+        kernel = tuple(2 if n > 1 else 1 for n in w.shape[-2:])
+        pyramid.append((F.avg_pool2d(v, kernel, ceil_mode=True), F.avg_pool2d(w, kernel, ceil_mode=True)))
     filled = None
     for v, w in reversed(pyramid):
         mean = v / w.clamp_min(1e-8)
