@@ -34,6 +34,7 @@ from pyramidal.device import resolve_device, resolve_precision
 from pyramidal.errors import PyramidalError
 from pyramidal.fastpath import memory_format, tune_cpu_allocator
 from pyramidal.inference import prepare_for_inference
+from pyramidal.models.blocks import example_input
 
 __all__ = ["BenchConfig", "run_bench", "count_flops", "matmul_peak", "machine_kind", "format_report"]
 
@@ -162,7 +163,7 @@ def count_flops(model: nn.Module, size: int | tuple[int, int], train: bool) -> f
     meta = copy.deepcopy(model).to("meta")
     meta.train(train)
     h, w = (size, size) if isinstance(size, int) else size
-    x = torch.empty(1, getattr(getattr(model, "config", None), "in_channels", 3), h, w, device="meta")
+    x = example_input(model, 1, h, w).to("meta")
     with FlopCounterMode(display=False) as counter:
         if train:
             meta(x).float().square().mean().backward()
@@ -441,7 +442,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None) -> 
     fmt = memory_format(c.channels_last)
     model.to(device=device, memory_format=fmt)
     gen = torch.Generator().manual_seed(c.seed)
-    x_cpu = torch.rand(c.batch_size, 3, c.size, c.size, generator=gen) * 2 - 1
+    x_cpu = example_input(model, c.batch_size, c.size, c.size, generator=gen)  # + mask / σ channel if it takes one
     y_cpu = torch.rand(c.batch_size, 3, c.size, c.size, generator=gen) * 2 - 1
     x = x_cpu.to(device).contiguous(memory_format=fmt)
     y = y_cpu.to(device)

@@ -201,3 +201,18 @@ def test_bench_restore_user_errors(argv, message, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("pyramidal bench: error:") and message in err
+
+
+@pytest.mark.parametrize("option", ["mask_input=true", "noise_map=true"])
+def test_bench_and_summary_feed_the_extra_input_channel(option, capsys):
+    """A mask-conditioned or noise-map model is timed and counted on the input it takes (4 channels)."""
+    from pyramidal.models import create_model
+    from pyramidal.models.summary import forward_flops
+
+    assert main(["bench", "--smoke", "--precision", "fp32", "--mode", "both", "--no-data", "--model-option", option,
+                 "--json", "-"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["train_images_per_s"] > 0 and result["infer_images_per_s"] > 0
+    key, _ = option.split("=")
+    assert forward_flops(create_model("pyramidal44", m=8, growth=4, **{key: True}), size=32) > \
+        forward_flops(create_model("pyramidal44", m=8, growth=4), size=32)  # the stem sees 4 channels

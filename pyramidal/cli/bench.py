@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
     parser.add_argument("--model", help="registered model (default pyramidal457101215; smoke pyramidal44)")
+    parser.add_argument("--model-option", action="append", metavar="KEY=VALUE", default=[],
+                        help="a model option, as for train (repeatable), e.g. mask_input=true: a mask-conditioned "
+                             "or noise-map model is timed on the 4-channel input it takes")
     parser.add_argument("--size", type=int, help="image side in px (default 64; smoke 32)")
     parser.add_argument("--batch-size", type=int,
                         help="images per step (default 8; smoke 2); with --mode restore, tiles per forward pass "
@@ -84,6 +87,12 @@ def run(args: argparse.Namespace) -> int:
         given = ", ".join(k for k, v in restore_flags.items() if v is not None)
         raise PyramidalError(f"{given}: only for --mode restore")
     explicit = {k: v for k, v in explicit.items() if v is not None}
+    if args.model_option:
+        if args.mode == "restore":
+            raise PyramidalError("--model-option: not with --mode restore, which runs weights as they were saved")
+        from pyramidal.config import parse_options
+
+        explicit["options"] = parse_options(args.model_option, "--model-option")
     common = dict(
         mode=args.mode, precision=args.precision, channels_last=args.channels_last, compile=args.compile,
         memory_efficient=args.memory_efficient, device=args.device, threads=args.threads,

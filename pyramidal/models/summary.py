@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from pyramidal.models.blocks import example_input
+
 
 @dataclass
 class ModelSummary:
@@ -45,7 +47,7 @@ def forward_flops(model: nn.Module, size: int = 64, batch: int = 1) -> float:
     """FLOPs of one forward pass, counted by torch's FlopCounterMode (a multiply-add counts as 2)."""
     was_training = model.training
     model.eval()
-    x = torch.zeros(batch, 3, size, size)
+    x = example_input(model, batch, size, size)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
     model.train(was_training)
