@@ -104,6 +104,8 @@ def smooth_fill(images: torch.Tensor, hole: torch.Tensor, harmonic: int = 16, bi
     unchanged; a hole with no known pixel at all is filled with 0. Float32 throughout, whatever the autocast.
     """
     dtype = images.dtype
+    if hole.device.type != "meta" and not hole.any():  # nothing to fill (a tile away from every hole)
+        return images
     values, known = images.float(), 1 - hole.float()
     pyramid = [(values * known, known)]
     while max(pyramid[-1][1].shape[-2:]) > 1:  # down to one pixel, so a hole anywhere sees every known pixel
@@ -122,9 +124,10 @@ def smooth_fill(images: torch.Tensor, hole: torch.Tensor, harmonic: int = 16, bi
         fixed, free = trust * mean, 1 - trust
         filled = fixed + free * filled
         for _ in range(harmonic):
-            filled = fixed + free * (filled + _laplacian(filled))
+            filled = torch.addcmul(fixed, free, filled.add_(_laplacian(filled)))
+        step = free * -0.2
         for _ in range(biharmonic):
-            filled = filled - 0.2 * free * _laplacian(_laplacian(filled))
+            filled.addcmul_(step, _laplacian(_laplacian(filled)))
     return torch.where(hole.bool(), filled, values).to(dtype)
 
 
@@ -146,8 +149,11 @@ def start_at_fill(output: OutputBlock) -> None:
 
 def fill_holes(x: torch.Tensor) -> torch.Tensor:
     """`mask_conditioned_input`'s B×(C+1)×H×W output with its holes `smooth_fill`ed (the mask channel kept)."""
-    colours, hole = x[:, :-1], x[:, -1:]
-    return torch.cat([smooth_fill(colours, hole), hole], dim=1)
+    # The fill's shifted slices run 2-3× faster on plain NCHW than on a channels-last input.
+    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    colours, hole = x[:, :-1].contiguous(), x[:, -1:].contiguous()
+    out = torch.cat([smooth_fill(colours, hole), hole], dim=1)
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
 def noise_map_input(images: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
