@@ -114,6 +114,12 @@ def test_norm_option(norm):
     assert has_bn == (norm == "batch")
     x = torch.rand(1, 3, 19, 23) * 2 - 1
     assert model(x).shape == x.shape
+    # It trains: a backward pass through every norm (no norm once broke it, ReLU overwriting a skip in place).
+    model.train()
+    for memory_efficient in (False, True):
+        model = create_model("pyramidal457", m=8, growth=4, norm=norm, memory_efficient=memory_efficient)
+        model(torch.rand(2, 3, 16, 16)).square().mean().backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_a_bad_norm_or_block_names_the_choices():

@@ -119,10 +119,12 @@ class DenseLayer(nn.Module):
         self.conv = nn.Conv2d(in_channels, growth, 3, padding=1)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.memory_efficient = memory_efficient
+        # ReLU in place on a norm's output, a fresh tensor its backward does not need; without a norm that
+        # would overwrite the block's input itself (a skip that backward still needs).
+        self.relu_in_place = not isinstance(self.norm, nn.Identity)
 
     def _bn_relu_conv(self, x: torch.Tensor) -> torch.Tensor:
-        # In place: the BN output is a fresh tensor that BN's backward does not need.
-        return self.conv(F.relu(self.norm(x), inplace=True))
+        return self.conv(F.relu(self.norm(x), inplace=self.relu_in_place))
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         if self.memory_efficient and wants_checkpoint(features):
