@@ -140,9 +140,9 @@ def check_hole_fill(hole_fill: str, mask_input: bool) -> str:
     return hole_fill
 
 
-def start_at_fill(output: OutputBlock) -> None:
-    """Zero a residual output conv, so that a smooth-filling model starts as the classical fill itself."""
-    if output.residual:
+def start_at_fill(output: OutputBlock, hole_fill: str) -> None:
+    """With hole_fill=smooth, zero a residual output conv, so that the model starts as the classical fill itself."""
+    if hole_fill == "smooth" and output.residual:
         nn.init.zeros_(output.conv.weight)
         nn.init.zeros_(output.conv.bias)
 
@@ -164,8 +164,8 @@ def noise_map_input(images: torch.Tensor, sigma: torch.Tensor | float) -> torch.
     return torch.cat([images, level.expand(images.shape[0], 1, *images.shape[2:])], dim=1)
 
 
-def example_input(model: nn.Module, batch: int, height: int, width: int, *, generator: torch.Generator | None = None,
-                  device: torch.device | str | None = None) -> torch.Tensor:
+def example_input(model: nn.Module, batch: int, height: int, width: int, *,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
     """A random input of the kind `model` takes, for timing and counting: images in [-1, 1], then a 0/1 mask
     with a fifth of the pixels holes (`mask_input`) or a σ = 25 noise-level channel (`noise_map`)."""
     images = torch.rand(batch, getattr(getattr(model, "config", None), "in_channels", 3), height, width,
@@ -174,7 +174,7 @@ def example_input(model: nn.Module, batch: int, height: int, width: int, *, gene
         images = mask_conditioned_input(images, torch.rand(batch, 1, height, width, generator=generator) < 0.2)
     elif getattr(model, "noise_map", False):
         images = noise_map_input(images, 25.0)
-    return images.to(device) if device is not None else images
+    return images
 
 
 NORMS = Registry("normalisation")

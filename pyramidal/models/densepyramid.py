@@ -92,8 +92,7 @@ class DensePyramid(PaddedModel):
         if not c.blocks:
             final = channels + self.bottleneck.out_channels if self.bottleneck.concat_input else up_channels
         self.output = OutputBlock(final, c.out_channels, residual=c.residual)
-        if self.hole_fill == "smooth":
-            start_at_fill(self.output)
+        start_at_fill(self.output, self.hole_fill)
 
     def _stage(self, module: nn.Module, features: list[torch.Tensor], *extra: torch.Tensor) -> torch.Tensor:
         """`module(concat(features), *extra)`; memory-efficiently, the concat and the module's inner maps

@@ -95,8 +95,7 @@ class Autoencoder(PaddedModel):
             self.decoder.append(nn.Sequential(*convs))
             incoming = widths[i] if extra else merged
         self.output = OutputBlock(incoming, c.out_channels, residual=c.residual)
-        if self.hole_fill == "smooth":
-            start_at_fill(self.output)
+        start_at_fill(self.output, self.hole_fill)
 
     def body(self, image: torch.Tensor) -> torch.Tensor:
         x = self.stem(image)
