@@ -171,7 +171,7 @@ class TrainConfig:
     residual: bool | None = None
     memory_efficient: bool | None = None
     channels: list[int] | None = None
-    init_weights: str | None = None  # start from these weights (.safetensors, .ckpt or a run folder)
+    init_weights: str | None = None  # start from these weights (.safetensors, .ckpt, a run folder, builtin:TASK)
     # Data.
     data: str = "builtin"
     size: int = 64

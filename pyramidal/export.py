@@ -64,6 +64,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_
         # The ONNX runner feeds 3-channel images: a mask-conditioned model needs its mask channel built first.
         raise PyramidalError("ONNX export takes blind models only; this one is mask-conditioned (mask_input), "
                              "run it with the torch backend and --mask")
+    if getattr(model, "find_holes", "none") != "none" or getattr(model, "hole_fill", "grey") != "grey":
+        # Finding and filling holes takes steps that depend on the pixels and on the image size (the fill's
+        # pyramid depth), which a traced graph would freeze at the example's.
+        raise PyramidalError("ONNX export takes models without hole finding or filling; this one has "
+                             f"find_holes={getattr(model, 'find_holes', 'none')}, "
+                             f"hole_fill={getattr(model, 'hole_fill', 'grey')}: run it with the torch backend")
     if getattr(model, "noise_map", False):
         raise PyramidalError("ONNX export takes blind models only; this one takes the noise level (noise_map), "
                              "run it with the torch backend and --sigma")

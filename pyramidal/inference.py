@@ -305,39 +305,18 @@ def check_tiling(tile: int | None, overlap: int | None, batch_size: int = 1) -> 
 
 # --------------------------------------------------------------------------- masks of holes
 
-# `mask="auto"`: when most pixels near (255, 0, 255) are exactly magenta (a lossless file keeps the key), the
-# holes are the exact ones. Otherwise a pixel is a hole when every channel is within MAGENTA_TOLERANCE of magenta, or when it is
-# within MAGENTA_GROW px of such a pixel and still leans to magenta (min(R, B) − G ≥ MAGENTA_LEAN): JPEG
-# smears the key's edges and thin strokes. Measured on strokes and squares over photographs saved at JPEG
-# quality 50 / 75 / 90: 0.2 / 0.07 / 0.05 % of the hole pixels missed; no natural pixel of the validation
-# photographs passes on its own.
-MAGENTA_TOLERANCE = 64
-MAGENTA_LEAN = 48
-MAGENTA_GROW = 2
+# `mask="auto"` finds the holes by the research's colour key, as a model built with find_holes=magenta does
+# (`models.blocks.magenta_holes`: exact magenta, or near it and smeared by a lossy file).
 NEEDS_MASK = ("is mask-conditioned (built with mask_input=true): it fills the holes it is shown and cannot find "
               "them itself; give them with --mask FILE, --mask FOLDER or --mask auto (mask= in Python)")
 
 
-def magenta_mask(rgb: np.ndarray, tolerance: int = MAGENTA_TOLERANCE) -> np.ndarray:
+def magenta_mask(rgb: np.ndarray, tolerance: int | None = None) -> np.ndarray:
     """H×W bool: the holes of an H×W×3 uint8 image painted in the colour key, magenta (255, 0, 255)."""
-    from pyramidal.damage import MAGENTA
+    from pyramidal.models.blocks import MAGENTA_TOLERANCE, magenta_holes
 
-    px = np.asarray(rgb).astype(np.int16)
-    distance = np.abs(px - np.array(MAGENTA, dtype=np.int16)).max(axis=2)
-    holes = distance <= tolerance
-    exact = distance == 0
-    if 2 * exact.sum() >= holes.sum():
-        return exact  # none, or the key kept exactly: nothing was smeared
-    lean = np.minimum(px[..., 0], px[..., 2]) - px[..., 1] >= MAGENTA_LEAN
-    h, w = holes.shape
-    for _ in range(MAGENTA_GROW):
-        padded = np.pad(holes, 1)
-        near = np.zeros_like(holes)
-        for dy in range(3):
-            for dx in range(3):
-                near |= padded[dy:dy + h, dx:dx + w]
-        holes = holes | (near & lean)
-    return holes
+    px = torch.tensor(np.asarray(rgb)[..., :3]).permute(2, 0, 1)[None].float() / 127.5 - 1
+    return magenta_holes(px, MAGENTA_TOLERANCE if tolerance is None else tolerance)[0, 0].numpy()
 
 
 def check_mask(mask: np.ndarray | torch.Tensor, size: tuple[int, int], source: str = "mask") -> torch.Tensor:

@@ -139,6 +139,14 @@ class Trainer:
             holes = ", ".join(n for n in TASKS.names() if TASKS.get(n).has_mask)
             raise PyramidalError(f"mask_input: task {c.task} makes no holes to give the model; choose one that "
                                  f"does ({holes})")
+        # A model that finds its holes by the colour key needs a task that paints them in it.
+        finder = c.model_kwargs().get("find_holes", "none")
+        if finder != "none" and getattr(self.task, "hole_colour", None) is None:
+            from pyramidal.damage import TASKS
+
+            keyed = ", ".join(n for n in TASKS.names() if getattr(TASKS.get(n), "hole_colour", None) is not None)
+            raise PyramidalError(f"find_holes={finder}: task {c.task} paints no holes in the colour key for the model "
+                                 f"to find; choose one that does ({keyed})")
         # A noise-map model is given each image's true σ, in training and validation alike.
         self.with_noise_level = bool(c.model_kwargs().get("noise_map"))
         if self.with_noise_level and not self.task.has_noise_level:

@@ -54,6 +54,15 @@ def preset_name(config: str) -> str:
     return re.sub(r"(?:pyramidal/)?configs/((?:builtin/)?[\w-]+)\.toml", r"\1", config)
 
 
+def recipe_sets_init(config: str) -> bool:
+    """True when the recipe file itself starts from other weights (`init_weights = ...`, e.g. squares from the
+    packaged inpaint weights), rather than the command line's --init-weights."""
+    import tomllib
+
+    path = ROOT / "pyramidal" / "configs" / f"{preset_name(config)}.toml"
+    return path.is_file() and "init_weights" in tomllib.loads(path.read_text())
+
+
 def photo_list() -> list[dict[str, str]]:
     """The entries of `scripts/get-training-photos.sh --list`: split, folder, name, package, version, path,
     licence, size, sha256, author."""
@@ -157,7 +166,7 @@ def scored_settings(result: dict, prefix: str) -> list[dict]:
 
 
 def main(task: str, run_dir: str) -> None:
-    from pyramidal.checkpoint import load_weights, save_weights
+    from pyramidal.checkpoint import load_weights, resolve_init_weights, save_weights
     from pyramidal.evaluate import evaluate
     from pyramidal.models.summary import count_parameters
 
@@ -172,11 +181,13 @@ def main(task: str, run_dir: str) -> None:
     commands = [f"pyramidal train --config {preset_name(config['config'])}"]
     previous = config.get("init_weights")
     while previous:
-        earlier = Path(previous).parent
-        record = json.loads(Path(previous).with_suffix(".json").read_text())
+        previous = resolve_init_weights(previous)  # builtin:TASK → the packaged file
+        earlier = previous.parent
+        record = json.loads(previous.with_suffix(".json").read_text())
         steps += record["steps"]
         if "command" in record:  # a packaged file (e.g. the shipped weights): its sidecar has the whole chain
-            commands[0] += f" --init-weights <{preset_name(record['config']['config'])} run>/best.safetensors"
+            if not recipe_sets_init(config["config"]):  # else the recipe itself names the packaged file
+                commands[0] += f" --init-weights <{preset_name(record['config']['config'])} run>/best.safetensors"
             commands.insert(0, preset_name(record["command"]))
             break
         earlier_config = json.loads((earlier / "config.json").read_text())

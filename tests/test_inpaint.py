@@ -27,7 +27,7 @@ from pyramidal.inference import (
 )
 from pyramidal.io import read_mask
 from pyramidal.models import create_model
-from pyramidal.models.blocks import fill_holes, mask_conditioned_input, smooth_fill
+from pyramidal.models.blocks import fill_holes, magenta_holes, mask_conditioned_input, smooth_fill
 
 FAST = ["--device", "cpu", "--precision", "fp32"]
 CPU = dict(device="cpu", precision="fp32")
@@ -223,6 +223,95 @@ def test_hole_fill_option_validated_stored_and_starts_as_the_fill(tmp_path):
     loaded = load_weights(path)
     assert loaded.info["options"]["hole_fill"] == "smooth" and loaded.hole_fill == "smooth"
     assert create_model("pyramidal44", m=8, growth=4, mask_input=True).hole_fill == "grey"
+
+
+def _painted(h: int = 37, w: int = 45, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B×3×H×W images in [-1, 1] with magenta holes, the B×1×H×W bool holes), no natural pixel near magenta."""
+    torch.manual_seed(1)
+    images = torch.rand(batch, 3, h, w) * 1.2 - 0.6
+    holes = torch.zeros(batch, 1, h, w, dtype=torch.bool)
+    holes[0, :, 5:15, 8:30] = True
+    holes[1, :, 20:23, 2:40] = True
+    key = torch.tensor(MAGENTA).float().view(1, 3, 1, 1) / 127.5 - 1
+    return torch.where(holes, key, images), holes
+
+
+@pytest.mark.parametrize(("name", "options"), FAMILIES)
+def test_find_holes_models_find_fill_and_keep_known_pixels(name, options):
+    painted, holes = _painted()
+    assert torch.equal(magenta_holes(painted), holes)
+    model = create_model(name, find_holes="magenta", hole_fill="smooth", residual=True, **options)
+    assert model.stem[0].in_channels == 4 and not needs_mask(model)  # blind: it is given the image alone
+    out = model(painted)
+    keep = ~holes.expand_as(painted)
+    assert torch.equal(out[keep], painted[keep])  # every pixel it found no hole in, exactly
+    assert (out[~keep] - painted[~keep]).abs().mean() > 0.5  # the magenta is filled
+    model.eval()
+    with torch.no_grad():  # it starts as the smooth fill of the holes it found
+        assert torch.allclose(model(painted), fill_holes(mask_conditioned_input(painted, holes))[:, :3], atol=1e-6)
+    model.train()
+    torch.nn.init.normal_(model.output.conv.weight, std=0.05)  # past the zeroed start, gradients reach the stem
+    out = model(painted)
+    (out - painted.flip(-1)).square().mean().backward()
+    assert model.stem[0].weight.grad[:, 3].abs().sum() > 0  # the found mask is an input channel it learns from
+    with pytest.raises(ValueError, match="choose one"):
+        create_model(name, find_holes="magenta", mask_input=True, **options)
+    with pytest.raises(ValueError, match="choose one of none, magenta"):
+        create_model(name, find_holes="green", **options)
+
+
+def test_find_holes_model_is_the_mask_conditioned_model_with_its_mask_found(tmp_path):
+    """The same weights: blind on the painted image, or mask-conditioned and given the mask, restore the same."""
+    torch.manual_seed(0)
+    given = create_model("pyramidal44", m=8, growth=4, mask_input=True, hole_fill="smooth", residual=True).eval()
+    for p in given.parameters():  # any weights, not only the zeroed output the fill starts from
+        p.data.normal_(0, 0.05)
+    found = create_model("pyramidal44", m=8, growth=4, find_holes="magenta", hole_fill="smooth", residual=True)
+    found.load_state_dict(given.state_dict())
+    painted, holes = _painted()
+    with torch.no_grad():
+        expected = torch.where(holes, given(mask_conditioned_input(painted, holes)), painted)
+        assert torch.allclose(found.eval()(painted), expected, atol=1e-6)
+    path = tmp_path / "found.safetensors"
+    save_weights(found, path, {"task": "squares"})
+    loaded = load_weights(path)
+    assert loaded.find_holes == "magenta" and loaded.info["options"]["find_holes"] == "magenta"
+    # restore: blind without a mask; with one, the holes are painted in the key and found again.
+    image = photo()
+    rgb = image.copy()
+    rgb[box_mask()] = MAGENTA
+    blind = restore_image(loaded, rgb, **CPU)
+    assert np.array_equal(blind[~box_mask()], image[~box_mask()])
+    assert np.array_equal(restore_image(loaded, image, mask=box_mask(), **CPU), blind)
+
+
+def test_magenta_holes_decides_exact_or_smeared_per_image():
+    image = torch.from_numpy(photo(96, 128, 0)).permute(2, 0, 1)[None].contiguous()
+    damaged, holes = create_task("strokes").apply(image, seeds=[eval_seed(0)])
+    rgb = damaged[0].permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=75)
+    decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    batch = torch.from_numpy(np.stack([rgb, decoded])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    found = magenta_holes(batch)
+    assert torch.equal(found[0, 0], holes[0, 0])  # lossless: exactly the painted pixels
+    assert np.array_equal(found[1, 0].numpy(), magenta_mask(decoded))  # as `--mask auto` finds them
+
+
+def test_training_a_find_holes_model_needs_a_keyed_task(tmp_path):
+    from pyramidal.config import TrainConfig
+    from pyramidal.train import Trainer, train
+
+    base = dict(model="pyramidal44", m=8, growth=4, data="builtin", size=32, batch_size=4, patches_per_epoch=8,
+                val_images=4, log_images=2, precision="fp32", quiet=True, progress=False, out=str(tmp_path),
+                optimizer="adamw")
+    options = {"find_holes": "magenta", "hole_fill": "smooth"}
+    run = train(TrainConfig(task="grid", model_options=options, steps=2, **base))
+    model = load_weights(run / "best.safetensors")
+    assert model.find_holes == "magenta" and not needs_mask(model)
+    for task in ("noise", "text"):
+        with pytest.raises(PyramidalError, match=f"task {task} paints no holes in the colour key"):
+            Trainer(TrainConfig(task=task, model_options=options, steps=1, **base))
 
 
 def _blind(tmp_path):
@@ -555,4 +644,8 @@ def test_onnx_export_refuses_a_mask_conditioned_model(tmp_path):
 
     with pytest.raises(PyramidalError, match="mask-conditioned"):
         export_onnx(tiny(mask_input=True), tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+    with pytest.raises(PyramidalError, match="find_holes=magenta, hole_fill=smooth"):
+        export_onnx(create_model("pyramidal44", m=8, growth=4, find_holes="magenta", hole_fill="smooth"),
+                    tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()

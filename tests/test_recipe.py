@@ -400,3 +400,16 @@ def test_learning_curves_plot_and_table(tmp_path, capsys):
     assert "+5.00 dB" in line  # the best (30.0) against the best of the first half (25.0 at step 500)
     with pytest.raises(SystemExit):
         lc.main([f"empty={tmp_path}"])
+
+
+# --------------------------------------------------------------------------- recipes that start from other weights
+
+
+def test_init_weights_builtin_task_names_the_shipped_file(tmp_path):
+    from pyramidal.checkpoint import resolve_init_weights
+    from pyramidal.inference import builtin_weights_path
+
+    assert resolve_init_weights("builtin:inpaint") == builtin_weights_path("inpaint")
+    assert resolve_init_weights(tmp_path / "w.safetensors") == tmp_path / "w.safetensors"
+    with pytest.raises(PyramidalError, match="--init-weights builtin:nonsense"):
+        resolve_init_weights("builtin:nonsense")

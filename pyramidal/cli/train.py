@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model-option", dest="model_options", action="append", metavar="KEY=VALUE", default=S,
                    help="any other model option (repeatable), e.g. blocks=[4,5] or activation=leakyrelu")
     g.add_argument("--init-weights", metavar="PATH", default=S,
-                   help="start from these weights (.safetensors, .ckpt or a run folder's best weights)")
+                   help="start from these weights (.safetensors, .ckpt, a run folder's best weights, or builtin:TASK)")
 
     g = parser.add_argument_group("data")
     g.add_argument("--data", default=S, help="builtin, folder:PATH or celeba:PATH [builtin]")

@@ -80,6 +80,48 @@ def mask_conditioned_input(images: torch.Tensor, mask: torch.Tensor) -> torch.Te
     return torch.cat([images * (1 - hole), hole], dim=1)
 
 
+# The research's colour key: hole tasks paint their holes magenta (255, 0, 255). When most pixels near magenta
+# are exactly magenta (a lossless file keeps the key), the holes are the exact ones. Otherwise a pixel is a hole
+# when every channel is within MAGENTA_TOLERANCE of magenta, or when it is within MAGENTA_GROW px of such a
+# pixel and still leans to magenta (min(R, B) − G ≥ MAGENTA_LEAN): JPEG smears the key's edges and thin strokes.
+# Measured on strokes and squares over photographs saved at JPEG quality 50 / 75 / 90: 0.2 / 0.07 / 0.05 % of
+# the hole pixels missed; no natural pixel of the validation photographs passes on its own.
+MAGENTA_TOLERANCE = 64
+MAGENTA_LEAN = 48
+MAGENTA_GROW = 2
+# How a model built with `find_holes` finds them in its 3-channel input (a model option, stored in its weights):
+# none (a blind model that sees the key's colour and nothing more), or magenta (`magenta_holes`).
+HOLE_FINDERS = ("none", "magenta")
+
+
+def magenta_holes(images: torch.Tensor, tolerance: int = MAGENTA_TOLERANCE) -> torch.Tensor:
+    """B×1×H×W bool: the holes painted in the colour key in B×3×H×W `images` in [-1, 1], per image."""
+    from pyramidal.damage import MAGENTA
+
+    px = ((images.detach()[:, :3].float() + 1) * 127.5).round()
+    key = torch.tensor(MAGENTA, dtype=px.dtype, device=px.device).view(1, 3, 1, 1)
+    distance = (px - key).abs().amax(dim=1, keepdim=True)
+    holes, exact = distance <= tolerance, distance == 0
+    grown = holes
+    if MAGENTA_GROW:
+        lean = torch.minimum(px[:, :1], px[:, 2:3]) - px[:, 1:2] >= MAGENTA_LEAN
+        for _ in range(MAGENTA_GROW):
+            near = F.max_pool2d(grown.float(), 3, stride=1, padding=1) > 0
+            grown = grown | (near & lean)
+    # An image that kept the key exactly (most candidate pixels exact) has exactly those holes: nothing smeared.
+    kept = (2 * exact.sum(dim=(1, 2, 3), keepdim=True)) >= holes.sum(dim=(1, 2, 3), keepdim=True)
+    return torch.where(kept, exact, grown)
+
+
+def check_find_holes(find_holes: str, mask_input: bool) -> str:
+    """Validate the `find_holes` model option: one of HOLE_FINDERS, and not with mask_input (holes given)."""
+    if find_holes not in HOLE_FINDERS:
+        raise ValueError(f"find_holes {find_holes!r}: choose one of {', '.join(HOLE_FINDERS)}")
+    if find_holes != "none" and mask_input:
+        raise ValueError(f"find_holes={find_holes} finds the holes itself; mask_input=true is given them: choose one")
+    return find_holes
+
+
 # How a mask-conditioned model sees its holes before its first layer (a model option, stored in its weights):
 # grey: as `mask_conditioned_input` leaves them, a constant 0 (mid-grey); smooth: filled from the known pixels
 # around them by `smooth_fill`, so that a residual model learns only the correction to a classical fill.
@@ -131,12 +173,14 @@ def smooth_fill(images: torch.Tensor, hole: torch.Tensor, harmonic: int = 16, bi
     return torch.where(hole.bool(), filled, values).to(dtype)
 
 
-def check_hole_fill(hole_fill: str, mask_input: bool) -> str:
-    """Validate the `hole_fill` model option: one of HOLE_FILLS, and anything but grey only with mask_input."""
+def check_hole_fill(hole_fill: str, knows_holes: bool) -> str:
+    """Validate the `hole_fill` model option: one of HOLE_FILLS, and anything but grey only for a model that knows
+    its holes (mask_input, or find_holes)."""
     if hole_fill not in HOLE_FILLS:
         raise ValueError(f"hole_fill {hole_fill!r}: choose one of {', '.join(HOLE_FILLS)}")
-    if hole_fill != "grey" and not mask_input:
-        raise ValueError(f"hole_fill={hole_fill} fills the holes of the mask given as input; it needs mask_input=true")
+    if hole_fill != "grey" and not knows_holes:
+        raise ValueError(f"hole_fill={hole_fill} fills holes the model knows of; it needs mask_input=true (given) "
+                         "or find_holes=magenta (found)")
     return hole_fill
 
 
@@ -167,11 +211,15 @@ def noise_map_input(images: torch.Tensor, sigma: torch.Tensor | float) -> torch.
 def example_input(model: nn.Module, batch: int, height: int, width: int, *,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """A random input of the kind `model` takes, for timing and counting: images in [-1, 1], then a 0/1 mask
-    with a fifth of the pixels holes (`mask_input`) or a σ = 25 noise-level channel (`noise_map`)."""
+    with a fifth of the pixels holes (`mask_input`; painted magenta for `find_holes`) or a σ = 25 noise-level channel (`noise_map`)."""
     images = torch.rand(batch, getattr(getattr(model, "config", None), "in_channels", 3), height, width,
                         generator=generator) * 2 - 1
     if getattr(model, "mask_input", False):
         images = mask_conditioned_input(images, torch.rand(batch, 1, height, width, generator=generator) < 0.2)
+    elif getattr(model, "find_holes", "none") == "magenta":
+        holes = torch.rand(batch, 1, height, width, generator=generator) < 0.2
+        key = torch.tensor([1.0, -1.0, 1.0]).view(1, 3, 1, 1)
+        images = torch.where(holes, key, images)
     elif getattr(model, "noise_map", False):
         images = noise_map_input(images, 25.0)
     return images
@@ -220,12 +268,20 @@ class PaddedModel(nn.Module):
     mask_input: bool = False  # True: the input is `mask_conditioned_input(images, mask)`, 4 channels
     noise_map: bool = False  # True: the input is `noise_map_input(images, sigma)`, 4 channels
     hole_fill: str = "grey"  # HOLE_FILLS; "smooth": the holes are `smooth_fill`ed before the first layer
+    find_holes: str = "none"  # HOLE_FINDERS; "magenta": a blind model that finds its holes by the colour key
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        given = hole = None
+        if self.find_holes == "magenta":
+            # Blind, but it knows the research's key: it finds the holes, fills them like a mask-conditioned
+            # model, and keeps every pixel it found no hole in.
+            given, hole = x, magenta_holes(x)
+            x = mask_conditioned_input(x, hole)
         if self.hole_fill == "smooth":
             x = fill_holes(x)
         padded, (h, w) = pad_to_multiple(x, 2**self.levels)
-        return self.body(padded)[..., :h, :w]
+        out = self.body(padded)[..., :h, :w]
+        return out if hole is None else torch.where(hole, out.to(given.dtype), given)  # known pixels exactly
 
     def body(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -8,7 +8,14 @@ import torch
 from torch import nn
 
 from pyramidal.models import register_configured
-from pyramidal.models.blocks import NORMS, OutputBlock, PaddedModel, check_hole_fill, start_at_fill
+from pyramidal.models.blocks import (
+    NORMS,
+    OutputBlock,
+    PaddedModel,
+    check_find_holes,
+    check_hole_fill,
+    start_at_fill,
+)
 from pyramidal.models.dense import BLOCKS, DOWN, UP, PlainBlock, checkpointed, concat, wants_checkpoint
 
 
@@ -32,7 +39,8 @@ class DensePyramidConfig:
     decoder_blocks: tuple[int, ...] | None = field(default=None)  # default: the encoder sizes reversed
     mask_input: bool = False  # one more input channel: the mask of holes (blocks.mask_conditioned_input)
     noise_map: bool = False  # one more input channel: the noise level σ/255 (blocks.noise_map_input)
-    hole_fill: str = "grey"  # with mask_input: grey, or smooth (blocks.smooth_fill before the first layer)
+    hole_fill: str = "grey"  # with mask_input or find_holes: grey, or smooth (blocks.smooth_fill before the first layer)
+    find_holes: str = "none"  # blind, but finds its holes by the colour key: none, magenta (blocks.magenta_holes)
     block: str = "dense"  # the block kind of every level (models.dense.BLOCKS): dense, nafnet
     norm: str = "batch"  # normalisation in dense layers and transitions (models.blocks.NORMS): batch, layer, none
 
@@ -48,10 +56,12 @@ class DensePyramid(PaddedModel):
         self.config = config
         c = config
         self.mask_input = bool(c.mask_input)
-        self.hole_fill = check_hole_fill(c.hole_fill, self.mask_input)
+        self.find_holes = check_find_holes(c.find_holes, self.mask_input)
+        self.hole_fill = check_hole_fill(c.hole_fill, self.mask_input or self.find_holes != "none")
         self.noise_map = bool(c.noise_map)
-        if self.mask_input and self.noise_map:
-            raise ValueError("mask_input and noise_map: choose one extra input channel, not both")
+        if (self.mask_input or self.find_holes != "none") and self.noise_map:
+            raise ValueError("noise_map and a mask channel (mask_input or find_holes): choose one extra input channel, "
+                             "not both")
         DOWN.get(c.down), UP.get(c.up), NORMS.get(c.norm)  # fail early with the list of valid names
         if not c.dense and c.block != "dense":
             raise ValueError(f"dense=false (plain sequential layers) replaces the dense block; block={c.block!r} "
@@ -65,7 +75,7 @@ class DensePyramid(PaddedModel):
         def block(in_ch: int, n: int) -> nn.Module:
             return block_cls(in_ch, c.growth, n, c.dropout, memory_efficient=c.memory_efficient, norm=c.norm)
 
-        stem_in = c.in_channels + self.mask_input + self.noise_map
+        stem_in = c.in_channels + (self.mask_input or self.find_holes != "none") + self.noise_map
         self.stem = nn.Sequential(nn.Conv2d(stem_in, c.m, 3, padding=1), nn.ReLU(inplace=True))
         channels = c.m
         self.encoder, self.down = nn.ModuleList(), nn.ModuleList()

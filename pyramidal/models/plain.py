@@ -12,6 +12,7 @@ from pyramidal.models.blocks import (
     ACTIVATIONS,
     OutputBlock,
     PaddedModel,
+    check_find_holes,
     check_hole_fill,
     conv_block,
     convtranspose_block,
@@ -38,7 +39,8 @@ class AutoencoderConfig:
     in_channels: int = 3
     out_channels: int = 3
     mask_input: bool = False  # one more input channel: the mask of holes (blocks.mask_conditioned_input)
-    hole_fill: str = "grey"  # with mask_input: grey, or smooth (blocks.smooth_fill before the first layer)
+    hole_fill: str = "grey"  # with mask_input or find_holes: grey, or smooth (blocks.smooth_fill before the first layer)
+    find_holes: str = "none"  # blind, but finds its holes by the colour key: none, magenta (blocks.magenta_holes)
 
     # (low, high) for `pyramidal.models.check_options`; other whole numbers must be >= 1.
     LIMITS = {"levels": (1, 12), "convs_per_level": (1, 64)}
@@ -72,11 +74,12 @@ class Autoencoder(PaddedModel):
             raise ValueError(f"channels needs {c.levels + 1} widths for {c.levels} levels, got {widths}")
         self.config, self.levels, self.widths = c, c.levels, widths
         self.mask_input = bool(c.mask_input)
-        self.hole_fill = check_hole_fill(c.hole_fill, self.mask_input)
+        self.find_holes = check_find_holes(c.find_holes, self.mask_input)
+        self.hole_fill = check_hole_fill(c.hole_fill, self.mask_input or self.find_holes != "none")
         act = c.activation
         UP.get(c.up)  # fail early with the list of valid names
         extra = c.convs_per_level - 1
-        self.stem = input_block(c.in_channels + self.mask_input, widths[0], act)
+        self.stem = input_block(c.in_channels + (self.mask_input or self.find_holes != "none"), widths[0], act)
         self.encoder = nn.ModuleList()
         for i in range(c.levels):
             self.encoder.append(
