@@ -17,11 +17,6 @@ train_one() {
   run=$(ls -d runs/builtin/"$task"/*/* | sort | tail -n 1)
   echo "$task: trained in $run"
 }
-for ((i = 0; i < ${#tasks[@]}; i += 2)); do
-  train_one "${tasks[i]}" &
-  if ((i + 1 < ${#tasks[@]})); then train_one "${tasks[i + 1]}" & fi
-  wait
-done
 # Later phases (only where pyramidal/configs/builtin/TASK-phaseK.toml exists): more steps from the previous phase's
 # best weights. Phase K writes its runs under runs/builtin-phaseK.
 run_of() {  # newest run of TASK in phase $2 (1 = runs/builtin)
@@ -35,22 +30,38 @@ train_phase() {
     --init-weights "$(run_of "$task" $((phase - 1)))/best.safetensors" \
     --no-progress >"runs/builtin/logs/$task-phase$phase.log" 2>&1
 }
-last_phase=()
-for task in "${tasks[@]}"; do last_phase+=(1); done
-for phase in 2 3 4 5 6; do
-  pairs=()
-  for i in "${!tasks[@]}"; do
-    task=${tasks[i]}
-    [ -f "pyramidal/configs/builtin/$task-phase$phase.toml" ] || continue
-    last_phase[i]=$phase
-    pairs+=("$task")
-  done
-  for ((i = 0; i < ${#pairs[@]}; i += 2)); do
-    train_phase "${pairs[i]}" $phase &
-    if ((i + 1 < ${#pairs[@]})); then train_phase "${pairs[i + 1]}" $phase & fi
+train_set() {  # train TASK... (phase 1 two at a time, then each later phase), then package each
+  local tasks=("$@") last_phase=() pairs i phase task
+  [ ${#tasks[@]} -gt 0 ] || return 0
+  for ((i = 0; i < ${#tasks[@]}; i += 2)); do
+    train_one "${tasks[i]}" &
+    if ((i + 1 < ${#tasks[@]})); then train_one "${tasks[i + 1]}" & fi
     wait
   done
+  for task in "${tasks[@]}"; do last_phase+=(1); done
+  for phase in 2 3 4 5 6; do
+    pairs=()
+    for i in "${!tasks[@]}"; do
+      task=${tasks[i]}
+      [ -f "pyramidal/configs/builtin/$task-phase$phase.toml" ] || continue
+      last_phase[i]=$phase
+      pairs+=("$task")
+    done
+    for ((i = 0; i < ${#pairs[@]}; i += 2)); do
+      train_phase "${pairs[i]}" $phase &
+      if ((i + 1 < ${#pairs[@]})); then train_phase "${pairs[i + 1]}" $phase & fi
+      wait
+    done
+  done
+  for i in "${!tasks[@]}"; do
+    "$py" scripts/package-builtin-weights.py "${tasks[i]}" "$(run_of "${tasks[i]}" "${last_phase[i]}")"
+  done
+}
+# A recipe that starts from another task's packaged weights (init_weights = "builtin:X", as squares, block and
+# grid start from inpaint) trains after the others, so after X is packaged.
+first=() after=()
+for task in "${tasks[@]}"; do
+  if grep -q '^init_weights = "builtin:' "pyramidal/configs/builtin/$task.toml"; then after+=("$task"); else first+=("$task"); fi
 done
-for i in "${!tasks[@]}"; do
-  "$py" scripts/package-builtin-weights.py "${tasks[i]}" "$(run_of "${tasks[i]}" "${last_phase[i]}")"
-done
+train_set "${first[@]}"
+train_set "${after[@]}"

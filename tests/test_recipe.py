@@ -413,3 +413,24 @@ def test_init_weights_builtin_task_names_the_shipped_file(tmp_path):
     assert resolve_init_weights(tmp_path / "w.safetensors") == tmp_path / "w.safetensors"
     with pytest.raises(PyramidalError, match="--init-weights builtin:nonsense"):
         resolve_init_weights("builtin:nonsense")
+
+
+def test_recipes_that_start_from_builtin_weights_train_after_them():
+    """scripts/train-builtin.sh trains a recipe with init_weights = "builtin:X" in a second round, after X is
+    packaged: X must ship, and must not itself start from built-in weights, and the script must say so."""
+    import tomllib
+
+    configs = REPO / "pyramidal" / "configs" / "builtin"
+    derived = {}
+    for path in configs.glob("*.toml"):
+        init = tomllib.loads(path.read_text()).get("init_weights")
+        if init:
+            assert init.startswith("builtin:"), f"{path.name}: a recipe may start only from shipped weights"
+            derived[path.stem] = init.removeprefix("builtin:")
+    assert derived, "squares, block and grid start from the inpaint weights"
+    for recipe, source in derived.items():
+        assert "-phase" not in recipe, f"{recipe}: later phases start from the previous phase's run"
+        assert (REPO / "pyramidal" / "weights" / f"{source}.safetensors").is_file(), recipe
+        assert source not in derived, f"{recipe} starts from {source}, which starts from other weights"
+    script = (REPO / "scripts" / "train-builtin.sh").read_text()
+    assert """grep -q '^init_weights = "builtin:'""" in script and 'train_set "${after[@]}"' in script
