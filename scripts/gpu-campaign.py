@@ -613,7 +613,8 @@ class Planner:
             # those aside first, then share what is left by work, so short last phases are not squeezed out.
             spare = task_end - now - self.overhead * len(remaining) - self.eval_seconds
             seconds = max(0.0, spare) * run.work / sum(r.work for r in remaining)
-            seconds = max(seconds, 3.0 if self.s.smoke else 10.0)
+            # A floor keeps a share from being too short to train at all, but never past the task's end.
+            seconds = max(seconds, min(3.0 if self.s.smoke else 10.0, max(0.0, spare)))
             rate = self.task_rate_64.get(run.task, self.rate_64) * (64 / run.size) ** 2
             steps = max(1, int(0.95 * rate * seconds / self.s.batch_size))
             if self.s.max_steps:
