@@ -103,11 +103,10 @@ def magenta_holes(images: torch.Tensor, tolerance: int = MAGENTA_TOLERANCE) -> t
     distance = (px - key).abs().amax(dim=1, keepdim=True)
     holes, exact = distance <= tolerance, distance == 0
     grown = holes
-    if MAGENTA_GROW:
-        lean = torch.minimum(px[:, :1], px[:, 2:3]) - px[:, 1:2] >= MAGENTA_LEAN
-        for _ in range(MAGENTA_GROW):
-            near = F.max_pool2d(grown.float(), 3, stride=1, padding=1) > 0
-            grown = grown | (near & lean)
+    lean = torch.minimum(px[:, :1], px[:, 2:3]) - px[:, 1:2] >= MAGENTA_LEAN
+    for _ in range(MAGENTA_GROW):
+        near = F.max_pool2d(grown.float(), 3, stride=1, padding=1) > 0
+        grown = grown | (near & lean)
     # An image that kept the key exactly (most candidate pixels exact) has exactly those holes: nothing smeared.
     kept = (2 * exact.sum(dim=(1, 2, 3), keepdim=True)) >= holes.sum(dim=(1, 2, 3), keepdim=True)
     return torch.where(kept, exact, grown)
@@ -217,9 +216,10 @@ def example_input(model: nn.Module, batch: int, height: int, width: int, *,
     if getattr(model, "mask_input", False):
         images = mask_conditioned_input(images, torch.rand(batch, 1, height, width, generator=generator) < 0.2)
     elif getattr(model, "find_holes", "none") == "magenta":
+        from pyramidal.damage import MAGENTA
+
         holes = torch.rand(batch, 1, height, width, generator=generator) < 0.2
-        key = torch.tensor([1.0, -1.0, 1.0]).view(1, 3, 1, 1)
-        images = torch.where(holes, key, images)
+        images = torch.where(holes, torch.tensor(MAGENTA).view(1, 3, 1, 1) / 127.5 - 1, images)
     elif getattr(model, "noise_map", False):
         images = noise_map_input(images, 25.0)
     return images
@@ -269,6 +269,11 @@ class PaddedModel(nn.Module):
     noise_map: bool = False  # True: the input is `noise_map_input(images, sigma)`, 4 channels
     hole_fill: str = "grey"  # HOLE_FILLS; "smooth": the holes are `smooth_fill`ed before the first layer
     find_holes: str = "none"  # HOLE_FINDERS; "magenta": a blind model that finds its holes by the colour key
+
+    @property
+    def mask_channel(self) -> bool:
+        """True when the first layer sees a mask of holes after the colours: given (mask_input) or found."""
+        return self.mask_input or self.find_holes != "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         given = hole = None

@@ -57,9 +57,9 @@ class DensePyramid(PaddedModel):
         c = config
         self.mask_input = bool(c.mask_input)
         self.find_holes = check_find_holes(c.find_holes, self.mask_input)
-        self.hole_fill = check_hole_fill(c.hole_fill, self.mask_input or self.find_holes != "none")
+        self.hole_fill = check_hole_fill(c.hole_fill, self.mask_channel)
         self.noise_map = bool(c.noise_map)
-        if (self.mask_input or self.find_holes != "none") and self.noise_map:
+        if self.mask_channel and self.noise_map:
             raise ValueError("noise_map and a mask channel (mask_input or find_holes): choose one extra input channel, "
                              "not both")
         DOWN.get(c.down), UP.get(c.up), NORMS.get(c.norm)  # fail early with the list of valid names
@@ -75,7 +75,7 @@ class DensePyramid(PaddedModel):
         def block(in_ch: int, n: int) -> nn.Module:
             return block_cls(in_ch, c.growth, n, c.dropout, memory_efficient=c.memory_efficient, norm=c.norm)
 
-        stem_in = c.in_channels + (self.mask_input or self.find_holes != "none") + self.noise_map
+        stem_in = c.in_channels + self.mask_channel + self.noise_map
         self.stem = nn.Sequential(nn.Conv2d(stem_in, c.m, 3, padding=1), nn.ReLU(inplace=True))
         channels = c.m
         self.encoder, self.down = nn.ModuleList(), nn.ModuleList()

@@ -75,11 +75,11 @@ class Autoencoder(PaddedModel):
         self.config, self.levels, self.widths = c, c.levels, widths
         self.mask_input = bool(c.mask_input)
         self.find_holes = check_find_holes(c.find_holes, self.mask_input)
-        self.hole_fill = check_hole_fill(c.hole_fill, self.mask_input or self.find_holes != "none")
+        self.hole_fill = check_hole_fill(c.hole_fill, self.mask_channel)
         act = c.activation
         UP.get(c.up)  # fail early with the list of valid names
         extra = c.convs_per_level - 1
-        self.stem = input_block(c.in_channels + (self.mask_input or self.find_holes != "none"), widths[0], act)
+        self.stem = input_block(c.in_channels + self.mask_channel, widths[0], act)
         self.encoder = nn.ModuleList()
         for i in range(c.levels):
             self.encoder.append(
