@@ -142,7 +142,7 @@ def parse_options(items: list[str] | None, flag: str) -> dict[str, Any]:
 
 SCHEDULES = ("none", "cosine", "step")
 OPTIMIZERS = ("adam", "adamw")
-LOSSES = ("mse", "l1", "charbonnier")  # the training objective (step.LOSS_FUNCTIONS); PSNR is reported either way
+LOSSES = ("mse", "l1", "charbonnier", "psnr")  # the training objective (step.LOSS_FUNCTIONS); PSNR is reported either way
 DEFAULT_EPOCHS = 10  # when no --epochs, --steps or --max-minutes is given
 TASK_SHORTHANDS = ("sigma", "factor", "quality")
 MODEL_SHORTHANDS = ("m", "growth", "down", "up", "dropout", "residual", "memory_efficient", "channels")
@@ -185,7 +185,7 @@ class TrainConfig:
     lr: float = 3e-4
     weight_decay: float = 1e-4
     optimizer: str = "adam"  # adam: L2 weight decay as in the research; adamw: decoupled
-    loss: str = "mse"  # mse | l1 | charbonnier (a smooth L1); validation and PSNR stay on the MSE
+    loss: str = "mse"  # mse | l1 | charbonnier (a smooth L1) | psnr (each image equal in dB); PSNR stays on the MSE
     schedule: str = "none"  # none | cosine | step
     warmup_steps: int = 0
     min_lr: float = 0.0  # cosine floor

@@ -188,7 +188,7 @@ class RunLock:
 
 # The columns of a run's metrics.csv, in order.
 CSV_COLUMNS = ("step", "epoch", "elapsed_s", "loss/train", "PSNR/train", "loss/val", "PSNR/val",
-               "PSNR/val_input", "lr", "images_per_s")
+               "PSNR/val_input", "lr", "images_per_s", "PSNR/val_images")
 
 
 def new_run_dir(out: str | os.PathLike, task: str, model: str) -> Path:
@@ -242,15 +242,14 @@ class MetricsLog:
         from pyramidal.io import write_text
 
         rows = []
-        if self.path.exists():
+        if self.path.exists():  # read by column name: a file an older version wrote keeps its rows
             with open(self.path, newline="") as fh:
-                for row in csv.reader(fh):
-                    if row and row[0] != "step" and len(row) == len(CSV_COLUMNS):
-                        try:
-                            if int(row[0]) <= step:
-                                rows.append(row)
-                        except ValueError:
-                            pass
+                for row in csv.DictReader(fh):
+                    try:
+                        if int(row["step"]) <= step:
+                            rows.append([row.get(k) or "" for k in CSV_COLUMNS])
+                    except (KeyError, TypeError, ValueError):
+                        pass
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(CSV_COLUMNS)
@@ -281,13 +280,13 @@ def best_record(config: Any, task_options: dict, step: int, epoch: int, psnr: fl
 
 
 def summary_line(epoch: int, epochs: int | None, step: int, train: dict[str, float], val_psnr: float | None,
-                 best_psnr: float, elapsed: float) -> str:
+                 best_psnr: float, elapsed: float, val_label: str = "PSNR/val") -> str:
     """The line a run prints after each epoch: step, loss, PSNR (train, validation, best), speed, lr, time."""
     parts = [f"epoch {epoch}" + (f"/{epochs}" if epochs else ""), f"step {step}"]
     if train:
         parts += [f"loss {train['loss/train']:.5f}", f"PSNR/train {train['PSNR/train']:.2f} dB"]
     if val_psnr is not None:
-        parts.append(f"PSNR/val {val_psnr:.2f} dB (best {best_psnr:.2f})")
+        parts.append(f"{val_label} {val_psnr:.2f} dB (best {best_psnr:.2f})")
     if train:
         parts += [f"{train['images_per_s']:.0f} img/s", f"lr {train['lr']:.2e}"]
     parts.append(f"{elapsed:.0f} s")

@@ -29,6 +29,17 @@ def charbonnier_loss(output: torch.Tensor, target: torch.Tensor, eps: float = 1e
     return torch.sqrt((output - target).pow(2) + eps * eps).mean()
 
 
+def psnr_loss(output: torch.Tensor, target: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """mean over the images of 10·log10(MSE + ε): minus their mean PSNR, up to a constant (NAFNet's PSNR loss).
+
+    Each image counts equally in decibels, as in `pyramidal evaluate`'s mean PSNR, where the MSE would let
+    the images with the largest errors (a big block hole) outweigh the rest (thin strokes). ε caps an exact
+    image at about 106 dB, where its gradient is zero anyway.
+    """
+    mse = (output - target).pow(2).flatten(1).mean(dim=1)
+    return 10.0 * torch.log10(mse + eps).mean()
+
+
 # The training objectives by `--loss` name (config.LOSSES); validation and the logged PSNR use the MSE whatever
 # the objective, so runs with different losses are compared on the same number. torch's functions are looked
 # up at each call, so patching `F.mse_loss` (as the divergence tests do) reaches the training loss too.
@@ -36,6 +47,7 @@ LOSS_FUNCTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] 
     "mse": lambda output, target: F.mse_loss(output, target),
     "l1": lambda output, target: F.l1_loss(output, target),
     "charbonnier": charbonnier_loss,
+    "psnr": psnr_loss,
 }
 
 
@@ -95,7 +107,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, damaged: torc
     """One step of `pyramidal train`; returns the loss and the output, detached.
 
     Forward under autocast in `precision` (channels_last input), the `objective` (`LOSS_FUNCTIONS`: mse, l1,
-    charbonnier) in fp32, backward (scaled for fp16), optional clipping of the global gradient norm, the
+    charbonnier, psnr) in fp32, backward (scaled for fp16), optional clipping of the global gradient norm, the
     optimizer's update. `check_loss` sees the loss before the backward pass and may raise to stop;
     `update=False` leaves the gradients in place, unapplied. `mask`: the holes, for a mask-conditioned model;
     `noise_level`: each image's σ, for a noise-map model (see `model_output`).

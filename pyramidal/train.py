@@ -591,12 +591,18 @@ class Trainer:
 
     @torch.no_grad()
     def _validate(self, first: bool = False) -> float:
-        """Mean-MSE PSNR over the fixed validation crops (EMA weights when on); logs and keeps the best."""
+        """PSNR over the fixed validation crops (EMA weights when on); logs it and keeps the best weights.
+
+        PSNR/val is the PSNR of the crops' mean MSE; PSNR/val_images, the mean of each crop's PSNR, as
+        `pyramidal evaluate` reports. The best weights are chosen by the first, or by the second when the
+        objective is `psnr`, which optimizes it.
+        """
         model = self.ema.model if self.ema is not None else self.model
         model.eval()
         c = self.config
         se = se_in = 0.0
         count = 0
+        image_psnrs: list[float] = []
         shown: list[torch.Tensor] = []
         for damaged, clean, *condition in self.val_loader:
             given = condition[0] if condition else None
@@ -604,6 +610,7 @@ class Trainer:
                                precision=self.precision, channels_last=c.channels_last,
                                noise_level=given if self.with_noise_level else None).cpu()
             se += F.mse_loss(out, clean, reduction="sum").item()
+            image_psnrs += [psnr_from_mse(v) for v in (out - clean).pow(2).flatten(1).mean(dim=1).tolist()]
             se_in += F.mse_loss(damaged, clean, reduction="sum").item()
             count += clean.numel()
             if not shown:
@@ -611,7 +618,8 @@ class Trainer:
         self.model.train()
         mse = se / count
         psnr = psnr_from_mse(mse)
-        values = {"loss/val": mse, "PSNR/val": psnr}
+        mean_psnr = sum(min(v, 100.0) for v in image_psnrs) / len(image_psnrs)  # an exact image counts 100 dB
+        values = {"loss/val": mse, "PSNR/val": psnr, "PSNR/val_images": mean_psnr}
         if first:
             values["PSNR/val_input"] = psnr_from_mse(se_in / count)
             self.val_input_psnr = values["PSNR/val_input"]
@@ -622,6 +630,8 @@ class Trainer:
                 self.logs.writer.add_image("2 input", _grid(shown[1]), self.step)
                 self.logs.writer.add_image("3 ground truth", _grid(shown[2]), self.step)
         self.last_val_step = self.step
+        if c.loss == "psnr":  # choose the weights by the number the objective optimizes
+            psnr = mean_psnr
         self.last_val_psnr = psnr
         # Step 0 counts too: a run stopped by --max-minutes before its first update still leaves weights.
         if math.isfinite(psnr) and psnr > self.best_psnr:
@@ -658,7 +668,13 @@ class Trainer:
 
     def _summary(self) -> None:
         print(summary_line(self.epoch, self.config.epochs, self.step, getattr(self, "last_train", {}),
-                           getattr(self, "last_val_psnr", None), self.best_psnr, self._elapsed()), flush=True)
+                           getattr(self, "last_val_psnr", None), self.best_psnr, self._elapsed(),
+                           val_label=self._val_label), flush=True)
+
+    @property
+    def _val_label(self) -> str:
+        """The validation number the best weights are chosen by (see `_validate`)."""
+        return "PSNR/val_images" if self.config.loss == "psnr" else "PSNR/val"
 
     def _start(self) -> None:
         c = self.config
@@ -693,7 +709,7 @@ class Trainer:
         if not self.config.quiet:
             why = "stopped on request" if self.interrupted else (
                 f"time budget ({self._budget_spent() or '--max-minutes'}) reached" if self._out_of_time else "done")
-            best = f"best PSNR/val {self.best_psnr:.2f} dB at step {self.best_step}" if self.best_step is not None else ""
+            best = f"best {self._val_label} {self.best_psnr:.2f} dB at step {self.best_step}" if self.best_step is not None else ""
             print(f"{why}: step {self.step}, epoch {self.epoch}; {best}; {self.run_dir}", flush=True)
 
     def _checkpoint_due(self) -> bool:

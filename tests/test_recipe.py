@@ -21,7 +21,7 @@ from pyramidal.errors import PyramidalError
 from pyramidal.models import create_model
 from pyramidal.models.blocks import NORMS, noise_map_input
 from pyramidal.models.dense import BLOCKS
-from pyramidal.step import LOSS_FUNCTIONS, make_optimizer, train_step
+from pyramidal.step import LOSS_FUNCTIONS, make_optimizer, psnr_from_mse, train_step
 from pyramidal.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,6 +66,29 @@ def test_charbonnier_is_a_smooth_l1():
     a, b = torch.zeros(100), torch.linspace(-1, 1, 100)
     assert LOSS_FUNCTIONS["charbonnier"](a, b).item() == pytest.approx(F.l1_loss(a, b).item(), abs=1e-3)
     assert LOSS_FUNCTIONS["charbonnier"](a, a).item() == pytest.approx(1e-3)  # ε at zero error, smooth there
+
+
+def test_the_psnr_loss_is_minus_the_images_mean_psnr():
+    clean = torch.zeros(3, 3, 8, 8)
+    output = clean + torch.tensor([0.5, 0.05, 0.005]).view(3, 1, 1, 1)
+    psnrs = [psnr_from_mse(e * e) for e in (0.5, 0.05, 0.005)]
+    assert LOSS_FUNCTIONS["psnr"](output, clean).item() == pytest.approx(10 * math.log10(4) - sum(psnrs) / 3,
+                                                                         abs=1e-4)
+
+
+def test_the_psnr_loss_weighs_each_image_equally_in_decibels():
+    """Halving a small error gains as much as halving a large one (6 dB of one image's PSNR); under the MSE the
+    small error hardly counts."""
+    clean = torch.zeros(2, 3, 8, 8)
+    errors = torch.tensor([0.4, 0.01]).view(2, 1, 1, 1)
+    for name, equal in (("psnr", True), ("mse", False)):
+        loss = LOSS_FUNCTIONS[name]
+        base = loss(clean + errors, clean).item()
+        gain_large = base - loss(clean + errors * torch.tensor([0.5, 1.0]).view(2, 1, 1, 1), clean).item()
+        gain_small = base - loss(clean + errors * torch.tensor([1.0, 0.5]).view(2, 1, 1, 1), clean).item()
+        assert (gain_small == pytest.approx(gain_large, rel=1e-4)) is equal
+        assert gain_small > 0
+    assert LOSS_FUNCTIONS["psnr"](clean, clean).item() == pytest.approx(-100.0)  # ε caps an exact image
 
 
 def test_a_bad_loss_is_one_line():

@@ -107,7 +107,7 @@ def test_tensorboard_scalars_images_and_config(tiny_run: Path):
 def test_metrics_csv_matches_tensorboard(tiny_run: Path):
     rows = _rows(tiny_run)
     assert list(rows[0]) == ["step", "epoch", "elapsed_s", "loss/train", "PSNR/train", "loss/val", "PSNR/val",
-                             "PSNR/val_input", "lr", "images_per_s"]
+                             "PSNR/val_input", "lr", "images_per_s", "PSNR/val_images"]
     train_rows = [r for r in rows if r["PSNR/train"]]
     val_rows = [r for r in rows if r["PSNR/val"]]
     assert [int(r["step"]) for r in train_rows] == [2, 4, 6]
@@ -116,6 +116,30 @@ def test_metrics_csv_matches_tensorboard(tiny_run: Path):
         assert float(r["PSNR/train"]) == pytest.approx(10 * math.log10(4 / float(r["loss/train"])), abs=1e-3)
         assert float(r["images_per_s"]) > 0 and float(r["lr"]) == pytest.approx(3e-4)
     assert float(rows[0]["PSNR/val_input"]) > 5
+    for r in val_rows:  # a mean of PSNRs is at least the PSNR of the mean MSE (Jensen), and close to it here
+        assert 0 <= float(r["PSNR/val_images"]) - float(r["PSNR/val"]) < 10
+
+
+def test_the_psnr_objective_chooses_weights_by_the_images_mean_psnr(tmp_path):
+    run_dir = train(TrainConfig(**TINY, steps=4, out=str(tmp_path), loss="psnr", progress=False))
+    val = [r for r in _rows(run_dir) if r["PSNR/val"]]
+    info = json.loads((run_dir / "best.json").read_text())
+    assert info["val_psnr"] == pytest.approx(max(float(r["PSNR/val_images"]) for r in val), abs=1e-3)
+    assert info["val_psnr"] != pytest.approx(max(float(r["PSNR/val"]) for r in val), abs=1e-3)
+
+
+def test_resume_keeps_the_rows_of_an_older_metrics_file(tmp_path):
+    """A metrics.csv written before a column was added keeps its rows when the run resumes."""
+    from pyramidal.runstate import CSV_COLUMNS, MetricsLog
+
+    old = [c for c in CSV_COLUMNS if c != "PSNR/val_images"]
+    (tmp_path / "metrics.csv").write_text(",".join(old) + "\n0,0,1.5,,,0.01,26.02,20,,\n8,1,9,0.02,23,,,,1e-4,30\n"
+                                          "12,1,14,0.02,23,,,,1e-4,30\n")
+    log = MetricsLog(tmp_path, {"task": "noise"}, resume_step=8)
+    log.close()
+    rows = _rows(tmp_path)
+    assert [r["step"] for r in rows] == ["0", "8"] and rows[0]["PSNR/val"] == "26.02" and rows[1]["lr"] == "1e-4"
+    assert list(rows[0]) == list(CSV_COLUMNS)
 
 
 def test_best_weights_and_sidecar(tiny_run: Path):

@@ -18,6 +18,7 @@ def _ints(text: str) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pyramidal.cli import common
+    from pyramidal.config import LOSSES
 
     parser.epilog = (
         "Defaults are shown in brackets or as (default ...); a --config TOML file may set any option (keys "
@@ -67,8 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, default=S, help="weight decay [1e-4]")
     g.add_argument("--optimizer", choices=("adam", "adamw"), default=S,
                    help="adam: L2 decay as in the research; adamw: decoupled decay [adam]")
-    g.add_argument("--loss", choices=("mse", "l1", "charbonnier"), default=S,
-                   help="training objective; validation and PSNR use the MSE either way [mse]")
+    g.add_argument("--loss", choices=LOSSES, default=S,
+                   help="training objective; psnr: each image's PSNR counts equally, and the best weights are "
+                        "chosen by the validation images' mean PSNR; logged PSNR uses the MSE either way [mse]")
     g.add_argument("--schedule", choices=("none", "cosine", "step"), default=S, help="LR schedule [none]")
     g.add_argument("--warmup-steps", type=int, default=S, help="linear LR warm-up steps [0]")
     g.add_argument("--min-lr", type=float, default=S, help="cosine: final LR [0]")
