@@ -79,23 +79,29 @@ def measure_model(
     from pyramidal.data import load_source, make_loader
     from pyramidal.device import resolve_device
     from pyramidal.models import create_model
-    from pyramidal.step import make_optimizer, train_step
+    from pyramidal.models.blocks import example_input
+    from pyramidal.step import make_optimizer, model_conditions, train_step
 
     dev = resolve_device(device) if isinstance(device, str) else device
+    damage = create_task(task, train=True)
+    # A mask-conditioned or noise-map model is given its holes or σ, as in training.
+    with_mask, with_noise_level = model_conditions(options or {}, damage)
     torch.manual_seed(seed)
     model = create_model(name, **(options or {})).to(dev).train()
     source = source or load_source(data, size=size, seed=seed, patches_per_epoch=max(64, (steps + 1) * batch_size))
-    loader = make_loader(source.split("train"), create_task(task, train=True), batch_size=batch_size,
-                         train=True, seed=seed)
+    loader = make_loader(source.split("train"), damage, batch_size=batch_size, train=True, seed=seed,
+                         with_mask=with_mask, with_noise_level=with_noise_level)
     batches = iter(loader)
     optimizer = make_optimizer(model.parameters(), "adam", lr, weight_decay, dev)
-    layers = convs_in_forward_order(model, torch.zeros(1, 3, size, size, device=dev))
+    layers = convs_in_forward_order(model, example_input(model, 1, size, size).to(dev))
     losses = []
     for step in range(steps + 1):
-        damaged, clean = next(batches)
+        damaged, clean, *condition = next(batches)
+        given = condition[0] if condition else None
         # fp32 and NCHW: the norms measure the architecture, not rounding. The last backward is only measured.
         loss, _ = train_step(model, optimizer, damaged, clean, device=dev, precision="fp32", channels_last=False,
-                             update=step < steps)
+                             update=step < steps, mask=given if with_mask else None,
+                             noise_level=given if with_noise_level else None)
         losses.append(float(loss))
     rows = layer_gradients(layers)
     first, last = rows[0]["grad_norm"], rows[-1]["grad_norm"]

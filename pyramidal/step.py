@@ -72,6 +72,30 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | 
     return torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
 
+def model_conditions(options: dict, task) -> tuple[bool, bool]:
+    """(with_mask, with_noise_level): whether a model built with `options` is given each image's holes
+    (`mask_input`) or σ (`noise_map`) besides it; a one-line error when `task` cannot supply them, or
+    paints no holes in the colour key a `find_holes` model looks for."""
+    from pyramidal.damage import TASKS
+    from pyramidal.errors import PyramidalError
+
+    with_mask = bool(options.get("mask_input"))
+    if with_mask and not task.has_mask:
+        holes = ", ".join(n for n in TASKS.names() if TASKS.get(n).has_mask)
+        raise PyramidalError(f"mask_input: task {task.name} makes no holes to give the model; choose one that "
+                             f"does ({holes})")
+    finder = options.get("find_holes", "none")
+    if finder != "none" and getattr(task, "hole_colour", None) is None:
+        keyed = ", ".join(n for n in TASKS.names() if getattr(TASKS.get(n), "hole_colour", None) is not None)
+        raise PyramidalError(f"find_holes={finder}: task {task.name} paints no holes in the colour key for the model "
+                             f"to find; choose one that does ({keyed})")
+    with_noise_level = bool(options.get("noise_map"))
+    if with_noise_level and not task.has_noise_level:
+        raise PyramidalError(f"noise_map: task {task.name} has no noise level σ to give the model; train it on "
+                             "--task noise")
+    return with_mask, with_noise_level
+
+
 def model_output(model: nn.Module, damaged: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor | None, *,
                  device: torch.device, precision: str, channels_last: bool = True,
                  noise_level: torch.Tensor | None = None) -> torch.Tensor:

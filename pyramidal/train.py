@@ -61,7 +61,14 @@ from pyramidal.runstate import (
     set_rng_state,
     summary_line,
 )
-from pyramidal.step import grad_scaler, make_optimizer, model_output, psnr_from_mse, train_step
+from pyramidal.step import (
+    grad_scaler,
+    make_optimizer,
+    model_conditions,
+    model_output,
+    psnr_from_mse,
+    train_step,
+)
 
 
 class TrainingDiverged(PyramidalError):
@@ -131,27 +138,8 @@ class Trainer:
         task_kwargs = c.task_kwargs()
         self.task = create_task(c.task, train=True, **task_kwargs)
         self.val_task = create_task(c.task, train=False, **task_kwargs)
-        # A mask-conditioned model is given each batch's holes, in training and validation alike.
-        self.with_mask = bool(c.model_kwargs().get("mask_input"))
-        if self.with_mask and not self.task.has_mask:
-            from pyramidal.damage import TASKS
-
-            holes = ", ".join(n for n in TASKS.names() if TASKS.get(n).has_mask)
-            raise PyramidalError(f"mask_input: task {c.task} makes no holes to give the model; choose one that "
-                                 f"does ({holes})")
-        # A model that finds its holes by the colour key needs a task that paints them in it.
-        finder = c.model_kwargs().get("find_holes", "none")
-        if finder != "none" and getattr(self.task, "hole_colour", None) is None:
-            from pyramidal.damage import TASKS
-
-            keyed = ", ".join(n for n in TASKS.names() if getattr(TASKS.get(n), "hole_colour", None) is not None)
-            raise PyramidalError(f"find_holes={finder}: task {c.task} paints no holes in the colour key for the model "
-                                 f"to find; choose one that does ({keyed})")
-        # A noise-map model is given each image's true σ, in training and validation alike.
-        self.with_noise_level = bool(c.model_kwargs().get("noise_map"))
-        if self.with_noise_level and not self.task.has_noise_level:
-            raise PyramidalError(f"noise_map: task {c.task} has no noise level σ to give the model; train it on "
-                                 "--task noise")
+        # What a conditioned model is given besides the image: the holes (mask_input) or each σ (noise_map).
+        self.with_mask, self.with_noise_level = model_conditions(c.model_kwargs(), self.task)
         self.phases = size_phases(c)
         self._sources: dict[int, Any] = {}
         self._loaders: dict[int, Any] = {}

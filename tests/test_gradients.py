@@ -2,7 +2,9 @@
 
 import csv
 import json
+import math
 
+import pytest
 import torch
 
 from pyramidal.cli import main
@@ -44,3 +46,22 @@ def test_gradients_command_writes_report(tmp_path, capsys):
 def test_bad_option_is_a_clear_error(tmp_path, capsys):
     assert main(["gradients", "--models", "pyramidal44", "--option", "m", "--out", str(tmp_path)]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, task", [({"mask_input": True}, "strokes"), ({"find_holes": "magenta"}, "squares"),
+                                          ({"noise_map": True}, "noise")])
+def test_conditioned_models_are_given_what_training_gives_them(option, task):
+    """A mask-conditioned model gets its holes, a noise-map model its σ: a fourth input channel, as in train."""
+    from pyramidal.gradients import measure_model
+
+    result = measure_model("pyramidal44", task=task, steps=1, size=32, options=dict(m=4, growth=2, **option))
+    assert result["layers"][0]["grad_norm"] > 0 and all(map(math.isfinite, result["losses"]))
+
+
+@pytest.mark.parametrize("option, task", [("mask_input=true", "noise"), ("find_holes='magenta'", "text"),
+                                          ("noise_map=true", "squares")])
+def test_a_condition_the_task_cannot_give_is_one_line(tmp_path, capsys, option, task):
+    assert main(["gradients", "--models", "pyramidal44", "--task", task, "--option", option, "--out",
+                 str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"task {task}" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
