@@ -597,8 +597,9 @@ class Trainer:
             out = model_output(model, damaged, clean, given if self.with_mask else None, device=self.device,
                                precision=self.precision, channels_last=c.channels_last,
                                noise_level=given if self.with_noise_level else None).cpu()
-            se += F.mse_loss(out, clean, reduction="sum").item()
-            image_psnrs += [psnr_from_mse(v) for v in (out - clean).pow(2).flatten(1).mean(dim=1).tolist()]
+            squared = (out - clean).pow(2).flatten(1)
+            se += squared.sum().item()
+            image_psnrs += [psnr_from_mse(v) for v in squared.mean(dim=1).tolist()]
             se_in += F.mse_loss(damaged, clean, reduction="sum").item()
             count += clean.numel()
             if not shown:
@@ -618,8 +619,7 @@ class Trainer:
                 self.logs.writer.add_image("2 input", _grid(shown[1]), self.step)
                 self.logs.writer.add_image("3 ground truth", _grid(shown[2]), self.step)
         self.last_val_step = self.step
-        if c.loss == "psnr":  # choose the weights by the number the objective optimizes
-            psnr = mean_psnr
+        psnr = values[self._val_label]  # the weights are chosen by the number the objective optimizes
         self.last_val_psnr = psnr
         # Step 0 counts too: a run stopped by --max-minutes before its first update still leaves weights.
         if math.isfinite(psnr) and psnr > self.best_psnr:
