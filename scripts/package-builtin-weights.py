@@ -130,7 +130,7 @@ def model_card(task: str, info: dict) -> dict:
                   "kernels, holes of other shapes or colours). Below the best classical method in some "
                   "settings (see scores). It invents plausible detail: not for forensic, medical or "
                   "identification use.",
-        "provenance": "trained by `pyramidal train` with the command above (one CPU thread per run, bf16); "
+        "provenance": "trained by `pyramidal train` with the command above (on the CPU, bf16, each phase with its recipe's threads); "
                       "packaged and scored by scripts/package-builtin-weights.py",
     }
 
