@@ -130,8 +130,8 @@ def model_card(task: str, info: dict) -> dict:
                   "kernels, holes of other shapes or colours). Below the best classical method in some "
                   "settings (see scores). It invents plausible detail: not for forensic, medical or "
                   "identification use.",
-        "provenance": "trained by `pyramidal train` with the command above (on the CPU, bf16, each phase with its recipe's threads); "
-                      "packaged and scored by scripts/package-builtin-weights.py",
+        "provenance": "trained by `pyramidal train` with the command above (on the CPU, bf16, each phase "
+                      "with its recipe's threads); packaged and scored by scripts/package-builtin-weights.py",
     }
 
 
