@@ -54,6 +54,61 @@ def preset_name(config: str) -> str:
     return re.sub(r"(?:pyramidal/)?configs/((?:builtin/)?[\w-]+)\.toml", r"\1", config)
 
 
+class NotPortable(Exception):
+    """A record would name something by a path of this machine: the packager refuses it in one line."""
+
+
+# An absolute path (POSIX, home-relative or Windows) at the start of a string or after a separator.
+ABSOLUTE_PATH = re.compile(r"(?:^|[\s<=:'\"(,])(?:/[^\s/]|~/|[A-Za-z]:[\\/])")
+
+
+def absolute_paths(value) -> list[str]:
+    """Every string inside `value` (a record: dicts, lists, strings) that holds an absolute path."""
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in absolute_paths(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in absolute_paths(v)]
+    return [value] if isinstance(value, str) and ABSOLUTE_PATH.search(value) else []
+
+
+def shipped_preset(config: str) -> str:
+    """The `--config` preset name a user reruns for the run's config; refused when the run used a TOML file
+    that is not shipped with the package (a scratch copy, a file elsewhere)."""
+    from pyramidal.config import CONFIGS_DIR, list_configs
+
+    name = preset_name(str(config))
+    path = Path(config)
+    if path.is_absolute() and path.resolve().is_relative_to(CONFIGS_DIR.resolve()):
+        name = path.resolve().relative_to(CONFIGS_DIR.resolve()).with_suffix("").as_posix()
+    if name not in list_configs():
+        raise NotPortable(f"config {config} is not a preset shipped in pyramidal/configs/: commit it there and "
+                          "train with --config NAME, so that the record names what a user can rerun")
+    return name
+
+
+def portable_config(config: dict, init_name: str | None) -> dict:
+    """The run's config as a user can rerun it: the preset's name, the start weights as `init_name` (a
+    `builtin:TASK` name or `<PRESET run>/best.safetensors`), and no run folder of this machine."""
+    portable = {k: v for k, v in config.items() if k not in ("out", "resume") and v is not None}
+    portable["config"] = shipped_preset(config["config"])
+    if config.get("init_weights"):
+        if str(config["init_weights"]).startswith("builtin:"):
+            init_name = config["init_weights"]  # a shipped file by name, as the recipe writes it
+        if not init_name:
+            raise NotPortable(f"init_weights {config['init_weights']} cannot be named as a shipped file or a "
+                              "preset's run")
+        portable["init_weights"] = init_name
+    check_portable(portable)
+    return portable
+
+
+def check_portable(record: dict) -> None:
+    """Refuse a record that holds an absolute path anywhere."""
+    found = absolute_paths(record)
+    if found:
+        raise NotPortable(f"the record would hold a path of this machine: {found[0]!r}")
+
+
 def recipe_sets_init(config: str) -> bool:
     """True when the recipe file itself starts from other weights (`init_weights = ...`, e.g. squares from the
     packaged inpaint weights), rather than the command line's --init-weights."""
@@ -178,8 +233,9 @@ def main(task: str, run_dir: str) -> None:
     steps = info.get("step", info.get("steps"))
     # Later phases start from the previous phase's best weights: follow init_weights back to phase 1, adding
     # up the steps each phase's best weights had, and chain the commands in order.
-    commands = [f"pyramidal train --config {preset_name(config['config'])}"]
+    commands = [f"pyramidal train --config {shipped_preset(config['config'])}"]
     previous = config.get("init_weights")
+    init_name = previous if previous and str(previous).startswith("builtin:") else None
     while previous:
         previous = resolve_init_weights(previous)  # builtin:TASK → the packaged file
         earlier = previous.parent
@@ -187,11 +243,13 @@ def main(task: str, run_dir: str) -> None:
         steps += record["steps"]
         if "command" in record:  # a packaged file (e.g. the shipped weights): its sidecar has the whole chain
             if not recipe_sets_init(config["config"]):  # else the recipe itself names the packaged file
-                commands[0] += f" --init-weights <{preset_name(record['config']['config'])} run>/best.safetensors"
+                init_name = init_name or f"<{shipped_preset(record['config']['config'])} run>/best.safetensors"
+                commands[0] += f" --init-weights {init_name}"
             commands.insert(0, preset_name(record["command"]))
             break
         earlier_config = json.loads((earlier / "config.json").read_text())
-        commands[0] += f" --init-weights <{preset_name(earlier_config['config'])} run>/best.safetensors"
+        init_name = init_name or f"<{shipped_preset(earlier_config['config'])} run>/best.safetensors"
+        commands[0] += f" --init-weights <{shipped_preset(earlier_config['config'])} run>/best.safetensors"
         commands.insert(0, f"pyramidal train --config {preset_name(earlier_config['config'])}")
         previous = earlier_config.get("init_weights")
     command = " && ".join(commands)
@@ -204,10 +262,11 @@ def main(task: str, run_dir: str) -> None:
         "steps": steps,
         "val_psnr_64px": info.get("val_psnr"),
         "command": command,
-        "config": {k: v for k, v in config.items() if v is not None},
+        "config": portable_config(config, init_name),
         "dtype": "float16",
     }
     metadata.update(model_card(task, metadata))
+    check_portable(metadata)
     save_weights(model, out, metadata, half=True)
     # Score the packaged (fp16) file itself, exactly as a user would load it. A mask-conditioned model is also
     # scored on each hole shape alone (setting "task=T"), given the true mask as the classical rows are.
@@ -221,6 +280,7 @@ def main(task: str, run_dir: str) -> None:
             scores += scored_settings(shape, f"task={hole_task}")
     metadata["scores"] = scores
     metadata["evaluated_on"] = result["described"]
+    check_portable(metadata)
     save_weights(model, out, metadata, half=True)
     print(f"{task}: {out} ({out.stat().st_size / 1e6:.2f} MB)")
     for s in scores:
@@ -239,15 +299,22 @@ def refresh_card(task: str) -> None:
     info["command"] = preset_name(info["command"])
     info.setdefault("training_photos", DEFAULT_PHOTO_FOLDERS)
     info.update(model_card(task, info))
+    # The last phase's start weights, as its command names them (the run of the phase before, or builtin:TASK).
+    starts = re.findall(r"--init-weights (\S+)", info["command"].split(" && ")[-1])
+    info["config"] = portable_config(info["config"], starts[-1] if starts else None)
+    check_portable(info)
     save_state(load_file(str(path)), path, info)
     print(f"{task}: record and card written into {path}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) >= 3 and sys.argv[1] == "--card":
-        for name in sys.argv[2:]:
-            refresh_card(name)
-    elif len(sys.argv) == 3:
-        main(sys.argv[1], sys.argv[2])
-    else:
-        sys.exit(__doc__)
+    try:
+        if len(sys.argv) >= 3 and sys.argv[1] == "--card":
+            for name in sys.argv[2:]:
+                refresh_card(name)
+        elif len(sys.argv) == 3:
+            main(sys.argv[1], sys.argv[2])
+        else:
+            sys.exit(__doc__)
+    except NotPortable as exc:
+        sys.exit(f"package-builtin-weights.py: {exc}")

@@ -26,7 +26,7 @@ from pyramidal.checkpoint import (
     sidecar_path,
 )
 from pyramidal.cli import main
-from pyramidal.config import find_config
+from pyramidal.config import list_configs
 from pyramidal.errors import PyramidalError
 from pyramidal.inference import WEIGHTS_DIR, available_builtin_weights
 from pyramidal.models import create_model
@@ -130,9 +130,11 @@ def test_builtin_files_carry_licence_provenance_and_card(task):
     data = " ".join(record["training_data"])
     assert "mate-backgrounds" in data and "GPL-2+" in data and "scikit-image" in data
     assert record["intended_use"] and record["limits"] and record["provenance"] and record["scores"]
-    # Every command it records runs from an installed package: the --config names are shipped presets.
-    for name in re.findall(r"--config (\S+)", record["command"]):
-        assert find_config(name).is_file()
+    # Every command it records runs from an installed package: the --config names are shipped presets, found
+    # by name inside the package (never a file that happens to exist on this machine).
+    names = re.findall(r"--config (\S+)", record["command"])
+    assert names and all(name in list_configs() for name in names), names
+    assert record["config"]["config"] in list_configs()
 
 
 def test_weights_command_shows_the_model_card(capsys):
