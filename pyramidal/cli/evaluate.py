@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         task_name,
     )
 
-    parser.add_argument("--task", required=True, type=task_name, help=task_help())
+    parser.add_argument("--task", type=task_name, help=task_help() + " (required, except with --benchmark: noise)")
     parser.add_argument("--weights", default="builtin",
                         help="'builtin' (default), a .safetensors file, a training checkpoint (last.ckpt), a run "
                              "folder, or 'none' for the baselines alone")
@@ -62,6 +62,65 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=at_least(1), default=4, help="tiles per forward pass (default 4)")
     add_device(parser)
     add_precision(parser)
+    bench = parser.add_argument_group("the papers' colour denoising benchmark (docs/restore-and-evaluate.md)")
+    bench.add_argument("--benchmark", action="append", metavar="DIR",
+                       help="a folder of clean images (e.g. CBSD68, Kodak24), repeatable: AWGN at each --sigmas, "
+                            "seed 0, whole images, scored by the papers' protocol (not clipped) and the file "
+                            "protocol (clipped, 8-bit); runs in fp32 unless --precision is given")
+    bench.add_argument("--sigmas", default="15,25,50", metavar="S,S,...",
+                       help="noise levels on the 0-255 scale for --benchmark (default 15,25,50)")
+    bench.add_argument("--protocol", choices=("both", "papers", "file"), default="both",
+                       help="--benchmark protocols (default both)")
+
+
+def _sigmas(text: str) -> list[float]:
+    from pyramidal.errors import PyramidalError
+
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(0 <= v <= 255 for v in values):
+        raise PyramidalError(f"--sigmas {text!r}: give numbers from 0 to 255 separated by commas, e.g. 15,25,50")
+    return values
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    """`evaluate --benchmark DIR...`: the papers' AWGN protocol and the file protocol, whole images."""
+    from pyramidal import benchmark
+    from pyramidal.api import cached_model
+    from pyramidal.cli.common import write_json_output
+    from pyramidal.errors import PyramidalError
+    from pyramidal.io import write_text
+
+    if args.task not in (None, "noise"):
+        raise PyramidalError(f"--benchmark adds Gaussian noise: it scores noise weights, not --task {args.task}")
+    if args.weights == "none":
+        raise PyramidalError("--benchmark scores a model: give --weights builtin or a weight file")
+    sigmas = _sigmas(args.sigmas)
+    protocols = benchmark.PROTOCOLS if args.protocol == "both" else (args.protocol,)
+    for folder in args.benchmark:
+        benchmark.benchmark_images(folder)  # every folder checked before the first one runs
+    plan_outputs(args, [])
+    precision = "fp32" if args.precision == "auto" else args.precision
+    model = cached_model(args.weights, "noise", device=args.device, precision=precision)
+    result = benchmark.run_benchmark(model, args.benchmark, sigmas, protocols, ensemble=args.ensemble,
+                                     precision=precision, limit=args.limit,
+                                     progress=None if args.json == "-" else print)
+    result["weights"], result["precision"] = args.weights, precision
+    if args.json != "-":
+        print(benchmark.format_table(result))
+    written = []
+    if args.json:
+        write_json_output(result, args.json)
+        if args.json != "-":
+            written.append(args.json)
+    if args.markdown:
+        write_text(benchmark.format_markdown(result), args.markdown)
+        written.append(args.markdown)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
 
 
 def settings_from_args(args: argparse.Namespace) -> list[dict] | None:
@@ -134,10 +193,15 @@ def write_figures(result: dict, folder: str, rows: int = 4) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from pyramidal.cli.common import write_json_output
+    from pyramidal.errors import PyramidalError
     from pyramidal.evaluate import evaluate, format_markdown, format_table
     from pyramidal.inference import check_tiling, resolve_weights
     from pyramidal.io import write_text
 
+    if args.benchmark:
+        return run_benchmark(args)
+    if args.task is None:
+        raise PyramidalError("--task is required (or give --benchmark DIR)")
     # Everything that can be checked is checked before the (long) evaluation: options, weights, outputs.
     check_tiling(args.tile, args.overlap, args.batch_size)
     weights = None if args.weights == "none" else args.weights
