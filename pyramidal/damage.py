@@ -1,6 +1,8 @@
 """Damage tasks: turn clean 8-bit RGB batches into the damaged inputs a restorer learns to undo.
 
-Every task takes a uint8 tensor B×3×H×W (any H, W >= 1) and returns a uint8 tensor of the same shape.
+Every task takes a uint8 tensor B×3×H×W (any H, W >= 1) and returns a uint8 tensor of the same shape; only
+damage that no 8-bit file can hold (noise with `unclipped`, in training) comes back as float32 on the 0-255
+scale.
 Randomness is per image: image i's damage depends only on the task options, ``seeds[i]`` and image i,
 so a batch can be split, reordered or resumed without changing any pixel. All random draws use NumPy
 generators seeded from those per-image seeds, so results do not depend on the torch device.
@@ -252,13 +254,23 @@ class NoiseTask(Task):
                    f"blind: drawn per image from {train_range[0]:g}-{train_range[1]:g}"),
         TaskOption("sigma_dist", str, "how blind training draws σ: uniform, or low (σ = 130·u², more mass at "
                    "low σ)", "uniform", train_only=True),
+        TaskOption("unclipped", float, "share of images (0-1) whose noisy values stay unrounded floats beyond "
+                   "0-255, as the papers' AWGN protocol adds noise; the rest are clipped 8-bit files", "0",
+                   train_only=True),
     )
     baselines = ("bm3d", "opencv-nlmeans")
     has_noise_level = True
     headline_setting = {"sigma": int(default_eval_sigma)}
 
-    def __init__(self, train: bool = False, sigma: float | None = None, sigma_dist: str | None = None):
+    def __init__(self, train: bool = False, sigma: float | None = None, sigma_dist: str | None = None,
+                 unclipped: float | None = None):
         super().__init__(train)
+        if unclipped is not None:
+            unclipped = float(unclipped)
+            if not 0.0 <= unclipped <= 1.0:
+                raise ValueError(f"noise: unclipped is a share of images from 0 to 1, got {unclipped}")
+        self._opt_unclipped = unclipped
+        self.unclipped = unclipped or 0.0
         if sigma is not None:
             sigma = float(sigma)
             if not math.isfinite(sigma) or sigma < 0:
@@ -294,13 +306,19 @@ class NoiseTask(Task):
 
     def _apply(self, x, seeds):
         b, c, h, w = x.shape
-        fields = []
+        fields, keep = [], []
         for s in seeds:
             rng = _rng(s)
             sigma = self._sigma(rng)
             fields.append(rng.standard_normal((c, h, w), dtype=np.float32) * np.float32(sigma))
-        noise = torch.from_numpy(np.stack(fields)).to(x.device)
-        return _to_u8(x.float() + noise), None
+            # Drawn after the noise, so that the pixels of clipped images do not depend on `unclipped`.
+            keep.append(bool(self.unclipped) and rng.uniform() < self.unclipped)
+        noisy = x.float() + torch.from_numpy(np.stack(fields)).to(x.device)
+        if not any(keep):
+            return _to_u8(noisy), None
+        # A float batch on the 0-255 scale: unclipped images as drawn, the others as their 8-bit files hold them.
+        unclipped = torch.tensor(keep, device=x.device).view(b, 1, 1, 1)
+        return torch.where(unclipped, noisy, noisy.round().clamp(0, 255)), None
 
 
 @TASKS.register("pixelate")

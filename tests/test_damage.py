@@ -319,3 +319,41 @@ def test_property_any_size_any_seed(name, h, w, seed, train, fill):
     assert d.shape == (1, 3, h, w) and d.dtype == torch.uint8
     if mask is not None:
         assert mask.shape == (1, 1, h, w) and mask.dtype == torch.bool
+
+
+def test_unclipped_noise_keeps_the_values_an_8_bit_file_would_lose():
+    images = torch.zeros(6, 3, 8, 8, dtype=torch.uint8)
+    images[:, :, :, 4:] = 255
+    seeds = list(range(6))
+    clipped = create_task("noise", train=True)(images, seeds=seeds)
+    assert clipped.dtype == torch.uint8
+    assert torch.equal(create_task("noise", train=True, unclipped=0)(images, seeds=seeds), clipped)
+    everything = create_task("noise", train=True, unclipped=1)(images, seeds=seeds)
+    assert everything.dtype == torch.float32
+    assert everything.min() < 0 and everything.max() > 255 and not torch.equal(everything, everything.round())
+    assert torch.equal(everything.round().clamp(0, 255).to(torch.uint8), clipped)  # the same noise draw
+    half = create_task("noise", train=True, unclipped=0.5)(images, seeds=seeds)
+    kept = [not torch.equal(half[i], half[i].round()) for i in range(6)]
+    assert any(kept) and not all(kept)
+    for i in range(6):  # each image either as drawn or exactly its clipped 8-bit file
+        assert torch.equal(half[i], everything[i] if kept[i] else clipped[i].float())
+
+
+def test_unclipped_is_a_share_of_images():
+    with pytest.raises(ValueError, match="share of images"):
+        create_task("noise", train=True, unclipped=1.5)
+
+
+def test_the_pair_loader_gives_unclipped_noise_to_the_model_beyond_its_range():
+    from pyramidal.data import make_loader
+
+    class Flat(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.full((3, 8, 8), 255 * (i % 2), dtype=torch.uint8)
+
+    damaged, clean = next(iter(make_loader(Flat(), create_task("noise", train=True, unclipped=1), batch_size=4)))
+    assert damaged.dtype == torch.float32 and (damaged.min() < -1 or damaged.max() > 1)
+    assert clean.min() >= -1 and clean.max() <= 1
