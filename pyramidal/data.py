@@ -367,6 +367,21 @@ def _skimage_data_dir() -> Path | None:
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
+# Training sets that scripts lay out, by folder name: where a user gets each one when its folder is missing.
+KNOWN_PHOTO_SETS = {
+    "bsds432": "the 432 BSDS500 photographs that are not in CBSD68 (Berkeley Segmentation Data Set 500, "
+               "Arbelaez et al., TPAMI 2011; github.com/BIDS/BSDS500): lay them out with "
+               "scripts/get-bsds432.sh BSDS500_DIR",
+    "photos": "the Debian wallpaper photographs: fetch them with scripts/get-training-photos.sh",
+}
+
+
+def missing_photo_folder(root: Path) -> str:
+    """The one-line error for a missing folder of extra training photographs, naming its source if known."""
+    known = KNOWN_PHOTO_SETS.get(root.name)
+    return f"{root}: no such folder of extra training photographs" + (f"; it holds {known}" if known else "")
+
+
 class BuiltinSource(Source):
     """The photographs shipped inside scikit-image's wheel, split by photograph."""
 
@@ -396,17 +411,19 @@ class BuiltinSource(Source):
             self.names["train"] = self.names["train"][: max(1, int(max_images))]
         if not self.names["train"] or not self.names["val"]:
             raise PyramidalError(f"builtin: photographs missing from {folder}; reinstall scikit-image")
-        self.extra = None if extra is None else Path(extra)
-        if self.extra is not None:
-            self._add_extra_photos(self.extra, int(extra_max_side))
+        # builtin+A+B: the extra folders A and B (each checked before any is read).
+        self.extra = [Path(p) for p in str(extra).split("+") if p] if extra is not None else []
+        for root in self.extra:
+            if not root.is_dir():
+                raise PyramidalError(missing_photo_folder(root))
+        for root in self.extra:
+            self._add_extra_photos(root, int(extra_max_side))
 
     def _add_extra_photos(self, root: Path, max_side: int) -> None:
         """More training photographs (never validation): every readable image under `root`.
 
         Large photos are shrunk to `max_side` so a 64-px patch shows a scene, not a blur of one leaf.
         """
-        if not root.is_dir():
-            raise PyramidalError(f"{root}: no such folder of extra training photographs")
         good, bad = scan_images(root)
         for f, reason in bad:
             self.skipped.append((str(f), reason))
@@ -419,12 +436,15 @@ class BuiltinSource(Source):
                 scale = max_side / max(im.size)
                 im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
                                Image.Resampling.LANCZOS)
-            name = f"extra/{f.relative_to(root).as_posix()}"
+            # Names stay unique across several folders (one folder keeps the plain "extra/" names).
+            folder = f"{root.name}/" if len(self.extra) > 1 else ""
+            name = f"extra/{folder}{f.relative_to(root).as_posix()}"
             self.photos[name] = im
             self.names["train"].append(name)
 
     def describe(self) -> str:
-        extra = f" (with extra photographs from {self.extra})" if self.extra is not None else ""
+        folders = " and ".join(str(p) for p in self.extra)
+        extra = f" (with extra photographs from {folders})" if self.extra else ""
         return (f"builtin{extra}: {len(self.names['train'])} training photographs, "
                 f"{len(self.names['val'])} validation photographs ({', '.join(self.names['val'])})")
 
@@ -578,7 +598,8 @@ class CelebASource(Source):
 
 def load_source(spec: str = "builtin", size: int = 64, max_images: int | None = None, seed: int = 0,
                 patches_per_epoch: int = 1024, val_crops: int = 16, **kw: Any) -> Source:
-    """Open a data source: "builtin", "builtin+PATH" (extra training photos under PATH), "folder:PATH" or
+    """Open a data source: "builtin", "builtin+PATH" (extra training photos under PATH; "builtin+A+B" for two
+    folders), "folder:PATH" or
     "celeba:PATH" (a bare existing folder means folder:)."""
     spec = str(spec)
     kind, _, path = spec.partition(":")

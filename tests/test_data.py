@@ -372,3 +372,19 @@ def test_builtin_plus_extra_photos_only_grow_the_training_split(tmp_path):
     assert more.num_skipped == 1
     with pytest.raises(PyramidalError, match="no such folder"):
         load_source(f"builtin+{tmp_path / 'missing'}", size=32)
+
+
+def test_builtin_takes_several_extra_folders(tmp_path):
+    for folder, name in (("one", "a.png"), ("two", "a.png")):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(tmp_path / folder / name)
+    src = load_source(f"builtin+{tmp_path / 'one'}+{tmp_path / 'two'}", size=16)
+    assert [n for n in src.names["train"] if n.startswith("extra/")] == ["extra/one/a.png", "extra/two/a.png"]
+    assert "one" in src.describe() and "two" in src.describe()
+
+
+def test_a_missing_known_training_set_names_its_source(tmp_path):
+    with pytest.raises(PyramidalError, match=r"bsds432: no such folder.*BSDS500.*scripts/get-bsds432.sh"):
+        load_source(f"builtin+{tmp_path}+{tmp_path / 'bsds432'}", size=16)
+    with pytest.raises(PyramidalError, match=r"elsewhere: no such folder of extra training photographs$"):
+        load_source(f"builtin+{tmp_path / 'elsewhere'}", size=16)

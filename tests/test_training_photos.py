@@ -159,3 +159,18 @@ def test_split_all_scores_every_image_of_a_folder(tmp_path):
     assert [tuple(x.shape) for _, x in items] == [(3, 32, 32)] * 5 and "split all, 5 images" in described
     with pytest.raises(PyramidalError, match="--split all"):
         eval_images("builtin", "all")
+
+
+def test_bsds432_leaves_the_cbsd68_test_images_out(tmp_path):
+    src = tmp_path / "BSDS500" / "data" / "images" / "test"
+    src.mkdir(parents=True)
+    for image_id in ("100007", "3096", "101085"):  # 3096 and 101085 are CBSD68 test images
+        (src / f"{image_id}.jpg").write_bytes(b"jpeg")
+    dest = tmp_path / "bsds432"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "get-bsds432.sh"
+    done = subprocess.run(["bash", str(script), str(tmp_path / "BSDS500"), str(dest)], capture_output=True, text=True)
+    assert done.returncode == 0 and sorted(p.name for p in dest.iterdir()) == ["100007.jpg"]
+    (dest / "3096.jpg").write_bytes(b"jpeg")  # a test image that got into the training folder is refused
+    refused = subprocess.run(["bash", str(script), str(tmp_path / "BSDS500"), str(dest)], capture_output=True,
+                             text=True)
+    assert refused.returncode == 1 and "3096.jpg is a CBSD68 test image" in refused.stderr
