@@ -622,44 +622,65 @@ def load_source(spec: str = "builtin", size: int = 64, max_images: int | None = 
 
 
 class _EpochView(torch.utils.data.Dataset):
-    """A dataset frozen at one epoch (picklable, so worker processes see the same epoch)."""
+    """A dataset read by (epoch, index) keys: worker processes that live for the whole run (persistent
+    workers) are told each sample's epoch with its index."""
 
-    def __init__(self, dataset: torch.utils.data.Dataset, epoch: int):
-        self.dataset, self.epoch = dataset, epoch
+    def __init__(self, dataset: torch.utils.data.Dataset):
+        self.dataset = dataset
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[int, int, torch.Tensor]:
+        epoch, index = key
         if hasattr(self.dataset, "get"):
-            return index, self.dataset.get(int(index), self.epoch)
+            return epoch, index, self.dataset.get(int(index), epoch)
         item = self.dataset[index]
-        return index, (item[0] if isinstance(item, (tuple, list)) else item)
+        return epoch, index, (item[0] if isinstance(item, (tuple, list)) else item)
+
+
+class _EpochBatches:
+    """The batch sampler of the worker processes' DataLoader: the batches of the epoch (and from the batch)
+    that the next iteration starts, as (epoch, index) keys."""
+
+    def __init__(self, loader: PairLoader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, skip = self.loader._started
+        for batch in self.loader.batches()[skip:]:
+            yield [(epoch, i) for i in batch]
 
 
 class _DamageCollate:
     """Stacks one batch and damages it with per-sample seeds (picklable: runs inside worker processes)."""
 
-    def __init__(self, task: Task, train: bool, seed: int, epoch: int, with_mask: bool = False,
-                 with_noise_level: bool = False):
-        self.task, self.train, self.seed, self.epoch = task, train, seed, epoch
+    def __init__(self, task: Task, train: bool, seed: int, with_mask: bool = False, with_noise_level: bool = False,
+                 floats: bool = False):
+        self.task, self.train, self.seed = task, train, seed
         self.with_mask, self.with_noise_level = with_mask, with_noise_level
+        self.floats = floats  # convert to [-1, 1] here (in the worker processes)
 
-    def seeds(self, indices: Sequence[int]) -> list[int]:
+    def seeds(self, indices: Sequence[int], epoch: int) -> list[int]:
         if self.train:
-            return [derive_seed(_TAG_DAMAGE, self.seed, self.epoch, i) for i in indices]
+            return [derive_seed(_TAG_DAMAGE, self.seed, epoch, i) for i in indices]
         return [eval_seed(i) for i in indices]
 
-    def __call__(self, items: list[tuple[int, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
-        indices = [i for i, _ in items]
-        clean = torch.stack([x for _, x in items])
-        seeds = self.seeds(indices)
+    def __call__(self, items: list[tuple[int, int, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
+        epoch = items[0][0]
+        indices = [i for _, i, _ in items]
+        clean = torch.stack([x for _, _, x in items])
+        seeds = self.seeds(indices, epoch)
         if self.with_mask:
-            damaged, mask = self.task.apply(clean, seeds=seeds)
-            return damaged, clean, mask
-        if self.with_noise_level:
-            return self.task(clean, seeds=seeds), clean, torch.tensor(self.task.noise_levels(seeds))
-        return self.task(clean, seeds=seeds), clean
+            damaged, condition = self.task.apply(clean, seeds=seeds)
+        else:
+            damaged = self.task(clean, seeds=seeds)
+            condition = torch.tensor(self.task.noise_levels(seeds)) if self.with_noise_level else None
+        pair = (to_float(damaged), to_float(clean)) if self.floats else (damaged, clean)
+        return pair if condition is None else (*pair, condition)
 
 
 class PairLoader:
@@ -672,7 +693,8 @@ class PairLoader:
 
     def __init__(self, dataset: torch.utils.data.Dataset, task: Task | str, batch_size: int = 32,
                  train: bool = True, seed: int = 0, sampler: Any = None, drop_last: bool | None = None,
-                 num_workers: int = 0, with_mask: bool = False, with_noise_level: bool = False):
+                 num_workers: int = 0, with_mask: bool = False, with_noise_level: bool = False,
+                 pin_memory: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.dataset = dataset
@@ -685,10 +707,12 @@ class PairLoader:
             raise ValueError("give the mask or the noise level, not both")
         self.with_mask, self.with_noise_level = bool(with_mask), bool(with_noise_level)
         self.batch_size, self.train, self.seed = int(batch_size), bool(train), int(seed)
-        self.sampler, self.num_workers = sampler, int(num_workers)
+        self.sampler, self.num_workers, self.pin_memory = sampler, int(num_workers), bool(pin_memory)
         self.drop_last = self.train if drop_last is None else bool(drop_last)
         self.epoch = 0
         self._skip = 0
+        self._started = (0, 0)  # (epoch, first batch) of the iteration under way
+        self._workers: torch.utils.data.DataLoader | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch the next iteration produces (also forwarded to the sampler)."""
@@ -725,42 +749,40 @@ class PairLoader:
 
     def sample_seeds(self, indices: Sequence[int], epoch: int | None = None) -> list[int]:
         """Per-sample damage seeds: from (seed, epoch, index) in training, eval_seed(index) otherwise."""
-        return self._collate(self.epoch if epoch is None else epoch).seeds(indices)
+        return self._collate().seeds(indices, self.epoch if epoch is None else epoch)
 
-    def _collate(self, epoch: int) -> _DamageCollate:
-        return _DamageCollate(self.task, self.train, self.seed, epoch, self.with_mask, self.with_noise_level)
+    def _collate(self, floats: bool = False) -> _DamageCollate:
+        return _DamageCollate(self.task, self.train, self.seed, self.with_mask, self.with_noise_level, floats)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        epoch, skip = self.epoch, self._skip
+        self._started = (self.epoch, self._skip)
         self._skip = 0
-        batches = self.batches()[skip:]
-        view = _EpochView(self.dataset, epoch)
-        collate = self._collate(epoch)
         if self.num_workers <= 0:
-            for idx in batches:
+            epoch, skip = self._started
+            view, collate = _EpochView(self.dataset), self._collate(floats=True)
+            for idx in self.batches()[skip:]:
                 with one_thread():  # small tensors: see damage.one_thread
-                    damaged, clean, *condition = collate([view[i] for i in idx])
-                    pair = (to_float(damaged), to_float(clean), *condition)
+                    pair = collate([view[(epoch, i)] for i in idx])
                 yield pair
             return
-        # Workers load and damage whole batches; every draw is seeded per sample, so the pixels are the
-        # same as with num_workers=0.
-        loader = torch.utils.data.DataLoader(view, batch_sampler=batches, num_workers=self.num_workers,
-                                             collate_fn=collate)
-        for damaged, clean, *condition in loader:
-            with one_thread():
-                pair = (to_float(damaged), to_float(clean), *condition)
-            yield pair
+        # Workers load, damage and convert whole batches; every draw is seeded per sample, so the pixels are
+        # the same as with num_workers=0. They are started once and serve every epoch (persistent workers);
+        # with pin_memory the batches arrive in page-locked memory, ready for an asynchronous copy to a GPU.
+        if self._workers is None:
+            self._workers = torch.utils.data.DataLoader(
+                _EpochView(self.dataset), batch_sampler=_EpochBatches(self), num_workers=self.num_workers,
+                collate_fn=self._collate(floats=True), persistent_workers=True, pin_memory=self.pin_memory)
+        yield from self._workers
 
 
 def make_loader(dataset: torch.utils.data.Dataset, task: Task | str, batch_size: int = 32, train: bool = True,
                 seed: int = 0, sampler: Any = None, drop_last: bool | None = None, num_workers: int = 0,
-                with_mask: bool = False, with_noise_level: bool = False) -> PairLoader:
+                with_mask: bool = False, with_noise_level: bool = False, pin_memory: bool = False) -> PairLoader:
     """A resumable loader of (damaged, clean) float pairs in [-1, 1] (and masks, `with_mask`, or each σ,
     `with_noise_level`); see PairLoader."""
     return PairLoader(dataset, task, batch_size=batch_size, train=train, seed=seed, sampler=sampler,
                       drop_last=drop_last, num_workers=num_workers, with_mask=with_mask,
-                      with_noise_level=with_noise_level)
+                      with_noise_level=with_noise_level, pin_memory=pin_memory)
 
 
 # ----------------------------------------------------------------------------------------------------------

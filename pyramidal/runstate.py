@@ -64,11 +64,12 @@ class EMA:
     def update(self, model: nn.Module, step: int) -> None:
         """Move the average towards `model`'s weights after `step` completed steps."""
         d = min(self.decay, (1 + step) / (10 + step))
-        ema_params = list(self.model.parameters())
-        params = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_params, params, 1.0 - d)
-        for mine, theirs in zip(self.model.buffers(), model.buffers()):
-            mine.copy_(theirs)
+        # Two multi-tensor kernels per step whatever the number of layers (one lerp, one copy), where a loop
+        # over the tensors would launch one kernel per parameter and buffer on a GPU.
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1.0 - d)
+        buffers = list(self.model.buffers())
+        if buffers:
+            torch._foreach_copy_(buffers, list(model.buffers()))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()
