@@ -12,6 +12,7 @@ through `prepare_for_inference`, with restore's tiling defaults): MP/s, peak RSS
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import math
 import os
@@ -36,7 +37,8 @@ from pyramidal.fastpath import memory_format, tune_cpu_allocator
 from pyramidal.inference import prepare_for_inference
 from pyramidal.models.blocks import example_input
 
-__all__ = ["BenchConfig", "run_bench", "count_flops", "matmul_peak", "machine_kind", "format_report"]
+__all__ = ["BenchConfig", "run_bench", "run_sweep", "count_flops", "matmul_peak", "machine_kind", "format_report",
+           "format_sweep"]
 
 REFERENCE_FILE = Path(__file__).resolve().parent.parent / "benchmarks" / "plain_fc_densenet.py"
 MODES = ("train", "infer", "both", "restore")
@@ -486,6 +488,52 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None) -> 
         result.update(_bench_data(c, result.get("train_images_per_s"), notes, say))
     result["notes"] = notes
     return result
+
+
+SWEEP_KEYS = ("batch_size", "train_images_per_s", "train_gflop_per_s", "train_peak_fraction",
+              "train_matmul_gflop_per_s", "train_peak_memory_mb")
+
+
+def run_sweep(config: BenchConfig, batch_sizes: list[int], log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Training speed of one model at each batch size: images/s, GFLOP/s and the fraction of the matmul peak
+    measured between the same steps (`run_bench` in train mode, without the data pipeline, once per batch).
+
+    A batch that does not fit in memory gives a row with its error, and the larger ones are not tried.
+    """
+    say = log or (lambda _msg: None)
+    rows: list[dict[str, Any]] = []
+    first: dict[str, Any] = {}
+    for batch in batch_sizes:
+        say(f"batch {batch}")
+        try:
+            result = run_bench(dataclasses.replace(config, batch_size=int(batch), mode="train", data=False), say)
+        except torch.OutOfMemoryError as exc:
+            rows.append({"batch_size": int(batch), "error": f"out of memory: {str(exc).splitlines()[0]}"})
+            torch.cuda.empty_cache()
+            break
+        first = first or result
+        rows.append({k: result[k] for k in SWEEP_KEYS if k in result})
+    keep = ("model", "parameters", "size", "device", "precision", "channels_last", "compile", "machine",
+            "train_gflop_per_image", "matmul_peak_gflop_per_s")
+    return {"mode": "sweep", **{k: first[k] for k in keep if k in first}, "rows": rows}
+
+
+def format_sweep(r: dict[str, Any]) -> str:
+    """The sweep as a table: one line per batch size."""
+    lines = []
+    if "machine" in r:
+        lines.append(f"machine: {describe_machine(r['machine'])}")
+        lines.append(f"model {r['model']} ({r['parameters']:,} parameters), {r['size']}×{r['size']}, {r['device']}, "
+                     f"{r['precision']}, training step {_fmt(r['train_gflop_per_image'], ' GFLOP', 3)} per image")
+    lines.append(f"{'batch':>6} {'images/s':>10} {'GFLOP/s':>10} {'of peak':>8} {'peak memory':>12}")
+    for row in r["rows"]:
+        if "error" in row:
+            lines.append(f"{row['batch_size']:>6} {row['error']}")
+            continue
+        lines.append(f"{row['batch_size']:>6} {_fmt(row['train_images_per_s'], '', 0):>10} "
+                     f"{_fmt(row['train_gflop_per_s'], '', 0):>10} {_fmt(100 * row['train_peak_fraction'], '%', 1):>8} "
+                     f"{_fmt(row.get('train_peak_memory_mb'), ' MB', 0):>12}")
+    return "\n".join(lines)
 
 
 def _bench_photo(height: int, width: int) -> np.ndarray:

@@ -216,3 +216,22 @@ def test_bench_and_summary_feed_the_extra_input_channel(option, capsys):
     key, _ = option.split("=")
     assert forward_flops(create_model("pyramidal44", m=8, growth=4, **{key: True}), size=32) > \
         forward_flops(create_model("pyramidal44", m=8, growth=4), size=32)  # the stem sees 4 channels
+
+
+def test_bench_sweep_times_each_batch(tmp_path, capsys):
+    out = tmp_path / "sweep.json"
+    assert main(["bench", "--smoke", "--sweep", "1,3", "--threads", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["mode"] == "sweep" and result["model"] == "pyramidal44"
+    assert [row["batch_size"] for row in result["rows"]] == [1, 3]
+    for row in result["rows"]:
+        assert row["train_images_per_s"] > 0 and 0 < row["train_peak_fraction"] < 1
+    table = capsys.readouterr().out
+    assert "of peak" in table and len([line for line in table.splitlines() if line.split()[:1] in (["1"], ["3"])]) == 2
+
+
+@pytest.mark.parametrize("argv, message", [(["--sweep", "64,x"], "--sweep 64,x: give batch sizes"),
+                                           (["--sweep", "8", "--mode", "restore"], "--sweep times training")])
+def test_bench_sweep_user_errors(argv, message, capsys):
+    assert main(["bench", "--smoke", *argv]) != 0
+    assert message in capsys.readouterr().err

@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int,
                         help="images per step (default 8; smoke 2); with --mode restore, tiles per forward pass "
                              "(default restore's, 4)")
+    parser.add_argument("--sweep", metavar="B1,B2,...",
+                        help="time training at each of these batch sizes (e.g. 64,256,1024): images/s and fraction "
+                             "of the matmul peak per batch, no inference or data pipeline")
     parser.add_argument("--mode", default="both", choices=("train", "infer", "both", "restore"),
                         help="what to time (default both); restore: `pyramidal restore` of one photo, end to end")
     restore = parser.add_argument_group("--mode restore")
@@ -118,11 +121,32 @@ def run(args: argparse.Namespace) -> int:
         if not to_stdout:
             print(f"… {msg}", file=sys.stderr, flush=True)
 
-    result = run_bench(config, log=log)
+    if args.sweep:
+        from pyramidal.bench import format_sweep, run_sweep
+
+        if args.mode == "restore":
+            raise PyramidalError("--sweep times training steps: not with --mode restore")
+        result = run_sweep(config, _batch_sizes(args.sweep), log=log)
+        report = format_sweep(result)
+    else:
+        result = run_bench(config, log=log)
+        report = format_report(result)
     if not to_stdout:
-        print(format_report(result))
+        print(report)
     if args.json:
         write_json_output(result, args.json)
         if not to_stdout:
             print(f"wrote {args.json}")
     return 0
+
+
+def _batch_sizes(text: str) -> list[int]:
+    from pyramidal.errors import PyramidalError
+
+    try:
+        sizes = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise PyramidalError(f"--sweep {text}: give batch sizes as comma-separated positive integers, e.g. 64,256,1024")
+    return sizes
