@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pyramidal import camera
 from pyramidal.lazy import LazyModule
 from pyramidal.registry import Registry
 
@@ -446,6 +447,66 @@ class JpegTask(Task):
         for i, s in enumerate(seeds):
             q = self.quality if self.quality is not None else int(_rng(s).integers(lo, hi + 1))
             out[i] = jpeg_roundtrip(np.ascontiguousarray(arr[i]), q)
+        return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous().to(x.device), None
+
+
+@TASKS.register("camera")
+class CameraTask(Task):
+    """Real camera noise: unprocessed to raw, Poisson–Gaussian sensor noise, demosaiced, tone-mapped, JPEG."""
+
+    name = "camera"
+    declared_options = (
+        TaskOption("shot", float, "shot-noise level: variance per unit of linear raw signal (0-1 scale)",
+                   f"drawn per image, log-uniform in {camera.SHOT_RANGE[0]:g}-{camera.SHOT_RANGE[1]:g}"),
+        TaskOption("read", float, "read-noise variance (linear raw, 0-1 scale)",
+                   f"drawn per image: log read = {camera.READ_SLOPE}·log shot + {camera.READ_INTERCEPT} "
+                   f"+ N(0, {camera.READ_SPREAD}²)"),
+        TaskOption("demosaic", str, f"the Bayer mosaic's demosaicing: {', '.join(camera.DEMOSAICS)} (none: no "
+                   "mosaic, independent noise per colour)", f"drawn per image: {' or '.join(camera.DRAWN_DEMOSAICS)}"),
+        TaskOption("quality", int, "JPEG quality 1-100, 0 for no JPEG",
+                   f"drawn per image: none for {1 - camera.JPEG_SHARE:.0%}, else "
+                   f"{camera.QUALITY_RANGE[0]}-{camera.QUALITY_RANGE[1]}"),
+    )
+    # Blind classical denoisers: σ estimated from the image (a user knows no σ for a photograph).
+    baselines = ("opencv-nlmeans-est", "bm3d-est")
+    headline_setting = {"shot": 0.003}
+    input_note = "the camera's noisy photograph"
+
+    def __init__(self, train: bool = False, shot: float | None = None, read: float | None = None,
+                 demosaic: str | None = None, quality: int | None = None):
+        super().__init__(train)
+        if shot is not None and not (math.isfinite(float(shot)) and float(shot) > 0):
+            raise ValueError(f"camera: shot must be > 0, got {shot}")
+        if read is not None and not (math.isfinite(float(read)) and float(read) >= 0):
+            raise ValueError(f"camera: read must be >= 0, got {read}")
+        if demosaic is not None and demosaic not in camera.DEMOSAICS:
+            raise ValueError(f"camera: demosaic {demosaic!r}: choose one of {', '.join(camera.DEMOSAICS)}")
+        if quality is not None and (int(quality) != quality or not 0 <= int(quality) <= 100):
+            raise ValueError(f"camera: quality must be an integer in 0..100 (0: no JPEG), got {quality}")
+        self._opt_shot = None if shot is None else float(shot)
+        self._opt_read = None if read is None else float(read)
+        self._opt_demosaic = demosaic
+        self._opt_quality = None if quality is None else int(quality)
+
+    @classmethod
+    def eval_settings(cls) -> list[dict[str, Any]]:
+        return [{"shot": 0.0003}, {"shot": 0.003}]
+
+    def parameters(self, seed: int) -> camera.CameraParameters:
+        """The camera of the image with this seed: what `apply` draws for it (the first draws of its generator)."""
+        return camera.draw_parameters(_rng(seed), shot=self._opt_shot, read=self._opt_read,
+                                      demosaic=self._opt_demosaic, quality=self._opt_quality)
+
+    def _apply(self, x, seeds):
+        arr = x.permute(0, 2, 3, 1).cpu().numpy()
+        out = np.empty_like(arr)
+        for i, s in enumerate(seeds):
+            rng = _rng(s)
+            p = camera.draw_parameters(rng, shot=self._opt_shot, read=self._opt_read, demosaic=self._opt_demosaic,
+                                       quality=self._opt_quality)
+            out[i] = camera.simulate(arr[i], p, rng)
+            if p.quality:
+                out[i] = jpeg_roundtrip(out[i], p.quality)
         return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous().to(x.device), None
 
 

@@ -19,8 +19,9 @@ from pyramidal.damage import (
     pixelate_small,
 )
 
-ALL = ["blur", "block", "grid", "gray", "inpaint", "jpeg", "mixed", "noise", "pixelate", "squares", "strokes", "text"]
-RANDOM = ["inpaint", "jpeg", "mixed", "noise", "squares", "strokes", "text"]  # differ between seeds even in eval mode
+ALL = ["blur", "block", "camera", "grid", "gray", "inpaint", "jpeg", "mixed", "noise", "pixelate", "squares", "strokes",
+       "text"]
+RANDOM = ["camera", "inpaint", "jpeg", "mixed", "noise", "squares", "strokes", "text"]  # differ between seeds even in eval mode
 MASKED = ["squares", "block", "grid", "inpaint", "strokes", "text"]
 MAGENTA = torch.tensor([255, 0, 255], dtype=torch.uint8).view(3, 1, 1)
 
