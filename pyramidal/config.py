@@ -180,6 +180,7 @@ class TrainConfig:
     val_images: int = 256  # fixed validation crops for PSNR/val; 0 = the whole split
     batch_size: int = 32  # per process
     num_workers: int = 0
+    data_on_device: bool = False  # cut and damage training batches on the training device (pyramidal/gpudata.py)
     size_schedule: str | None = None  # "STEP:SIZE[:BATCH],...": bigger patches late in training
     # Optimisation.
     lr: float = 3e-4

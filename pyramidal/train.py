@@ -100,7 +100,9 @@ def _grid(images: torch.Tensor) -> np.ndarray:
 class Trainer:
     """One training run: builds data, model and optimizer from a TrainConfig, then `fit()` trains it."""
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, cache: dict | None = None):
+        """`cache`: a dict the caller keeps to share loaded data sources and device photographs among the
+        runs it trains in one process (the GPU campaign); None loads them for this run alone."""
         from pyramidal.damage import create_task
         from pyramidal.models import create_model
 
@@ -111,6 +113,13 @@ class Trainer:
         self.device, self.world_size, self.rank = init_distributed(c.device)
         self.distributed = self.world_size > 1
         self.precision = resolve_precision(c.precision, self.device)
+        if self.device.type == "cuda" and not torch.backends.cudnn.deterministic:
+            # Every step has the same shapes: cuDNN times its kernels once and keeps the fastest.
+            torch.backends.cudnn.benchmark = True
+        # The loss is read on the host every step on the CPU (free there) and under DDP (one collective carries
+        # it with the stop flags); on a GPU it is summed on the device and read every --log-every steps, so
+        # that the host never waits for the GPU between steps.
+        self._defer_loss = self.device.type != "cpu" and self.world_size == 1
         if self.device.type == "cpu" and not (c.memory_efficient or c.model_options.get("memory_efficient")):
             # As the bench does: reuse freed memory instead of page-faulting it back every step. A memory-efficient
             # run keeps glibc's default, which returns freed blocks, so its peak RSS stays what the step needs.
@@ -143,7 +152,13 @@ class Trainer:
         self.phases = size_phases(c)
         self._sources: dict[int, Any] = {}
         self._loaders: dict[int, Any] = {}
-        self.train_len = len(self._source(c.size).split("train"))
+        self._cache = {} if cache is None else cache
+        # An epoch: --patches-per-epoch patches with --data-on-device; else the training split's length.
+        self.train_len = c.patches_per_epoch if c.data_on_device else len(self._source(c.size).split("train"))
+        if c.data_on_device:
+            from pyramidal.gpudata import check_device_task
+
+            check_device_task(self.task)
         self.val_loader = self._make_val_loader() if self.is_main else None
 
         model = create_model(c.model, **c.model_kwargs())
@@ -301,9 +316,11 @@ class Trainer:
 
         if size not in self._sources:
             c = self.config
-            self._sources[size] = load_source(
-                c.data, size=size, max_images=c.max_images, seed=c.seed, patches_per_epoch=c.patches_per_epoch
-            )
+            key = ("source", c.data, size, c.max_images, c.seed, c.patches_per_epoch)
+            if key not in self._cache:
+                self._cache[key] = load_source(c.data, size=size, max_images=c.max_images, seed=c.seed,
+                                               patches_per_epoch=c.patches_per_epoch)
+            self._sources[size] = self._cache[key]
         return self._sources[size]
 
     def _make_loader(self, ds, task, batch_size: int, train: bool, sampler=None):
@@ -311,15 +328,32 @@ class Trainer:
 
         kwargs = {}
         if self.config.num_workers:
-            kwargs["num_workers"] = self.config.num_workers
+            # Workers stay up for the whole run; batches bound for a GPU come in page-locked memory.
+            kwargs.update(num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda")
         return make_loader(ds, task, batch_size=batch_size, train=train, seed=self.config.seed,
                            sampler=sampler, drop_last=train, with_mask=self.with_mask,
                            with_noise_level=self.with_noise_level, **kwargs)
+
+    def _device_loader(self, size: int, batch: int):
+        """--data-on-device: batches cut and damaged on the training device from photographs held there."""
+        from pyramidal.gpudata import DeviceBatches, DevicePhotos, window_side
+
+        c = self.config
+        side = window_side(max(s for _, s, _ in self.phases))
+        key = ("device photos", c.data, c.max_images, str(self.device), side)
+        if key not in self._cache:  # the training photographs, held on the device once
+            self._cache[key] = DevicePhotos.from_dataset(self._source(c.size).split("train"), self.device, side)
+        return DeviceBatches(self._cache[key], self.task, size, batch, self._steps_per_epoch_for(batch),
+                             seed=self.config.seed, rank=self.rank, with_mask=self.with_mask,
+                             with_noise_level=self.with_noise_level)
 
     def _train_loader(self, phase: int):
         if phase not in self._loaders:
             self._loaders.clear()  # one phase at a time: no need to keep old patch sizes around
             _, size, batch = self.phases[phase]
+            if self.config.data_on_device:
+                self._loaders[phase] = self._device_loader(size, batch)
+                return self._loaders[phase]
             ds = self._source(size).split("train")
             sampler = None
             if self.distributed:
@@ -349,8 +383,11 @@ class Trainer:
         return max(i for i, (at, _, _) in enumerate(self.phases) if at <= step)
 
     def _steps_per_epoch(self, phase: int) -> int:
+        return self._steps_per_epoch_for(self.phases[phase][2])
+
+    def _steps_per_epoch_for(self, batch: int) -> int:
         per_process = self.train_len // self.world_size if self.distributed else self.train_len
-        return max(1, per_process // self.phases[phase][2])  # a lone partial batch still counts
+        return max(1, per_process // batch)  # a lone partial batch still counts
 
     def _planned_steps(self) -> int | None:
         """Steps this run will take by --steps/--epochs (None when only --max-minutes limits it)."""
@@ -420,6 +457,7 @@ class Trainer:
     def _save_last(self) -> None:
         if not self.is_main:
             return
+        self._read_losses()
         state = {
             "spec": self.model.spec,
             "model": self.model.state_dict(),
@@ -476,7 +514,22 @@ class Trainer:
         if self.is_main:
             self.logs.scalars(values, self.step, self.epoch, self._elapsed())
 
+    def _read_losses(self) -> None:
+        """Bring the losses summed on the device since the last read to the host (one sync): a non-finite one
+        stops the run before anything is saved, as a per-step check does."""
+        if not self._defer_loss or self._acc_n == self._read_n:
+            return
+        loss_sum, mse_sum = self._device_sums.tolist()
+        self._device_sums.zero_()
+        steps, self._read_n = self._acc_n - self._read_n, self._acc_n
+        if not math.isfinite(loss_sum):
+            raise self._diverged(f"the training loss (read every {self.config.log_every} steps)", loss_sum, self.step)
+        self._acc_loss += loss_sum
+        self._acc_mse += mse_sum
+        self._loss_value, self._mse_value = loss_sum / steps, mse_sum / steps
+
     def _log_train(self) -> None:
+        self._read_losses()
         if self._acc_n == 0:
             return
         mse = self._acc_mse / self._acc_n
@@ -487,7 +540,7 @@ class Trainer:
                   "lr": self._lr_at(self.step - 1), "images_per_s": self._acc_images / seconds}
         self.last_train = values
         self._log(values)
-        self._acc_loss = self._acc_mse = self._acc_n = self._acc_images = 0
+        self._acc_loss = self._acc_mse = self._acc_n = self._acc_images = self._read_n = 0
 
     def _elapsed(self) -> float:
         return self.elapsed + (time.monotonic() - self._t_start if hasattr(self, "_t_start") else 0.0)
@@ -534,7 +587,7 @@ class Trainer:
         torch.manual_seed(derive_seed(c.seed, self.step, self.rank))
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr_at(self.step)
-        _, output = train_step(self.train_model, self.optimizer, damaged, clean, device=self.device,
+        loss, output = train_step(self.train_model, self.optimizer, damaged, clean, device=self.device,
                                precision=self.precision, channels_last=c.channels_last, scaler=self.scaler,
                                clip_grad=c.clip_grad, check_loss=self._check_loss, mask=mask,
                                noise_level=noise_level, objective=c.loss)
@@ -544,9 +597,14 @@ class Trainer:
         self.batch_in_epoch += 1
         n = damaged.shape[0] * self.world_size
         # PSNR/train is the MSE's whatever the objective (this process's batch when distributed).
-        mse = self._loss_value if c.loss == "mse" else F.mse_loss(output, clean.to(output.device)).item()
-        self._acc_loss += self._loss_value
-        self._acc_mse += mse
+        if self._defer_loss:
+            mse_t = loss if c.loss == "mse" else F.mse_loss(output, clean.to(output.device))
+            self._device_sums += torch.stack((loss.float(), mse_t.float()))
+            mse = self._mse_value
+        else:
+            mse = self._loss_value if c.loss == "mse" else F.mse_loss(output, clean.to(output.device)).item()
+            self._acc_loss += self._loss_value
+            self._acc_mse += mse
         self._acc_n += 1
         self._acc_images += n
         self._last_output = output[: c.log_images]
@@ -567,6 +625,8 @@ class Trainer:
             dist.all_reduce(packet)
             value = packet[0].item() / self.world_size
             signalled, out_of_time = packet[1].item() > 0, packet[2].item() > 0
+        elif self._defer_loss:
+            return  # summed on the device after the step; _read_losses checks it every --log-every steps
         else:
             value = loss.item()
             signalled = out_of_time = False  # checked between steps by _should_stop
@@ -668,7 +728,9 @@ class Trainer:
         c = self.config
         self._stop_flag = False  # stop after this step: a signal, or --max-minutes under DDP
         self._interrupted = False  # the stop came from a signal
-        self._acc_loss = self._acc_mse = self._acc_n = self._acc_images = 0
+        self._acc_loss = self._acc_mse = self._acc_n = self._acc_images = self._read_n = 0
+        self._loss_value = self._mse_value = float("nan")
+        self._device_sums = torch.zeros(2, device=self.device)
         self._excluded = 0.0
         self._interval_start = self._step_end = time.perf_counter()
         self._last_output = None

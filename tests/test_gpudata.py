@@ -120,3 +120,88 @@ def test_persistent_workers_serve_every_epoch_with_the_same_pixels():
         assert all(torch.equal(x, y) for p, q in zip(a, b) for x, y in zip(p, q))
         first = first or workers._workers
         assert workers._workers is first  # one DataLoader, its workers kept between epochs
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The trainer on device batches, and the loss read every --log-every steps as it is on a GPU
+
+TINY = dict(task="squares", model="pyramidal44", m=8, growth=4, data="builtin", size=32, batch_size=4,
+            patches_per_epoch=16, val_images=4, log_images=0, precision="fp32", log_every=2, quiet=True,
+            threads=1, ema=0.9)
+
+
+def _weights(run_dir) -> dict:
+    from pyramidal.checkpoint import load_checkpoint
+
+    return load_checkpoint(run_dir / "last.ckpt")["model"]
+
+
+def test_training_on_device_batches_resumes_exactly(tmp_path):
+    from pyramidal.config import TrainConfig
+    from pyramidal.train import Trainer, train
+
+    straight = Trainer(TrainConfig(**TINY, data_on_device=True, steps=6, out=str(tmp_path / "a"))).fit()
+    first = Trainer(TrainConfig(**TINY, data_on_device=True, steps=3, out=str(tmp_path / "b"))).fit()
+    resumed = train(TrainConfig(resume=str(first), steps=6))
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_refuses_device_batches_for_a_cpu_task(tmp_path):
+    from pyramidal.config import TrainConfig
+    from pyramidal.train import Trainer
+
+    with pytest.raises(PyramidalError, match="--data-on-device: task jpeg"):
+        Trainer(TrainConfig(**{**TINY, "task": "jpeg"}, data_on_device=True, steps=1, out=str(tmp_path)))
+
+
+def _metrics(run_dir) -> list[dict]:
+    import csv
+
+    with open(run_dir / "metrics.csv", newline="") as fh:
+        return [r for r in csv.DictReader(fh) if r["loss/train"]]
+
+
+@pytest.mark.parametrize("loss", ["mse", "l1"])
+def test_loss_read_every_log_interval_logs_what_each_step_read(tmp_path, loss):
+    """On a GPU the trainer sums the loss on the device and reads it every --log-every steps: the logged
+    loss and PSNR are those a read after every step gives."""
+    from pyramidal.config import TrainConfig
+    from pyramidal.train import Trainer
+
+    runs = []
+    for deferred in (False, True):
+        trainer = Trainer(TrainConfig(**TINY, loss=loss, steps=8, out=str(tmp_path / str(deferred))))
+        trainer._defer_loss = deferred
+        runs.append(_metrics(trainer.fit()))
+    assert len(runs[0]) == len(runs[1]) >= 4
+    for a, b in zip(*runs):
+        assert a["step"] == b["step"]
+        for key in ("loss/train", "PSNR/train"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5), (key, a["step"])
+
+
+def test_loss_read_late_still_stops_on_a_nonfinite_loss(tmp_path, monkeypatch):
+    import torch.nn.functional as F
+
+    from pyramidal.checkpoint import load_checkpoint
+    from pyramidal.config import TrainConfig
+    from pyramidal.train import Trainer, TrainingDiverged
+
+    real, calls = F.mse_loss, {"n": 0}
+
+    def poisoned(input, target, *args, **kwargs):
+        if kwargs.get("reduction", "mean") == "mean":
+            calls["n"] += 1
+            if calls["n"] == 5:
+                return real(input, target) * float("nan")
+        return real(input, target, *args, **kwargs)
+
+    monkeypatch.setattr(F, "mse_loss", poisoned)
+    trainer = Trainer(TrainConfig(**{**TINY, "ema": None, "log_every": 4}, steps=8, checkpoint_every_steps=2,
+                                  out=str(tmp_path)))
+    trainer._defer_loss = True
+    with pytest.raises(TrainingDiverged, match=r"read every 4 steps.*step [5-8]\b"):
+        trainer.fit()
+    ckpt = load_checkpoint(trainer.run_dir / "last.ckpt")
+    assert ckpt["step"] == 4 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())

@@ -60,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--val-images", type=int, default=S, help="fixed validation crops, 0 = all [256]")
     g.add_argument("--batch-size", type=int, default=S, help="batch per process [32]")
     g.add_argument("--num-workers", type=int, default=S, help="data loader processes [0]")
+    g.add_argument("--data-on-device", action=argparse.BooleanOptionalAction, default=S,
+                   help="hold the training photographs in the device's memory and cut and damage each batch there "
+                        "(noise, blur, pixelate, gray, squares, block, grid; for a GPU, where the CPU pipeline "
+                        "cannot keep up); an epoch is then --patches-per-epoch patches [off]")
     g.add_argument("--size-schedule", metavar="STEP:SIZE[:BATCH],...", default=S,
                    help="larger patches late in training, switched at the first epoch start at or after STEP")
 
