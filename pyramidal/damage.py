@@ -467,8 +467,8 @@ class CameraTask(Task):
                    f"drawn per image: none for {1 - camera.JPEG_SHARE:.0%}, else "
                    f"{camera.QUALITY_RANGE[0]}-{camera.QUALITY_RANGE[1]}"),
     )
-    # Blind classical denoisers: σ estimated from the image (a user knows no σ for a photograph).
-    baselines = ("opencv-nlmeans-est", "bm3d-est")
+    # Classical denoisers with no σ given (a user knows none for a photograph): estimated, or the oracle's best.
+    baselines = ("opencv-nlmeans-est", "opencv-nlmeans-oracle", "bm3d-est", "bm3d-oracle")
     headline_setting = {"shot": 0.003}
     input_note = "the camera's noisy photograph"
 

@@ -119,12 +119,16 @@ def _to_u8(x: np.ndarray, scale: float = 255.0) -> np.ndarray:
     return np.clip(np.rint(x * scale), 0, 255).astype(np.uint8)
 
 
-def bm3d_denoise(damaged: np.ndarray, ctx: Context) -> np.ndarray:
-    """CBM3D (the `bm3d` package's colour BM3D) given the true σ, on [0, 1] images."""
+def cbm3d(damaged: np.ndarray, sigma: float) -> np.ndarray:
+    """CBM3D (the `bm3d` package's colour BM3D) for noise σ (0-255), on [0, 1] images."""
     import bm3d
 
-    sigma = float(ctx.task.sigma)
-    return _to_u8(bm3d.bm3d_rgb(damaged.astype(np.float64) / 255.0, sigma_psd=sigma / 255.0))
+    return _to_u8(bm3d.bm3d_rgb(damaged.astype(np.float64) / 255.0, sigma_psd=float(sigma) / 255.0))
+
+
+def bm3d_denoise(damaged: np.ndarray, ctx: Context) -> np.ndarray:
+    """CBM3D given the true σ."""
+    return cbm3d(damaged, float(ctx.task.sigma))
 
 
 def nlmeans_strength(sigma: float) -> float:
@@ -132,13 +136,61 @@ def nlmeans_strength(sigma: float) -> float:
     return 0.6 * sigma if sigma <= 60 else 0.4 * sigma
 
 
-def nlmeans_denoise(damaged: np.ndarray, ctx: Context) -> np.ndarray:
-    """cv2.fastNlMeansDenoisingColored (7×7 template, 21×21 search) with h tuned to the true σ."""
+def nlmeans(damaged: np.ndarray, sigma: float) -> np.ndarray:
+    """cv2.fastNlMeansDenoisingColored (7×7 template, 21×21 search) with h = `nlmeans_strength(σ)`."""
     import cv2
 
-    h = nlmeans_strength(float(ctx.task.sigma))
+    h = nlmeans_strength(float(sigma))
     bgr = cv2.cvtColor(damaged, cv2.COLOR_RGB2BGR)
     return cv2.cvtColor(cv2.fastNlMeansDenoisingColored(bgr, None, h, h, 7, 21), cv2.COLOR_BGR2RGB)
+
+
+def nlmeans_denoise(damaged: np.ndarray, ctx: Context) -> np.ndarray:
+    """OpenCV non-local means with h tuned to the true σ."""
+    return nlmeans(damaged, float(ctx.task.sigma))
+
+
+# Real noise has no σ to give: the blind rows estimate one from the image, the oracle rows pick from this grid
+# (0-255 scale) the σ that scores best against the clean image, which no user can do.
+ORACLE_SIGMAS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48)
+
+
+def estimated_sigma(image: np.ndarray) -> float:
+    """The noise σ (0-255) of an H×W×3 uint8 image: scikit-image's wavelet estimate (`estimate_sigma`, the
+    finest diagonal sub-band's median absolute deviation), averaged over the channels."""
+    from skimage.restoration import estimate_sigma
+
+    return 255.0 * float(estimate_sigma(image.astype(np.float64) / 255.0, channel_axis=-1, average_sigmas=True))
+
+
+def _blind(method: Callable[[np.ndarray, float], np.ndarray]) -> Callable[[np.ndarray, Context], np.ndarray]:
+    def run(damaged: np.ndarray, ctx: Context) -> np.ndarray:
+        return method(damaged, estimated_sigma(damaged))
+
+    return run
+
+
+def _oracle(method: Callable[[np.ndarray, float], np.ndarray]) -> Callable[[np.ndarray, Context], np.ndarray]:
+    """The method at the σ of ORACLE_SIGMAS that scores best against the clean image. PSNR against σ has one
+    peak, so a climb from the grid's middle finds the grid's best in a few tries (CBM3D is slow)."""
+    def run(damaged: np.ndarray, ctx: Context) -> np.ndarray:
+        tried: dict[int, tuple[float, np.ndarray]] = {}
+
+        def score(i: int) -> float:
+            if i not in tried:
+                out = method(damaged, ORACLE_SIGMAS[i])
+                tried[i] = (psnr(ctx.clean, out), out)
+            return tried[i][0]
+
+        best = len(ORACLE_SIGMAS) // 2
+        while True:
+            neighbours = [i for i in (best - 1, best + 1) if 0 <= i < len(ORACLE_SIGMAS)]
+            better = max(neighbours, key=score)
+            if score(better) <= score(best):
+                return tried[best][1]
+            best = better
+
+    return run
 
 
 def _upscale(method: str) -> Callable[[np.ndarray, Context], np.ndarray]:
@@ -213,6 +265,12 @@ BASELINES = Registry("baseline")
 for _name, _baseline in (
     ("bm3d", Baseline("BM3D (CBM3D, true σ)", bm3d_denoise, slow=True, requires="bm3d")),
     ("opencv-nlmeans", Baseline("OpenCV non-local means (true σ)", nlmeans_denoise)),
+    ("bm3d-est", Baseline("BM3D (CBM3D, σ estimated)", _blind(cbm3d), slow=True, requires="bm3d")),
+    ("opencv-nlmeans-est", Baseline("OpenCV non-local means (σ estimated)", _blind(nlmeans))),
+    ("bm3d-oracle", Baseline("BM3D (CBM3D, oracle σ: the grid's best against the clean image)", _oracle(cbm3d),
+                             slow=True, requires="bm3d")),
+    ("opencv-nlmeans-oracle", Baseline("OpenCV non-local means (oracle σ: the grid's best against the clean image)",
+                                       _oracle(nlmeans))),
     ("bilinear", Baseline("bilinear up-scaling", _upscale("bilinear"))),
     ("bicubic", Baseline("bicubic up-scaling", _upscale("bicubic"))),
     ("lanczos", Baseline("Lanczos up-scaling", _upscale("lanczos"))),
@@ -230,7 +288,7 @@ def baselines_for(task_name: str) -> list[Baseline]:
     return [BASELINES.get(name) for name in TASKS.get(task_name).baselines]
 
 
-def _module_available(name: str) -> bool:
+def module_available(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
@@ -285,7 +343,7 @@ def setting_label(options: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in options.items())
 
 
-def _resolve_model(model_or_weights: Any, task_name: str, device: torch.device, precision: str):
+def resolve_model(model_or_weights: Any, task_name: str, device: torch.device, precision: str):
     """(model prepared for inference, model name, label for the report); all None without a model."""
     from pyramidal.inference import load_restorer, prepare_for_inference
 
@@ -304,8 +362,8 @@ def _resolve_model(model_or_weights: Any, task_name: str, device: torch.device, 
 HOLE_METRICS = ("psnr_hole", "ssim_hole")
 
 
-def _summarize(method: str, kind: str, per_image: list[dict[str, float]], seconds: float | None,
-               note: str | None = None, holes: bool = False) -> dict:
+def summarize(method: str, kind: str, per_image: list[dict[str, float]], seconds: float | None,
+              note: str | None = None, holes: bool = False) -> dict:
     """One row of the report: the mean of each metric over the images (`scores` per image)."""
     def mean(values: list[float]) -> float | None:
         # NaN (SSIM of a too-small image) is left out; inf (an identical image) makes the mean inf.
@@ -379,7 +437,7 @@ def evaluate(
     images, described = eval_images(data, split, crop, crops, limit)
     dev = resolve_device(device) if isinstance(device, str) else device
     prec = resolve_precision(precision, dev)
-    model, model_name, model_label = _resolve_model(model_or_weights, task_name, dev, prec)
+    model, model_name, model_label = resolve_model(model_or_weights, task_name, dev, prec)
     # A mask-conditioned model is given the true mask, as the classical inpainting rows are.
     mask_given = model is not None and needs_mask(model)
     if mask_given and not base_task.has_mask:
@@ -434,13 +492,13 @@ def evaluate(
         def scored(restored: list[np.ndarray], clean=clean, masks=masks) -> list[dict[str, float]]:
             return [scores(c, r, m) for c, r, m in zip(clean, restored, masks)]
 
-        rows = [_summarize("damaged input", "input", scored(damaged), None, base_task.input_note, holes)]
+        rows = [summarize("damaged input", "input", scored(damaged), None, base_task.input_note, holes)]
         for baseline in chosen:
-            if baseline.requires and not _module_available(baseline.requires):
-                rows.append(_summarize(baseline.name, "baseline", [], None, INSTALL_HINT, holes))
+            if baseline.requires and not module_available(baseline.requires):
+                rows.append(summarize(baseline.name, "baseline", [], None, INSTALL_HINT, holes))
                 continue
             if baseline.slow and not run_slow:
-                rows.append(_summarize(baseline.name, "baseline", [], None,
+                rows.append(summarize(baseline.name, "baseline", [], None,
                                        f"skipped: slow on {len(images)} images (use --baselines all)", holes))
                 continue
             start = time.perf_counter()
@@ -448,7 +506,7 @@ def evaluate(
                         for d, c, m in over_images(zip(damaged, clean, masks), baseline.name)]
             seconds = (time.perf_counter() - start) / len(images)
             outputs[baseline.name] = restored
-            rows.append(_summarize(baseline.name, "baseline", scored(restored), seconds, None, holes))
+            rows.append(summarize(baseline.name, "baseline", scored(restored), seconds, None, holes))
         given = " (mask given)" if mask_given else " (σ given)" if sigma_given else ""
         sigma = task.noise_levels([eval_seed(0)])[0] if sigma_given else None
         passes = [(False, f"model {model_name}{given}")] if model is not None else []
@@ -462,7 +520,7 @@ def evaluate(
                                       **restore_opts)
             seconds = (time.perf_counter() - start) / len(images)
             outputs[name] = restored
-            rows.append(_summarize(name, "ensemble" if use_ensemble else "model", scored(restored), seconds, None,
+            rows.append(summarize(name, "ensemble" if use_ensemble else "model", scored(restored), seconds, None,
                                    holes))
         result["settings"].append({"options": dict(options), "label": label, "rows": rows})
         kept.append(outputs)

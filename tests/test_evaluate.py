@@ -71,8 +71,8 @@ def test_printed_psnr_matches_direct_computation(tmp_path, weights, capsys):
 def test_noise_reports_each_sigma_and_missing_extra(monkeypatch):
     import pyramidal.evaluate as ev
 
-    real = ev._module_available
-    monkeypatch.setattr(ev, "_module_available", lambda name: False if name == "bm3d" else real(name))
+    real = ev.module_available
+    monkeypatch.setattr(ev, "module_available", lambda name: False if name == "bm3d" else real(name))
     result = evaluate(None, "noise", crop=32, limit=1, baselines="all")
     assert [s["options"] for s in result["settings"]] == [{"sigma": 15}, {"sigma": 25}, {"sigma": 50}, {"sigma": 125}]
     for setting in result["settings"]:
