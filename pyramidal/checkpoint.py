@@ -470,3 +470,12 @@ def load_init_weights(model: nn.Module, path: str) -> None:
             raise PyramidalError(f"{exc} (--init-weights)") from None
         saved = {"spec": read_weights_info(p), "model": _read_state(p)}
     load_checkpoint_model(saved, model, str(p))
+
+
+def checkpoint_progress(run_dir: str | os.PathLike | None) -> dict | None:
+    """{'step', 'finished', 'elapsed_s'} of a run from its last.ckpt, or None without one."""
+    if run_dir is None or not (Path(run_dir) / "last.ckpt").is_file():
+        return None
+    saved = load_checkpoint(Path(run_dir) / "last.ckpt")
+    return {"step": int(saved["step"]), "finished": bool(saved.get("finished")),
+            "elapsed_s": float(saved.get("elapsed_s", 0.0))}

@@ -144,17 +144,6 @@ def _check_folder(folder: Path, plan: dict) -> bool:
     return False
 
 
-def _checkpoint_progress(run_dir: Path | None) -> dict | None:
-    """{'step', 'finished', 'elapsed_s'} from a run's last.ckpt, or None without one."""
-    if run_dir is None or not (run_dir / "last.ckpt").is_file():
-        return None
-    from pyramidal.checkpoint import load_checkpoint
-
-    saved = load_checkpoint(run_dir / "last.ckpt")
-    return {"step": int(saved["step"]), "finished": bool(saved.get("finished")),
-            "elapsed_s": float(saved.get("elapsed_s", 0.0))}
-
-
 class _State:
     """state.json of a comparison: each row's run folder (relative to the comparison) and whether it is done."""
 
@@ -181,13 +170,14 @@ def _train_row(index: int, entries: list, config, state: _State, steps: int | No
     interrupted, start it afresh otherwise. Returns its run folder."""
     import shutil
 
+    from pyramidal.checkpoint import checkpoint_progress
     from pyramidal.config import resume_config
     from pyramidal.train import Trainer
 
     label = entries[index][0]
     head = f"\n[{index + 1}/{len(entries)}] {label}"
     run_dir = state.run_dir(label)
-    progress = _checkpoint_progress(run_dir)
+    progress = checkpoint_progress(run_dir)
     if progress and progress["finished"] and (steps is None or progress["step"] >= steps):
         log(f"{head}: trained already ({progress['step']} steps, {run_dir}); not trained again")
         state.record(label, run_dir, done=True)
@@ -214,13 +204,13 @@ def _train_row(index: int, entries: list, config, state: _State, steps: int | No
 
 def _run_record(label: str, model: str, options: dict, run_dir: Path) -> dict:
     """What the report says about one trained row: steps, best step, training time, parameters, weights."""
-    from pyramidal.checkpoint import read_weights_info
+    from pyramidal.checkpoint import checkpoint_progress, read_weights_info
 
     weights = run_dir / "best.safetensors"
     if not weights.exists():
         raise PyramidalError(f"{run_dir}: training wrote no best.safetensors")
     info = read_weights_info(weights)
-    progress = _checkpoint_progress(run_dir) or {}
+    progress = checkpoint_progress(run_dir) or {}
     return {
         "model": label,
         "architecture": model,

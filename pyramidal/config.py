@@ -23,7 +23,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 
-# The presets shipped inside the package: `--config quick`, `--config builtin/noise`.
+# The presets shipped inside the package: `--config quick`, `--config noise`.
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -31,7 +31,7 @@ def list_configs() -> list[str]:
     """The config presets shipped with the package, by name.
 
     Returns:
-        Sorted names such as "quick", "noise", "builtin/noise", "builtin/noise-phase2".
+        Sorted names such as "quick", "noise", "squares".
     """
     if not CONFIGS_DIR.is_dir():
         return []
@@ -42,7 +42,7 @@ def find_config(name: str | os.PathLike) -> Path:
     """The TOML file for `--config NAME`: an existing path, else a preset shipped with the package.
 
     Args:
-        name: a path to a TOML file, or a preset name ("quick", "builtin/noise"; a path such as
+        name: a path to a TOML file, or a preset name ("quick", "noise"; a path such as
             "configs/quick.toml" also names the preset "quick").
 
     Returns:
@@ -219,6 +219,8 @@ class TrainConfig:
     # Where the options came from.
     config: str | None = None
     resume: str | None = None
+    recipe: str | None = None  # the recipe (`train --recipe`) and its stage this run trains; set by the runner
+    stage: str | None = None
 
     def task_kwargs(self) -> dict[str, Any]:
         """Task options with the shorthand fields applied."""
@@ -249,6 +251,12 @@ def _check_keys(data: dict[str, Any], source: str) -> dict[str, Any]:
             raise PyramidalError(f"{source}: unknown option {key!r}; valid: {', '.join(sorted(valid))}")
         out[k] = value
     return out
+
+
+def check_options(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """Training options from a file (names in snake_case or with '-'), checked by name and type; one-line
+    errors name `source`."""
+    return _coerce(_check_keys(data, source), source)
 
 
 def _coerce(data: dict[str, Any], source: str) -> dict[str, Any]:

@@ -60,12 +60,12 @@ def builtin_weights_path(task: str) -> Path:
         return path
     have = available_builtin_weights()
     listing = ", ".join(have) if have else "none are installed in this copy of pyramidal"
-    from pyramidal.config import CONFIGS_DIR
+    from pyramidal.recipe import list_recipes
 
-    if (CONFIGS_DIR / "builtin" / f"{task}.toml").exists():  # a recipe whose weights are not shipped yet
+    if task in list_recipes():  # a recipe whose weights are not shipped yet
         raise PyramidalError(
             f"--weights builtin: no built-in weights for {task} ({listing}); train them with `pyramidal train "
-            f"--config builtin/{task}` and pass the run's best.safetensors as --weights"
+            f"--recipe {task}` and pass the last stage's best.safetensors as --weights"
         )
     raise PyramidalError(
         f"--weights builtin: no built-in weights for task {task!r} ({listing}); "

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Recipe ablation at equal CPU time: train named candidate recipes, evaluate them alike, write a Markdown table.
 
-Every candidate is the same base recipe (a `--config` preset, by default the task's built-in one) with one
-change, trained with the same seed, data and `--max-cpu-minutes` budget (this process's CPU time, so a
+Every candidate is the same base settings (one stage of a recipe, by default the first stage of the task's
+built-in recipe, or a `--config` file) with one change, trained with the same seed, data and `--max-cpu-minutes` budget (this process's CPU time, so a
 busy machine slows a run down but does not shorten it), one after another. Each is then scored by
 `pyramidal evaluate` on the built-in validation photographs. Every row comes with the exact commands that
 made it, so a reader can redo any row.
@@ -56,7 +56,9 @@ EVAL_FLAGS = {"noise": ["--sigma", "15", "25", "50"], "jpeg": ["--quality", "10"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="noise", help="damage task (default noise)")
-    p.add_argument("--config", help="base recipe: a --config preset or TOML file (default builtin/TASK)")
+    p.add_argument("--config", help="base settings: a --config preset or TOML file (default: --recipe's --stage)")
+    p.add_argument("--recipe", help="base settings from this recipe (default TASK's) ...")
+    p.add_argument("--stage", type=int, default=1, help="... at this stage (default 1)")
     p.add_argument("--candidates", default=",".join(DEFAULT_CANDIDATES),
                    help=f"comma-separated, from: {', '.join(CANDIDATES)} (default {','.join(DEFAULT_CANDIDATES)})")
     p.add_argument("--cpu-minutes", type=float, default=4.0, help="training CPU minutes per candidate (default 4)")
@@ -74,8 +76,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--candidates: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(CANDIDATES)}")
     if args.cpu_minutes <= 0:
         p.error("--cpu-minutes must be positive")
-    args.config = args.config or f"builtin/{args.task}"
+    args.recipe = args.recipe or args.task
     return args
+
+
+def base_config(args: argparse.Namespace, out: Path) -> str:
+    """The --config every candidate trains with: the file given, else the recipe stage's settings written to
+    OUT/TASK/base.toml."""
+    if args.config:
+        return args.config
+    from pyramidal.config import to_toml
+    from pyramidal.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    if not 1 <= args.stage <= len(recipe.stages):
+        raise SystemExit(f"--stage {args.stage}: recipe {args.recipe} has stages 1-{len(recipe.stages)}")
+    settings = {k: v for k, v in recipe.settings(args.stage - 1).items() if k != "init_weights"}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "base.toml"
+    path.write_text(f"# recipe {args.recipe}, stage {args.stage}, without its start weights\n" + to_toml(settings))
+    return str(path)
 
 
 def commands(args: argparse.Namespace, name: str, folder: Path) -> tuple[list[str], list[str]]:
@@ -139,7 +159,8 @@ def markdown(args: argparse.Namespace, results: list[dict]) -> str:
     """The table (dB per candidate and setting, Δ against the baseline) and each row's commands."""
     labels = list(results[0]["psnr"]) if results else []
     base = next((r for r in results if r["name"] == "baseline"), None)
-    lines = [f"Task `{args.task}`, base recipe `{args.config}`, data `{args.data}`, seed {args.seed}, "
+    base_settings = f"recipe `{args.recipe}` stage {args.stage}" if args.recipe else f"`{args.config}`"
+    lines = [f"Task `{args.task}`, base settings {base_settings}, data `{args.data}`, seed {args.seed}, "
              f"{args.cpu_minutes:g} CPU-minutes of training per candidate ({args.threads} thread(s)); PSNR in dB "
              "on the built-in validation photographs (`pyramidal evaluate`).", "",
              "| candidate | change | steps | " + " | ".join(labels)
@@ -161,6 +182,9 @@ def markdown(args: argparse.Namespace, results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out) / args.task
+    args.config = base_config(args, out)
+    if args.config != str(out / "base.toml"):
+        args.recipe = None
     results = []
     print(f"ablation on {args.task}: {len(args.candidates)} candidate(s), {args.cpu_minutes:g} CPU-minutes each, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs", flush=True)

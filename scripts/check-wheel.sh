@@ -23,7 +23,7 @@ echo "built $(basename "$wheel") ($(du -k "$wheel" | cut -f1) kB)"
 import sys, zipfile
 names = set(zipfile.ZipFile(sys.argv[1]).namelist())
 need = ["pyramidal/py.typed", "pyramidal/configs/quick.toml", "pyramidal/configs/noise.toml",
-        "pyramidal/configs/builtin/noise.toml", "pyramidal/weights/noise.safetensors"]
+        "pyramidal/recipes/noise.toml", "pyramidal/weights/noise.safetensors"]
 missing = [n for n in need if n not in names]
 assert not missing, f"the wheel lacks {missing}"
 meta = next(n for n in names if n.endswith(".dist-info/METADATA"))

@@ -6,6 +6,9 @@ command, the data, the steps, the scores that `pyramidal evaluate` measures on t
 photographs against the best classical baseline, and a short model card: licence, training data and their
 licences, intended use and limits (`pyramidal weights TASK` shows it).
 
+RUN_DIR is the run of a recipe's last stage (`pyramidal train --recipe TASK`, OUT/TASK/stage-K-NAME/...); the
+record names the recipe, not paths: a run trained any other way is refused in one line.
+
 Usage: scripts/package-builtin-weights.py TASK RUN_DIR
        scripts/package-builtin-weights.py --card TASK...   # rewrite the record and card, tensors unchanged
 """
@@ -31,7 +34,12 @@ SKIMAGE_PHOTOS = (
     "CC0, as each one's skimage.data docstring states")
 NEVER_TRAINED_ON = (
     "validation only, never trained on: scikit-image's astronaut, chelsea and coffee, and the photographs "
-    "scripts/get-training-photos.sh holds out in .data/photos-heldout")
+    "scripts/get-training-photos.sh holds out in .data/photos-heldout; evaluation only, never trained or tuned "
+    "on: CBSD68, Kodak24 and the PolyU real-noise pairs")
+BSDS432 = (
+    "432 photographs of the Berkeley Segmentation Data Set 500 (Arbelaez et al., TPAMI 2011; distributed by its "
+    "authors for research and education, github.com/BIDS/BSDS500): its train, val and test images minus the 68 of "
+    "CBSD68, laid out by scripts/get-bsds432.sh into .data/bsds432; not distributed with pyramidal")
 # A record without `training_photos` predates it: those weights were trained on mate-nature alone.
 DEFAULT_PHOTO_FOLDERS = ["mate-nature"]
 TASK_USE = {
@@ -49,17 +57,14 @@ TASK_USE = {
 }
 
 
-def preset_name(config: str) -> str:
-    """`configs/builtin/noise.toml` or `pyramidal/configs/builtin/noise.toml` → `builtin/noise` (`--config`)."""
-    return re.sub(r"(?:pyramidal/)?configs/((?:builtin/)?[\w-]+)\.toml", r"\1", config)
-
-
 class NotPortable(Exception):
     """A record would name something by a path of this machine: the packager refuses it in one line."""
 
 
 # An absolute path (POSIX, home-relative or Windows) at the start of a string or after a separator.
 ABSOLUTE_PATH = re.compile(r"(?:^|[\s<=:'\"(,])(?:/[^\s/]|~/|[A-Za-z]:[\\/])")
+# How a record names start weights: a shipped file, a recipe's product, or a stage's run (`<... run>/...`).
+PORTABLE_START = re.compile(r"(builtin:|recipe:)[\w-]+|<[^<>/]+ run>/best\.safetensors")
 
 
 def absolute_paths(value) -> list[str]:
@@ -71,37 +76,6 @@ def absolute_paths(value) -> list[str]:
     return [value] if isinstance(value, str) and ABSOLUTE_PATH.search(value) else []
 
 
-def shipped_preset(config: str) -> str:
-    """The `--config` preset name a user reruns for the run's config; refused when the run used a TOML file
-    that is not shipped with the package (a scratch copy, a file elsewhere)."""
-    from pyramidal.config import CONFIGS_DIR, list_configs
-
-    name = preset_name(str(config))
-    path = Path(config)
-    if path.is_absolute() and path.resolve().is_relative_to(CONFIGS_DIR.resolve()):
-        name = path.resolve().relative_to(CONFIGS_DIR.resolve()).with_suffix("").as_posix()
-    if name not in list_configs():
-        raise NotPortable(f"config {config} is not a preset shipped in pyramidal/configs/: commit it there and "
-                          "train with --config NAME, so that the record names what a user can rerun")
-    return name
-
-
-def portable_config(config: dict, init_name: str | None) -> dict:
-    """The run's config as a user can rerun it: the preset's name, the start weights as `init_name` (a
-    `builtin:TASK` name or `<PRESET run>/best.safetensors`), and no run folder of this machine."""
-    portable = {k: v for k, v in config.items() if k not in ("out", "resume") and v is not None}
-    portable["config"] = shipped_preset(config["config"])
-    if config.get("init_weights"):
-        if str(config["init_weights"]).startswith("builtin:"):
-            init_name = config["init_weights"]  # a shipped file by name, as the recipe writes it
-        if not init_name:
-            raise NotPortable(f"init_weights {config['init_weights']} cannot be named as a shipped file or a "
-                              "preset's run")
-        portable["init_weights"] = init_name
-    check_portable(portable)
-    return portable
-
-
 def check_portable(record: dict) -> None:
     """Refuse a record that holds an absolute path anywhere."""
     found = absolute_paths(record)
@@ -109,13 +83,55 @@ def check_portable(record: dict) -> None:
         raise NotPortable(f"the record would hold a path of this machine: {found[0]!r}")
 
 
-def recipe_sets_init(config: str) -> bool:
-    """True when the recipe file itself starts from other weights (`init_weights = ...`, e.g. squares from the
-    packaged inpaint weights), rather than the command line's --init-weights."""
-    import tomllib
+def shipped_recipe(name: str | None, run: str = "the run") -> str:
+    """The shipped recipe a run was trained by; refused when it was trained any other way."""
+    from pyramidal.recipe import list_recipes
 
-    path = ROOT / "pyramidal" / "configs" / f"{preset_name(config)}.toml"
-    return path.is_file() and "init_weights" in tomllib.loads(path.read_text())
+    if not name or name not in list_recipes():
+        raise NotPortable(f"{run} was not trained by a recipe shipped in pyramidal/recipes/ (recipe: {name}); "
+                          "train it with `pyramidal train --recipe TASK`, so that the record names what a user "
+                          "can rerun")
+    return name
+
+
+def recipe_command(name: str) -> str:
+    """The commands that remake what recipe `name` makes, including the recipe it starts from."""
+    from pyramidal.recipe import RECIPE_PREFIX, load_recipe
+
+    start = str(load_recipe(name).shared.get("init_weights", ""))
+    before = recipe_command(start[len(RECIPE_PREFIX):]) + " && " if start.startswith(RECIPE_PREFIX) else ""
+    return f"{before}pyramidal train --recipe {name}"
+
+
+def start_name(init_weights: str | None) -> str | None:
+    """Start weights as a user can name them: builtin:TASK, recipe:NAME, or `<recipe NAME STAGE run>/...` for a
+    stage's best weights; None for anything else (a file only this machine has)."""
+    if not init_weights or PORTABLE_START.fullmatch(str(init_weights)):
+        return init_weights
+    path = Path(init_weights)
+    weights_dir = (ROOT / "pyramidal" / "weights").resolve()
+    if path.resolve().parent == weights_dir and path.suffix == ".safetensors":
+        return f"builtin:{path.stem}"
+    config = path.parent / "config.json"
+    if config.is_file():
+        earlier = json.loads(config.read_text())
+        if earlier.get("recipe") and earlier.get("stage"):
+            return f"<recipe {earlier['recipe']} {earlier['stage']} run>/best.safetensors"
+    return None
+
+
+def portable_config(config: dict) -> dict:
+    """The run's config as a user can rerun it: the recipe and stage, start weights by name (`start_name`), and
+    no run folder of this machine."""
+    portable = {k: v for k, v in config.items() if k not in ("out", "resume", "config") and v is not None}
+    if config.get("init_weights"):
+        name = start_name(config["init_weights"])
+        if not name:
+            raise NotPortable(f"init_weights {config['init_weights']} cannot be named as a shipped file, a recipe "
+                              "or a recipe stage's run")
+        portable["init_weights"] = name
+    check_portable(portable)
+    return portable
 
 
 def photo_list() -> list[dict[str, str]]:
@@ -128,15 +144,21 @@ def photo_list() -> list[dict[str, str]]:
 
 
 def photo_folders(data: str) -> list[str]:
-    """The folders of extra training photographs that `--data builtin+PATH` read (none for other data)."""
+    """The folders of extra training photographs that `--data builtin+A+B` read (none for other data): the
+    photo-list folders (mate-nature, ...) and bsds432."""
     if not data.startswith("builtin+"):
         return []
-    root = ROOT / data[len("builtin+"):].removeprefix("folder:")
-    if not root.is_dir():
-        return []
-    if root.parent.name == "photos" and root.name in {e["folder"] for e in photo_list()}:
-        return [root.name]  # one photo-list folder alone, e.g. builtin+.data/photos/mate-nature
-    return sorted(p.name for p in root.iterdir() if p.is_dir())
+    names = {e["folder"] for e in photo_list()}
+    folders = []
+    for part in data[len("builtin+"):].removeprefix("folder:").split("+"):
+        root = ROOT / part
+        if not root.is_dir():
+            continue
+        if root.name in names or root.name == "bsds432":
+            folders.append(root.name)  # one folder alone, e.g. builtin+.data/photos/mate-nature
+        else:
+            folders += sorted(p.name for p in root.iterdir() if p.is_dir())
+    return folders
 
 
 def training_data(folders: list[str]) -> tuple[list[str], int, list[str]]:
@@ -160,6 +182,10 @@ def training_data(folders: list[str]) -> tuple[list[str], int, list[str]]:
             f"scripts/get-training-photos.sh into .data/photos/{entries[0]['folder']}, which lists each file's "
             "path, author, licence and sha256 (docs/damage-and-data.md, Training photographs); not distributed "
             "with pyramidal")
+    if "bsds432" in folders:
+        lines.append(BSDS432)
+        count += 432
+        licences["BSDS500 research and education terms"] += 432
     return [*lines, NEVER_TRAINED_ON], count, list(licences)
 
 
@@ -185,8 +211,9 @@ def model_card(task: str, info: dict) -> dict:
                   "kernels, holes of other shapes or colours). Below the best classical method in some "
                   "settings (see scores). It invents plausible detail: not for forensic, medical or "
                   "identification use.",
-        "provenance": "trained by `pyramidal train` with the command above (on the CPU, bf16, each phase "
-                      "with its recipe's threads); packaged and scored by scripts/package-builtin-weights.py",
+        "provenance": f"trained by `pyramidal train` with the command above ({info.get('device') or 'on the CPU'}, "
+                      "bf16, each stage with its recipe's threads); packaged and scored by "
+                      "scripts/package-builtin-weights.py",
     }
 
 
@@ -221,7 +248,7 @@ def scored_settings(result: dict, prefix: str) -> list[dict]:
 
 
 def main(task: str, run_dir: str) -> None:
-    from pyramidal.checkpoint import load_weights, resolve_init_weights, save_weights
+    from pyramidal.checkpoint import load_weights, read_weights_info, resolve_init_weights, save_weights
     from pyramidal.evaluate import evaluate
     from pyramidal.models.summary import count_parameters
 
@@ -229,30 +256,20 @@ def main(task: str, run_dir: str) -> None:
     model = load_weights(run / "best.safetensors")
     info = model.info
     config = json.loads((run / "config.json").read_text())
+    recipe = shipped_recipe(config.get("recipe"), str(run))
     out = ROOT / "pyramidal" / "weights" / f"{task}.safetensors"
+    # Steps counted once: each earlier stage's best weights, back to the recipe's start; a packaged start (a
+    # shipped file) brings its own total.
     steps = info.get("step", info.get("steps"))
-    # Later phases start from the previous phase's best weights: follow init_weights back to phase 1, adding
-    # up the steps each phase's best weights had, and chain the commands in order.
-    commands = [f"pyramidal train --config {shipped_preset(config['config'])}"]
     previous = config.get("init_weights")
-    init_name = previous if previous and str(previous).startswith("builtin:") else None
     while previous:
         previous = resolve_init_weights(previous)  # builtin:TASK → the packaged file
-        earlier = previous.parent
-        record = json.loads(previous.with_suffix(".json").read_text())
+        record = read_weights_info(previous)
         steps += record["steps"]
-        if "command" in record:  # a packaged file (e.g. the shipped weights): its sidecar has the whole chain
-            if not recipe_sets_init(config["config"]):  # else the recipe itself names the packaged file
-                init_name = init_name or f"<{shipped_preset(record['config']['config'])} run>/best.safetensors"
-                commands[0] += f" --init-weights {init_name}"
-            commands.insert(0, preset_name(record["command"]))
+        if "command" in record:  # a packaged file: its total already counts its own chain
             break
-        earlier_config = json.loads((earlier / "config.json").read_text())
-        init_name = init_name or f"<{shipped_preset(earlier_config['config'])} run>/best.safetensors"
-        commands[0] += f" --init-weights <{shipped_preset(earlier_config['config'])} run>/best.safetensors"
-        commands.insert(0, f"pyramidal train --config {preset_name(earlier_config['config'])}")
-        previous = earlier_config.get("init_weights")
-    command = " && ".join(commands)
+        previous = json.loads((previous.parent / "config.json").read_text()).get("init_weights")
+    command = recipe_command(recipe)
     metadata = {
         "task": task,
         "task_options": info.get("task_options", {}),
@@ -262,7 +279,7 @@ def main(task: str, run_dir: str) -> None:
         "steps": steps,
         "val_psnr_64px": info.get("val_psnr"),
         "command": command,
-        "config": portable_config(config, init_name),
+        "config": portable_config(config),
         "dtype": "float16",
     }
     metadata.update(model_card(task, metadata))
@@ -289,19 +306,16 @@ def main(task: str, run_dir: str) -> None:
 
 
 def refresh_card(task: str) -> None:
-    """Rewrite the record of a shipped file (card, preset names in the command) without touching its tensors."""
+    """Rewrite the record of a shipped file (model card, portable config) without touching its tensors."""
     from safetensors.torch import load_file
 
     from pyramidal.checkpoint import read_weights_info, save_state
 
     path = WEIGHTS / f"{task}.safetensors"
     info = read_weights_info(path)
-    info["command"] = preset_name(info["command"])
     info.setdefault("training_photos", DEFAULT_PHOTO_FOLDERS)
     info.update(model_card(task, info))
-    # The last phase's start weights, as its command names them (the run of the phase before, or builtin:TASK).
-    starts = re.findall(r"--init-weights (\S+)", info["command"].split(" && ")[-1])
-    info["config"] = portable_config(info["config"], starts[-1] if starts else None)
+    info["config"] = portable_config(info["config"])
     check_portable(info)
     save_state(load_file(str(path)), path, info)
     print(f"{task}: record and card written into {path}")

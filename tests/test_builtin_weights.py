@@ -1,6 +1,7 @@
 """The trained weights shipped inside the package, and the demo that shows them."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -29,10 +30,11 @@ def test_every_task_ships_weights_and_they_stay_small():
 def test_builtin_weights_load_and_describe_themselves(task):
     model = load_restorer("builtin", task)
     assert model.info["task"] == task
-    # The chain of commands that made it (squares, block and grid start from the inpaint weights' chain).
+    # The recipes that made it (squares, block and grid start from what the inpaint recipe makes).
     steps = model.info["command"].split(" && ")
-    assert all(step.startswith("pyramidal train --config builtin/") for step in steps)
-    assert any(step.startswith(f"pyramidal train --config builtin/{task}") for step in steps)
+    assert steps[-1] == f"pyramidal train --recipe {task}"
+    assert all(re.fullmatch(r"pyramidal train --recipe [\w-]+", step) for step in steps)
+    assert model.info["config"]["recipe"] == task
     assert model.info["scores"], "scores measured by pyramidal evaluate are recorded"
     assert not model.training
 

@@ -458,7 +458,7 @@ def test_builtin_inpaint_weights_or_a_clear_hint(tmp_path, capsys):
         assert needs_mask(load_weights(builtin_weights_path("inpaint")))
         return
     with pytest.raises(PyramidalError, match=r"no built-in weights for inpaint .*train them with "
-                                             r"`pyramidal train --config builtin/inpaint`"):
+                                             r"`pyramidal train --recipe inpaint`"):
         builtin_weights_path("inpaint")
 
 

@@ -57,7 +57,7 @@ def test_the_fresh_machine_guarantee_stays():
 
 def test_package_data_carries_presets_weights_and_py_typed():
     data = " ".join(PROJECT["tool"]["setuptools"]["package-data"]["pyramidal"])
-    for pattern in ("py.typed", "configs/*.toml", "configs/builtin/*.toml", "weights/*.safetensors"):
+    for pattern in ("py.typed", "configs/*.toml", "recipes/*.toml", "weights/*.safetensors"):
         assert pattern in data
     assert (ROOT / "pyramidal" / "py.typed").is_file()
     assert not (ROOT / "configs").exists()  # one copy of the presets, inside the package
@@ -65,10 +65,9 @@ def test_package_data_carries_presets_weights_and_py_typed():
 
 def test_presets_by_name_and_paths_still_work(tmp_path):
     names = list_configs()
-    assert {"quick", "noise", "builtin/noise", "builtin/jpeg-phase5"} <= set(names)
+    assert {"quick", "noise", "squares"} <= set(names)
     assert find_config("quick") == CONFIGS_DIR / "quick.toml"
-    assert find_config("builtin/noise") == CONFIGS_DIR / "builtin" / "noise.toml"
-    assert find_config("configs/builtin/noise.toml") == CONFIGS_DIR / "builtin" / "noise.toml"  # older commands
+    assert find_config("configs/noise.toml") == CONFIGS_DIR / "noise.toml"
     mine = tmp_path / "quick.toml"
     mine.write_text('task = "noise"\n')
     assert find_config(mine) == mine  # a file wins over a preset of the same name

@@ -73,25 +73,35 @@ def test_the_guards_pass_portable_names(text):
     assert not MACHINE_PATH.search(text)
 
 
-def test_the_packager_names_a_run_as_a_user_reruns_it():
+def test_the_packager_names_a_run_as_a_user_reruns_it(tmp_path):
     packager = load_packager()
-    config = {"config": str(CONFIGS_DIR / "builtin" / "noise.toml"), "out": "/work/runs-bg/phase3",
-              "init_weights": "/work/runs-bg/phase2/noise/best.safetensors", "data": "builtin+.data/photos",
-              "lr": 1e-4, "threads": None}
-    portable = packager.portable_config(config, "<builtin/noise run>/best.safetensors")
-    assert portable == {"config": "builtin/noise", "init_weights": "<builtin/noise run>/best.safetensors",
-                        "data": "builtin+.data/photos", "lr": 1e-4}
-    assert packager.portable_config({"config": "builtin/squares", "init_weights": "builtin:inpaint"},
-                                    None)["init_weights"] == "builtin:inpaint"
+    earlier = tmp_path / "stage-2" / "noise" / "pyramidal23456" / "stamp"
+    earlier.mkdir(parents=True)
+    (earlier / "config.json").write_text(json.dumps({"recipe": "noise", "stage": "stage-2"}))
+    config = {"recipe": "noise", "stage": "stage-3", "out": str(tmp_path / "stage-3"), "config": None,
+              "init_weights": str(earlier / "best.safetensors"), "data": "builtin+.data/photos", "lr": 1e-4,
+              "threads": None}
+    assert packager.portable_config(config) == {
+        "recipe": "noise", "stage": "stage-3", "init_weights": "<recipe noise stage-2 run>/best.safetensors",
+        "data": "builtin+.data/photos", "lr": 1e-4}
+    shipped = packager.portable_config({"recipe": "noise", "init_weights": str(WEIGHTS_DIR / "noise.safetensors")})
+    assert shipped["init_weights"] == "builtin:noise"
+    assert packager.portable_config({"init_weights": "recipe:inpaint"})["init_weights"] == "recipe:inpaint"
+    assert packager.recipe_command("squares") == "pyramidal train --recipe inpaint && pyramidal train --recipe squares"
 
 
-@pytest.mark.parametrize("config, init, message", [
-    ({"config": "/work/runs-bg/inpaint-phase5.toml"}, None, "not a preset shipped"),
-    ({"config": "builtin/noise", "init_weights": "/work/runs-bg/shipped-old/noise.safetensors"}, None,
-     "cannot be named"),
-    ({"config": "builtin/noise", "data": "folder:/home/me/photos"}, None, "path of this machine"),
+@pytest.mark.parametrize("config, message", [
+    ({"init_weights": "/work/runs-bg/shipped-old/noise.safetensors"}, "cannot be named"),
+    ({"recipe": "noise", "data": "folder:/home/me/photos"}, "path of this machine"),
 ])
-def test_the_packager_refuses_a_machine_path(config, init, message):
+def test_the_packager_refuses_a_machine_path(config, message):
     packager = load_packager()
     with pytest.raises(packager.NotPortable, match=message):
-        packager.portable_config(config, init)
+        packager.portable_config(config)
+
+
+@pytest.mark.parametrize("recipe", [None, "inpaint-phase5", "/work/runs-bg/inpaint-phase5.toml"])
+def test_the_packager_refuses_a_run_not_made_by_a_shipped_recipe(recipe):
+    packager = load_packager()
+    with pytest.raises(packager.NotPortable, match="not trained by a recipe shipped"):
+        packager.shipped_recipe(recipe, "RUN")

@@ -372,9 +372,11 @@ def test_ablation_commands_and_table(tmp_path):
     ab = _ablation()
     args = ab.parse_args(["--candidates", "baseline,nafnet", "--cpu-minutes", "3", "--nice", "10",
                           "--out", str(tmp_path)])
+    args.config = ab.base_config(args, tmp_path / "noise")
+    assert "lr = 0.001" in (tmp_path / "noise" / "base.toml").read_text()  # the noise recipe's first stage
     train, evaluate = ab.commands(args, "nafnet", tmp_path / "nafnet")
     assert train[:3] == ["nice", "-n", "10"]
-    assert train[train.index("--max-cpu-minutes") + 1] == "3" and train[train.index("--config") + 1] == "builtin/noise"
+    assert train[train.index("--max-cpu-minutes") + 1] == "3" and train[train.index("--config") + 1] == str(tmp_path / "noise" / "base.toml")
     assert train[-4:] == ["--model-option", "block=nafnet", "--growth", "7"]
     assert evaluate[evaluate.index("--sigma") + 1:] == ["15", "25", "50"]
     results = [{"name": n, "change": ab.CANDIDATES[n][0], "steps": 10, "run_dir": "R", "psnr": {"sigma=25": v},
@@ -438,22 +440,22 @@ def test_init_weights_builtin_task_names_the_shipped_file(tmp_path):
         resolve_init_weights("builtin:nonsense")
 
 
-def test_recipes_that_start_from_builtin_weights_train_after_them():
-    """scripts/train-builtin.sh trains a recipe with init_weights = "builtin:X" in a second round, after X is
-    packaged: X must ship, and must not itself start from built-in weights, and the script must say so."""
+def test_recipes_that_start_from_another_recipe_train_after_it():
+    """scripts/train-builtin.sh trains a recipe with init_weights = "recipe:X" in a second round, after X: X must
+    be a shipped recipe that does not itself start from another, and the script must say so."""
     import tomllib
 
-    configs = REPO / "pyramidal" / "configs" / "builtin"
+    from pyramidal.recipe import RECIPES_DIR
+
     derived = {}
-    for path in configs.glob("*.toml"):
+    for path in RECIPES_DIR.glob("*.toml"):
         init = tomllib.loads(path.read_text()).get("init_weights")
         if init:
-            assert init.startswith("builtin:"), f"{path.name}: a recipe may start only from shipped weights"
-            derived[path.stem] = init.removeprefix("builtin:")
-    assert derived, "squares, block and grid start from the inpaint weights"
+            assert init.startswith("recipe:"), f"{path.name}: a recipe starts from another recipe, by name"
+            derived[path.stem] = init.removeprefix("recipe:")
+    assert derived, "squares, block and grid start from what the inpaint recipe makes"
     for recipe, source in derived.items():
-        assert "-phase" not in recipe, f"{recipe}: later phases start from the previous phase's run"
-        assert (REPO / "pyramidal" / "weights" / f"{source}.safetensors").is_file(), recipe
-        assert source not in derived, f"{recipe} starts from {source}, which starts from other weights"
+        assert (RECIPES_DIR / f"{source}.toml").is_file(), recipe
+        assert source not in derived, f"{recipe} starts from {source}, which starts from another recipe"
     script = (REPO / "scripts" / "train-builtin.sh").read_text()
-    assert """grep -q '^init_weights = "builtin:'""" in script and 'train_set "${after[@]}"' in script
+    assert """grep -q '^init_weights *= *"recipe:'""" in script and 'train_set "${after[@]}"' in script

@@ -26,10 +26,10 @@ from pyramidal.checkpoint import (
     sidecar_path,
 )
 from pyramidal.cli import main
-from pyramidal.config import list_configs
 from pyramidal.errors import PyramidalError
 from pyramidal.inference import WEIGHTS_DIR, available_builtin_weights
 from pyramidal.models import create_model
+from pyramidal.recipe import list_recipes
 
 FAST = ["--device", "cpu", "--precision", "fp32"]
 
@@ -130,16 +130,16 @@ def test_builtin_files_carry_licence_provenance_and_card(task):
     data = " ".join(record["training_data"])
     assert "mate-backgrounds" in data and "GPL-2+" in data and "scikit-image" in data
     assert record["intended_use"] and record["limits"] and record["provenance"] and record["scores"]
-    # Every command it records runs from an installed package: the --config names are shipped presets, found
+    # Every command it records runs from an installed package: the --recipe names are shipped recipes, found
     # by name inside the package (never a file that happens to exist on this machine).
-    names = re.findall(r"--config (\S+)", record["command"])
-    assert names and all(name in list_configs() for name in names), names
-    assert record["config"]["config"] in list_configs()
+    names = re.findall(r"--recipe (\S+)", record["command"])
+    assert names and all(name in list_recipes() for name in names), names
+    assert record["config"]["recipe"] == task and "config" not in record["config"]
 
 
 def test_weights_command_shows_the_model_card(capsys):
     assert main(["weights", "noise"]) == 0
     card = capsys.readouterr().out
-    for part in ("licence", "MIT", "GPL-2+", "intended use", "limits", "pyramidal train --config builtin/noise",
+    for part in ("licence", "MIT", "GPL-2+", "intended use", "limits", "pyramidal train --recipe noise",
                  "sigma=50"):
         assert part in card, part

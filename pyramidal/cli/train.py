@@ -28,7 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("what to learn")
     g.add_argument("--config", metavar="FILE", default=S,
                    help="TOML file with any of these options, or a preset shipped with pyramidal: quick, noise, "
-                        "squares, ..., builtin/TASK (the recipes of the built-in weights)")
+                        "squares, ... (the built-in weights' recipes: --recipe)")
+    g.add_argument("--recipe", metavar="NAME", default=S,
+                   help="train a whole recipe (pyramidal/recipes/NAME.toml or a TOML file): every stage in order, "
+                        "each from the previous stage's best weights, under OUT/NAME/; run again to continue; "
+                        "other flags apply to every stage")
+    g.add_argument("--stages", metavar="K[-L]", default=S,
+                   help="with --recipe: train only stages K to L (1-based)")
     g.add_argument("--resume", metavar="RUN_DIR", default=S,
                    help="continue a run exactly where it stopped (flags given here override its config)")
     g.add_argument("--task", default=S, help=common.task_help() + " [squares]")
@@ -141,6 +147,12 @@ def run(args: argparse.Namespace) -> int:
     from pyramidal.train import Trainer
 
     overrides = overrides_from_args(args)
+    if "recipe" in overrides:
+        return run_recipe_command(overrides)
+    if "stages" in overrides:
+        from pyramidal.errors import PyramidalError
+
+        raise PyramidalError("--stages selects stages of a recipe: give --recipe NAME")
     if overrides.get("resume"):
         resume = overrides.pop("resume")
         config = resume_config(resume, overrides)
@@ -152,3 +164,16 @@ def run(args: argparse.Namespace) -> int:
     trainer = Trainer(config)
     trainer.fit()
     return 130 if trainer.interrupted else 0
+
+
+def run_recipe_command(overrides: dict) -> int:
+    """`train --recipe NAME [--stages K-L] [--out DIR] [flags for every stage]`."""
+    from pyramidal.errors import PyramidalError
+    from pyramidal.recipe import run_recipe
+
+    name, stages = overrides.pop("recipe"), overrides.pop("stages", None)
+    if "config" in overrides or "resume" in overrides:
+        raise PyramidalError("--recipe trains a recipe's stages; give it without --config or --resume "
+                             "(the same command again continues a stopped recipe)")
+    run_recipe(name, overrides.pop("out", "runs/recipes"), stages, overrides)
+    return 0
