@@ -464,7 +464,7 @@ class CameraTask(Task):
         TaskOption("demosaic", str, f"the Bayer mosaic's demosaicing: {', '.join(camera.DEMOSAICS)} (none: no "
                    "mosaic, independent noise per colour)", f"drawn per image: {' or '.join(camera.DRAWN_DEMOSAICS)}"),
         TaskOption("quality", int, "JPEG quality 1-100, 0 for no JPEG",
-                   f"drawn per image: none for {1 - camera.JPEG_SHARE:.0%}, else "
+                   f"drawn per image: none with probability {1 - camera.JPEG_SHARE:g}, else "
                    f"{camera.QUALITY_RANGE[0]}-{camera.QUALITY_RANGE[1]}"),
     )
     # Classical denoisers with no σ given (a user knows none for a photograph): estimated, or the oracle's best.
