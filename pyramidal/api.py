@@ -181,6 +181,14 @@ def clear_cache() -> None:
         _CACHE.clear()
 
 
+def _check_finite(arr: np.ndarray) -> None:
+    """PyramidalError unless every value is finite: min and max skip NaN, and one NaN spreads over the output."""
+    finite = np.isfinite(arr)
+    if not finite.all():
+        raise PyramidalError(f"restore: {arr.size - int(finite.sum())} of the image's {arr.size} pixel values are "
+                             "not finite (NaN or infinity); replace them before restoring")
+
+
 def _split_channels(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, bool]:
     """H×W, H×W×1/2/3/4 → (H×W×3 colour, alpha or None, grayscale)."""
     if arr.ndim == 2:
@@ -213,8 +221,9 @@ def _restore_pixels(model: Any, image: np.ndarray, **options: Any) -> np.ndarray
     if arr.dtype == np.bool_ or not (arr.dtype in (np.uint8, np.uint16) or np.issubdtype(arr.dtype, np.floating)):
         raise PyramidalError(f"restore: pixels of type {arr.dtype}; expected uint8, uint16 or floats in [0, 1]")
     if np.issubdtype(arr.dtype, np.floating) and arr.size:
-        low, high = float(np.nanmin(arr)), float(np.nanmax(arr))
-        if not (np.isfinite(low) and np.isfinite(high)) or low < -1e-3 or high > 1 + 1e-3:
+        _check_finite(arr)
+        low, high = float(arr.min()), float(arr.max())
+        if low < -1e-3 or high > 1 + 1e-3:
             raise PyramidalError(f"restore: float pixels must lie in [0, 1], got {low:g} to {high:g} "
                                  "(divide 8-bit values by 255, or pass a uint8 array)")
     rgb, alpha, grayscale = _split_channels(arr)
@@ -239,21 +248,37 @@ def _pil_from_array(arr: np.ndarray) -> Image.Image:
 
 
 def _restore_pil(model: Any, img: Image.Image, **options: Any) -> Image.Image:
+    """A PIL image restored into a new one; its metadata (EXIF as it is, ICC profile, DPI, PNG colour chunks) is
+    carried into the result's `info`, as Pillow's readers put it there."""
     from PIL import Image
 
-    from pyramidal.io import load_pil
+    from pyramidal.io import NonFinitePixels, image_metadata, load_pil
 
+    metadata = image_metadata(img)  # not turned upright here: a PIL image is taken as it is
     if img.mode in _ARRAY_MODES:
         arr = np.asarray(img)
         arr = arr.astype(np.uint16) if img.mode.startswith("I;16") else arr
-        return _pil_from_array(_restore_pixels(model, arr, **options))
+        return _with_metadata(_pil_from_array(_restore_pixels(model, arr, **options)), metadata)
     if img.mode == "F":
-        arr = np.nan_to_num(np.asarray(img, dtype=np.float32))
+        arr = np.asarray(img, dtype=np.float32)
+        _check_finite(arr)
         scale = 1.0 if arr.max(initial=0) <= 1.0 else 255.0  # as the file reader takes F images
         out = _restore_pixels(model, np.clip(arr / scale, 0, 1), **options) * scale
-        return Image.fromarray(out.astype(np.float32), "F")
-    loaded = load_pil(img)  # palette, 1-bit, CMYK, I, ...: as the file reader sees them
-    return _pil_from_array(_restore_pixels(model, _loaded_pixels(loaded, deep=True), **options))
+        return _with_metadata(Image.fromarray(out.astype(np.float32), "F"), metadata)
+    try:
+        loaded = load_pil(img)  # palette, 1-bit, CMYK, I, ...: as the file reader sees them
+    except NonFinitePixels as exc:
+        raise PyramidalError(f"restore: {exc}") from None
+    return _with_metadata(_pil_from_array(_restore_pixels(model, _loaded_pixels(loaded, deep=True), **options)),
+                          metadata)
+
+
+def _with_metadata(img: Image.Image, metadata: Any) -> Image.Image:
+    """`img` with `metadata` (an `io.ImageMetadata`) in its `info`; an ICC profile of the other colour kind is
+    left out."""
+    gray = img.mode in ("L", "LA", "I;16", "F")
+    img.info.update(metadata.for_colour(grayscale=gray).pil_info())
+    return img
 
 
 def _loaded_pixels(loaded: Any, deep: bool) -> np.ndarray:
@@ -288,10 +313,13 @@ def restore(image: str | os.PathLike | Image.Image | np.ndarray, task: str = "no
         image comes back in its mode (RGB, RGBA, L, LA, I;16, F); other modes come back as RGB(A) or L(A).
         A path gives a PIL image: RGB, RGBA, L, LA, or I;16 for a 16-bit grayscale file (a 16-bit colour file
         is restored at 16 bits and returned as 8-bit RGB, the deepest colour mode PIL has; write 16-bit
-        files with `pyramidal restore`).
+        files with `pyramidal restore`). A PIL image out carries the input's metadata in its `info`, as
+        Pillow's readers put it there: "exif" (for a path, with the orientation set to 1, since the pixels
+        are upright), "icc_profile", "dpi", and PNG's "gamma", "chromaticity" and "srgb".
 
     Raises:
-        PyramidalError: an unreadable file, pixels outside the accepted types or ranges, unknown weights.
+        PyramidalError: an unreadable file, pixels outside the accepted types or ranges, NaN or infinity among
+            the pixels, an empty image, unknown weights, weights that give NaN or infinity.
         TypeError: `image` is none of the accepted kinds.
     """
     from PIL import Image
@@ -303,10 +331,11 @@ def restore(image: str | os.PathLike | Image.Image | np.ndarray, task: str = "no
     if isinstance(image, (str, os.PathLike)):
         from pyramidal.io import read_image
 
-        out = _restore_pixels(model, _loaded_pixels(read_image(image), deep=True), **options)
+        loaded = read_image(image)
+        out = _restore_pixels(model, _loaded_pixels(loaded, deep=True), **options)
         if out.dtype == np.uint16 and out.ndim == 3:  # 16-bit colour: PIL has no such mode
             out = np.rint(out / 257.0).astype(np.uint8)
-        return _pil_from_array(out)
+        return _with_metadata(_pil_from_array(out), loaded.metadata)
     if isinstance(image, Image.Image):
         return _restore_pil(model, image, **options)
     if isinstance(image, np.ndarray):

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from pyramidal.errors import PyramidalError
-from pyramidal.io import atomic_write, jsonable, read_json
+from pyramidal.io import atomic_write, jsonable, read_json, special_file
 
 # The safetensors metadata key holding the JSON-encoded record (architecture, options, task, scores, ...).
 METADATA_KEY = "pyramidal"
@@ -60,6 +60,8 @@ def weights_file(path: str | os.PathLike) -> Path:
         raise PyramidalError(f"{path}: folder holds no {FOLDER_WEIGHTS} (with {FOLDER_CONFIG}) or best.safetensors")
     if not path.exists():
         raise PyramidalError(f"{path}: no such weights file")
+    if special_file(path):  # opening a FIFO would wait for a writer
+        raise PyramidalError(f"{path}: not a regular file ({special_file(path)}); not a weights file")
     return path
 
 
@@ -221,8 +223,13 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
         None.
 
     Raises:
-        PyramidalError: missing, unexpected or differently shaped tensors (counted, with an example each).
+        PyramidalError: missing, unexpected or differently shaped tensors (counted, with an example each), or
+        tensors holding NaN or infinity (weights of a diverged run restore black images).
     """
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise PyramidalError(f"{source}: {len(broken)} tensor(s) hold NaN or infinity (e.g. {broken[0]}); these "
+                             "weights are broken (a diverged run?) and cannot restore anything")
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -364,6 +371,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.exists():
         raise PyramidalError(f"{path}: no such checkpoint")
+    if special_file(path):
+        raise PyramidalError(f"{path}: not a regular file ({special_file(path)}); not a checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, bad pickle, disallowed global: all mean "not loadable"

@@ -7,3 +7,21 @@ class PyramidalError(Exception):
 
 class OptionError(PyramidalError, ValueError):
     """A bad option value (a model option, a tile size, ...); also a ValueError for library callers."""
+
+
+def printable(text: str) -> str:
+    """`text` with every character a terminal would not show as itself escaped, so that a message naming a file
+    stays one line and names it exactly, whatever the name holds: control characters as `\\n`, `\\x1b`, ...,
+    and bytes that were not valid UTF-8 (Python's surrogate escapes of file names) as `\\xff`."""
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        code = ord(char)
+        if char.isprintable():
+            out.append(char)
+        elif 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for the undecodable byte code - 0xDC00
+            out.append(f"\\x{code - 0xDC00:02x}")
+        else:
+            out.append(repr(char)[1:-1])  # \n, \t, \x1b, \u202e
+    return "".join(out)

@@ -53,8 +53,9 @@ def _require(module: str) -> None:
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_OPSET, example_size: int = 64,
-                metadata: dict | None = None) -> Path:
-    """Write `model` (fp32, eval) as ONNX with dynamic batch, H and W; returns the path.
+                metadata: dict | None = None, exclusive: bool = False) -> Path:
+    """Write `model` (fp32, eval) as ONNX with dynamic batch, H and W; returns the path. `exclusive`: only if
+    no file is at `path` when the export is done (`io.atomic_write`).
 
     Input `image` and output `restored` are float32 B×3×H×W in [-1, 1]; H and W must be at least
     `min_side(model)` (32 for five-level pyramids). The file's metadata holds `pyramidal` (JSON: the model
@@ -109,8 +110,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_
         onnx.save_model(proto, tmp)
 
     try:
-        atomic_write(path, write)
-    except PyramidalError:
+        atomic_write(path, write, exclusive=exclusive)
+    except (PyramidalError, OSError):
         raise
     except Exception as exc:  # the exporter raises many types; say which model and why in one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -31,12 +31,16 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def _save(fig, path: str | os.PathLike, exclusive: bool = False) -> Path:
+    """Write `fig` as a PNG, atomically; `exclusive`: only if no file is there (`io.atomic_write`)."""
     from pyramidal.io import atomic_write
 
     path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=fig.dpi, bbox_inches="tight"))
-    _pyplot().close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=fig.dpi, bbox_inches="tight"),
+                     exclusive=exclusive)
+    finally:
+        _pyplot().close(fig)
     return path
 
 
@@ -48,8 +52,10 @@ def image_grid(
     row_titles: Sequence[str] | None = None,
     title: str | None = None,
     tile_inches: float = 1.9,
+    exclusive: bool = False,
 ) -> Path:
-    """A grid of uint8 H×W×3 tiles, one row per image, with column titles and a caption (e.g. PSNR) under each."""
+    """A grid of uint8 H×W×3 tiles, one row per image, with column titles and a caption (e.g. PSNR) under each;
+    `exclusive`: written only if no file is at `path` (`io.atomic_write`)."""
     plt = _pyplot()
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(tile_inches * n_cols, (tile_inches + 0.35) * n_rows + 0.4),
@@ -72,7 +78,7 @@ def image_grid(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, exclusive)
 
 
 def spread(n: int, k: int) -> list[int]:
@@ -95,6 +101,7 @@ def comparison_figure(
     names: Sequence[str] | None = None,
     rows: int = 4,
     title: str | None = None,
+    exclusive: bool = False,
 ) -> Path:
     """Ground truth, then one column per method, for `rows` images spread over the set; PSNR under each tile.
 
@@ -106,7 +113,7 @@ def comparison_figure(
         grid.append([clean[i]] + [images[i] for _, images, _ in columns])
         captions.append([names[i] if names else ""] + [f"{scores[i]:.2f} dB" for _, _, scores in columns])
     titles = ["ground truth"] + [column_title for column_title, _, _ in columns]
-    return image_grid(grid, path, column_titles=titles, captions=captions, title=title)
+    return image_grid(grid, path, column_titles=titles, captions=captions, title=title, exclusive=exclusive)
 
 
 def line_plot(

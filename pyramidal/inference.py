@@ -212,9 +212,13 @@ DIHEDRAL = tuple((k, flip) for flip in (False, True) for k in range(4))
 
 
 def _forward(model: InferenceModel, x: torch.Tensor, ensemble: bool) -> torch.Tensor:
-    """One batch through the prepared model; with `ensemble`, the mean over the 8 flips/rotations."""
+    """One batch through the prepared model; with `ensemble`, the mean over the 8 flips/rotations.
+
+    An output holding NaN or infinity is a PyramidalError naming the weights: clamped, it would be written
+    as a black image and reported as a success.
+    """
     if not ensemble:
-        return model(x)
+        return _finite_output(model, model(x))
     total = None
     for k, flip in DIHEDRAL:
         t = torch.rot90(x, k, dims=(-2, -1))
@@ -225,7 +229,16 @@ def _forward(model: InferenceModel, x: torch.Tensor, ensemble: bool) -> torch.Te
             y = y.flip(-1)
         y = torch.rot90(y, -k, dims=(-2, -1))
         total = y if total is None else total + y
-    return total / len(DIHEDRAL)
+    return _finite_output(model, total / len(DIHEDRAL))
+
+
+def _finite_output(model: InferenceModel, y: torch.Tensor) -> torch.Tensor:
+    if not torch.isfinite(y).all():
+        source = getattr(_unwrapped(model), "weights_path", None) or "the model"
+        raise PyramidalError(f"{source}: the restored pixels hold NaN or infinity (precision {model.precision}); "
+                             "these weights are broken, or overflow at this precision (try --precision fp32); "
+                             "nothing was written")
+    return y
 
 
 def tile_layout(length: int, tile: int, overlap: int, multiple: int = 1) -> tuple[int, list[int]]:
@@ -453,6 +466,8 @@ def restore_array(model: Callable, image: torch.Tensor, *, tile: int | None = DE
         raise PyramidalError(f"--strength {strength}: must be between 0 and 2 (1 = the model as trained)")
     if image.ndim != 3 or image.shape[0] != 3:
         raise PyramidalError(f"expected a 3×H×W image, got shape {tuple(image.shape)}")
+    _check_input(image)
+    image = image.float()  # float64 or float16 in: the models take float32 (autocast lowers it where asked)
     if isinstance(mask, str):
         if mask != "auto":
             raise PyramidalError(f"mask {mask!r}: give an H×W array of holes, or 'auto' for magenta holes")
@@ -517,6 +532,19 @@ def _with_strength(image: torch.Tensor, restored: torch.Tensor, strength: float)
     return (source + strength * (restored - source)).clamp(-1, 1)
 
 
+def _check_input(image: torch.Tensor) -> None:
+    """PyramidalError for a C×H×W image that cannot be restored: empty, not floats, NaN or infinity."""
+    if image.shape[-2] == 0 or image.shape[-1] == 0:
+        raise PyramidalError(f"an empty image ({image.shape[-1]}×{image.shape[-2]} px): nothing to restore")
+    if not image.is_floating_point():
+        raise PyramidalError(f"restore_array takes floats in [-1, 1], not {image.dtype} (restore_image takes "
+                             "8-bit pixels)")
+    finite = torch.isfinite(image)
+    if not finite.all():
+        raise PyramidalError(f"{image.numel() - int(finite.sum())} of the image's {image.numel()} values are not "
+                             "finite (NaN or infinity); replace them before restoring")
+
+
 def _to_float_chw(image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, bool, bool]:
     """uint8 image in any accepted layout → (float 3×H×W in [-1, 1], was a tensor, was H×W×3 or H×W numpy)."""
     is_tensor = isinstance(image, torch.Tensor)
@@ -538,6 +566,8 @@ def _to_float_chw(image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, bool,
         hwc = True
     elif arr.ndim != 3 or arr.shape[0] != 3:
         raise PyramidalError(f"restore_image expects H×W×3, 3×H×W or H×W pixels, got shape {tuple(arr.shape)}")
+    if arr.shape[1] == 0 or arr.shape[2] == 0:
+        raise PyramidalError(f"an empty image ({arr.shape[2]}×{arr.shape[1]} px): nothing to restore")
     return arr.float().div_(127.5).sub_(1.0), is_tensor, hwc  # in place: one float copy of a large photo, not three
 
 
@@ -723,6 +753,7 @@ def restore_files(
     progress: bool | None = False,
     on_skip: Callable[[Path, str], None] | None = None,
     mask: str | os.PathLike | None = None,
+    strip_metadata: bool = False,
     **options,
 ) -> list[FileResult]:
     """Restore image files into a folder; a bad input becomes an error result and the others go on.
@@ -732,6 +763,8 @@ def restore_files(
         inputs: image files and folders (a folder stands for the images in it).
         outdir: the output folder; `photo.jpg` becomes `outdir/photo.png` (or the `format`'s suffix).
         overwrite: allow an output to replace an existing file, an input file included (never done otherwise).
+            Without it each output is claimed when it is written: a file another run wrote there meanwhile is
+            left as it is and this input's result is an error.
         on_result: called with each FileResult as soon as it is known.
         recursive: also read the sub-folders of a folder, mirroring them under `outdir`.
         format: png, jpg, webp or tiff. A 16-bit input gives a 16-bit PNG or TIFF.
@@ -742,6 +775,8 @@ def restore_files(
         mask: the holes to fill, or None: a mask image (`io.read_mask`) when there is one input, a folder of
             masks with the inputs' file stems (any image suffix), or "auto" for magenta holes. An input whose
             mask is missing or bad is an error result.
+        strip_metadata: write the outputs without the inputs' EXIF, ICC profile, DPI and PNG colour chunks
+            (by default each output carries what its format can hold: `pyramidal.io.FORMAT_METADATA`).
         **options: for `restore_array`: tile, overlap, batch_size, device, precision, ensemble, strength, sigma.
 
     Returns:
@@ -782,7 +817,8 @@ def restore_files(
                 rgb = restore_image(model, loaded.rgb, device=dev, precision=prec, progress=progress, mask=holes,
                                     **options)
                 alpha = loaded.alpha
-            write_image(rgb, out, alpha, loaded.grayscale, format=fmt, quality=quality)
+            write_image(rgb, out, alpha, loaded.grayscale, format=fmt, quality=quality,
+                        metadata=None if strip_metadata else loaded.metadata, exclusive=not overwrite)
         except PyramidalError as exc:
             result.error = str(exc)
         except OSError as exc:

@@ -13,6 +13,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
+from pyramidal.errors import printable
+
 # Seconds between plain lines when stderr is a file or a pipe.
 PLAIN_INTERVAL = 10.0
 
@@ -99,7 +101,8 @@ class PlainProgress:
 
 
 def say(message: str, file: TextIO | None = None) -> None:
-    """Print a line without tearing a progress bar on the terminal (the bar is redrawn below it).
+    """Print a line without tearing a progress bar on the terminal (the bar is redrawn below it); characters a
+    terminal would not show as themselves are escaped (`errors.printable`).
 
     Args:
         message: the line to print.
@@ -108,6 +111,7 @@ def say(message: str, file: TextIO | None = None) -> None:
     Returns:
         None.
     """
+    message = printable(message)  # a file name with a newline or undecodable bytes stays on its line
     tqdm_module = sys.modules.get("tqdm")
     if tqdm_module is not None and getattr(tqdm_module.tqdm, "_instances", None):
         tqdm_module.tqdm.write(message, file=file or sys.stdout)

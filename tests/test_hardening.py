@@ -332,7 +332,7 @@ def test_evaluate_unwritable_json_fails_before_the_work(tmp_path, photo_folder, 
 def test_evaluate_prints_the_table_before_writing_files(tmp_path, photo_folder, capsys, monkeypatch):
     import pyramidal.cli.common
 
-    def disk_full(data, target):
+    def disk_full(data, target, **_):
         raise OSError(errno.ENOSPC, "No space left on device", target)
 
     monkeypatch.setattr(pyramidal.cli.common, "write_json_output", disk_full)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
 from pyramidal import __version__
-from pyramidal.errors import PyramidalError
+from pyramidal.errors import PyramidalError, printable
 
 # Order is the order shown in `pyramidal --help`.
 COMMANDS = (
@@ -63,15 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line(exc: BaseException) -> str:
-    """An error as one line (a multi-line message is joined, so stderr gets one line per error)."""
-    return " ".join(str(exc).split("\n")).strip() or type(exc).__name__
+    """An error as one line: characters a terminal would not show as themselves are escaped (a newline in a file
+    name, bytes of a name that are not UTF-8), so that stderr gets one line per error naming the file exactly."""
+    return printable(str(exc).strip()) or type(exc).__name__
 
 
 def _os_error(exc: OSError) -> str:
     """A disk or permission error on some file: "<file>: <reason>", without Python's error class."""
-    where = exc.filename if exc.filename is not None else ""
+    name = exc.filename
+    where = os.fsdecode(name) if isinstance(name, (str, bytes, os.PathLike)) else "" if name is None else str(name)
     reason = exc.strerror or str(exc)
-    return f"{where}: {reason}" if where else reason
+    return printable(f"{where}: {reason}" if where else reason)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     Exit codes: 0 done; 1 some inputs failed while the others were written; 2 refused (bad option, file
     or data, before or during the work); 130 interrupted. Warnings are one line each too.
     """
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is printed escaped, never a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -88,6 +89,14 @@ def add_recursive(parser: argparse._ActionsContainer) -> None:
                              "mirroring them in the output folder")
 
 
+def add_strip_metadata(parser: argparse._ActionsContainer) -> None:
+    """`--strip-metadata`: outputs without the inputs' EXIF, ICC profile, DPI and PNG colour chunks."""
+    parser.add_argument("--strip-metadata", action="store_true",
+                        help="write the outputs without the inputs' metadata; by default each output keeps its "
+                             "input's EXIF (camera, date; orientation set to 1), ICC colour profile, DPI and PNG "
+                             "colour chunks, as far as its format holds them")
+
+
 def add_json(parser: argparse._ActionsContainer) -> None:
     """`--json PATH`: write the results as JSON; `-` prints them on stdout in place of the human report."""
     parser.add_argument("--json", metavar="PATH",
@@ -104,26 +113,57 @@ def check_out_folder(folder: str) -> None:
         raise PyramidalError(problem)
 
 
-def check_report_files(**files: str | None) -> None:
+def check_report_files(**files: str | None) -> Any:
     """Before the work starts: check that each file named by a flag (`json="out.json"` for --json) can be
-    written; '-' (stdout) and None are skipped. Such a file may be replaced: the user named it exactly."""
+    written; '-' (stdout) and None are skipped. Such a file may be replaced: the user named it exactly.
+    Returns the checked `io.OutputPlan`, for `write_outputs`."""
     from pyramidal.io import OutputPlan
 
     plan = OutputPlan()
     for flag, path in files.items():
         if path and path != "-":
             plan.add(path, "--" + flag.replace("_", "-"), replace_ok=True)
-    plan.check()
+    return plan.check()
 
 
-def write_json_output(data: Any, target: str) -> None:
-    """Write `data` for `--json TARGET`: one line on stdout for '-', else an indented file (atomically)."""
+def write_json_output(data: Any, target: str, *, exclusive: bool = False) -> None:
+    """Write `data` for `--json TARGET`: one line on stdout for '-', else an indented file (atomically;
+    `exclusive`: only if no file is there, see `io.atomic_write`)."""
     from pyramidal.io import jsonable, write_json
 
     if target == "-":
         print(json.dumps(jsonable(data), ensure_ascii=False), flush=True)
     else:
-        write_json(data, target)
+        write_json(data, target, exclusive=exclusive)
+
+
+def write_outputs(command: str, plan: Any, writes: list[tuple[str, Callable[..., Any]]]) -> int:
+    """Write a command's planned outputs at the end of its work, each claimed as it is written.
+
+    Args:
+        command: the command's name, for the error lines.
+        plan: the checked `io.OutputPlan` of these outputs; a file may replace another only as it allowed
+            (`--overwrite`, or a report named exactly that existed when it was checked).
+        writes: (path, write) pairs; `write(exclusive=...)` writes the file.
+
+    Returns:
+        0, or 1 when a file appeared at some output after the check (another run writing there): that file is
+        left as it is, reported on one line, and the other outputs are still written. `wrote PATH` is printed
+        for each file written.
+    """
+    from pyramidal.io import OutputExists
+    from pyramidal.progress import say
+
+    lost = 0
+    for path, write in writes:
+        try:
+            write(exclusive=plan.exclusive(path))
+        except OutputExists as exc:
+            say(f"pyramidal {command}: error: {exc}", file=sys.stderr)
+            lost += 1
+        else:
+            say(f"wrote {path}")
+    return 1 if lost else 0
 
 
 # --------------------------------------------------------------------------- damage tasks

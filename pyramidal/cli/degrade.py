@@ -10,7 +10,15 @@ HELP = "apply a damage task (noise, jpeg, pixelate, ...) to images and write dam
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pyramidal.cli.common import add_out, add_recursive, add_task_options, task_help, task_list, task_name
+    from pyramidal.cli.common import (
+        add_out,
+        add_recursive,
+        add_strip_metadata,
+        add_task_options,
+        task_help,
+        task_list,
+        task_name,
+    )
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = task_list()
@@ -25,12 +33,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--masks", metavar="DIR",
                         help="tasks with holes: also write each damaged image's mask (PNG, 255 = hole) under DIR, "
                              "named like the image, for `restore --mask DIR`")
+    add_strip_metadata(parser)
     add_task_options(parser, "degrade")
 
 
 def _skipped(path: Path, reason: str) -> None:
+    from pyramidal.progress import say
+
     # Other files in an input folder are not an error.
-    print(f"pyramidal degrade: warning: {path}: skipped, {reason}", file=sys.stderr)
+    say(f"pyramidal degrade: warning: {path}: skipped, {reason}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from pyramidal.damage import create_task, eval_seed
     from pyramidal.errors import PyramidalError
     from pyramidal.io import OutputPlan, expand_inputs, read_image, write_image, write_mask
+    from pyramidal.progress import say
 
     if args.out is None:
         raise PyramidalError("-o/--out OUTDIR is required: the folder for the damaged PNGs")
@@ -65,19 +77,22 @@ def run(args: argparse.Namespace) -> int:
     failures = 0
     for k, ((src, _), dst, mask_dst) in enumerate(zip(items, targets, mask_targets)):
         try:
-            image = torch.from_numpy(read_image(src).rgb).permute(2, 0, 1)  # alpha dropped, grayscale as RGB
+            loaded = read_image(src)
+            image = torch.from_numpy(loaded.rgb).permute(2, 0, 1)  # alpha dropped, grayscale as RGB
             damaged, mask = task.apply(image.unsqueeze(0), seeds=[eval_seed(k, base=args.seed)])
-            write_image(damaged[0].permute(1, 2, 0).numpy(), dst)
+            # Each output is claimed as it is written: a file another run put there meanwhile stays.
+            write_image(damaged[0].permute(1, 2, 0).numpy(), dst, metadata=None if args.strip_metadata
+                        else loaded.metadata, exclusive=plan.exclusive(dst))
             if mask_dst is not None:
-                write_mask(mask[0, 0].cpu().numpy(), mask_dst)
+                write_mask(mask[0, 0].cpu().numpy(), mask_dst, exclusive=plan.exclusive(mask_dst))
             written[dst.resolve()] = src
         except PyramidalError as exc:
-            print(f"pyramidal degrade: error: {exc}", file=sys.stderr)
+            say(f"pyramidal degrade: error: {exc}", file=sys.stderr)
             failures += 1
         except OSError as exc:
-            print(f"pyramidal degrade: error: {dst}: cannot write ({exc.strerror or exc})", file=sys.stderr)
+            say(f"pyramidal degrade: error: {dst}: cannot write ({exc.strerror or exc})", file=sys.stderr)
             failures += 1
-    print(f"wrote {len(written)} damaged image(s) to {outdir}" + (f" and their masks to {args.masks}" if args.masks else "")
+    say(f"wrote {len(written)} damaged image(s) to {outdir}" + (f" and their masks to {args.masks}" if args.masks else "")
           + f" ({task.name}, seed {args.seed})"
           + (f"; {failures} failed" if failures else ""))
     return 1 if failures else 0

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HELP = "score a model against classical baselines (PSNR/SSIM on fixed eval damage); table, JSON, Markdown"
 
@@ -89,7 +92,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     """`evaluate --benchmark DIR...`: the papers' AWGN protocol and the file protocol, whole images."""
     from pyramidal import benchmark
     from pyramidal.api import cached_model
-    from pyramidal.cli.common import write_json_output
+    from pyramidal.cli.common import write_json_output, write_outputs
     from pyramidal.errors import PyramidalError
     from pyramidal.io import write_text
 
@@ -101,7 +104,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     protocols = benchmark.PROTOCOLS if args.protocol == "both" else (args.protocol,)
     for folder in args.benchmark:
         benchmark.benchmark_images(folder)  # every folder checked before the first one runs
-    plan_outputs(args, [])
+    plan = plan_outputs(args, [])
     precision = "fp32" if args.precision == "auto" else args.precision
     model = cached_model(args.weights, "noise", device=args.device, precision=precision)
     result = benchmark.run_benchmark(model, args.benchmark, sigmas, protocols, ensemble=args.ensemble,
@@ -110,17 +113,15 @@ def run_benchmark(args: argparse.Namespace) -> int:
     result["weights"], result["precision"] = args.weights, precision
     if args.json != "-":
         print(benchmark.format_table(result))
-    written = []
-    if args.json:
-        write_json_output(result, args.json)
-        if args.json != "-":
-            written.append(args.json)
+    writes = []
+    if args.json == "-":
+        write_json_output(result, "-")
+    elif args.json:
+        writes.append((args.json, lambda exclusive: write_json_output(result, args.json, exclusive=exclusive)))
     if args.markdown:
-        write_text(benchmark.format_markdown(result), args.markdown)
-        written.append(args.markdown)
-    for path in written:
-        print(f"wrote {path}")
-    return 0
+        text = benchmark.format_markdown(result)
+        writes.append((args.markdown, lambda exclusive: write_text(text, args.markdown, exclusive=exclusive)))
+    return write_outputs("evaluate", plan, writes)
 
 
 def settings_from_args(args: argparse.Namespace) -> list[dict] | None:
@@ -146,11 +147,11 @@ def figure_path(folder: str, task: str, label: str) -> Path:
     return Path(folder) / f"{task}{file_suffix(label)}.png"
 
 
-def plan_outputs(args: argparse.Namespace, settings: list[dict] | None) -> None:
+def plan_outputs(args: argparse.Namespace, settings: list[dict] | None) -> Any:
     """Check every file the evaluation will write before it starts, so that no result is lost at the end.
 
     --json and --markdown name their file exactly and may replace it; figures may not replace a file
-    without --overwrite.
+    without --overwrite. Returns the checked `io.OutputPlan`: each file is claimed again as it is written.
     """
     from pyramidal.damage import TASKS
     from pyramidal.evaluate import setting_label
@@ -164,15 +165,16 @@ def plan_outputs(args: argparse.Namespace, settings: list[dict] | None) -> None:
     if args.figures:
         for options in settings if settings is not None else TASKS.get(args.task).eval_settings():
             plan.add(figure_path(args.figures, args.task, setting_label(options)), "--figures")
-    plan.check()
+    return plan.check()
 
 
-def write_figures(result: dict, folder: str, rows: int = 4) -> list[str]:
-    """One PNG per setting: ground truth, damaged, best classical method, model (and ensemble)."""
+def figure_writes(result: dict, folder: str, rows: int = 4) -> list[tuple[str, Callable[..., Any]]]:
+    """One PNG per setting, as (path, write) pairs for `write_outputs`: ground truth, damaged, best
+    classical method, model (and ensemble)."""
     from pyramidal.evaluate import best_baseline, per_image_psnr
     from pyramidal.figures import comparison_figure
 
-    written = []
+    writes = []
     for setting, images in zip(result["settings"], result["images"]):
         best = best_baseline(setting["rows"])
         columns = []
@@ -186,13 +188,13 @@ def write_figures(result: dict, folder: str, rows: int = 4) -> list[str]:
                 columns.append((title, images[r["method"]], per_image_psnr(r)))
         path = figure_path(folder, result["task"], setting["label"])
         title = f"{result['task']} {setting['label']}".strip() + f" — {result.get('model') or 'baselines only'}"
-        comparison_figure(path, images["clean"], columns, names=result["image_names"], rows=rows, title=title)
-        written.append(str(path))
-    return written
+        writes.append((str(path), functools.partial(comparison_figure, path, images["clean"], columns,
+                                                     names=result["image_names"], rows=rows, title=title)))
+    return writes
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyramidal.cli.common import write_json_output
+    from pyramidal.cli.common import write_json_output, write_outputs
     from pyramidal.errors import PyramidalError
     from pyramidal.evaluate import evaluate, format_markdown, format_table
     from pyramidal.inference import check_tiling, resolve_weights
@@ -208,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
     if weights is not None:
         resolve_weights(weights, args.task)  # the model loads later; it warns if trained for another task
     settings = settings_from_args(args)
-    plan_outputs(args, settings)
+    plan = plan_outputs(args, settings)
     crop = "auto" if args.crop is None else args.crop
     result = evaluate(
         weights, args.task, args.data, split=args.split, crop=crop, crops=args.crops, limit=args.limit,
@@ -219,16 +221,15 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.json != "-":
         print(format_table(result))
-    written = []
-    if args.json:
-        write_json_output({k: v for k, v in result.items() if k != "images"}, args.json)  # pixels are not JSON
-        if args.json != "-":
-            written.append(args.json)
+    report = {k: v for k, v in result.items() if k != "images"}  # pixels are not JSON
+    writes = []
+    if args.json == "-":
+        write_json_output(report, "-")
+    elif args.json:
+        writes.append((args.json, lambda exclusive: write_json_output(report, args.json, exclusive=exclusive)))
     if args.markdown:
-        write_text(format_markdown(result), args.markdown)
-        written.append(args.markdown)
+        text = format_markdown(result)
+        writes.append((args.markdown, lambda exclusive: write_text(text, args.markdown, exclusive=exclusive)))
     if args.figures:
-        written += write_figures(result, args.figures)
-    for path in written:
-        print(f"wrote {path}")
-    return 0
+        writes += figure_writes(result, args.figures)
+    return write_outputs("evaluate", plan, writes)

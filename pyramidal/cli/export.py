@@ -40,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
     plan.check()  # before the model loads and the (slow) export runs
     model = load_restorer(args.weights, args.task)
     info = getattr(model, "info", {})
-    export_onnx(model, out, opset=args.opset or DEFAULT_OPSET,
-                metadata={k: info[k] for k in ("task",) if k in info})
+    export_onnx(model, out, opset=args.opset or DEFAULT_OPSET, metadata={k: info[k] for k in ("task",) if k in info},
+                exclusive=plan.exclusive(out))  # a file another run wrote meanwhile is left as it is
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB, model {info.get('model', '?')}, dynamic batch×H×W)")
     if args.check:
         if not onnx_available():

@@ -14,6 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         add_out,
         add_precision,
         add_recursive,
+        add_strip_metadata,
         at_least,
         task_help,
         task_name,
@@ -53,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quality", type=int, default=None, help="jpg / webp quality 1-100 (default 95)")
     parser.add_argument("--overwrite", action="store_true",
                         help="allow outputs to replace existing files, input files included")
+    add_strip_metadata(parser)
     parser.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                         help="torch (default) or onnx: run a model written by `pyramidal export` with onnxruntime "
                              "(--weights MODEL.onnx; pip install -e .[onnx])")
@@ -122,6 +124,7 @@ def _restore_all(model, args: argparse.Namespace, device, precision: str) -> int
         recursive=args.recursive, format=args.format, quality=args.quality, progress=None,
         tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=device,
         precision=precision, ensemble=args.ensemble, strength=args.strength, mask=args.mask, sigma=args.sigma,
+        strip_metadata=args.strip_metadata,
     )
     if not results:
         raise PyramidalError(f"no images found in {', '.join(args.inputs)}")

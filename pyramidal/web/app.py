@@ -224,7 +224,7 @@ class Worker:
         job.height, job.width = image.rgb.shape[:2]
         out = engine.restore(image.rgb, job.task, weights, mask=mask, ensemble=job.ensemble, strength=job.strength,
                              tile=job.tile, device=cfg.device, precision=cfg.precision, progress=progress)
-        job.files["result"] = engine.encode_png(out, image.alpha, image.grayscale)
+        job.files["result"] = engine.encode_png(out, image.alpha, image.grayscale, image.metadata)
         if item is not None:
             job.files["input"] = engine.encode_png(item.damaged)
             job.files["clean"] = engine.encode_png(item.clean)

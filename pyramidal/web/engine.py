@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from pyramidal.errors import PyramidalError
+from pyramidal.io import ImageMetadata, encode_image
 
 MAGENTA = (255, 0, 255)
 # With a library that has no `magenta_mask`: a hole pixel is within this of (255, 0, 255) in every channel.
@@ -285,6 +286,7 @@ class Decoded:
     rgb: np.ndarray
     alpha: np.ndarray | None
     grayscale: bool
+    metadata: ImageMetadata | None = None  # EXIF (upright), ICC profile, DPI, PNG colour chunks: for the download
 
 
 def display_name(filename: str | None) -> str:
@@ -327,7 +329,7 @@ def decode_image(data: bytes, filename: str | None, max_pixels: int) -> Decoded:
             loaded = read_image(path)
         except PyramidalError as exc:
             raise PyramidalError(str(exc).replace(str(path), name)) from None
-    return Decoded(loaded.rgb, loaded.alpha, bool(loaded.grayscale))
+    return Decoded(loaded.rgb, loaded.alpha, bool(loaded.grayscale), loaded.metadata)
 
 
 def decode_mask(data: bytes, filename: str | None, width: int, height: int) -> np.ndarray:
@@ -347,18 +349,12 @@ def decode_mask(data: bytes, filename: str | None, width: int, height: int) -> n
         raise PyramidalError(f"{name}: not an image file Pillow can read") from None
 
 
-def encode_png(rgb: np.ndarray, alpha: np.ndarray | None = None, grayscale: bool = False) -> bytes:
-    """PNG bytes in the form `pyramidal restore` writes: RGB, or L for grayscale inputs, alpha re-attached."""
-    from PIL import Image
-
-    img = Image.fromarray(rgb, "RGB")
-    if grayscale:
-        img = img.convert("L")
-    if alpha is not None:
-        img.putalpha(Image.fromarray(alpha, "L"))
-    buffer = io.BytesIO()
-    img.save(buffer, format="PNG", compress_level=1)  # fast: large results are encoded on the request path
-    return buffer.getvalue()
+def encode_png(rgb: np.ndarray, alpha: np.ndarray | None = None, grayscale: bool = False,
+               metadata: ImageMetadata | None = None) -> bytes:
+    """PNG bytes as `pyramidal restore` writes them (the library's one encoder): RGB, or L for grayscale inputs,
+    alpha re-attached, the upload's metadata (EXIF, ICC profile, DPI, PNG colour chunks) carried."""
+    # fast: large results are encoded on the request path
+    return encode_image(rgb, alpha, grayscale, format="png", metadata=metadata, fast=True)
 
 
 # --------------------------------------------------------------------------- samples and scores
