@@ -44,6 +44,14 @@ CANDIDATES: dict[str, tuple[str, list[str]]] = {
     # growth 7: near the dense blocks' CPU time per step (558 vs 453 ms at 64 px, batch 16, bf16, one thread).
     "nafnet": ("NAFNet blocks in the same pyramid (growth 7: 0.35 M parameters, ~1.2× the CPU time per step)",
                ["--model-option", "block=nafnet", "--growth", "7"]),
+    # Architecture, at the same CPU time: GFLOPs per 64×64 image (the shipped pyramidal23456: 0.57, 0.80 M).
+    "unshuffle": ("FFDNet-style first level: the pyramid on 2×2-unshuffled images (0.16 GFLOPs, 0.81 M)",
+                  ["--model-option", "unshuffle=2"]),
+    "unshuffle-wide": ("unshuffled and twice as wide, m 48, growth 24 (0.60 GFLOPs, 3.2 M)",
+                       ["--model-option", "unshuffle=2", "--m", "48", "--growth", "24"]),
+    "wide": ("twice as wide, m 48, growth 24 (2.2 GFLOPs, 3.2 M)", ["--m", "48", "--growth", "24"]),
+    "narrow": ("two thirds as wide, m 16, growth 8 (0.26 GFLOPs, 0.36 M)", ["--m", "16", "--growth", "8"]),
+    "image": ("predicting the image (tanh) instead of a correction added to the input", ["--no-residual"]),
     "sigma-low": ("noise σ drawn as 130·u² (more mass at low σ) instead of uniform", ["--sigma-dist", "low"]),
     "noise-map": ("an FFDNet-style σ/255 input channel (evaluated given the true σ)",
                   ["--model-option", "noise_map=true"]),

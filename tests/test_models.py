@@ -200,3 +200,36 @@ def test_concat_gives_dense_gradients_equal_to_torch_cat(dtype):
     assert not ref[1].is_contiguous(memory_format=torch.channels_last)  # torch.cat's own: a strided slice
     with torch.no_grad():
         assert concat([leaf * 1 for leaf in leaves]).grad_fn is None  # without autograd it is torch.cat itself
+
+
+@pytest.mark.parametrize("options", [{"unshuffle": 2}, {"unshuffle": 4, "m": 8, "growth": 4},
+                                     {"unshuffle": 2, "mask_input": True}, {"unshuffle": 2, "residual": False}])
+def test_an_unshuffled_pyramid_restores_any_size_at_a_quarter_of_the_pixels(options):
+    from pyramidal.models.summary import forward_flops
+
+    torch.manual_seed(0)
+    model = create_model("pyramidal23456", **options).eval()
+    channels = 4 if options.get("mask_input") else 3
+    x = torch.rand(2, channels, 37, 23) * 2 - 1
+    y = model(x)
+    assert y.shape == (2, 3, 37, 23) and torch.isfinite(y).all() and y.abs().max() <= 1
+    y.sum().backward()
+    assert model.stem[0].weight.grad.abs().sum() > 0  # gradients reach the first layer
+    if options == {"unshuffle": 2}:
+        plain = create_model("pyramidal23456")
+        assert forward_flops(model, 64) < 0.35 * forward_flops(plain, 64)
+
+
+def test_an_unshuffled_residual_pyramid_adds_its_correction_to_the_right_pixels():
+    model = create_model("pyramidal23456", unshuffle=2).eval()
+    with torch.no_grad():
+        model.output.conv.weight.zero_()
+        model.output.conv.bias.zero_()
+        x = torch.rand(1, 3, 16, 20) * 2 - 1
+        assert torch.equal(model(x), x)  # a zero correction returns every pixel where it was
+
+
+@pytest.mark.parametrize("factor", [3, 8])
+def test_unshuffle_takes_only_1_2_or_4(factor):
+    with pytest.raises(ValueError, match="unshuffle must be 1"):
+        create_model("pyramidal23456", unshuffle=factor)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pyramidal.models import register_configured
@@ -43,6 +44,9 @@ class DensePyramidConfig:
     find_holes: str = "none"  # blind, but finds its holes by the colour key: none, magenta (blocks.magenta_holes)
     block: str = "dense"  # the block kind of every level (models.dense.BLOCKS): dense, nafnet
     norm: str = "batch"  # normalisation in dense layers and transitions (models.blocks.NORMS): batch, layer, none
+    # FFDNet-style first level: the image is pixel-unshuffled into u×u sub-images stacked as channels before the
+    # stem, and the output shuffled back, so the whole pyramid runs at 1/u² of the pixels (1: off; 2 or 4).
+    unshuffle: int = 1
 
     # (low, high) for `pyramidal.models.check_options`; other whole numbers must be >= 1.
     LIMITS = {"blocks": (1, 256), "decoder_blocks": (1, 256), "bottleneck": (1, 256), "dropout": (0.0, 1.0)}
@@ -70,12 +74,16 @@ class DensePyramid(PaddedModel):
         decoder_sizes = tuple(c.decoder_blocks) if c.decoder_blocks is not None else tuple(reversed(c.blocks))
         if len(decoder_sizes) != len(c.blocks):
             raise ValueError(f"decoder_blocks {decoder_sizes} must have one entry per encoder block {tuple(c.blocks)}")
-        self.levels = len(c.blocks)
+        if c.unshuffle not in (1, 2, 4):
+            raise ValueError(f"unshuffle must be 1 (off), 2 or 4, got {c.unshuffle}")
+        self.unshuffle = int(c.unshuffle)
+        # The input is padded to a multiple of 2**levels: the pyramid's levels and the unshuffle's factor.
+        self.levels = len(c.blocks) + self.unshuffle.bit_length() - 1
 
         def block(in_ch: int, n: int) -> nn.Module:
             return block_cls(in_ch, c.growth, n, c.dropout, memory_efficient=c.memory_efficient, norm=c.norm)
 
-        stem_in = c.in_channels + self.mask_channel + self.noise_map
+        stem_in = (c.in_channels + self.mask_channel + self.noise_map) * self.unshuffle**2
         self.stem = nn.Sequential(nn.Conv2d(stem_in, c.m, 3, padding=1), nn.ReLU(inplace=True))
         channels = c.m
         self.encoder, self.down = nn.ModuleList(), nn.ModuleList()
@@ -101,7 +109,9 @@ class DensePyramid(PaddedModel):
         final = up_channels + (last_in if self.decoder and self.decoder[-1].concat_input else 0)
         if not c.blocks:
             final = channels + self.bottleneck.out_channels if self.bottleneck.concat_input else up_channels
-        self.output = OutputBlock(final, c.out_channels, residual=c.residual)
+        # Unshuffled, the colours come first (channel c becomes channels c·u² ... c·u² + u² − 1), so a residual
+        # output adds its correction to the image's own sub-images.
+        self.output = OutputBlock(final, c.out_channels * self.unshuffle**2, residual=c.residual)
         start_at_fill(self.output, self.hole_fill)
 
     def _stage(self, module: nn.Module, features: list[torch.Tensor], *extra: torch.Tensor) -> torch.Tensor:
@@ -124,6 +134,8 @@ class DensePyramid(PaddedModel):
     def body(self, image: torch.Tensor) -> torch.Tensor:
         # Feature maps travel as lists (block input, then each layer's new maps) and are concatenated only
         # where a layer consumes them, so no level holds a second, concatenated copy of its skip.
+        if self.unshuffle > 1:
+            image = F.pixel_unshuffle(image, self.unshuffle)  # B×C×H×W → B×C·u²×H/u×W/u
         features = [self.stem(image)]
         skips = []
         for block, down in zip(self.encoder, self.down):
@@ -133,14 +145,16 @@ class DensePyramid(PaddedModel):
         features, new = self._block(self.bottleneck, features)
         for up, block, skip in zip(self.up, self.decoder, reversed(skips)):
             features, new = self._block(block, [self._stage(up, new)] + (skip if self.config.skips else []))
-        return self._stage(self.output, features, image)
+        out = self._stage(self.output, features, image)
+        return F.pixel_shuffle(out, self.unshuffle) if self.unshuffle > 1 else out
 
     def rf_path(self) -> list[tuple[str, int, int]]:
         """Longest path as (kind, kernel, stride) steps, for the theoretical receptive field."""
         c = self.config
         decoder_sizes = tuple(c.decoder_blocks) if c.decoder_blocks is not None else tuple(reversed(c.blocks))
         down, up = DOWN.get(c.down).rf_step, UP.get(c.up).rf_step  # declared where each is registered
-        path = [("conv", 3, 1)]
+        path = [("conv", c.unshuffle, c.unshuffle)] if c.unshuffle > 1 else []  # the unshuffle: a stride-u step
+        path += [("conv", 3, 1)]
         for n in c.blocks:
             path += [("conv", 3, 1)] * n + [down]
         path += [("conv", 3, 1)] * c.bottleneck
