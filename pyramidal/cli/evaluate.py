@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="noise levels on the 0-255 scale for --benchmark (default 15,25,50)")
     bench.add_argument("--protocol", choices=("both", "papers", "file"), default="both",
                        help="--benchmark protocols (default both)")
+    real = parser.add_argument_group("real noisy photographs (docs/restore-and-evaluate.md)")
+    real.add_argument("--pairs", metavar="DIR",
+                      help="score on real noisy photographs instead of synthetic damage: DIR holds NAME_real.EXT "
+                           "(noisy) and NAME_mean.EXT (clean reference) pairs, such as PolyU's; --task (camera or "
+                           "noise) picks the built-in weights; whole images, against non-local means and CBM3D "
+                           "with σ estimated and with an oracle σ")
 
 
 def _sigmas(text: str) -> list[float]:
@@ -120,6 +127,47 @@ def run_benchmark(args: argparse.Namespace) -> int:
         writes.append((args.json, lambda exclusive: write_json_output(result, args.json, exclusive=exclusive)))
     if args.markdown:
         text = benchmark.format_markdown(result)
+        writes.append((args.markdown, lambda exclusive: write_text(text, args.markdown, exclusive=exclusive)))
+    return write_outputs("evaluate", plan, writes)
+
+
+def run_pairs(args: argparse.Namespace) -> int:
+    """`evaluate --pairs DIR`: a model and the classical denoisers on real noisy/clean pairs, whole images."""
+    from pyramidal.cli.common import task_option_values, write_json_output, write_outputs
+    from pyramidal.errors import PyramidalError
+    from pyramidal.evaluate import format_markdown, format_table
+    from pyramidal.inference import check_tiling, resolve_weights
+    from pyramidal.io import write_text
+    from pyramidal.realnoise import evaluate_pairs, find_pairs
+
+    synthetic = {"--data": args.data != "builtin", "--split": args.split != "val", "--crop": args.crop is not None,
+                 "--crops": args.crops is not None, "--figures": bool(args.figures),
+                 **{f"--{name.replace('_', '-')}": True for name in task_option_values(args)}}
+    unused = [flag for flag, given in synthetic.items() if given]
+    if unused:
+        raise PyramidalError(f"--pairs scores the real photographs of DIR, whole: {', '.join(unused)} do not apply")
+    if args.task is None:
+        raise PyramidalError("--pairs needs --task (camera or noise): whose built-in weights to score")
+    check_tiling(args.tile, args.overlap, args.batch_size)
+    weights = None if args.weights == "none" else args.weights
+    if weights is not None:
+        resolve_weights(weights, args.task)
+    find_pairs(args.pairs)  # a wrong folder fails before the model loads
+    plan = plan_outputs(args, [])
+    result = evaluate_pairs(weights, args.pairs, args.task, baselines=args.baselines, limit=args.limit,
+                            ensemble=args.ensemble, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
+                            device=args.device, precision=args.precision, progress=None)
+    if args.json != "-":
+        print(format_table(result))
+        for note in result["skipped"]:
+            print(f"pyramidal evaluate: warning: {note}", file=sys.stderr)
+    writes = []
+    if args.json == "-":
+        write_json_output(result, "-")
+    elif args.json:
+        writes.append((args.json, lambda exclusive: write_json_output(result, args.json, exclusive=exclusive)))
+    if args.markdown:
+        text = format_markdown(result)
         writes.append((args.markdown, lambda exclusive: write_text(text, args.markdown, exclusive=exclusive)))
     return write_outputs("evaluate", plan, writes)
 
@@ -202,6 +250,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.benchmark:
         return run_benchmark(args)
+    if args.pairs:
+        return run_pairs(args)
     if args.task is None:
         raise PyramidalError("--task is required (or give --benchmark DIR)")
     # Everything that can be checked is checked before the (long) evaluation: options, weights, outputs.
