@@ -93,6 +93,29 @@ def _grid(images: torch.Tensor) -> np.ndarray:
     return tile_grid(((images.detach().float().cpu() + 1) / 2).clamp(0, 1).numpy())
 
 
+def cached_source(config: TrainConfig, size: int, cache: dict):
+    """The data source a run of `config` reads at patch `size`, loaded once per `cache`."""
+    from pyramidal.data import load_source
+
+    c = config
+    key = ("source", c.data, size, c.max_images, c.seed, c.patches_per_epoch)
+    if key not in cache:
+        cache[key] = load_source(c.data, size=size, max_images=c.max_images, seed=c.seed,
+                                 patches_per_epoch=c.patches_per_epoch)
+    return cache[key]
+
+
+def cached_device_photos(config: TrainConfig, device: torch.device, cache: dict):
+    """--data-on-device: the training photographs of `config` held on `device`, once per `cache`."""
+    from pyramidal.gpudata import DevicePhotos, window_side
+
+    side = window_side(max(s for _, s, _ in size_phases(config)))
+    key = ("device photos", config.data, config.max_images, str(device), side)
+    if key not in cache:
+        cache[key] = DevicePhotos.from_dataset(cached_source(config, config.size, cache).split("train"), device, side)
+    return cache[key]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The trainer.
 
@@ -312,15 +335,8 @@ class Trainer:
     # -- set-up ---------------------------------------------------------------------------------------------
 
     def _source(self, size: int):
-        from pyramidal.data import load_source
-
         if size not in self._sources:
-            c = self.config
-            key = ("source", c.data, size, c.max_images, c.seed, c.patches_per_epoch)
-            if key not in self._cache:
-                self._cache[key] = load_source(c.data, size=size, max_images=c.max_images, seed=c.seed,
-                                               patches_per_epoch=c.patches_per_epoch)
-            self._sources[size] = self._cache[key]
+            self._sources[size] = cached_source(self.config, size, self._cache)
         return self._sources[size]
 
     def _make_loader(self, ds, task, batch_size: int, train: bool, sampler=None):
@@ -336,14 +352,10 @@ class Trainer:
 
     def _device_loader(self, size: int, batch: int):
         """--data-on-device: batches cut and damaged on the training device from photographs held there."""
-        from pyramidal.gpudata import DeviceBatches, DevicePhotos, window_side
+        from pyramidal.gpudata import DeviceBatches
 
-        c = self.config
-        side = window_side(max(s for _, s, _ in self.phases))
-        key = ("device photos", c.data, c.max_images, str(self.device), side)
-        if key not in self._cache:  # the training photographs, held on the device once
-            self._cache[key] = DevicePhotos.from_dataset(self._source(c.size).split("train"), self.device, side)
-        return DeviceBatches(self._cache[key], self.task, size, batch, self._steps_per_epoch_for(batch),
+        photos = cached_device_photos(self.config, self.device, self._cache)
+        return DeviceBatches(photos, self.task, size, batch, self._steps_per_epoch_for(batch),
                              seed=self.config.seed, rank=self.rank, with_mask=self.with_mask,
                              with_noise_level=self.with_noise_level)
 

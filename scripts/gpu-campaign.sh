@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU campaign (docs/gpu-campaign.md): `check` verifies the CUDA paths and measures the GPU, `train`
-# trains the built-in weights at GPU scale; both write into $OUT (or --out DIR) as they go.
-# Usage: scripts/gpu-campaign.sh [check|train|all] [--smoke] [--out DIR] [options: --help]
+# The GPU campaign in one call (docs/gpu-campaign.md): CUDA checks, training at GPU scale and the scores
+# against the shipped weights, written into $OUT (or --out DIR) within --seconds of wall time.
+# Usage: scripts/gpu-campaign.sh all [--smoke] [--out DIR] [--seconds S] [options: --help]
 # Runs from the source tree (PYTHONPATH), so it needs no install: the device machine has torch but no network.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -9,7 +9,13 @@ licences, intended use and limits (`pyramidal weights TASK` shows it).
 RUN_DIR is the run of a recipe's last stage (`pyramidal train --recipe TASK`, OUT/TASK/stage-K-NAME/...); the
 record names the recipe, not paths: a run trained any other way is refused in one line.
 
+A GPU campaign's archive (`LABEL.tar` from scripts/gpu-campaign.sh) is packaged the same way, with the device
+named and the steps counted once: the campaign run's, plus the shipped file's when it started from them. A
+model too slow for a 12 MP photo on a CPU (more than 1.5× the shipped model's FLOPs per pixel) is not written
+over the task's default file: give it a name of its own (--out).
+
 Usage: scripts/package-builtin-weights.py TASK RUN_DIR
+       scripts/package-builtin-weights.py --campaign LABEL.tar [--out FILE] [--baselines all|fast|none]
        scripts/package-builtin-weights.py --card TASK...   # rewrite the record and card, tensors unchanged
 """
 
@@ -206,7 +212,7 @@ def model_card(task: str, info: dict) -> dict:
         "intended_use": f"{TASK_USE.get(task, task)}; a demonstration of the model family and a starting point "
                         "for fine-tuning (pyramidal train --init-weights).",
         "limits": f"A small {size}model trained for {info.get('steps', 0):,} steps on {photos} photographs, with 64-96 "
-                  "px patches, on a CPU. It learned the task's synthetic damage exactly as `pyramidal degrade` "
+                  f"px patches, on {info.get('trained_on') or 'a CPU'}. It learned the task's synthetic damage exactly as `pyramidal degrade` "
                   "makes it and transfers poorly to other damage (camera noise, other codecs, other blur "
                   "kernels, holes of other shapes or colours). Below the best classical method in some "
                   "settings (see scores). It invents plausible detail: not for forensic, medical or "
@@ -247,9 +253,133 @@ def scored_settings(result: dict, prefix: str) -> list[dict]:
     return scores
 
 
-def main(task: str, run_dir: str) -> None:
-    from pyramidal.checkpoint import load_weights, read_weights_info, resolve_init_weights, save_weights
+def score_and_save(model, out: Path, task: str, metadata: dict, baselines: str = "all") -> None:
+    """Write the fp16 file, score it as a user would load it, and write it again with its scores."""
+    from pyramidal.checkpoint import save_weights
     from pyramidal.evaluate import evaluate
+
+    check_portable(metadata)
+    save_weights(model, out, metadata, half=True)
+    # A mask-conditioned model is also scored on each hole shape alone (setting "task=T"), given the true mask
+    # as the classical rows are.
+    result = evaluate(str(out), task, "builtin", baselines=baselines)
+    scores = scored_settings(result, "")
+    if getattr(model, "mask_input", False):
+        for hole_task in HOLE_SHAPES:
+            with warnings.catch_warnings():  # "trained for task inpaint, not squares": meant here
+                warnings.simplefilter("ignore")
+                shape = evaluate(str(out), hole_task, "builtin", baselines=baselines)
+            scores += scored_settings(shape, f"task={hole_task}")
+    metadata["scores"] = scores
+    metadata["evaluated_on"] = result["described"]
+    check_portable(metadata)
+    save_weights(model, out, metadata, half=True)
+    print(f"{task}: {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    for s in scores:
+        best = f"{s['baseline']} {s['baseline_psnr']:.2f} dB" if s["baseline"] else ""
+        print(f"  {s['setting'] or '-':>12}  ours {s['ours_psnr']:.2f} dB  {best}  damaged {s['damaged_psnr']:.2f} dB")
+
+
+# Flags of the campaign's command line that name folders of the machine it ran on.
+CAMPAIGN_PATH_FLAGS = ("--out", "--work", "--benchmark")
+
+
+def campaign_command(argv: list[str]) -> str:
+    """The campaign's command line without its folders (they are the device machine's)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in CAMPAIGN_PATH_FLAGS:
+            skip = True
+            continue
+        if arg.split("=", 1)[0] in CAMPAIGN_PATH_FLAGS:
+            continue
+        kept.append(arg)
+    return "scripts/gpu-campaign.sh " + " ".join(kept)
+
+
+def flops_per_pixel(model) -> float:
+    from pyramidal.bench import count_flops
+
+    return count_flops(model, 64, train=False) / 64**2
+
+
+def campaign_main(archive: str, out: str | None = None, baselines: str = "all") -> Path:
+    """Package a GPU campaign's LABEL.tar: its fp16 weights, with the recipe, the device and the steps once."""
+    import tarfile
+    import tempfile
+
+    from pyramidal.checkpoint import load_weights, read_weights_info
+    from pyramidal.inference import available_builtin_weights, builtin_weights_path
+    from pyramidal.models.summary import count_parameters
+
+    with tempfile.TemporaryDirectory(prefix="pyramidal-campaign-") as tmp:
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")
+        except (OSError, tarfile.TarError) as exc:
+            raise NotPortable(f"{archive}: not a campaign archive ({exc})") from None
+        folder = Path(tmp)
+        weights = [p for p in folder.glob("*.safetensors")]
+        if len(weights) != 1 or not (folder / "run" / "config.json").is_file():
+            raise NotPortable(f"{archive}: not a campaign archive (expected LABEL.safetensors and run/config.json)")
+        label = weights[0].stem
+        model = load_weights(weights[0])
+        record = read_weights_info(weights[0])
+        config = json.loads((folder / "run" / "config.json").read_text())
+        campaign = json.loads((folder / f"{label}-scores.json").read_text())
+    task = record["task"]
+    recipe = shipped_recipe(config.get("recipe"), f"{archive} (entry {label})")
+    start = config.get("init_weights")
+    # Steps counted once: this run's best weights, plus the shipped file's own total when it started from it.
+    steps = int(record.get("steps") or 0)
+    chain = ""
+    if start:
+        if not str(start).startswith("builtin:"):
+            raise NotPortable(f"{archive}: the campaign run started from {start}, which a user cannot name")
+        steps += int(read_weights_info(builtin_weights_path(str(start).split(":", 1)[1]))["steps"])
+        chain = recipe_command(recipe) + " && "
+    device = campaign.get("machine", {}).get("gpu") or campaign.get("machine", {}).get("cpu") or "unknown"
+    if out is None:
+        if label != task:
+            raise NotPortable(f"{archive}: entry {label} is not the task's default file {task}: give --out FILE")
+        if task in available_builtin_weights():
+            ratio = flops_per_pixel(model) / flops_per_pixel(load_weights(builtin_weights_path(task)))
+            if ratio > 1.5:
+                raise NotPortable(f"{archive}: {ratio:.1f}× the shipped model's FLOPs per pixel, too slow for a 12 MP "
+                                  "photo on a CPU as the default: ship it as a second, named file (--out FILE)")
+        target = WEIGHTS / f"{task}.safetensors"
+    else:
+        target = Path(out)
+    run = campaign.get("entry", {}).get("run", {})
+    metadata = {
+        "task": task,
+        "task_options": record.get("task_options", {}),
+        "parameters": count_parameters(model),
+        "data": config["data"],
+        "training_photos": photo_folders(config["data"]),
+        "steps": steps,
+        "val_psnr_64px": record.get("val_psnr_64px"),
+        "command": chain + campaign_command(campaign.get("argv", [])),
+        "config": portable_config(config),
+        "dtype": "float16",
+        "trained_on": f"one {device}",
+        "campaign": record.get("campaign", {}),
+    }
+    metadata.update(model_card(task, metadata))
+    metadata["provenance"] = (
+        f"trained by scripts/gpu-campaign.sh on one {device} ({run.get('steps')} steps of batch "
+        f"{run.get('batch_size')}, {config.get('precision')}, "
+        + (f"from the shipped weights ({start})" if start else "from scratch")
+        + ") with the command above; packaged and scored by scripts/package-builtin-weights.py")
+    score_and_save(model, target, task, metadata, baselines)
+    return target
+
+
+def main(task: str, run_dir: str) -> None:
+    from pyramidal.checkpoint import load_weights, read_weights_info, resolve_init_weights
     from pyramidal.models.summary import count_parameters
 
     run = Path(run_dir)
@@ -283,26 +413,7 @@ def main(task: str, run_dir: str) -> None:
         "dtype": "float16",
     }
     metadata.update(model_card(task, metadata))
-    check_portable(metadata)
-    save_weights(model, out, metadata, half=True)
-    # Score the packaged (fp16) file itself, exactly as a user would load it. A mask-conditioned model is also
-    # scored on each hole shape alone (setting "task=T"), given the true mask as the classical rows are.
-    result = evaluate(str(out), task, "builtin", baselines="all")
-    scores = scored_settings(result, "")
-    if getattr(model, "mask_input", False):
-        for hole_task in HOLE_SHAPES:
-            with warnings.catch_warnings():  # "trained for task inpaint, not squares": meant here
-                warnings.simplefilter("ignore")
-                shape = evaluate(str(out), hole_task, "builtin", baselines="all")
-            scores += scored_settings(shape, f"task={hole_task}")
-    metadata["scores"] = scores
-    metadata["evaluated_on"] = result["described"]
-    check_portable(metadata)
-    save_weights(model, out, metadata, half=True)
-    print(f"{task}: {out} ({out.stat().st_size / 1e6:.2f} MB)")
-    for s in scores:
-        print(f"  {s['setting'] or '-':>12}  ours {s['ours_psnr']:.2f} dB  {s['baseline']} {s['baseline_psnr']:.2f} dB"
-              f"  damaged {s['damaged_psnr']:.2f} dB")
+    score_and_save(model, out, task, metadata)
 
 
 def refresh_card(task: str) -> None:
@@ -326,6 +437,15 @@ if __name__ == "__main__":
         if len(sys.argv) >= 3 and sys.argv[1] == "--card":
             for name in sys.argv[2:]:
                 refresh_card(name)
+        elif len(sys.argv) >= 3 and sys.argv[1] == "--campaign":
+            import argparse
+
+            parser = argparse.ArgumentParser(prog="package-builtin-weights.py --campaign")
+            parser.add_argument("archive")
+            parser.add_argument("--out", help="the weight file to write [pyramidal/weights/TASK.safetensors]")
+            parser.add_argument("--baselines", default="all", help="classical rows scored beside it [all]")
+            args = parser.parse_args(sys.argv[2:])
+            campaign_main(args.archive, args.out, args.baselines)
         elif len(sys.argv) == 3:
             main(sys.argv[1], sys.argv[2])
         else:

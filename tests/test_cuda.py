@@ -1,7 +1,7 @@
 """The CUDA paths: AMP steps, channels_last, memory-efficient backward, restore, nccl with SyncBatchNorm, resume.
 
 Every test is marked `cuda` and skips without a GPU, so CI only collects them; `pytest -m cuda` runs them
-on a lent GPU (scripts/gpu-campaign.sh check, docs/gpu-campaign.md). Training goes through the `pyramidal`
+on a lent GPU (scripts/gpu-campaign.sh all, docs/gpu-campaign.md). Training goes through the `pyramidal`
 CLI, in this process where it can (no start-up per test), so the tests cover the code users run. The
 argument lists are module constants: tests/test_gpu_campaign.py parses them with today's CLI on the CPU,
 so a renamed flag fails in CI rather than on the next GPU.

@@ -1,7 +1,9 @@
-"""scripts/gpu-campaign.sh: the smoke run on the CPU writes what a GPU run returns, within the device tool's limits.
+"""scripts/gpu-campaign.sh: one call does everything, stops itself in time, and returns what the device tool brings back.
 
-The device tool brings back at most 8 files from $OUT, 16 MiB each and 64 MiB together, no deeper than two
-folders, named in letters, digits, '.', '_' and '-'. A kill at the time limit must leave what finished.
+The smoke run (CPU, tiny sizes) is the GPU run's code: the CUDA tests (skipped here), the bench sweep, each
+entry's probe, training, scores and archive. Its second entry is told to train far past the budget, so the
+time guard must stop it and still return its files. The device tool brings back at most 8 files from $OUT,
+16 MiB each, named in letters, digits, '.', '_' and '-'.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import importlib.util
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tarfile
@@ -23,198 +24,180 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu-campaign.sh"
 MiB = 2**20
+BUDGET = 45
 
 
-def _env() -> dict:
-    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
-    env.pop("OUT", None)  # the device tool's variable must not leak in from a developer's shell
-    return env
+def _load(name: str, path: Path) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-def _command(out: Path, work: Path, *args: str) -> list[str]:
-    return ["bash", str(SCRIPT), *args, "--smoke", "--out", str(out), "--work", str(work)]
+def _last_stage(recipe: str) -> dict:
+    from pyramidal.recipe import load_recipe
 
-
-def _returnable(out: Path) -> list[Path]:
-    """OUT's files, checked against what the device tool brings back."""
-    files = [p for p in out.rglob("*") if p.is_file()]
-    assert 1 <= len(files) <= 8, files
-    assert sum(p.stat().st_size for p in files) <= 64 * MiB
-    for p in files:
-        parts = p.relative_to(out).parts
-        assert len(parts) <= 3, f"{p}: deeper than two folders"
-        assert all(re.fullmatch(r"[A-Za-z0-9._-]+", part) for part in parts), p
-        assert p.stat().st_size <= 16 * MiB, p
-    return files
-
-
-def _report(out: Path) -> dict:
-    return json.loads((out / "report.json").read_text())
+    loaded = load_recipe(recipe)
+    return loaded.settings(len(loaded.stages) - 1)
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory) -> tuple[Path, Path]:
-    """Both phases: a chained task (jpeg, 2 phases), a hole task (block), and the research extra on squares."""
+def campaign_script() -> types.ModuleType:
+    return _load("gpu_campaign", REPO / "scripts" / "gpu-campaign.py")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> dict:
+    """The whole campaign in one call, told it has BUDGET seconds; noise-wide would train for 10 minutes."""
     out, work = tmp_path_factory.mktemp("out"), tmp_path_factory.mktemp("work")
-    cmd = _command(out, work, "all", "--tasks", "jpeg,block", "--research", "--research-tasks", "squares")
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    env.pop("OUT", None)
+    cmd = ["bash", str(SCRIPT), "all", "--smoke", "--seconds", str(BUDGET), "--out", str(out), "--work", str(work),
+           "--train-option", "noise-wide:steps=1000000", "--train-option", "noise-wide:max_minutes=10"]
     start = time.monotonic()
-    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=600)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    wall = time.monotonic() - start
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    print(f"smoke campaign: {time.monotonic() - start:.0f} s")
-    return out, work
+    return {"out": out, "work": work, "wall": wall, "report": json.loads((out / "report.json").read_text()),
+            "stdout": done.stdout}
 
 
 @pytest.mark.slow
-def test_smoke_outputs_fit_the_device_limits(smoke):
-    out, _ = smoke
-    names = {p.name for p in _returnable(out)}
-    assert names == {"report.json", "campaign.log", "bench.json", "weights.tar", "research.tar"}
+def test_one_call_returns_files_within_the_device_limits(smoke):
+    files = [p for p in smoke["out"].rglob("*") if p.is_file()]
+    assert {p.name for p in files} == {"report.json", "campaign.log", "check.json", "noise.tar", "noise-wide.tar"}
+    assert len(files) <= 8 and sum(p.stat().st_size for p in files) <= 64 * MiB
+    for p in files:
+        assert p.stat().st_size <= 16 * MiB and re.fullmatch(r"[A-Za-z0-9._-]+", p.name), p
 
 
 @pytest.mark.slow
-def test_smoke_report_covers_both_phases(smoke):
-    out, _ = smoke
-    report = _report(out)
-    check, train = report["phases"]["check"], report["phases"]["train"]
-    assert check["status"] == "done" and train["status"] == "done"
-    # The CUDA tests were collected and skipped (no GPU here), none broke at import.
-    pytest_run = check["pytest"]
-    assert pytest_run["collected"] >= 7 and pytest_run["skipped"] == pytest_run["collected"]
-    assert pytest_run["error"] == pytest_run["failed"] == 0
-    bench = json.loads((out / "bench.json").read_text())
-    assert [r["model"] for r in bench] == ["pyramidal23456", "pyramidal457101215"]
-    for row in check["bench"]:
-        assert row["train_images_per_s"] > 0 and 0 < row["train_peak_fraction"] < 1
-    assert check["train_smoke"]["returncode"] == 0 and check["train_smoke"]["images_per_s"] > 0
-    # The train phase used the check phase's rate, chained jpeg's phases and scored both tasks.
-    assert train["settings"]["initial_rate_from"] == "the check phase's training run"
-    tasks = train["tasks"]
-    assert set(tasks) == {"jpeg", "block"} and all(t["status"] == "done" for t in tasks.values())
-    jpeg = tasks["jpeg"]["runs"]
-    assert [r["phase"] for r in jpeg] == [1, 2] and all(r["returncode"] == 0 for r in jpeg)
-    phase2 = json.loads((Path(jpeg[1]["run"]) / "config.json").read_text())
-    assert Path(phase2["init_weights"]) == Path(jpeg[0]["run"]) / "best.safetensors"
-    assert {s["setting"] for s in tasks["jpeg"]["scores"]} == {"quality=10", "quality=5"}
-    assert all(s["psnr"] > 0 for t in tasks.values() for s in t["scores"])
-    research = train["research"]["tasks"]["squares"]
-    assert research["returncode"] == 0
-    with tarfile.open(out / "research.tar") as tar:
+def test_the_time_guard_stops_the_run_in_time_and_keeps_its_files(smoke, campaign_script):
+    report = smoke["report"]
+    assert smoke["wall"] <= BUDGET + campaign_script.GRACE, smoke["wall"]
+    assert report["status"] == "stopped by the time guard"
+    wide = report["entries"]["noise-wide"]
+    assert wide["status"] == "stopped by the time guard" and wide["run"]["stopped_by"] == "stop request"
+    with tarfile.open(smoke["out"] / "noise-wide.tar") as tar:
         names = tar.getnames()
-    assert any(n.endswith(".json") for n in names) and any(n.endswith("metrics.csv") for n in names)
+    assert {"noise-wide.safetensors", "noise-wide.json", "run/metrics.csv"} <= set(names)
+    assert "time guard" in (smoke["out"] / "campaign.log").read_text()
 
 
 @pytest.mark.slow
-def test_smoke_archive_holds_loadable_fp16_weights(smoke, tmp_path: Path):
-    from safetensors import safe_open
-
-    from pyramidal.checkpoint import load_weights
-
-    out, work = smoke
-    with tarfile.open(out / "weights.tar") as tar:
-        tar.extractall(tmp_path, filter="data")
-    root = tmp_path / work.name  # members are relative to the work folder's parent
-    for task in ("jpeg", "block"):
-        weights = root / "weights" / f"{task}.safetensors"
-        sidecar = json.loads(weights.with_suffix(".json").read_text())
-        assert sidecar["task"] == task and sidecar["dtype"] == "float16"
-        assert sidecar["model"] == "pyramidal23456" and sidecar["campaign"]["runs"]
-        assert sidecar["campaign_scores"] and "trained_on" in sidecar
-        with safe_open(str(weights), "pt") as f:
-            assert {str(f.get_tensor(k).dtype) for k in f.keys() if "num_batches" not in k} == {"torch.float16"}
-        model = load_weights(weights)
-        assert sum(p.numel() for p in model.parameters()) == sidecar["parameters"]
-        assert (root / "eval" / f"{task}.json").exists()
-    # Every phase's config, best-weights sidecar and metrics travel for provenance (jpeg: two phases; block: one).
-    runs = [r for t in _report(out)["phases"]["train"]["tasks"].values() for r in t["runs"]]
-    assert len(runs) == 3 and len(list(root.glob("builtin*/*/*/*/config.json"))) == len(runs)
+def test_report_covers_the_checks_the_training_and_the_scores(smoke):
+    report = smoke["report"]
+    tests = report["cuda_tests"]  # collected and skipped here (no GPU), none broken at import
+    assert tests["finished"] and tests["skipped"] >= 7 and tests["failed"] == tests["error"] == tests["passed"] == 0
+    sweep = report["sweep"]["models"]
+    assert [row["batch_size"] for row in sweep[0]["rows"]] == [1, 2]
+    assert sweep[1]["parameters"] > 3 * sweep[0]["parameters"]  # the wider entry, timed at its batch
+    assert all(0 < row["train_peak_fraction"] < 1 for model in sweep for row in model["rows"])
+    noise = report["entries"]["noise"]
+    assert [r["start"] for r in noise["probe"]["runs"]] == ["scratch", "builtin:noise"]
+    assert noise["start"] == (noise["probe"]["winner"] or "scratch")
+    settings = noise["settings"]
+    last = _last_stage("noise")
+    assert settings["data_on_device"] and settings["batch_size"] == 4
+    assert settings["lr"] == pytest.approx(last["lr"] * (4 / last["batch_size"]) ** 0.5)  # √k for k = 4/16
+    assert settings["task_options"] == last["task_options"] and settings["loss"] == last["loss"]
+    assert noise["run"]["steps"] >= 2 and noise["run"]["stopped_by"] in ("steps", "time")
+    rows = noise["scores"]["validation"]
+    assert [r["setting"] for r in rows] == ["sigma=15", "sigma=25", "sigma=50", "sigma=125"]
+    assert all(r["psnr"] > 10 and "gain" in r for r in rows) and isinstance(noise["scores"]["wins"], bool)
+    wide = report["entries"]["noise-wide"]
+    assert wide["model_options"]["m"] == 48 and [r["start"] for r in wide["probe"]["runs"]] == ["scratch"]
 
 
 @pytest.mark.slow
-def test_sigterm_keeps_the_finished_tasks(tmp_path: Path):
-    out, work = tmp_path / "out", tmp_path / "work"
-    proc = subprocess.Popen(_command(out, work, "train", "--tasks", "blur,mixed"), env=_env(), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "no task finished"
-            try:
-                tasks = _report(out)["phases"]["train"]["tasks"]
-            except (OSError, ValueError, KeyError):
-                tasks = {}
-            if any(t["status"] == "done" for t in tasks.values()):
-                break
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == 130
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
-    _returnable(out)
-    train = _report(out)["phases"]["train"]
-    assert train["status"] == "interrupted"
-    done = [name for name, t in train["tasks"].items() if t["status"] == "done"]
-    assert len(done) == 1
-    with tarfile.open(out / "weights.tar") as tar:
-        names = tar.getnames()
-    assert f"{work.name}/weights/{done[0]}.safetensors" in names
-    assert not any("/weights/" in n and done[0] not in n for n in names)  # nothing half-finished
+def test_packaging_round_trip_counts_steps_once_and_names_the_device(smoke, tmp_path, monkeypatch):
+    from functools import partial
+
+    import pyramidal.evaluate
+    from pyramidal.checkpoint import load_weights, read_weights_info
+    from pyramidal.inference import builtin_weights_path
+
+    packager = _load("package_builtin_weights", REPO / "scripts" / "package-builtin-weights.py")
+    monkeypatch.setattr(pyramidal.evaluate, "evaluate", partial(pyramidal.evaluate.evaluate, limit=1, crop=64))
+    target = packager.campaign_main(str(smoke["out"] / "noise.tar"), str(tmp_path / "noise.safetensors"), "none")
+    record = read_weights_info(target)
+    noise = smoke["report"]["entries"]["noise"]
+    best_step = noise["run"]["best_step"]
+    shipped = read_weights_info(builtin_weights_path("noise"))["steps"] if noise["start"] != "scratch" else 0
+    assert record["steps"] == shipped + best_step
+    cpu = smoke["report"]["machine"]["cpu"]
+    assert record["trained_on"] == f"one {cpu}" and cpu in record["provenance"] and cpu in record["limits"]
+    assert record["command"].endswith("scripts/gpu-campaign.sh all --smoke --seconds 45 --train-option "
+                                      "noise-wide:steps=1000000 --train-option noise-wide:max_minutes=10")
+    assert packager.absolute_paths(record) == [] and record["scores"] and record["dtype"] == "float16"
+    assert sum(p.numel() for p in load_weights(target).parameters()) == record["parameters"]
+    # The wider entry is a second file: not the task's default, by name or by speed.
+    with pytest.raises(packager.NotPortable, match="not the task's default file"):
+        packager.campaign_main(str(smoke["out"] / "noise-wide.tar"))
+    renamed = tmp_path / "renamed"
+    with tarfile.open(smoke["out"] / "noise-wide.tar") as tar:
+        tar.extractall(renamed, filter="data")
+    with tarfile.open(tmp_path / "noise.tar", "w") as tar:
+        for p in renamed.rglob("*"):
+            if p.is_file():
+                tar.add(p, arcname=str(p.relative_to(renamed)).replace("noise-wide", "noise"))
+    with pytest.raises(packager.NotPortable, match=r"3\.\d× the shipped model's FLOPs per pixel"):
+        packager.campaign_main(str(tmp_path / "noise.tar"))
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Fast checks, no training
 
 
-def _campaign_module() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_campaign", REPO / "scripts" / "gpu-campaign.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+def test_plan_scales_the_recipe_for_the_gpu():
+    from pyramidal.campaign import Entry, plan, scaled_lr
+
+    last = _last_stage("noise")
+    settings = plan(Entry("noise", "noise"), batch_size=256, steps=30000, seconds=200, out="runs/x")
+    assert settings["lr"] == pytest.approx(last["lr"] * 4) == scaled_lr(last["lr"], 256, 16, "sqrt")
+    assert settings["min_lr"] == pytest.approx(last["min_lr"] * 4) and settings["warmup_steps"] == 900
+    assert settings["data"] == last["data"] and settings["loss"] == last["loss"]
+    assert settings["data_on_device"] and settings["num_workers"] == 0 and settings["recipe"] == "noise"
+    assert settings["steps"] == 30000 and settings["max_minutes"] == pytest.approx(200 / 60)
+    assert scaled_lr(1e-3, 256, 16, "linear") == pytest.approx(16e-3)
+    jpeg = plan(Entry("jpeg", "jpeg"), batch_size=256, steps=100, seconds=60, out="runs/x", num_workers=14)
+    assert not jpeg["data_on_device"] and jpeg["num_workers"] == 14  # JPEG stays on persistent CPU workers
 
 
-def test_planner_fits_every_task_into_the_phase(monkeypatch):
-    """Two lanes, every built-in recipe, 420 s: each lane ends by the deadline with little time unused, and
-    steps are the rate's images over the run's seconds (96-px phases at (64/96)² of the 64-px rate)."""
-    campaign = _campaign_module()
-    clock = [0.0]
-    monkeypatch.setattr(campaign, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
-    settings = types.SimpleNamespace(smoke=False, batch_size=64, max_steps=None, lanes=2)
-    chains = campaign.discover_recipes(None, None)
-    planner = campaign.Planner(settings, chains, deadline=420.0, rate=3000.0)
-    assert sorted(t for lane in planner.lanes for t in lane) == sorted(chains)
-    phases = [sum(len(chains[t]) for t in lane) for lane in planner.lanes]
-    assert max(phases) - min(phases) <= 1, planner.lanes
-    for lane, tasks in enumerate(planner.lanes):
-        clock[0] = 0.0
-        for task in tasks:
-            end = planner.start_task(lane, task)
-            for i, run in enumerate(chains[task]):
-                steps, minutes = planner.plan_run(run, chains[task][i:], end)
-                expected = int(0.95 * 3000 * (64 / run.size) ** 2 * minutes * 60 / 64)
-                assert steps == expected > 0, (task, run.phase)
-                clock[0] += minutes * 60 + planner.overhead
-            clock[0] += planner.eval_seconds
-            assert clock[0] <= end + 1e-6, (task, clock[0], end)
-        assert 420 - 30 <= clock[0] <= 420 + 1e-6, (lane, clock[0])
+def test_entries_are_recipes_with_labels_and_options():
+    from pyramidal.campaign import parse_entries
+    from pyramidal.errors import PyramidalError
+
+    wide, plain = parse_entries(["noise-wide=noise", "noise"], None, ["noise-wide:m=48", "noise-wide:growth=24"])
+    assert (wide.label, wide.recipe, wide.model_options, wide.changes_architecture) == (
+        "noise-wide", "noise", {"m": 48, "growth": 24}, True)
+    assert plain.model_options == {} and not plain.changes_architecture
+    with pytest.raises(PyramidalError, match="recipe nosie"):
+        parse_entries(["nosie"])
+    with pytest.raises(PyramidalError, match="given twice"):
+        parse_entries(["noise", "noise"])
 
 
-def test_weight_archives_split_in_finishing_order(tmp_path: Path):
-    """Past the size limit the next task opens a new archive; full archives never change afterwards."""
-    campaign = _campaign_module()
-    groups = []
-    for i in range(12):  # 12 tasks of 1.7 MB each: more than fits one 15-MiB archive
-        path = tmp_path / f"task{i}.safetensors"
-        with open(path, "wb") as fh:
-            fh.truncate(1_700_000)
-        groups.append([(path, f"weights/task{i}.safetensors")])
-    parts = campaign.split_parts(groups)
-    assert [name for part in parts for _, name in part] == [g[0][1] for g in groups]  # order kept
-    assert len(parts) == 2
-    assert all(sum(campaign.tar_bytes(p) for p, _ in part) + 1024 <= campaign.ARCHIVE_LIMIT for part in parts)
-    assert campaign.split_parts(groups[:9])[:1] == parts[:1]  # a later task leaves the full part alone
+def test_pytest_lines_give_each_tests_outcome(campaign_script):
+    lines = ["tests/test_cuda.py::test_a PASSED [ 10%]", "[gw1] [ 20%] FAILED tests/test_cuda.py::test_b[x]",
+             "tests/test_cuda.py::test_c SKIPPED (needs a CUDA GPU)", "E   AssertionError: assert 1 == 2"]
+    result = campaign_script.parse_tests(lines, None)
+    assert result["tests"] == {"tests/test_cuda.py::test_a": "passed", "tests/test_cuda.py::test_b[x]": "failed",
+                               "tests/test_cuda.py::test_c": "skipped"}
+    assert (result["passed"], result["failed"], result["skipped"]) == (1, 1, 1) and not result["finished"]
+    assert "killed" in result["note"] and result["output_tail"] == ["E   AssertionError: assert 1 == 2"]
+
+
+def test_archive_leaves_out_a_file_over_the_limit(tmp_path, campaign_script):
+    small, big = tmp_path / "small.json", tmp_path / "big.safetensors"
+    small.write_text("{}")
+    with open(big, "wb") as fh:
+        fh.truncate(16 * MiB)
+    out = campaign_script.Out(tmp_path / "out")
+    archive = out.archive("entry.tar", [(small, "small.json"), (big, "big.safetensors")])
+    assert archive["members"] == 1 and archive["left_out"] == ["big.safetensors"]
+    assert (tmp_path / "out" / "entry.tar").stat().st_size <= 16 * MiB
 
 
 def test_cuda_tests_use_flags_the_cli_has():
