@@ -24,7 +24,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu-campaign.sh"
 MiB = 2**20
-BUDGET = 45
+BUDGET = 40
 
 
 def _load(name: str, path: Path) -> types.ModuleType:
@@ -128,7 +128,7 @@ def test_packaging_round_trip_counts_steps_once_and_names_the_device(smoke, tmp_
     assert record["steps"] == shipped + best_step
     cpu = smoke["report"]["machine"]["cpu"]
     assert record["trained_on"] == f"one {cpu}" and cpu in record["provenance"] and cpu in record["limits"]
-    assert record["command"].endswith("scripts/gpu-campaign.sh all --smoke --seconds 45 --train-option "
+    assert record["command"].endswith("scripts/gpu-campaign.sh all --smoke --seconds 40 --train-option "
                                       "noise-wide:steps=1000000 --train-option noise-wide:max_minutes=10")
     assert packager.absolute_paths(record) == [] and record["scores"] and record["dtype"] == "float16"
     assert sum(p.numel() for p in load_weights(target).parameters()) == record["parameters"]
@@ -217,3 +217,27 @@ def test_cuda_tests_use_flags_the_cli_has():
     restore = parser.parse_args([*test_cuda.RESTORE_ARGS, "in.png", "-o", "out", "--device", "cuda",
                                  "--precision", "fp32"])
     assert restore.command == "restore"
+
+
+def test_scores_compare_with_the_shipped_file_on_validation_and_benchmark_sets(tmp_path):
+    """The shipped file scored against itself: every gain is 0, on the validation photographs and on a
+    benchmark folder by both protocols, so it does not win."""
+    import numpy as np
+
+    from pyramidal.campaign import score_entry
+    from pyramidal.inference import builtin_weights_path
+    from pyramidal.io import write_image
+
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_image(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8), folder / f"{i}.png")
+    scores = score_entry(builtin_weights_path("noise"), "noise", device="cpu", limit=1, crop=64,
+                         benchmarks=[str(folder)])
+    assert [r["setting"] for r in scores["validation"]] == ["sigma=15", "sigma=25", "sigma=50", "sigma=125"]
+    bench = scores["benchmarks"]
+    assert {(r["sigma"], r["protocol"]) for r in bench} == {(s, p) for s in (15.0, 25.0, 50.0)
+                                                            for p in ("papers", "file")}
+    assert all(r["images"] == 1 and r["gain"] == 0 for r in bench) and all(r["gain"] == 0 for r in scores["validation"])
+    assert scores["mean_gain"] == 0 and scores["wins"] is False
