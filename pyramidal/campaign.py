@@ -147,7 +147,8 @@ def plan(entry: Entry, *, batch_size: int, steps: int, seconds: float, out: str 
 # Training in this process
 
 
-def _config(settings: dict[str, Any]):
+def train_config(settings: dict[str, Any]):
+    """The TrainConfig of a run's settings (as `plan` returns them)."""
     from pyramidal.config import resolve_config
 
     return resolve_config(settings)
@@ -160,7 +161,7 @@ def preload(settings: dict[str, Any], cache: dict) -> dict[str, Any]:
     from pyramidal.gpudata import describe
     from pyramidal.train import cached_device_photos, cached_source
 
-    config = _config(settings)
+    config = train_config(settings)
     source = cached_source(config, config.size, cache)
     held = {"data": config.data, "source": source.describe()}
     if config.data_on_device:
@@ -196,7 +197,7 @@ def train_settings(settings: dict[str, Any], cache: dict | None = None) -> dict[
     from pyramidal.train import Trainer
 
     start = time.monotonic()
-    trainer = Trainer(_config(settings), cache=cache)
+    trainer = Trainer(train_config(settings), cache=cache)
     trainer.fit()
     return run_summary(trainer, time.monotonic() - start)
 
@@ -237,7 +238,7 @@ def flops_ratio(settings: dict[str, Any], reference: str = "pyramidal23456") -> 
     from pyramidal.bench import count_flops
     from pyramidal.models import create_model
 
-    config = _config(settings)
+    config = train_config(settings)
     ours = count_flops(create_model(config.model, **config.model_kwargs()), 64, train=True)
     return ours / count_flops(create_model(reference), 64, train=True)
 

@@ -26,6 +26,7 @@ import sys
 import tarfile
 import threading
 import time
+import traceback
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -238,13 +239,12 @@ def bench_sweep(s: argparse.Namespace, entries, device, out: Out) -> dict[str, A
     """Training images/s and the fraction of the measured bf16 matmul peak at each --sweep batch for the default
     architecture, and at the training batch for every other architecture the entries train."""
     from pyramidal.bench import BenchConfig, format_sweep, run_sweep
-    from pyramidal.campaign import base_settings
+    from pyramidal.campaign import train_config
 
     models = {}
     for entry in entries:
-        base = base_settings(entry.recipe)
-        name = entry.model or base["model"]
-        options = {**base.get("model_options", {}), **entry.model_options}
+        config = train_config(plan(s, entry, device, steps=1, seconds=60))
+        name, options = config.model, config.model_kwargs()
         key = (name, json.dumps(options, sort_keys=True))
         models.setdefault(key, (name, options, s.sweep if not models else [s.batch_size]))
     results = []
@@ -280,82 +280,93 @@ def plan(s: argparse.Namespace, entry, device, **kw) -> dict[str, Any]:
 
 
 def train_entries(s: argparse.Namespace, entries, device, machine: dict, guard: Guard, out: Out) -> None:
-    from pyramidal import campaign
-
+    """Each entry in turn; one that fails leaves its error in the report and the next one its time."""
     section = out.report.setdefault("entries", {})
-    work = Path(s.work)
     for i, entry in enumerate(entries):
         record = section.setdefault(entry.label, {"recipe": entry.recipe, "status": "waiting"})
         if guard.stopped:
             record["status"] = "not started: the campaign was stopped"
             continue
-        share = (guard.left() - s.final_reserve) / (len(entries) - i)
-        if share < s.probe_seconds + s.score_reserve + (30 if not s.smoke else 2):
-            record.update(status="skipped", reason=f"{share:.0f} s left for it")
-            out.log(f"{entry.label}: skipped, {share:.0f} s left for it")
+        try:
+            train_entry(s, entry, len(entries) - i, device, machine, guard, out, record)
+        except Exception as exc:
+            record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+                          traceback=traceback.format_exc().splitlines()[-25:])
+            out.log(f"{entry.label}: failed: {traceback.format_exc()}")
             out.save()
-            continue
-        end = time.monotonic() + share
-        settings = plan(s, entry, device, steps=1, seconds=share, init_weights=None)
-        task = settings["task"]
-        record.update(status="probing", task=task, model=settings["model"],
-                      model_options=settings.get("model_options", {}))
+
+
+def train_entry(s: argparse.Namespace, entry, remaining: int, device, machine: dict, guard: Guard, out: Out,
+                record: dict) -> None:
+    """One entry: the start probe, the run, its scores and its archive, in its share of the time left."""
+    from pyramidal import campaign
+
+    work = Path(s.work)
+    share = (guard.left() - s.final_reserve) / remaining
+    if share < s.probe_seconds + s.score_reserve + (30 if not s.smoke else 2):
+        record.update(status="skipped", reason=f"{share:.0f} s left for it")
+        out.log(f"{entry.label}: skipped, {share:.0f} s left for it")
         out.save()
-        candidates = campaign.start_candidates(entry, task)
-        probe = campaign.probe_start(settings, candidates, s.probe_seconds, work / entry.label / "probe", s.cache,
-                                     out.log)
-        record["probe"] = probe
-        if guard.stopped:
-            record["status"] = "stopped in the probe"
-            break
-        rate = probe["images_per_s"] or probe["runs"][0]["steps"] * s.batch_size / max(
-            probe["runs"][0]["training_seconds"], 1e-3)
-        seconds = end - time.monotonic() - s.score_reserve
-        steps = max(2, int(0.92 * rate * seconds / s.batch_size))
-        if s.max_steps:
-            steps = min(steps, s.max_steps)
-        settings = plan(s, entry, device, steps=steps, seconds=seconds, init_weights=probe["winner"])
-        record.update(status="training", start=probe["winner"] or "scratch", planned_steps=steps,
-                      planned_seconds=round(seconds, 1), settings={k: settings[k] for k in (
-                          "batch_size", "lr", "min_lr", "warmup_steps", "steps", "data", "task_options", "loss",
-                          "data_on_device", "num_workers", "precision", "compile")})
+        return
+    end = time.monotonic() + share
+    settings = plan(s, entry, device, steps=1, seconds=share, init_weights=None)
+    task = settings["task"]
+    record.update(status="probing", task=task, model=settings["model"],
+                  model_options=settings.get("model_options", {}))
+    out.save()
+    candidates = campaign.start_candidates(entry, task)
+    probe = campaign.probe_start(settings, candidates, s.probe_seconds, work / entry.label / "probe", s.cache,
+                                 out.log)
+    record["probe"] = probe
+    if guard.stopped:
+        record["status"] = "stopped in the probe"
+        return
+    rate = probe["images_per_s"] or probe["runs"][0]["steps"] * s.batch_size / max(
+        probe["runs"][0]["training_seconds"], 1e-3)
+    seconds = end - time.monotonic() - s.score_reserve
+    steps = max(2, int(0.92 * rate * seconds / s.batch_size))
+    if s.max_steps:
+        steps = min(steps, s.max_steps)
+    settings = plan(s, entry, device, steps=steps, seconds=seconds, init_weights=probe["winner"])
+    record.update(status="training", start=probe["winner"] or "scratch", planned_steps=steps,
+                  planned_seconds=round(seconds, 1), settings={k: settings[k] for k in (
+                      "batch_size", "lr", "min_lr", "warmup_steps", "steps", "data", "task_options", "loss",
+                      "data_on_device", "num_workers", "precision", "compile")})
+    out.save()
+    out.log(f"{entry.label}: {steps} steps of batch {s.batch_size} at lr {settings['lr']:.2e} in {seconds:.0f} s "
+            f"(start: {probe['winner'] or 'scratch'}, {rate:.0f} images/s in the probe)")
+    summary = campaign.train_settings(settings, s.cache)
+    record["run"] = summary
+    if summary["images_per_s"]:  # against both CPU cores on the same model (FLOPs-scaled for another one)
+        flops = campaign.flops_ratio(settings)
+        summary["times_cpu"] = round(summary["images_per_s"] * flops / CPU_REFERENCE["images_per_s"], 1)
+    out.log(f"{entry.label}: {summary['steps']} steps, {summary['images_per_s']} images/s "
+            f"(×{summary.get('times_cpu')} both CPU cores), best PSNR/val {summary['best_val_psnr']} dB "
+            f"(stopped by {summary['stopped_by']})")
+    if summary["best_step"] is None:
+        record["status"] = "no weights"
         out.save()
-        out.log(f"{entry.label}: {steps} steps of batch {s.batch_size} at lr {settings['lr']:.2e} in {seconds:.0f} s "
-                f"(start: {probe['winner'] or 'scratch'}, {rate:.0f} images/s in the probe)")
-        summary = campaign.train_settings(settings, s.cache)
-        record["run"] = summary
-        if summary["images_per_s"]:  # against both CPU cores on the same model (FLOPs-scaled for another one)
-            flops = campaign.flops_ratio(settings)
-            summary["times_cpu"] = round(summary["images_per_s"] * flops / CPU_REFERENCE["images_per_s"], 1)
-        out.log(f"{entry.label}: {summary['steps']} steps, {summary['images_per_s']} images/s "
-                f"(×{summary.get('times_cpu')} both CPU cores), best PSNR/val {summary['best_val_psnr']} dB "
-                f"(stopped by {summary['stopped_by']})")
-        if summary["best_step"] is None:
-            record["status"] = "no weights"
-            out.save()
-            continue
-        scores = None
-        if guard.left() > (s.score_reserve if not guard.stopped else 0) / 2:
-            record["status"] = "scoring"
-            out.save()
-            run_best = Path(summary["run"]) / "best.safetensors"
-            scores = campaign.score_entry(run_best, task, device=str(device), precision=s.precision,
-                                          benchmarks=s.benchmark or None, limit=s.eval_limit,
-                                          crop=s.eval_crop, crops=s.eval_crops)
-            record["scores"] = scores
-            out.log(f"{entry.label}: " + ", ".join(
-                f"{r['setting'] or task} {r['psnr']:.2f}" + (f" ({r['gain']:+.2f})" if "gain" in r else "")
-                for r in scores["validation"]) + f"; wins: {scores['wins']}")
-        packed = campaign.pack_entry(entry, summary["run"], work / "weights" / f"{entry.label}.safetensors",
-                                     summary=summary, scores=scores, machine=machine)
-        scores_path = work / "weights" / f"{entry.label}-scores.json"
-        scores_path.write_text(json.dumps({"entry": record, "machine": machine, "argv": out.report["argv"]},
-                                          indent=2, default=str) + "\n")
-        record["archive"] = out.archive(f"{entry.label}.tar", entry_files(summary, packed, scores_path, work))
-        record["status"] = "done" if not guard.stopped else "stopped by the time guard"
+        return
+    scores = None
+    if guard.left() > (s.score_reserve if not guard.stopped else 0) / 2:
+        record["status"] = "scoring"
         out.save()
-        if guard.stopped:
-            break
+        run_best = Path(summary["run"]) / "best.safetensors"
+        scores = campaign.score_entry(run_best, task, device=str(device), precision=s.precision,
+                                      benchmarks=s.benchmark or None, limit=s.eval_limit,
+                                      crop=s.eval_crop, crops=s.eval_crops)
+        record["scores"] = scores
+        out.log(f"{entry.label}: " + ", ".join(
+            f"{r['setting'] or task} {r['psnr']:.2f}" + (f" ({r['gain']:+.2f})" if "gain" in r else "")
+            for r in scores["validation"]) + f"; wins: {scores['wins']}")
+    packed = campaign.pack_entry(entry, summary["run"], work / "weights" / f"{entry.label}.safetensors",
+                                 summary=summary, scores=scores, machine=machine)
+    scores_path = work / "weights" / f"{entry.label}-scores.json"
+    scores_path.write_text(json.dumps({"entry": record, "machine": machine, "argv": out.report["argv"]},
+                                      indent=2, default=str) + "\n")
+    record["archive"] = out.archive(f"{entry.label}.tar", entry_files(summary, packed, scores_path, work))
+    record["status"] = "done" if not guard.stopped else "stopped by the time guard"
+    out.save()
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
@@ -543,9 +554,14 @@ def main(argv: list[str] | None = None) -> int:
         out.log(f"campaign: {machine.get('gpu') or machine['cpu']}, torch {machine['torch']}, "
                 f"{s.seconds:.0f} s; entries {', '.join(e.label for e in entries)}")
         s.cache = {}
-        for entry in entries:  # the photographs are read (and put on the device) while the tests run
-            out.report.setdefault("data", {})[entry.label] = campaign.preload(
-                plan(s, entry, device, steps=1, seconds=60), s.cache)
+        data_error = None
+        try:  # the photographs are read (and put on the device) while the tests run
+            for entry in entries:
+                out.report.setdefault("data", {})[entry.label] = campaign.preload(
+                    plan(s, entry, device, steps=1, seconds=60), s.cache)
+        except PyramidalError as exc:  # the checks still run; the training cannot
+            data_error = exc
+            out.log(f"gpu-campaign: {exc}")
         if s.smoke:  # nothing runs on a GPU: the sweep need not wait for the tests
             out.report["sweep"] = bench_sweep(s, entries, device, out)
         returncode = tests.wait(None if s.smoke else guard.start + s.check_seconds)
@@ -557,11 +573,17 @@ def main(argv: list[str] | None = None) -> int:
                                 "machine": machine})
         out.report["check_seconds"] = round(guard.elapsed(), 1)
         out.save()
+        if data_error is not None:
+            raise data_error
         train_entries(s, entries, device, machine, guard, out)
         out.report["status"] = "stopped by the time guard" if guard.stopped else "done"
     except PyramidalError as exc:
         out.report.update(status="failed", error=str(exc))
         out.log(f"gpu-campaign: {exc}")
+    except Exception as exc:  # a first run on a GPU may meet anything: the report says what, with its trace
+        out.report.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+                          traceback=traceback.format_exc().splitlines()[-25:])
+        out.log(traceback.format_exc())
     finally:
         tests.stop()
         guard.done.set()

@@ -241,3 +241,17 @@ def test_scores_compare_with_the_shipped_file_on_validation_and_benchmark_sets(t
                                                             for p in ("papers", "file")}
     assert all(r["images"] == 1 and r["gain"] == 0 for r in bench) and all(r["gain"] == 0 for r in scores["validation"])
     assert scores["mean_gain"] == 0 and scores["wins"] is False
+
+
+@pytest.mark.slow
+def test_missing_training_photographs_fail_in_one_line_after_the_checks(tmp_path):
+    """Data that did not travel stops the training, not the CUDA tests and the sweep, which still return."""
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    done = subprocess.run(["bash", str(SCRIPT), "all", "--smoke", "--out", str(out), "--work", str(tmp_path / "w"),
+                           "--train", "noise", "--data", "builtin+.data/not-carried"],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert done.returncode == 1
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "failed" and ".data/not-carried" in report["error"] and "\n" not in report["error"]
+    assert report["cuda_tests"]["finished"] and (out / "check.json").is_file() and "entries" not in report
