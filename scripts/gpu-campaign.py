@@ -160,9 +160,12 @@ def environment(device) -> dict[str, Any]:
             env["nvidia_smi"] = smi.stdout.strip()
         except (OSError, subprocess.SubprocessError):
             pass
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-    if head.returncode == 0:
-        env["commit"] = head.stdout.strip()
+    try:  # the device machine's copy of the tree may have no git
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        if head.returncode == 0:
+            env["commit"] = head.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
     return env
 
 
