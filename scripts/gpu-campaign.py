@@ -238,6 +238,38 @@ def parse_tests(lines: list[str], returncode: int | None) -> dict[str, Any]:
     return result
 
 
+COMPILE_GAIN = 1.15  # what torch.compile must gain to be used: its compile time comes out of the training's
+
+
+def compile_probe(s: argparse.Namespace, out: Out) -> Subprocess:
+    """`pyramidal bench --compile` of the default architecture at the training batch, in the background beside
+    the CUDA tests (killed with them at the check deadline): its images/s, and how long compiling took."""
+    path = Path(s.work).resolve() / "compile-bench.json"
+    path.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    probe = Subprocess([sys.executable, "-m", "pyramidal", *compile_bench_args(s, path)], out, "compile", env)
+    probe.path, probe.started = path, time.monotonic()
+    return probe
+
+
+def compile_bench_args(s: argparse.Namespace, path: Path) -> list[str]:
+    return ["bench", "--model", "pyramidal23456", "--mode", "train", "--compile", "--no-data", "--size", str(s.size),
+            "--batch-size", str(s.batch_size), "--precision", s.precision, "--steps", "10", "--warmup", "2",
+            "--json", str(path)]
+
+
+def compile_decision(probe: dict | None, sweep: dict, batch: int) -> dict[str, Any]:
+    """Whether the training runs compiled: the compiled rate over the sweep's eager one at the same batch."""
+    eager = next((row.get("train_images_per_s") for model in sweep.get("models", [])[:1]
+                  for row in model.get("rows", []) if row.get("batch_size") == batch), None)
+    if not probe or not probe.get("train_images_per_s") or not eager:
+        return {"use": False, "why": "the compiled bench did not finish in time" if not probe else "no eager rate"}
+    gain = probe["train_images_per_s"] / eager
+    return {"use": gain >= COMPILE_GAIN, "gain": round(gain, 3), "compiled_images_per_s": probe["train_images_per_s"],
+            "eager_images_per_s": eager, "seconds": probe.get("wall_seconds"),
+            "why": f"{gain:.2f}× the eager rate ({'at least' if gain >= COMPILE_GAIN else 'below'} {COMPILE_GAIN}×)"}
+
+
 def bench_sweep(s: argparse.Namespace, entries, device, out: Out) -> dict[str, Any]:
     """Training images/s and the fraction of the measured bf16 matmul peak at each --sweep batch for the default
     architecture, and at the training batch for every other architecture the entries train."""
@@ -482,7 +514,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sweep", help="bench batches for the default architecture [64,256,1024; smoke 1,2]")
     p.add_argument("--bench-steps", type=int, help="timed bench steps per batch [10; smoke 2]")
     p.add_argument("--precision", help="[bf16; smoke auto]")
-    p.add_argument("--compile", choices=("off", "on"), default="off", help="torch.compile the training model [off]")
+    p.add_argument("--compile", choices=("off", "on", "auto"),
+                   help="torch.compile the training model; auto: time it beside the CUDA tests and use it if it "
+                        f"trains {COMPILE_GAIN}× as fast as the sweep's eager rate [auto; smoke off]")
     p.add_argument("--probe-seconds", type=float, help="seconds per start candidate [8; smoke 1]")
     p.add_argument("--max-steps", type=int, help="cap on each entry's steps")
     p.add_argument("--benchmark", action="append", default=[], metavar="DIR",
@@ -505,6 +539,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     s.sweep = [int(b) for b in (s.sweep or ("1,2" if smoke else "64,256,1024")).split(",")]
     s.bench_steps = s.bench_steps or (2 if smoke else 10)
     s.precision = s.precision or ("auto" if smoke else "bf16")
+    s.compile = s.compile or ("off" if smoke else "auto")
     s.probe_seconds = s.probe_seconds if s.probe_seconds is not None else (1.0 if smoke else 8.0)
     s.score_reserve = 4.0 if smoke else 30.0
     s.final_reserve = 2.0 if smoke else 10.0
@@ -548,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     # marks the campaign as stopping, and the loop over the entries ends at its next check.
     signal.signal(signal.SIGTERM, lambda signum, frame: setattr(guard, "stopped", True))
     tests = cuda_tests(s, out)  # in the background while this process measures the GPU
+    Path(s.work).mkdir(parents=True, exist_ok=True)
+    compiled = compile_probe(s, out) if s.compile == "auto" else None
     try:
         entries = campaign.parse_entries(s.train, s.model, s.model_option)
         s.train_options = parse_model_options(s.train_option, [e.label for e in entries])
@@ -570,8 +607,17 @@ def main(argv: list[str] | None = None) -> int:
         returncode = tests.wait(None if s.smoke else guard.start + s.check_seconds)
         out.report["cuda_tests"] = parse_tests(list(tests.tail), returncode)
         out.save()
+        if compiled is not None:  # its time is up with the tests'
+            code = compiled.wait(guard.start + s.check_seconds)
+            result = json.loads(compiled.path.read_text()) if code == 0 and compiled.path.is_file() else None
+            if result:
+                result["wall_seconds"] = round(time.monotonic() - compiled.started, 1)
         if not s.smoke:  # on the GPU alone, for clean numbers
             out.report["sweep"] = bench_sweep(s, entries, device, out)
+        if compiled is not None:
+            decision = out.report["compile"] = compile_decision(result, out.report["sweep"], s.batch_size)
+            s.compile = "on" if decision["use"] else "off"
+            out.log(f"torch.compile: {'used' if decision['use'] else 'not used'}, {decision['why']}")
         out.json("check.json", {"cuda_tests": out.report["cuda_tests"], "sweep": out.report["sweep"],
                                 "machine": machine})
         out.report["check_seconds"] = round(guard.elapsed(), 1)
@@ -589,6 +635,8 @@ def main(argv: list[str] | None = None) -> int:
         out.log(traceback.format_exc())
     finally:
         tests.stop()
+        if compiled is not None:
+            compiled.stop()
         guard.done.set()
         out.report["seconds"] = round(guard.elapsed(), 1)
         out.save()

@@ -255,3 +255,20 @@ def test_missing_training_photographs_fail_in_one_line_after_the_checks(tmp_path
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "failed" and ".data/not-carried" in report["error"] and "\n" not in report["error"]
     assert report["cuda_tests"]["finished"] and (out / "check.json").is_file() and "entries" not in report
+
+
+def test_compile_is_used_only_when_it_pays(campaign_script):
+    sweep = {"models": [{"rows": [{"batch_size": 64, "train_images_per_s": 900.0},
+                                  {"batch_size": 256, "train_images_per_s": 1000.0}]}]}
+    fast = campaign_script.compile_decision({"train_images_per_s": 1300.0, "wall_seconds": 40}, sweep, 256)
+    slow = campaign_script.compile_decision({"train_images_per_s": 1100.0}, sweep, 256)
+    late = campaign_script.compile_decision(None, sweep, 256)
+    assert fast["use"] and fast["gain"] == 1.3 and fast["seconds"] == 40
+    assert not slow["use"] and slow["gain"] == 1.1
+    assert not late["use"] and "did not finish" in late["why"]
+    from pyramidal.cli import build_parser
+
+    args = campaign_script.parse_args(["all", "--out", "x"])  # the GPU defaults: compile auto, batch 256
+    assert args.compile == "auto" and args.batch_size == 256 and args.seconds == 480
+    bench = build_parser().parse_args(campaign_script.compile_bench_args(args, Path("c.json")))
+    assert bench.command == "bench" and bench.compile and bench.batch_size == 256 and not bench.data
