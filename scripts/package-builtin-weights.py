@@ -60,6 +60,9 @@ TASK_USE = {
     "mixed": "blind restoration of photographs with one or two of the damages above, in any order",
     "inpaint": "filling holes of any shape whose mask is given (restore --mask): scratches, stamps, text, objects "
                "to remove; the pixels outside the mask are kept exactly",
+    "camera": "removing the noise of photographs as cameras and phones save them (high ISO, low light: signal-"
+              "dependent, coloured by demosaicing, softened by JPEG), blind to its strength; --strength trades the "
+              "detail it keeps against the smoothness it gives",
 }
 
 
