@@ -172,7 +172,8 @@ def _blind(method: Callable[[np.ndarray, float], np.ndarray]) -> Callable[[np.nd
 
 def _oracle(method: Callable[[np.ndarray, float], np.ndarray]) -> Callable[[np.ndarray, Context], np.ndarray]:
     """The method at the σ of ORACLE_SIGMAS that scores best against the clean image. PSNR against σ has one
-    peak, so a climb from the grid's middle finds the grid's best in a few tries (CBM3D is slow)."""
+    peak, so a climb finds the grid's best in a few tries (CBM3D is slow); it starts at the grid's σ nearest
+    the noise's RMS, which the oracle knows from the clean image."""
     def run(damaged: np.ndarray, ctx: Context) -> np.ndarray:
         tried: dict[int, tuple[float, np.ndarray]] = {}
 
@@ -182,7 +183,8 @@ def _oracle(method: Callable[[np.ndarray, float], np.ndarray]) -> Callable[[np.n
                 tried[i] = (psnr(ctx.clean, out), out)
             return tried[i][0]
 
-        best = len(ORACLE_SIGMAS) // 2
+        rms = float(np.sqrt(np.mean((damaged.astype(np.float64) - ctx.clean) ** 2)))
+        best = min(range(len(ORACLE_SIGMAS)), key=lambda i: abs(math.log(ORACLE_SIGMAS[i] / max(rms, 0.5))))
         while True:
             neighbours = [i for i in (best - 1, best + 1) if 0 <= i < len(ORACLE_SIGMAS)]
             better = max(neighbours, key=score)
