@@ -20,9 +20,9 @@ __version__ = "0.1.0"
 # submodule's name: importing `pyramidal.X` sets the package attribute X to the module.
 _LAZY = {
     "MODELS": "pyramidal.models",
-    "create_model": "pyramidal.models",
-    "list_models": "pyramidal.models",
-    "list_pretrained": "pyramidal.api",
+    "create_model": "pyramidal.hub",
+    "list_models": "pyramidal.hub",
+    "list_pretrained": "pyramidal.hub",
     "restore": "pyramidal.api",
     "load_weights": "pyramidal.checkpoint",
     "save_weights": "pyramidal.checkpoint",
@@ -36,11 +36,12 @@ __all__ = ["MODELS", "PyramidalError", "__version__", "create_model", "create_ta
            "list_pretrained", "load_weights", "read_weights_info", "restore", "save_pretrained", "save_weights"]
 
 if TYPE_CHECKING:  # what type checkers see; at run time each name loads on first use
-    from pyramidal.api import list_pretrained, restore
+    from pyramidal.api import restore
     from pyramidal.checkpoint import load_weights, read_weights_info, save_pretrained, save_weights
     from pyramidal.damage import create_task
     from pyramidal.errors import PyramidalError
-    from pyramidal.models import MODELS, create_model, list_models
+    from pyramidal.hub import create_model, list_models, list_pretrained
+    from pyramidal.models import MODELS
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""The library's front door: `restore` in one call, and the pretrained weights behind `create_model`.
+"""The library's front door: `restore` in one call, with the model cache it shares with `pyramidal serve`.
 
 Pixel ranges: this API speaks the values images are stored in, 8-bit (0-255), 16-bit (0-65535) or floats in
 [0, 1], and gives back the same. The models themselves work on floats in [-1, 1] (`restore_array` and a
@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from fnmatch import fnmatch
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,7 +18,6 @@ from pyramidal.errors import PyramidalError
 
 if TYPE_CHECKING:
     from PIL import Image
-    from torch import nn
 
 # Prepared models kept for the next `restore` call: (weights file, its mtime and size, device, precision).
 _CACHE: OrderedDict[tuple, Any] = OrderedDict()
@@ -31,105 +28,6 @@ _CACHE_LOCK = threading.Lock()
 _ARRAY_MODES = ("RGB", "RGBA", "L", "LA", "I;16", "I;16L", "I;16B", "I;16N")
 # ITU-R 601 luma, as Pillow converts RGB to L.
 _LUMA = np.array([0.299, 0.587, 0.114])
-
-
-# --------------------------------------------------------------------------- pretrained weights
-
-
-def list_pretrained(filter: str = "*") -> list[str]:
-    """The pretrained weights that ship inside the package, named `ARCHITECTURE.TASK`.
-
-    Args:
-        filter: an fnmatch pattern over the names, e.g. "*noise" or "pyramidal23456.*".
-
-    Returns:
-        Sorted names such as "pyramidal23456.noise"; pass one to `create_model(name, pretrained=True)`.
-    """
-    from pyramidal.checkpoint import read_weights_info
-    from pyramidal.inference import available_builtin_weights, builtin_weights_path
-
-    names = [f"{read_weights_info(builtin_weights_path(task))['model']}.{task}" for task in available_builtin_weights()]
-    return sorted(n for n in names if fnmatch(n, filter))
-
-
-def _shipped_for(architecture: str) -> list[str]:
-    """Tasks whose built-in weights are for `architecture`."""
-    return [name.split(".", 1)[1] for name in list_pretrained(f"{architecture}.*")]
-
-
-def pretrained_path(name: str, pretrained: bool | str | os.PathLike) -> Path:
-    """The weight file that `create_model(name, pretrained=...)` loads.
-
-    Args:
-        name: an architecture ("pyramidal23456") or a pretrained name ("pyramidal23456.noise").
-        pretrained: True (the built-in weights for this architecture, or for the task in `name`), a task
-            name ("noise"), or a path: a `.safetensors` file or a folder with `model.safetensors` +
-            `config.json`.
-
-    Returns:
-        The path of the `.safetensors` file.
-
-    Raises:
-        PyramidalError: no such task or file, or True where no single built-in file fits.
-    """
-    from pyramidal.inference import available_builtin_weights, builtin_weights_path
-
-    architecture, _, tag = name.partition(".")
-    if pretrained is True:
-        if tag:
-            return builtin_weights_path(tag)
-        tasks = _shipped_for(architecture)
-        if len(tasks) == 1:
-            return builtin_weights_path(tasks[0])
-        if tasks:
-            raise PyramidalError(
-                f"pretrained=True: {architecture} has built-in weights for several tasks ({', '.join(tasks)}); "
-                f"choose one: create_model({architecture!r}, pretrained={tasks[0]!r}) "
-                f"or create_model('{architecture}.{tasks[0]}', pretrained=True)")
-        raise PyramidalError(
-            f"pretrained=True: no built-in weights for {architecture}; shipped: {', '.join(list_pretrained())}; "
-            "or pass pretrained=PATH (a .safetensors file or a model.safetensors + config.json folder)")
-    if isinstance(pretrained, (str, os.PathLike)):
-        text = str(pretrained)
-        if text in available_builtin_weights() and not Path(text).exists():
-            return builtin_weights_path(text)
-        if not Path(text).exists():
-            raise PyramidalError(
-                f"pretrained={text!r}: neither a built-in task ({', '.join(available_builtin_weights())}) "
-                "nor an existing weights file or folder")
-        from pyramidal.checkpoint import weights_file
-
-        return weights_file(text)
-    raise TypeError(f"pretrained must be True, False, a task name or a path, not {type(pretrained).__name__}")
-
-
-def load_pretrained(name: str, pretrained: bool | str | os.PathLike = True, **options: Any) -> nn.Module:
-    """Build `name` with pretrained weights; what `create_model(name, pretrained=...)` does.
-
-    Args:
-        name: an architecture ("pyramidal23456") or a pretrained name ("pyramidal23456.noise").
-        pretrained: True, a task name or a path (see `pretrained_path`).
-        **options: model options to change that leave the weights' shapes alone (dropout, memory_efficient).
-
-    Returns:
-        The model in eval mode on the CPU, `model.info` holding the weights' record (task, scores, licence).
-        Call `.train()` to fine-tune it.
-
-    Raises:
-        PyramidalError: the weights are for another architecture, or cannot be found or read.
-    """
-    from pyramidal.checkpoint import load_weights
-    from pyramidal.models import MODELS
-
-    architecture = name.partition(".")[0]
-    MODELS.get(architecture)  # an unknown name fails here, listing the registered ones
-    path = pretrained_path(name, pretrained)
-    model = load_weights(path, **options)
-    if model.info["model"] != architecture:
-        raise PyramidalError(f"{path}: these weights are for {model.info['model']}, not {architecture}; "
-                             f"use create_model({model.info['model']!r}, pretrained=...)")
-    model.weights_path = str(path)
-    return model
 
 
 # --------------------------------------------------------------------------- one-call restore
@@ -151,7 +49,8 @@ def cached_model(weights: Any, task: str | None, device: str = "auto", precision
     from torch import nn
 
     from pyramidal.device import resolve_device, resolve_precision
-    from pyramidal.inference import load_restorer, prepare_for_inference, resolve_weights
+    from pyramidal.hub import resolve_weights
+    from pyramidal.inference import load_restorer, prepare_for_inference
 
     dev = resolve_device(device) if isinstance(device, str) else device
     prec = resolve_precision(precision, dev)

@@ -204,7 +204,7 @@ def train_settings(settings: dict[str, Any], cache: dict | None = None) -> dict[
 
 def start_candidates(entry: Entry, task: str) -> list[str | None]:
     """Where an entry can start: from scratch, and from the shipped weights when its architecture is theirs."""
-    from pyramidal.inference import available_builtin_weights
+    from pyramidal.hub import available_builtin_weights
 
     if entry.changes_architecture or task not in available_builtin_weights():
         return [None]
@@ -250,7 +250,7 @@ def flops_ratio(settings: dict[str, Any], reference: str = "pyramidal23456") -> 
 def shipped_scores(task: str) -> dict[str, float]:
     """The shipped weights' PSNR per evaluation setting, as their record holds it."""
     from pyramidal.checkpoint import read_weights_info
-    from pyramidal.inference import available_builtin_weights, builtin_weights_path
+    from pyramidal.hub import available_builtin_weights, builtin_weights_path
 
     if task not in available_builtin_weights():
         return {}
@@ -265,7 +265,7 @@ def score_entry(weights: str | Path, task: str, *, device: str = "auto", precisi
     task's evaluation settings (as the shipped scores were measured), and for noise the benchmark folders by
     the papers' and the file protocol (σ 15, 25, 50, seed 0). `wins`: better on the mean of both."""
     from pyramidal.evaluate import evaluate
-    from pyramidal.inference import available_builtin_weights
+    from pyramidal.hub import available_builtin_weights
 
     shipped = "builtin" if task in available_builtin_weights() else None
     kw = dict(crop=crop, crops=crops, limit=limit, baselines="none", device=device, precision=precision)

@@ -440,36 +440,18 @@ def load_checkpoint_model(saved: dict, model: nn.Module, source: str) -> None:
         ) from None
 
 
-BUILTIN_PREFIX = "builtin:"
-
-
-def resolve_init_weights(path: str | os.PathLike) -> Path:
-    """`--init-weights` as a path: `builtin:TASK` is the weight file shipped for TASK (as squares' recipe starts
-    from `builtin:inpaint`); anything else is a path as given."""
-    text = str(path)
-    if text.startswith(BUILTIN_PREFIX):
-        from pyramidal.inference import builtin_weights_path
-
-        task = text[len(BUILTIN_PREFIX):]
-        try:
-            return builtin_weights_path(task)
-        except (PyramidalError, ValueError) as exc:
-            raise PyramidalError(f"--init-weights {text}: {exc}") from None
-    return Path(path)
-
-
 def load_init_weights(model: nn.Module, path: str) -> None:
     """Start from weights in a .safetensors file, a .ckpt or a folder (its model.safetensors or best weights).
 
     Args:
         model: the model to fill (its architecture must match the file's).
-        path: a `.safetensors` file, a `.ckpt` training checkpoint, a run / Hugging Face-style folder, or
-            `builtin:TASK` (the built-in weights of TASK).
+        path: a `.safetensors` file, a `.ckpt` training checkpoint, or a run / Hugging Face-style folder
+            (`hub.resolve_init_weights` turns `builtin:TASK` into the shipped file first).
 
     Returns:
         None.
     """
-    p = resolve_init_weights(path)
+    p = Path(path)
     if p.suffix == ".ckpt":
         saved = load_checkpoint(p)
     else:

@@ -410,7 +410,8 @@ def plan_command(plan: dict, folder: str | os.PathLike) -> str:
     """The `pyramidal compare` command line that runs (or continues) this plan into `folder`."""
     import shlex
 
-    from pyramidal.config import parse_value, to_toml
+    from pyramidal.config import parse_value
+    from pyramidal.io import to_toml
 
     def value(v: Any) -> str:  # TOML syntax, as --model-option and --train-option read it; plain words bare
         return v if isinstance(v, str) and parse_value(v) == v else to_toml({"v": v}).strip().removeprefix("v = ")

@@ -7,7 +7,6 @@ config.json instead. Every bad value fails here with one line naming the option 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -75,43 +74,6 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise PyramidalError(f"{path}: not a text file (a config is UTF-8 TOML)") from None
     except OSError as exc:
         raise PyramidalError(f"{path}: cannot read ({exc.strerror})") from None
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
-def to_toml(data: dict[str, Any]) -> str:
-    """Serialise a flat dict with optional one-level sub-tables; None values are left out (TOML has no null)."""
-    lines, tables = [], []
-    for key, value in data.items():
-        if value is None:
-            continue
-        if isinstance(value, dict):
-            tables.append((key, value))
-        else:
-            lines.append(f"{key} = {_toml_value(value)}")
-    for name, table in tables:
-        lines.append("")
-        lines.append(f"[{name}]")
-        for key, value in table.items():
-            if value is not None:
-                lines.append(f"{key} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n"
 
 
 def parse_value(text: str) -> Any:
@@ -319,7 +281,7 @@ def check_run_folder(run_dir: str | os.PathLike) -> Path:
         raise PyramidalError(f"{run_dir}: no last.ckpt to resume from (the run stopped before its first "
                              "checkpoint); start it again")
     if os.environ.get("RANK", "0") == "0":  # the ranks of one torchrun group share the folder
-        from pyramidal.runstate import RunLock
+        from pyramidal.runstate import RunLock  # runstate imports torch; config stays torch-free for --help
 
         RunLock.check(run_dir)  # refused at once if another process trains there
     return run_dir

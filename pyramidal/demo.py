@@ -70,7 +70,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, train_minutes: 
              tasks: list[str] | None = None, say=print) -> dict:
     """Restore with every built-in weight file, print a PSNR table and figures, then train a small model."""
     from pyramidal.config import TrainConfig
-    from pyramidal.inference import available_builtin_weights
+    from pyramidal.hub import available_builtin_weights
     from pyramidal.io import write_text
     from pyramidal.train import train
 

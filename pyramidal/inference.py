@@ -1,4 +1,4 @@
-"""The one inference path: weights lookup, `prepare_for_inference`, tiled and batched restoration, file batches.
+"""The one inference path: loading a restorer, `prepare_for_inference`, tiled and batched restoration, file batches.
 
 Every user of a trained model (restore, evaluate, demo, compare, export's parity check, the bench) runs it
 through `prepare_for_inference`, so the benchmark times the code the commands run.
@@ -17,98 +17,27 @@ import numpy as np
 import torch
 from torch import nn
 
+from pyramidal.checkpoint import load_weights
 from pyramidal.device import autocast, resolve_device, resolve_precision
 from pyramidal.errors import OptionError, PyramidalError
 from pyramidal.fastpath import map_one_thread_each, memory_format, tune_cpu_allocator
+from pyramidal.hub import resolve_weights
 from pyramidal.progress import progress as progress_bar
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-
-
-# --------------------------------------------------------------------------- weights
-
-
-def available_builtin_weights() -> list[str]:
-    """The tasks that have built-in weights shipped inside the package.
-
-    Returns:
-        Sorted task names, e.g. `["block", "blur", "grid", ...]`; empty if none are installed.
-    """
-    if not WEIGHTS_DIR.is_dir():
-        return []
-    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
-
-
-def builtin_weights_path(task: str) -> Path:
-    """The weight file shipped for `task`.
-
-    Args:
-        task: a damage task name, e.g. "noise".
-
-    Returns:
-        The path of `pyramidal/weights/<task>.safetensors`.
-
-    Raises:
-        PyramidalError: no built-in weights for `task` (the message lists those that exist).
-        ValueError: `task` is not a registered task name (it is never taken as a path).
-    """
-    from pyramidal.damage import TASKS
-
-    TASKS.get(task)
-    path = WEIGHTS_DIR / f"{task}.safetensors"
-    if path.exists():
-        return path
-    have = available_builtin_weights()
-    listing = ", ".join(have) if have else "none are installed in this copy of pyramidal"
-    from pyramidal.recipe import list_recipes
-
-    if task in list_recipes():  # a recipe whose weights are not shipped yet
-        raise PyramidalError(
-            f"--weights builtin: no built-in weights for {task} ({listing}); train them with `pyramidal train "
-            f"--recipe {task}` and pass the last stage's best.safetensors as --weights"
-        )
-    raise PyramidalError(
-        f"--weights builtin: no built-in weights for task {task!r} ({listing}); "
-        "pass a .safetensors file written by `pyramidal train` instead"
-    )
-
-
-def resolve_weights(weights: str | os.PathLike, task: str | None) -> Path:
-    """Where to load weights from.
-
-    Args:
-        weights: "builtin" (the file shipped for `task`), a `.safetensors` file, or a folder holding
-            `model.safetensors` + `config.json` (Hugging Face style) or `best.safetensors` (a training run).
-        task: the damage task; needed for "builtin".
-
-    Returns:
-        The path of the `.safetensors` file.
-
-    Raises:
-        PyramidalError: "builtin" without a task or without weights for it, or nothing at the path.
-    """
-    from pyramidal.checkpoint import weights_file
-
-    if str(weights) == "builtin":
-        if not task:
-            raise PyramidalError("--weights builtin needs --task to know which weights to use")
-        return builtin_weights_path(task)
-    return weights_file(weights)
+# --------------------------------------------------------------------------- loading
 
 
 def load_restorer(weights: str | os.PathLike, task: str | None = None) -> nn.Module:
     """Load a model for restoration.
 
     Args:
-        weights: "builtin", a `.safetensors` file or a folder (see `resolve_weights`).
+        weights: "builtin", a `.safetensors` file or a folder (see `hub.resolve_weights`).
         task: the damage task; needed for "builtin".
 
     Returns:
         The model in eval mode on the CPU; `model.info` holds the file's record (architecture, task, scores)
         and `model.weights_path` the file it came from.
     """
-    from pyramidal.checkpoint import load_weights
-
     path = resolve_weights(weights, task)
     model = load_weights(path)
     model.weights_path = str(path)

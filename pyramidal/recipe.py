@@ -36,8 +36,8 @@ from typing import Any
 import tomllib
 
 from pyramidal.errors import PyramidalError
+from pyramidal.hub import recipe_path
 
-RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 RECIPE_PREFIX = "recipe:"
 STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 # What the runner sets for each stage itself; a recipe may not.
@@ -66,21 +66,6 @@ class Recipe:
             if table in self.shared and table in stage:
                 merged[table] = {**self.shared[table], **stage[table]}
         return merged
-
-
-def list_recipes() -> list[str]:
-    """The recipes shipped with the package, by name (one per task with built-in weights)."""
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.toml")) if RECIPES_DIR.is_dir() else []
-
-
-def recipe_path(name: str | os.PathLike) -> Path:
-    """The TOML file of a recipe: a shipped name, or a path to a file."""
-    path = Path(name)
-    if path.suffix == ".toml" and path.is_file():
-        return path
-    if str(name) in list_recipes():
-        return RECIPES_DIR / f"{name}.toml"
-    raise PyramidalError(f"recipe {name}: no such recipe file or shipped recipe; shipped: {', '.join(list_recipes())}")
 
 
 def load_recipe(name: str | os.PathLike) -> Recipe:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from pyramidal.errors import PyramidalError
+from pyramidal.io import to_toml, write_text
 
 
 def rng_state() -> dict[str, Any]:
@@ -217,9 +218,6 @@ class MetricsLog:
     def __init__(self, run_dir: Path, config: dict[str, Any], resume_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
-        from pyramidal.config import to_toml
-        from pyramidal.io import write_text
-
         # Written again on resume so that later resumes see extended limits. `resume` is left out:
         # `--config RUN/config.toml` then starts a fresh run with the same settings.
         saved = {**config, "resume": None}
@@ -240,8 +238,6 @@ class MetricsLog:
         self.csv = csv.writer(self.csv_file)
 
     def _truncate(self, step: int) -> None:
-        from pyramidal.io import write_text
-
         rows = []
         if self.path.exists():  # read by column name: a file an older version wrote keeps its rows
             with open(self.path, newline="") as fh:

@@ -48,6 +48,7 @@ from pyramidal.device import init_distributed, resolve_precision
 from pyramidal.errors import PyramidalError
 from pyramidal.fastpath import tune_cpu_allocator
 from pyramidal.figures import tile_grid
+from pyramidal.hub import resolve_init_weights
 from pyramidal.io import folder_problem, missing_folders, remove_empty_folders
 from pyramidal.runstate import (
     EMA,
@@ -186,7 +187,7 @@ class Trainer:
 
         model = create_model(c.model, **c.model_kwargs())
         if c.init_weights and not c.resume:
-            load_init_weights(model, c.init_weights)
+            load_init_weights(model, resolve_init_weights(c.init_weights))
         if c.sync_bn and self.world_size > 1:
             if self.device.type == "cuda":
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -93,7 +93,7 @@ def base_config(args: argparse.Namespace, out: Path) -> str:
     OUT/TASK/base.toml."""
     if args.config:
         return args.config
-    from pyramidal.config import to_toml
+    from pyramidal.io import to_toml
     from pyramidal.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)

@@ -27,7 +27,8 @@ def main(out: Path) -> None:
     from pyramidal.damage import create_task
     from pyramidal.evaluate import Context, biharmonic_inpaint, hole_scores
     from pyramidal.figures import image_grid
-    from pyramidal.inference import available_builtin_weights, load_restorer, restore_image
+    from pyramidal.hub import available_builtin_weights
+    from pyramidal.inference import load_restorer, restore_image
 
     torch.manual_seed(0)
     photo = np.ascontiguousarray(data.chelsea()[22:278, 40:424])  # 256×384

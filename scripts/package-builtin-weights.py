@@ -94,7 +94,7 @@ def check_portable(record: dict) -> None:
 
 def shipped_recipe(name: str | None, run: str = "the run") -> str:
     """The shipped recipe a run was trained by; refused when it was trained any other way."""
-    from pyramidal.recipe import list_recipes
+    from pyramidal.hub import list_recipes
 
     if not name or name not in list_recipes():
         raise NotPortable(f"{run} was not trained by a recipe shipped in pyramidal/recipes/ (recipe: {name}); "
@@ -315,7 +315,7 @@ def campaign_main(archive: str, out: str | None = None, baselines: str = "all") 
     import tempfile
 
     from pyramidal.checkpoint import load_weights, read_weights_info
-    from pyramidal.inference import available_builtin_weights, builtin_weights_path
+    from pyramidal.hub import available_builtin_weights, builtin_weights_path
     from pyramidal.models.summary import count_parameters
 
     with tempfile.TemporaryDirectory(prefix="pyramidal-campaign-") as tmp:
@@ -382,7 +382,8 @@ def campaign_main(archive: str, out: str | None = None, baselines: str = "all") 
 
 
 def main(task: str, run_dir: str) -> None:
-    from pyramidal.checkpoint import load_weights, read_weights_info, resolve_init_weights
+    from pyramidal.checkpoint import load_weights, read_weights_info
+    from pyramidal.hub import resolve_init_weights
     from pyramidal.models.summary import count_parameters
 
     run = Path(run_dir)

@@ -11,7 +11,8 @@ from pyramidal.cli import main
 from pyramidal.damage import create_task, eval_seed
 from pyramidal.data import load_source
 from pyramidal.evaluate import default_crop, psnr
-from pyramidal.inference import WEIGHTS_DIR, available_builtin_weights, load_restorer, restore_image
+from pyramidal.hub import WEIGHTS_DIR, available_builtin_weights
+from pyramidal.inference import load_restorer, restore_image
 
 TASKS = ("noise", "pixelate", "blur", "jpeg", "squares", "block", "grid", "mixed")
 # Regression guard, not the quality target: the least gain (dB over the damaged input) a built-in model

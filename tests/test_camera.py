@@ -170,30 +170,30 @@ def test_degrade_task_camera(tmp_path, capsys):
 
 
 def test_camera_without_weights_says_how_to_train_them(monkeypatch, tmp_path):
-    import pyramidal.inference as inference
+    import pyramidal.hub as hub
 
-    monkeypatch.setattr(inference, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(hub, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(PyramidalError, match=r"no built-in weights for .*camera.*pyramidal train"):
-        inference.builtin_weights_path("camera")
+        hub.builtin_weights_path("camera")
 
 
 def test_a_camera_weight_file_makes_the_task_available_everywhere(monkeypatch, tmp_path, capsys):
     """pyramidal/weights/camera.safetensors appearing is all it takes: the library, `restore --task camera` and
     the web page's task list offer it (a tiny model stands in for the trained one)."""
     import pyramidal
-    import pyramidal.inference as inference
+    import pyramidal.hub as hub
     from pyramidal.checkpoint import save_weights
     from pyramidal.models import create_model
     from pyramidal.web import engine
 
     weights = tmp_path / "weights"
     weights.mkdir()
-    monkeypatch.setattr(inference, "WEIGHTS_DIR", weights)
-    assert "camera" not in inference.available_builtin_weights()
+    monkeypatch.setattr(hub, "WEIGHTS_DIR", weights)
+    assert "camera" not in hub.available_builtin_weights()
     assert not {t["name"]: t for t in engine.tasks()}["camera"]["builtin"]
     save_weights(create_model("basic21", channels=(4, 8, 8), residual=True).eval(), weights / "camera.safetensors",
                  {"task": "camera"})
-    assert inference.available_builtin_weights() == ["camera"]
+    assert hub.available_builtin_weights() == ["camera"]
     assert {t["name"]: t for t in engine.tasks()}["camera"]["builtin"]
     noisy = create_task("camera", shot=2e-3)(batch(smooth_image(40, 56, 7)), seeds=[1])[0].permute(1, 2, 0).numpy()
     restored = pyramidal.restore(noisy, task="camera", strength=0.5, device="cpu")

@@ -24,7 +24,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu-campaign.sh"
 MiB = 2**20
-BUDGET = 40
+BUDGET = 50
 
 
 def _load(name: str, path: Path) -> types.ModuleType:
@@ -116,7 +116,7 @@ def test_packaging_round_trip_counts_steps_once_and_names_the_device(smoke, tmp_
 
     import pyramidal.evaluate
     from pyramidal.checkpoint import load_weights, read_weights_info
-    from pyramidal.inference import builtin_weights_path
+    from pyramidal.hub import builtin_weights_path
 
     packager = _load("package_builtin_weights", REPO / "scripts" / "package-builtin-weights.py")
     monkeypatch.setattr(pyramidal.evaluate, "evaluate", partial(pyramidal.evaluate.evaluate, limit=1, crop=64))
@@ -225,7 +225,7 @@ def test_scores_compare_with_the_shipped_file_on_validation_and_benchmark_sets(t
     import numpy as np
 
     from pyramidal.campaign import score_entry
-    from pyramidal.inference import builtin_weights_path
+    from pyramidal.hub import builtin_weights_path
     from pyramidal.io import write_image
 
     folder = tmp_path / "bench"

@@ -587,7 +587,7 @@ def test_task_is_a_registered_name_never_a_path(tmp_path, capsys):
     assert code == 2
     one_error(err, "--task", "unknown task")
     assert not (tmp_path / "o").exists()
-    from pyramidal.inference import builtin_weights_path
+    from pyramidal.hub import builtin_weights_path
 
     with pytest.raises(ValueError, match="unknown"):
         builtin_weights_path(str(tmp_path / "blur"))

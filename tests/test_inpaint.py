@@ -15,9 +15,8 @@ from pyramidal.checkpoint import load_weights, save_weights
 from pyramidal.cli import main
 from pyramidal.damage import MAGENTA, TASKS, create_task, eval_seed
 from pyramidal.errors import PyramidalError
+from pyramidal.hub import available_builtin_weights, builtin_weights_path
 from pyramidal.inference import (
-    available_builtin_weights,
-    builtin_weights_path,
     check_mask,
     magenta_mask,
     model_input,

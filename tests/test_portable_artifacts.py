@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 from pyramidal.checkpoint import METADATA_KEY
 from pyramidal.config import CONFIGS_DIR
-from pyramidal.inference import WEIGHTS_DIR, available_builtin_weights
+from pyramidal.hub import WEIGHTS_DIR, available_builtin_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 # A path of someone's machine: a home, a scratch or work root, a temporary folder, a Windows drive or `~/`.

@@ -431,8 +431,7 @@ def test_learning_curves_plot_and_table(tmp_path, capsys):
 
 
 def test_init_weights_builtin_task_names_the_shipped_file(tmp_path):
-    from pyramidal.checkpoint import resolve_init_weights
-    from pyramidal.inference import builtin_weights_path
+    from pyramidal.hub import builtin_weights_path, resolve_init_weights
 
     assert resolve_init_weights("builtin:inpaint") == builtin_weights_path("inpaint")
     assert resolve_init_weights(tmp_path / "w.safetensors") == tmp_path / "w.safetensors"
@@ -445,7 +444,7 @@ def test_recipes_that_start_from_another_recipe_train_after_it():
     be a shipped recipe that does not itself start from another, and the script must say so."""
     import tomllib
 
-    from pyramidal.recipe import RECIPES_DIR
+    from pyramidal.hub import RECIPES_DIR
 
     derived = {}
     for path in RECIPES_DIR.glob("*.toml"):

@@ -10,8 +10,8 @@ import pytest
 from pyramidal.cli import main
 from pyramidal.config import resolve_config
 from pyramidal.errors import PyramidalError
-from pyramidal.inference import available_builtin_weights
-from pyramidal.recipe import list_recipes, load_recipe, parse_stages, run_recipe, stage_run
+from pyramidal.hub import available_builtin_weights, list_recipes
+from pyramidal.recipe import load_recipe, parse_stages, run_recipe, stage_run
 
 TINY = '''task = "noise"
 model = "pyramidal44"

@@ -12,7 +12,8 @@ from PIL import Image
 from pyramidal.checkpoint import save_weights
 from pyramidal.cli import main
 from pyramidal.errors import PyramidalError
-from pyramidal.inference import builtin_weights_path, restore_image, tile_starts
+from pyramidal.hub import builtin_weights_path
+from pyramidal.inference import restore_image, tile_starts
 from pyramidal.io import read_image
 from pyramidal.models import create_model
 
@@ -179,9 +180,9 @@ def test_input_never_overwritten(tmp_path, weights, capsys):
 
 
 def test_builtin_weights_missing_is_clear(monkeypatch, tmp_path, capsys):
-    import pyramidal.inference as inference
+    import pyramidal.hub as hub
 
-    monkeypatch.setattr(inference, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(hub, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(PyramidalError, match="none are installed"):
         builtin_weights_path("noise")
     save_weights(create_model("basic21", channels=(4, 8, 8)), tmp_path / "jpeg.safetensors", {"task": "jpeg"})

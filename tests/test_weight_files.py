@@ -27,9 +27,9 @@ from pyramidal.checkpoint import (
 )
 from pyramidal.cli import main
 from pyramidal.errors import PyramidalError
-from pyramidal.inference import WEIGHTS_DIR, available_builtin_weights
+from pyramidal.hub import WEIGHTS_DIR, available_builtin_weights, list_recipes
+from pyramidal.hub import create_model as create_pretrained
 from pyramidal.models import create_model
-from pyramidal.recipe import list_recipes
 
 FAST = ["--device", "cpu", "--precision", "fp32"]
 
@@ -106,7 +106,7 @@ def test_a_hugging_face_style_folder_loads(tmp_path, embedded):
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / FOLDER_WEIGHTS))
         (folder / FOLDER_CONFIG).write_text(json.dumps({**model.spec, "task": "noise"}))
     assert same_weights(model, load_weights(folder))
-    assert same_weights(model, create_model("basic21", pretrained=folder))
+    assert same_weights(model, create_pretrained("basic21", pretrained=folder))
     assert restore_cli(tmp_path, folder) == 0
     fresh = create_model("basic21", channels=(4, 8, 8))
     load_init_weights(fresh, str(folder))

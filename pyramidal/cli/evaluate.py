@@ -136,7 +136,8 @@ def run_pairs(args: argparse.Namespace) -> int:
     from pyramidal.cli.common import task_option_values, write_json_output, write_outputs
     from pyramidal.errors import PyramidalError
     from pyramidal.evaluate import format_markdown, format_table
-    from pyramidal.inference import check_tiling, resolve_weights
+    from pyramidal.hub import resolve_weights
+    from pyramidal.inference import check_tiling
     from pyramidal.io import write_text
     from pyramidal.realnoise import evaluate_pairs, find_pairs
 
@@ -245,7 +246,8 @@ def run(args: argparse.Namespace) -> int:
     from pyramidal.cli.common import write_json_output, write_outputs
     from pyramidal.errors import PyramidalError
     from pyramidal.evaluate import evaluate, format_markdown, format_table
-    from pyramidal.inference import check_tiling, resolve_weights
+    from pyramidal.hub import resolve_weights
+    from pyramidal.inference import check_tiling
     from pyramidal.io import write_text
 
     if args.benchmark:

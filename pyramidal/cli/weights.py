@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from pyramidal.checkpoint import read_weights_info
     from pyramidal.cli.common import write_json_output
     from pyramidal.errors import PyramidalError
-    from pyramidal.inference import WEIGHTS_DIR, available_builtin_weights, builtin_weights_path
+    from pyramidal.hub import WEIGHTS_DIR, available_builtin_weights, builtin_weights_path
 
     tasks = available_builtin_weights()
     if args.task:

@@ -1,11 +1,10 @@
-"""Model zoo: every architecture is registered in MODELS and built with `create_model`."""
+"""Model zoo: every architecture is registered in MODELS and built with fresh weights by `create_model`."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 import math
-import os
 from collections.abc import Sequence
 from fnmatch import fnmatch
 from typing import Any
@@ -120,27 +119,17 @@ def check_model(name: str, **options: Any) -> None:
         check(**copy.deepcopy(options))
 
 
-def create_model(name: str, pretrained: bool | str | os.PathLike = False, **options: Any) -> nn.Module:
-    """Build a registered model, optionally with trained weights (as timm's `create_model`).
+def create_model(name: str, **options: Any) -> nn.Module:
+    """Build a registered model with fresh weights (`pyramidal.hub.create_model` adds `pretrained=`).
 
     Args:
-        name: a registered architecture ("pyramidal23456"; `list_models()`), or a pretrained name
-            "ARCHITECTURE.TASK" ("pyramidal23456.noise"; `list_pretrained()`).
-        pretrained: False builds fresh weights. True loads the built-in weights for the task in `name`, or
-            for the architecture when exactly one built-in file fits; a task name ("noise") picks that task's
-            built-in weights; a path loads a `.safetensors` file or a folder with `model.safetensors` +
-            `config.json` (the weights must be for `name`'s architecture).
-        **options: the architecture's options (e.g. `growth=8`, `down="maxpool"`, `memory_efficient=True`);
-            with `pretrained`, only options that leave the weights' shapes unchanged.
+        name: a registered architecture ("pyramidal23456"; `list_models()`); a pretrained name
+            "ARCHITECTURE.TASK" ("pyramidal23456.noise") names its architecture.
+        **options: the architecture's options (e.g. `growth=8`, `down="maxpool"`, `memory_efficient=True`).
 
     Returns:
-        The model; `model.spec` records name and options so that it can be rebuilt exactly. Fresh models
-        are in training mode; pretrained ones in eval mode with `model.info` (task, scores, licence).
+        The model in training mode; `model.spec` records name and options so that it can be rebuilt exactly.
     """
-    if pretrained is not False and pretrained is not None:
-        from pyramidal.api import load_pretrained
-
-        return load_pretrained(name, pretrained, **options)
     if name not in MODELS and "." in name:
         name = name.split(".", 1)[0]  # "pyramidal23456.noise" names the architecture too
     model = MODELS.get(name)(**copy.deepcopy(options))
@@ -148,12 +137,11 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, **opti
     return model
 
 
-def list_models(filter: str | Sequence[str] = "", pretrained: bool = False) -> list[str]:
-    """Names of the registered models.
+def list_models(filter: str | Sequence[str] = "") -> list[str]:
+    """Names of the registered models (`pyramidal.hub.list_models` can keep those with built-in weights).
 
     Args:
         filter: an fnmatch pattern ("pyramidal4*") or several; empty for every model.
-        pretrained: only the architectures that have built-in weights.
 
     Returns:
         Sorted model names.
@@ -163,11 +151,6 @@ def list_models(filter: str | Sequence[str] = "", pretrained: bool = False) -> l
     patterns = [p for p in patterns if p]
     if patterns:
         names = [n for n in names if any(fnmatch(n, p) for p in patterns)]
-    if pretrained:
-        from pyramidal.api import list_pretrained
-
-        shipped = {n.split(".", 1)[0] for n in list_pretrained()}
-        names = [n for n in names if n in shipped]
     return names
 
 

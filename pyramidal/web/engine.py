@@ -87,7 +87,9 @@ def is_maskable(task: str) -> bool:
 
 def builtin_tasks() -> list[str]:
     """Tasks with weights shipped inside the package."""
-    return list(_library("available_builtin_weights", _INFERENCE)())
+    from pyramidal.hub import available_builtin_weights
+
+    return available_builtin_weights()
 
 
 def tasks() -> list[dict]:
