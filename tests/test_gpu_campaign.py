@@ -128,7 +128,7 @@ def test_packaging_round_trip_counts_steps_once_and_names_the_device(smoke, tmp_
     assert record["steps"] == shipped + best_step
     cpu = smoke["report"]["machine"]["cpu"]
     assert record["trained_on"] == f"one {cpu}" and cpu in record["provenance"] and cpu in record["limits"]
-    assert record["command"].endswith("scripts/gpu-campaign.sh all --smoke --seconds 40 --train-option "
+    assert record["command"].endswith(f"scripts/gpu-campaign.sh all --smoke --seconds {BUDGET} --train-option "
                                       "noise-wide:steps=1000000 --train-option noise-wide:max_minutes=10")
     assert packager.absolute_paths(record) == [] and record["scores"] and record["dtype"] == "float16"
     assert sum(p.numel() for p in load_weights(target).parameters()) == record["parameters"]
