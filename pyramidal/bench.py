@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from pyramidal.config import MAX_BATCH, MAX_SIDE, MAX_STEPS
 from pyramidal.device import resolve_device, resolve_precision
 from pyramidal.errors import PyramidalError
 from pyramidal.fastpath import memory_format, tune_cpu_allocator
@@ -94,6 +95,23 @@ class BenchConfig:
             raise PyramidalError(f"--megapixels {self.megapixels}: must be above 0 and at most 1000")
         if self.weights == "builtin" and not self.task:
             raise PyramidalError("--weights builtin needs --task to know which weights to use")
+        for flag, value, high in (("--size", self.size, MAX_SIDE), ("--batch-size", self.batch_size, MAX_BATCH),
+                                  ("--steps", self.steps, MAX_STEPS), ("--warmup", self.warmup, MAX_STEPS)):
+            if value > high:
+                raise PyramidalError(f"{flag} {value}: at most {high:,}")
+        if self.mode != "restore":  # before anything is allocated: a step that cannot fit is one line
+            from pyramidal.models import check_model
+            from pyramidal.models.summary import check_memory
+
+            options = {**self.options, **({"memory_efficient": True} if self.memory_efficient else {})}
+            try:
+                check_model(self.model, **options)
+            except ValueError as exc:
+                if self.memory_efficient and "memory_efficient" in str(exc):
+                    raise PyramidalError(f"--memory-efficient: model {self.model} has no dense blocks") from None
+                raise
+            check_memory(self.model, options, batch=self.batch_size, size=self.size,
+                         device=resolve_device(self.device), training=self.mode != "infer")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -338,6 +338,15 @@ def parse_size_schedule(text: str | None) -> list[tuple[int, int, int | None]]:
     return sorted(out)
 
 
+# Highest sensible values: an image side, a batch, a count of steps (at 100 steps/s, 10⁹ steps take 4 months).
+MAX_SIDE = 32_768
+MAX_BATCH = 1 << 20
+MAX_STEPS = 10**9
+# Highest allowed value of numeric options; what fits in memory is checked on top (`models.summary.check_memory`).
+_HIGHEST = {"size": MAX_SIDE, "batch_size": MAX_BATCH, "steps": MAX_STEPS, "epochs": 10**6,
+            "patches_per_epoch": 10**8, "val_images": 10**6, "max_images": 10**9, "warmup_steps": MAX_STEPS,
+            "lr_step": MAX_STEPS, "val_every": MAX_STEPS, "log_every": MAX_STEPS, "checkpoint_every_steps": MAX_STEPS,
+            "log_images": 1024, "num_workers": 1024, "threads": 4096}
 # Lowest allowed value of numeric options (None leaves an option unset); NaN and infinity are refused too.
 _LOWEST = {"threads": 1, "num_workers": 0, "max_images": 1, "val_images": 0, "val_every": 0, "log_images": 0,
            "checkpoint_minutes": 0, "checkpoint_every_steps": 0, "warmup_steps": 0, "lr_step": 0,
@@ -350,6 +359,14 @@ def _check_limits(c: TrainConfig) -> None:
         value = getattr(c, name)
         if value is not None and not (math.isfinite(value) and value >= low):
             raise PyramidalError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+    for name, high in _HIGHEST.items():
+        value = getattr(c, name)
+        if value is not None and value > high:
+            raise PyramidalError(f"--{name.replace('_', '-')} {value}: at most {high:,}")
+    for at, size, batch in parse_size_schedule(c.size_schedule):
+        if at > MAX_STEPS or size > MAX_SIDE or (batch or 0) > MAX_BATCH:
+            raise PyramidalError(f"--size-schedule {at}:{size}{f':{batch}' if batch else ''}: steps at most "
+                                 f"{MAX_STEPS:,}, sizes at most {MAX_SIDE:,}, batches at most {MAX_BATCH:,}")
     if not (math.isfinite(c.lr_gamma) and c.lr_gamma > 0):
         raise PyramidalError(f"--lr-gamma must be a positive number, got {c.lr_gamma}")
     from pyramidal.damage import TASKS
@@ -357,6 +374,17 @@ def _check_limits(c: TrainConfig) -> None:
 
     TASKS.get(c.task)  # ValueError naming the registered tasks
     check_model(c.model, **c.model_kwargs())  # types, limits and size of the model options, nothing built
+
+
+def check_training_memory(c: TrainConfig) -> None:
+    """PyramidalError before anything is allocated when a training step of some phase (--size and --batch-size,
+    then each --size-schedule phase) cannot fit in the training device's memory."""
+    from pyramidal.device import resolve_device
+    from pyramidal.models.summary import check_memory
+
+    device = resolve_device(c.device)
+    for _, size, batch in size_phases(c):
+        check_memory(c.model, c.model_kwargs(), batch=batch, size=size, device=device)
 
 
 def validate_config(c: TrainConfig) -> None:
@@ -383,6 +411,7 @@ def validate_config(c: TrainConfig) -> None:
     if c.clip_grad is not None and c.clip_grad <= 0:
         raise PyramidalError(f"--clip-grad must be positive, got {c.clip_grad}")
     _check_limits(c)
+    check_training_memory(c)
     if (c.model_kwargs().get("hole_fill") == "smooth" and c.optimizer == "adam" and c.weight_decay > 0
             and not c.init_weights and not c.resume):
         # Measured: the output conv starts at zero, so no gradient reaches the other layers at first, and

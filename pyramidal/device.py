@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 from pyramidal.errors import PyramidalError
 from pyramidal.lazy import LazyModule
@@ -12,15 +13,55 @@ torch = LazyModule("torch")  # PRECISIONS is read by the command-line flags, whi
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+# `--device auto` takes the first of these that is available, else the CPU.
+AUTO_ORDER = ("cuda", "mps")
+
+
+def device_available(kind: str) -> bool:
+    """Whether the installed torch reports a usable device of this type here (cpu always; cuda, mps, xpu, ...)."""
+    if kind == "cpu":
+        return True
+    if kind == "mps":
+        return bool(torch.backends.mps.is_available())
+    is_available = getattr(getattr(torch, kind, None), "is_available", None)
+    return bool(is_available()) if callable(is_available) else False
+
+
 def resolve_device(spec: str = "auto") -> torch.device:
-    """`auto` → cuda if available (LOCAL_RANK picks the GPU under torchrun), else cpu."""
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise PyramidalError("--device cuda: no CUDA device is available (use --device cpu or auto)")
-    if spec not in ("cpu",) and not spec.startswith("cuda"):
-        raise PyramidalError(f"--device {spec!r}: choose auto, cpu or cuda")
-    return torch.device(spec)
+    """The device named by `--device`: `auto` → cuda, else mps (Apple silicon), else cpu; or any device type the
+    installed torch reports as available (cpu, cuda, cuda:N, mps, xpu, ...). LOCAL_RANK picks the GPU under
+    torchrun (`init_distributed`).
+
+    Raises:
+        PyramidalError: one line for a name torch does not know, a type not available here, or an index past the
+        devices there are.
+    """
+    text = str(spec).strip().lower()
+    if text == "auto":
+        return torch.device(next((kind for kind in AUTO_ORDER if device_available(kind)), "cpu"))
+    here = ", ".join(["auto", "cpu", *(kind for kind in (*AUTO_ORDER, "xpu") if device_available(kind))])
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise PyramidalError(f"--device {spec!r}: not a device torch knows; available here: {here}") from None
+    if not device_available(device.type):
+        raise PyramidalError(f"--device {spec}: no {device.type.upper()} device is available here (torch "
+                             f"{torch.__version__}); available: {here}")
+    count = getattr(getattr(torch, device.type, None), "device_count", None)
+    if device.index is not None and device.type != "cpu" and callable(count) and device.index >= count():
+        raise PyramidalError(f"--device {spec}: there {'is' if count() == 1 else 'are'} {count()} {device.type} "
+                             f"device(s) here, numbered from 0")
+    return device
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Bytes of memory `device` has: a CUDA GPU's total, else the machine's physical memory (None if unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # a system that does not say
+        return None
 
 
 def cpu_supports_bf16() -> bool:
@@ -32,7 +73,7 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_precision(spec: str, device: torch.device) -> str:
-    """`auto` → bf16 on CPUs with native bf16 and on bf16-capable GPUs, fp16 on older GPUs, else fp32."""
+    """`auto` → bf16 on CPUs with native bf16 and on bf16-capable CUDA GPUs, fp16 on older ones, else fp32."""
     if spec not in PRECISIONS:
         raise PyramidalError(f"--precision {spec!r}: choose one of {', '.join(PRECISIONS)}")
     if spec != "auto":
@@ -41,7 +82,9 @@ def resolve_precision(spec: str, device: torch.device) -> str:
         return spec
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_supports_bf16() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_supports_bf16() else "fp32"
+    return "fp32"  # other accelerators (mps, xpu): full precision unless asked, until measured there
 
 
 def autocast(device: torch.device, precision: str):
@@ -57,8 +100,6 @@ def init_distributed(spec: str = "auto") -> tuple[torch.device, int, int]:
 
     Each process of a multi-GPU run takes the GPU named by LOCAL_RANK; NCCL connects GPUs, gloo CPUs.
     """
-    import os
-
     world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     device = resolve_device(spec)
     if world_size > 1:

@@ -24,6 +24,8 @@ from pyramidal.evaluate import eval_images, psnr  # noqa: E402
 from pyramidal.web import engine  # noqa: E402
 from pyramidal.web.app import ServeConfig, create_app  # noqa: E402
 
+LOCAL = "http://127.0.0.1:7860"  # the server answers only requests addressed to this computer
+
 
 def png(rgb: np.ndarray) -> bytes:
     buffer = io.BytesIO()
@@ -68,7 +70,7 @@ def restore(client: TestClient, rgb: np.ndarray, task: str, **fields) -> dict:
 
 @pytest.fixture()
 def client():
-    with TestClient(create_app(ServeConfig(queue_size=2))) as c:
+    with TestClient(create_app(ServeConfig(queue_size=2)), base_url=LOCAL) as c:
         yield c
 
 
@@ -93,7 +95,7 @@ def test_cross_site_posts_are_refused(client):
     refused = client.post("/api/restore", data={"task": "noise"}, files=files,
                           headers={"origin": "https://evil.example"})
     assert refused.status_code == 403 and refused.json() == {"error": "cross-site request refused"}
-    same = client.post("/api/restore", data={"task": "noise"}, files=files, headers={"origin": "http://testserver"})
+    same = client.post("/api/restore", data={"task": "noise"}, files=files, headers={"origin": LOCAL})
     assert same.status_code == 202
     assert wait(client, same.json()["id"])["state"] == "done"
 
@@ -169,7 +171,7 @@ def test_unknown_choices_are_refused(client):
 
 def test_too_large_images_and_requests_state_the_limit():
     config = ServeConfig(max_pixels=64 * 64, max_upload_bytes=200_000)
-    with TestClient(create_app(config)) as client:
+    with TestClient(create_app(config), base_url=LOCAL) as client:
         response = client.post("/api/restore", data={"task": "noise"},
                                files={"image": ("big.png", png(photo(96)), "image/png")})
         assert response.status_code == 413
@@ -250,7 +252,7 @@ def test_full_queue_answers_busy_and_recovers(monkeypatch):
 
     monkeypatch.setattr(engine, "restore", held)
     try:
-        with TestClient(create_app(ServeConfig(queue_size=1))) as client:
+        with TestClient(create_app(ServeConfig(queue_size=1)), base_url=LOCAL) as client:
             files = {"image": ("a.png", png(photo(64)), "image/png")}
             first = client.post("/api/restore", data={"task": "noise"}, files=files).json()
             assert started.wait(30)  # the worker holds the first job
@@ -300,7 +302,7 @@ def test_trained_weights_are_offered_by_id_only(tmp_path):
     choices = engine.weights_choices(folders=[tmp_path / "runs"])
     assert [c.id for c in choices] == ["builtin", "file1"]
     assert choices[1].label == "mine.safetensors (pyramidal23456, trained for gray)"
-    with TestClient(create_app(ServeConfig(weights=choices))) as client:
+    with TestClient(create_app(ServeConfig(weights=choices)), base_url=LOCAL) as client:
         info = client.get("/api/info").json()
         assert info["weights"][1] == {"id": "file1", "label": choices[1].label, "task": "gray"}
         assert str(tmp_path) not in str(info)  # the browser never sees server paths

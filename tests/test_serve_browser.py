@@ -133,9 +133,19 @@ def _photo(size: int) -> np.ndarray:
     return items[0][1].permute(1, 2, 0).numpy().copy()
 
 
-def _save(rgb: np.ndarray, path: Path) -> Path:
-    Image.fromarray(rgb).save(path)
+def _save(rgb: np.ndarray, path: Path, **metadata) -> Path:
+    Image.fromarray(rgb).save(path, **metadata)
     return path
+
+
+def _camera_metadata() -> dict:
+    """What a photographer's file carries: EXIF (camera, date), an ICC profile, a resolution."""
+    from PIL import ImageCms
+
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x8769] = "Canon", "EOS R5", {0x9003: "2021:05:06 07:08:09"}
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    return {"exif": exif, "icc_profile": icc, "dpi": (300, 300)}
 
 
 def _read(path: Path) -> np.ndarray:
@@ -175,10 +185,17 @@ def restore_an_upload(page, tmp_path: Path) -> None:
     damaged = damaged[0].permute(1, 2, 0).numpy().copy()
     page.select_option("#task", "noise")
     assert "Gaussian noise" in page.text_content("#task-desc")
-    page.set_input_files("#file", str(_save(damaged, tmp_path / "damaged.png")))
+    metadata = _camera_metadata()
+    page.set_input_files("#file", str(_save(damaged, tmp_path / "damaged.png", **metadata)))
     expect(page.locator("#meta")).to_contain_text("128×128")
     _set_tile(page, 64)  # 3×3 tiles of 64 px: three forward passes to show progress over
     result = _restore_and_download(page, tmp_path / "restored.png")
+    with Image.open(tmp_path / "restored.png") as downloaded:  # the photo's metadata is in the download
+        exif = downloaded.getexif()
+        assert (exif.get(0x010F), exif.get(0x0110)) == ("Canon", "EOS R5")
+        assert exif.get_ifd(0x8769).get(0x9003) == "2021:05:06 07:08:09"
+        assert downloaded.info.get("icc_profile") == metadata["icc_profile"]
+        assert downloaded.info.get("dpi") == pytest.approx((300, 300), abs=0.01)
     assert result.shape == clean.shape
     assert psnr(clean, result) > psnr(clean, damaged) + 3, (psnr(clean, result), psnr(clean, damaged))
     texts = page.evaluate("window.progressTexts")

@@ -23,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-option", action="append", metavar="KEY=VALUE", default=[],
                         help="a model option, as for train (repeatable), e.g. mask_input=true: a mask-conditioned "
                              "or noise-map model is timed on the 4-channel input it takes")
+    # Checked, with the memory a step needs, by BenchConfig.validate (one line, exit 2).
     parser.add_argument("--size", type=int, help="image side in px (default 64; smoke 32)")
     parser.add_argument("--batch-size", type=int,
                         help="images per step (default 8; smoke 2); with --mode restore, tiles per forward pass "
@@ -67,10 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
+    import functools
     import sys
 
     from pyramidal.bench import BenchConfig, format_report, run_bench
-    from pyramidal.cli.common import check_report_files, write_json_output
+    from pyramidal.cli.common import check_report_files, write_json_output, write_outputs
     from pyramidal.errors import PyramidalError
 
     restore_flags = {"--weights": args.weights, "--task": args.task, "--megapixels": args.megapixels,
@@ -110,11 +113,13 @@ def run(args: argparse.Namespace) -> int:
         config = BenchConfig(model=args.model or "pyramidal457101215", **common, **explicit)
 
     config.validate()
+    for batch in _batch_sizes(args.sweep) if args.sweep else ():  # each batch of a sweep must fit, too
+        dataclasses.replace(config, batch_size=batch, mode="train").validate()
     from pyramidal.damage import TASKS
 
     for task in config.tasks or ():
         TASKS.get(task)  # an unknown --tasks name fails now, not after the timings
-    check_report_files(json=args.json)  # before the benchmark runs, so that its results are never lost
+    plan = check_report_files(json=args.json)  # before the benchmark runs, so that its results are never lost
     to_stdout = args.json == "-"  # then stdout holds the one JSON object and nothing else
 
     def log(msg: str) -> None:
@@ -133,10 +138,10 @@ def run(args: argparse.Namespace) -> int:
         report = format_report(result)
     if not to_stdout:
         print(report)
-    if args.json:
-        write_json_output(result, args.json)
-        if not to_stdout:
-            print(f"wrote {args.json}")
+    if to_stdout:
+        write_json_output(result, "-")
+    elif args.json:  # claimed as it is written: a file another run wrote meanwhile stays (exit 1)
+        return write_outputs("bench", plan, [(args.json, functools.partial(write_json_output, result, args.json))])
     return 0
 
 

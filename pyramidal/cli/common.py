@@ -18,8 +18,10 @@ from pyramidal.device import PRECISIONS
 
 
 def add_device(parser: argparse._ActionsContainer, default: Any = "auto") -> None:
-    """`--device`: auto (CUDA when available), cpu, cuda or cuda:N."""
-    parser.add_argument("--device", default=default, help="auto, cpu, cuda or cuda:N (default auto)")
+    """`--device`: auto (CUDA, else Apple's MPS, else the CPU), or any device type torch reports available."""
+    parser.add_argument("--device", default=default,
+                        help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps, or any other device type the "
+                             "installed torch reports as available, e.g. xpu (default auto)")
 
 
 def add_precision(parser: argparse._ActionsContainer, default: Any = "auto") -> None:
@@ -40,8 +42,8 @@ def add_threads(parser: argparse._ActionsContainer, default: Any = None) -> None
 
 
 @functools.cache  # one function per limit, so that a shared flag has the very same type everywhere
-def at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: a whole number >= `low`."""
+def at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number >= `low` (and <= `high`, if given)."""
 
     def whole_number(text: str) -> int:
         try:
@@ -50,9 +52,32 @@ def at_least(low: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:,}, got {value}")
         return value
 
     return whole_number
+
+
+def side(low: int = 1) -> Callable[[str], int]:
+    """An argparse type: an image or patch side in px, from `low` to `config.MAX_SIDE`."""
+    from pyramidal.config import MAX_SIDE
+
+    return at_least(low, MAX_SIDE)
+
+
+def batch_size() -> Callable[[str], int]:
+    """An argparse type: a batch size, from 1 to `config.MAX_BATCH`."""
+    from pyramidal.config import MAX_BATCH
+
+    return at_least(1, MAX_BATCH)
+
+
+def step_count(low: int = 1) -> Callable[[str], int]:
+    """An argparse type: a number of steps, from `low` to `config.MAX_STEPS`."""
+    from pyramidal.config import MAX_STEPS
+
+    return at_least(low, MAX_STEPS)
 
 
 def positive_number(text: str) -> float:

@@ -15,7 +15,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         add_out,
         add_precision,
         at_least,
+        batch_size,
         positive_number,
+        side,
+        step_count,
         task_help,
         task_name,
     )
@@ -28,16 +31,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                          "(its options: --model-option LABEL:KEY=VALUE)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--budget-minutes", type=positive_number, help="training time per model (default 5)")
-    budget.add_argument("--steps", type=at_least(1), help="training steps per model")
+    budget.add_argument("--steps", type=step_count(), help="training steps per model")
     parser.add_argument("--data", help="builtin (default), folder:PATH or celeba:PATH")
-    parser.add_argument("--size", type=at_least(1), help="training patch side (default 64)")
-    parser.add_argument("--batch-size", type=at_least(1), help="training batch size (default 16)")
+    parser.add_argument("--size", type=side(), help="training patch side (default 64)")
+    parser.add_argument("--batch-size", type=batch_size(), help="training batch size (default 16)")
     parser.add_argument("--seed", type=int, help="seed for every model (default 0)")
     parser.add_argument("--model-option", action="append", metavar="[MODEL:]KEY=VALUE",
                         help="model option for every model, or for one with MODEL: in front (value in TOML syntax)")
     parser.add_argument("--train-option", action="append", metavar="KEY=VALUE",
                         help="any other `pyramidal train` setting (value in TOML syntax), e.g. lr=1e-3 or val_images=64")
-    parser.add_argument("--eval-crop", type=at_least(0), default=None,
+    parser.add_argument("--eval-crop", type=side(0), default=None,
                         help="evaluation crop side, 0 = whole images (default as in `pyramidal evaluate`)")
     parser.add_argument("--eval-limit", type=at_least(1), default=None, help="evaluate on at most N images")
     parser.add_argument("--baselines", choices=("none", "fast", "all"),

@@ -8,15 +8,24 @@ HELP = "gradient-flow report: conv gradient norms vs depth after a few steps (pl
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pyramidal.cli.common import add_device, add_out, at_least, positive_number, task_help, task_name
+    from pyramidal.cli.common import (
+        add_device,
+        add_out,
+        batch_size,
+        positive_number,
+        side,
+        step_count,
+        task_help,
+        task_name,
+    )
 
     parser.add_argument("--models", default="plain103,pyramidal457101215",
                         help="comma-separated model names (default plain103,pyramidal457101215)")
     parser.add_argument("--task", default="squares", type=task_name, help=task_help() + " (default squares)")
     parser.add_argument("--data", default="builtin", help="builtin (default), folder:PATH or celeba:PATH")
-    parser.add_argument("--steps", type=at_least(0), default=3, help="Adam steps before measuring (default 3)")
-    parser.add_argument("--size", type=at_least(1), default=32, help="patch side in px (default 32)")
-    parser.add_argument("--batch-size", type=at_least(1), default=2, help="batch size (default 2)")
+    parser.add_argument("--steps", type=step_count(0), default=3, help="Adam steps before measuring (default 3)")
+    parser.add_argument("--size", type=side(), default=32, help="patch side in px (default 32)")
+    parser.add_argument("--batch-size", type=batch_size(), default=2, help="batch size (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and data (default 0)")
     parser.add_argument("--lr", type=positive_number, default=3e-4, help="Adam learning rate (default 3e-4)")
     parser.add_argument("--option", action="append", metavar="KEY=VALUE",
@@ -28,8 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pyramidal.cli.common import check_out_folder
     from pyramidal.config import parse_options
+    from pyramidal.device import resolve_device
     from pyramidal.errors import PyramidalError
     from pyramidal.gradients import measure, summary, write_reports
+    from pyramidal.models import check_model
+    from pyramidal.models.summary import check_memory
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models:
@@ -39,9 +51,14 @@ def run(args: argparse.Namespace) -> int:
     # Batch norm needs more than one value per channel in training.
     if args.batch_size * args.size * args.size < 2:
         raise PyramidalError("--batch-size × --size² must be at least 2 for batch norm")
+    options = parse_options(args.option, "--option")
+    device = resolve_device(args.device)
+    for name in models:  # before any model is built: a step that cannot fit is one line, not a machine out of memory
+        check_model(name, **options)
+        check_memory(name, options, batch=args.batch_size, size=args.size, device=device)
     check_out_folder(args.out)
     report = measure(models, task=args.task, data=args.data, steps=args.steps, size=args.size,
-                     batch_size=args.batch_size, seed=args.seed, lr=args.lr, options=parse_options(args.option, "--option"),
+                     batch_size=args.batch_size, seed=args.seed, lr=args.lr, options=options,
                      device=args.device)
     print(summary(report))
     paths = write_reports(report, args.out)

@@ -16,6 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this computer only)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="also answer requests addressed to NAME (a name this computer has on the network); "
+                             "requests for any other name are refused, so that no other site's page can use this "
+                             "one (repeatable; localhost, 127.0.0.1, ::1 and --host are always answered)")
     parser.add_argument("--weights", action="append", default=[], metavar="FILE",
                         help="a trained .safetensors file the page may choose, besides the built-in weights "
                              "(repeatable)")
@@ -32,6 +36,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile", type=int, default=256, help="default tile size in px (default 256)")
     parser.add_argument("--slow-baselines", action="store_true",
                         help="also score samples with the slow classical methods (BM3D: tens of seconds)")
+
+
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def served_hosts(host: str, allowed: list[str]) -> tuple[str, ...]:
+    """The Host header names the server answers: this computer's own (localhost, 127.0.0.1, ::1), --host, the
+    --allow-host names, and on a wildcard --host (every interface) this computer's name and addresses."""
+    import socket
+
+    from pyramidal.web.app import LOCAL_HOSTS
+
+    names = [*LOCAL_HOSTS, host, *allowed]
+    if host in WILDCARD_HOSTS:
+        name = socket.gethostname()
+        names += [name, socket.getfqdn()]
+        try:
+            names += [info[4][0] for info in socket.getaddrinfo(name, None)]
+        except OSError:  # a name that does not resolve: --allow-host is the way
+            pass
+    return tuple(dict.fromkeys(n for n in names if n not in WILDCARD_HOSTS))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     rt = engine.runtime(args.device, args.precision)  # resolves --device now, so a bad one fails here
     config = ServeConfig(weights=weights, device=args.device, precision=args.precision,
                          max_pixels=int(args.max_megapixels * 1e6), max_upload_bytes=int(args.max_upload_mb * 2**20),
-                         queue_size=args.queue, tile=args.tile, slow_baselines=args.slow_baselines)
+                         queue_size=args.queue, tile=args.tile, slow_baselines=args.slow_baselines,
+                         hosts=served_hosts(args.host, args.allow_host))
     app = create_app(config)
 
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET

@@ -5,6 +5,10 @@ works through; the page polls the job for its progress over tiles. A full queue 
 Uploads stay in memory: multipart parts over 1 MB spill to an unlinked private temporary file while the request
 is read, and the library's reader gets each upload from a private temporary folder deleted right after decoding.
 Results are kept in memory for a limited time. No route reads the file system.
+
+The server answers only requests addressed to it by a name or address it listens on (the Host header): a page
+of another site that points its own name at 127.0.0.1 (DNS rebinding) gets 400, so it can neither queue jobs
+nor read their results. Every error is JSON, {"error": message}.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -38,6 +43,9 @@ if TYPE_CHECKING:
     import numpy as np
 
 MASK_MODES = ("none", "auto", "paint")
+# The names this computer answers to; the --host given and --allow-host names are added (`ServeConfig.hosts`).
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 TILE_RANGE = (64, 2048)
 STRENGTH_RANGE = (0.0, 2.0)
 # Headers on every response: the page loads nothing from anywhere but this server.
@@ -66,6 +74,7 @@ class ServeConfig:
     result_ttl: float = 600.0  # seconds a finished job stays downloadable
     slow_baselines: bool = False  # BM3D in sample scores (tens of seconds per image on a CPU)
     decode_slots: int = 2  # uploads decoded at once (each up to max_pixels × 3 bytes)
+    hosts: Sequence[str] = LOCAL_HOSTS  # Host header values answered (any port); others get 400
 
 
 class HTTPError(Exception):
@@ -247,6 +256,12 @@ def _flag(value: Any) -> bool:
     return str(value).strip().lower() in ("1", "true", "on", "yes")
 
 
+def _shown(value: Any) -> str:
+    """A form value fit for a message: printable, at most 40 characters, quoted."""
+    text = "".join(c for c in str(value) if c.isprintable())
+    return repr(text[:40] + ("…" if len(text) > 40 else ""))
+
+
 class App:
     """Route handlers bound to one configuration and one worker."""
 
@@ -285,13 +300,13 @@ class App:
 
     def _options(self, fields: dict) -> tuple[str, engine.WeightsChoice, bool, int, float]:
         task = fields.get("task", "")
+        if not task:
+            raise HTTPError(400, f"no task in the request (send the form field 'task': one of {', '.join(self.tasks)})")
         if task not in self.tasks:
-            raise HTTPError(400, f"unknown task {engine.display_name(task)!r}; choose one of "
-                                 f"{', '.join(self.tasks)}")
+            raise HTTPError(400, f"unknown task {_shown(task)}; choose one of {', '.join(self.tasks)}")
         weights_id = fields.get("weights", "builtin")
         if weights_id not in self.weights:
-            raise HTTPError(400, f"unknown weights {engine.display_name(weights_id)!r}; choose one of "
-                                 f"{', '.join(self.weights)}")
+            raise HTTPError(400, f"unknown weights {_shown(weights_id)}; choose one of {', '.join(self.weights)}")
         weights = self.weights[weights_id]
         if weights.path is None and not self.tasks[task]["builtin"]:
             raise HTTPError(400, f"no built-in weights for task {task!r}; start the server with "
@@ -299,13 +314,13 @@ class App:
         try:
             tile = int(fields.get("tile") or self.config.tile)
         except ValueError:
-            raise HTTPError(400, f"tile {engine.display_name(fields.get('tile'))!r} is not a number") from None
+            raise HTTPError(400, f"tile {_shown(fields.get('tile'))} is not a number") from None
         if not TILE_RANGE[0] <= tile <= TILE_RANGE[1]:
             raise HTTPError(400, f"tile {tile}: choose a size from {TILE_RANGE[0]} to {TILE_RANGE[1]} px")
         try:
             strength = float(fields.get("strength") or 1.0)
         except ValueError:
-            raise HTTPError(400, f"strength {engine.display_name(fields.get('strength'))!r} is not a number") from None
+            raise HTTPError(400, f"strength {_shown(fields.get('strength'))} is not a number") from None
         if not STRENGTH_RANGE[0] <= strength <= STRENGTH_RANGE[1]:
             raise HTTPError(400, f"strength {strength:g}: choose a value from {STRENGTH_RANGE[0]:g} to "
                                  f"{STRENGTH_RANGE[1]:g}")
@@ -339,7 +354,7 @@ class App:
             raise HTTPError(400, "no image in the request (send it as the form field 'image')")
         mode = fields.get("mask_mode", "none")
         if mode not in MASK_MODES:
-            raise HTTPError(400, f"mask_mode {engine.display_name(mode)!r}: choose one of {', '.join(MASK_MODES)}")
+            raise HTTPError(400, f"mask_mode {_shown(mode)}: choose one of {', '.join(MASK_MODES)}")
         task_info = self.tasks[job.task]
         if mode != "none" and not task_info["maskable"]:
             raise HTTPError(400, f"task {job.task!r} takes no mask (masks are for "
@@ -404,6 +419,10 @@ class App:
 
 async def _read_form(request: Request) -> tuple[dict[str, str], dict[str, tuple[str, bytes]]]:
     """The multipart (or urlencoded) form: text fields, and files as (name, bytes), read into memory."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind not in FORM_TYPES:
+        raise HTTPError(415, f"send the request as a form (multipart/form-data, fields such as task and image), "
+                             f"not {_shown(kind) if kind else 'a body without a content type'}")
     fields: dict[str, str] = {}
     files: dict[str, tuple[str, bytes]] = {}
     try:
@@ -415,6 +434,8 @@ async def _read_form(request: Request) -> tuple[dict[str, str], dict[str, tuple[
                     fields[key] = value
     except MultiPartException as exc:
         raise HTTPError(400, f"malformed upload: {exc.message}") from None
+    except HTTPException as exc:  # Starlette's own refusals of a form (a multipart body without a boundary)
+        raise HTTPError(400, f"malformed upload: {exc.detail}") from None
     return fields, files
 
 
@@ -437,11 +458,24 @@ def _same_origin(headers: dict[bytes, bytes]) -> bool:
     return origin.split(b"://", 1)[-1] == headers.get(b"host", b"")
 
 
-class Guard:
-    """ASGI middleware: cross-site posts refused (403), request-size limit (413), security headers on every answer."""
+def host_name(value: str) -> str:
+    """The name in a Host header (or a --host), lower case, without port, brackets or a final dot:
+    "LocalHost:7860" → "localhost", "[::1]:7860" → "::1"."""
+    text = value.strip().lower()
+    if text.startswith("["):
+        text = text[1:text.find("]")] if "]" in text else text[1:]
+    elif text.count(":") == 1:
+        text = text.split(":", 1)[0]
+    return text.rstrip(".")
 
-    def __init__(self, app: Any, max_bytes: int):
+
+class Guard:
+    """ASGI middleware: requests for another host name refused (400), cross-site posts refused (403), request-size
+    limit (413), security headers on every answer."""
+
+    def __init__(self, app: Any, max_bytes: int, hosts: Sequence[str] = LOCAL_HOSTS):
         self.app, self.max_bytes = app, max_bytes
+        self.hosts = {host_name(h) for h in hosts}
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -457,6 +491,13 @@ class Guard:
             await send(message)
 
         headers = dict(scope.get("headers", []))
+        host = headers.get(b"host", b"").decode("latin-1")
+        if host_name(host) not in self.hosts:
+            # A name this server does not listen on: another site's page reaching it through its own DNS name.
+            refused = HTTPError(400, f"this server answers requests for {', '.join(sorted(self.hosts))} only, "
+                                     f"not {_shown(host) if host else 'a request without a Host header'}")
+            await self._answer(refused, scope, receive, send_with_headers)
+            return
         if scope["method"] == "POST" and not _same_origin(headers):
             # Another site's page may make the browser post here, though it cannot read the answer.
             await self._answer(HTTPError(403, "cross-site request refused"), scope, receive, send_with_headers)
@@ -499,6 +540,23 @@ def create_app(config: ServeConfig | None = None) -> Any:
             return _error(exc.status, exc.message, exc.headers)
         return _error(413 if isinstance(exc, engine.TooLarge) else 400, str(exc))
 
+    async def routing(request: Request, exc: HTTPException) -> Response:  # Starlette's 404 and 405, as JSON
+        where = _shown(request.url.path)
+        allowed = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow", "")
+        message = {404: f"no such page or API route: {where}",
+                   405: f"{request.method} {where}: method not allowed (allowed: {allowed})"}.get(
+                       exc.status_code, str(exc.detail))
+        return _error(exc.status_code, message, exc.headers)
+
+    async def disconnected(request: Request, exc: ClientDisconnect) -> Response:
+        # A closed tab mid-upload: nothing to answer and nothing queued; one line, not a traceback.
+        print(f"pyramidal serve: a client closed the connection during its request ({request.method} "
+              f"{request.url.path}); nothing was queued", file=sys.stderr, flush=True)
+        return Response(status_code=400)
+
+    async def internal(request: Request, exc: Exception) -> Response:  # a bug: JSON too (the log has the traceback)
+        return _error(500, f"internal error ({type(exc).__name__})")
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette):
         handlers.worker.start()
@@ -517,8 +575,9 @@ def create_app(config: ServeConfig | None = None) -> Any:
         Route("/api/jobs/{job_id}/{name}.png", handlers.job_file),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={HTTPError: errors, PyramidalError: errors, ValueError: errors})
+                    exception_handlers={HTTPError: errors, PyramidalError: errors, ValueError: errors,
+                                        HTTPException: routing, ClientDisconnect: disconnected, Exception: internal})
     app.state.handlers = handlers
-    guarded = Guard(app, config.max_upload_bytes)
+    guarded = Guard(app, config.max_upload_bytes, config.hosts)
     guarded.state = app.state  # tests reach the worker through app.state
     return guarded
