@@ -360,7 +360,7 @@ def train_entry(s: argparse.Namespace, entry, remaining: int, device, machine: d
         return
     rate = probe["images_per_s"] or probe["runs"][0]["steps"] * s.batch_size / max(
         probe["runs"][0]["training_seconds"], 1e-3)
-    seconds = end - time.monotonic() - s.score_reserve
+    seconds = max(1.0, end - time.monotonic() - s.score_reserve)  # late (a loaded smoke machine): train briefly
     steps = max(2, int(0.92 * rate * seconds / s.batch_size))
     if s.max_steps:
         steps = min(steps, s.max_steps)
