@@ -73,6 +73,8 @@ TRAIN = ["train", "--model", "basic21", "--channels", "4,8,8", "--device", "cpu"
     (["gradients", "--device", "cpu", "--steps", str(10**12)], "--steps"),
     (["compare", "--device", "cpu", *BIG], "--size"),
     (["compare", "--device", "cpu", "--size", "20000", "--models", "basic21", "--steps", "1"], "needs at least"),
+    (["evaluate", "--task", "noise", "--crops", str(10**8)], "--crops"),
+    (["evaluate", "--task", "noise", "--crop", "100000"], "--crop"),
 ])
 def test_sizes_batches_and_steps_are_bounded_in_one_line(argv, words, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # whatever a command might write lands here (nothing should)

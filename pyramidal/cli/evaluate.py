@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 HELP = "score a model against classical baselines (PSNR/SSIM on fixed eval damage); table, JSON, Markdown"
+MAX_CROPS = 10_000  # fixed crops per photograph: far more than any evaluation needs, far fewer than fill memory
 
 
 def _crop_help() -> str:
@@ -34,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         add_precision,
         add_task_options,
         at_least,
+        side,
         task_help,
         task_name,
     )
@@ -47,8 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evaluation split (default val); all: every image of a folder:PATH that training "
                              "never reads, such as .data/photos-heldout")
     policy = _crop_help()
-    parser.add_argument("--crop", type=at_least(0), default=None, help=f"crop side in px, 0 = whole images ({policy})")
-    parser.add_argument("--crops", type=at_least(1), default=None,
+    parser.add_argument("--crop", type=side(0), default=None, help=f"crop side in px, 0 = whole images ({policy})")
+    parser.add_argument("--crops", type=at_least(1, MAX_CROPS), default=None,
                         help="fixed crops per built-in photograph (default: the task's, at its default side; else 1)")
     parser.add_argument("--limit", type=at_least(1), default=None, help="evaluate at most N images")
     add_task_options(parser, "evaluate")
