@@ -2,7 +2,7 @@
 
 Pixel ranges: this API speaks the values images are stored in, 8-bit (0-255), 16-bit (0-65535) or floats in
 [0, 1], and gives back the same. The models themselves work on floats in [-1, 1] (`restore_array` and a
-model's `forward` take and return that range); the conversion happens here and in `pyramidal.inference`.
+model's `forward` take and return that range); `pyramidal.inference.pixels` converts between the two.
 """
 
 from __future__ import annotations
@@ -10,14 +10,19 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from PIL import Image
+from torch import nn
 
+from pyramidal.device import resolve_device, resolve_precision
 from pyramidal.errors import PyramidalError
-
-if TYPE_CHECKING:
-    from PIL import Image
+from pyramidal.hub import resolve_weights
+from pyramidal.inference import restore_array
+from pyramidal.inference.model import load_restorer, prepare_for_inference
+from pyramidal.inference.pixels import from_model_range, to_model_range
+from pyramidal.io import NonFinitePixels, image_metadata, load_pil, read_image
 
 # Prepared models kept for the next `restore` call: (weights file, its mtime and size, device, precision).
 _CACHE: OrderedDict[tuple, Any] = OrderedDict()
@@ -44,14 +49,8 @@ def cached_model(weights: Any, task: str | None, device: str = "auto", precision
         precision: "auto", "fp32", "bf16" or "fp16".
 
     Returns:
-        The model prepared by `inference.prepare_for_inference`; `.model.info` holds the file's record.
+        The model prepared by `inference.model.prepare_for_inference`; `.model.info` holds the file's record.
     """
-    from torch import nn
-
-    from pyramidal.device import resolve_device, resolve_precision
-    from pyramidal.hub import resolve_weights
-    from pyramidal.inference import load_restorer, prepare_for_inference
-
     dev = resolve_device(device) if isinstance(device, str) else device
     prec = resolve_precision(precision, dev)
     if isinstance(weights, nn.Module) or (callable(weights) and not isinstance(weights, (str, os.PathLike))):
@@ -103,8 +102,6 @@ def _split_channels(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, boo
 def _gray(rgb: np.ndarray) -> np.ndarray:
     """Restored colour pixels as one luma channel, in the same dtype."""
     if rgb.dtype == np.uint8:
-        from PIL import Image
-
         return np.asarray(Image.fromarray(rgb, "RGB").convert("L"))  # exactly what the CLI writes
     luma = rgb.astype(np.float64) @ _LUMA
     if np.issubdtype(rgb.dtype, np.integer):
@@ -114,8 +111,6 @@ def _gray(rgb: np.ndarray) -> np.ndarray:
 
 def _restore_pixels(model: Any, image: np.ndarray, **options: Any) -> np.ndarray:
     """An array image restored into a new array of the same shape and dtype (alpha copied unchanged)."""
-    from pyramidal.inference import from_model_range, restore_array, to_model_range
-
     arr = np.asarray(image)
     if arr.dtype == np.bool_ or not (arr.dtype in (np.uint8, np.uint16) or np.issubdtype(arr.dtype, np.floating)):
         raise PyramidalError(f"restore: pixels of type {arr.dtype}; expected uint8, uint16 or floats in [0, 1]")
@@ -126,8 +121,7 @@ def _restore_pixels(model: Any, image: np.ndarray, **options: Any) -> np.ndarray
             raise PyramidalError(f"restore: float pixels must lie in [0, 1], got {low:g} to {high:g} "
                                  "(divide 8-bit values by 255, or pass a uint8 array)")
     rgb, alpha, grayscale = _split_channels(arr)
-    compute = rgb.astype(np.float32) if arr.dtype == np.float16 else rgb  # torch has no float16 from_numpy math
-    restored = from_model_range(restore_array(model, to_model_range(compute), **options), arr.dtype)
+    restored = from_model_range(restore_array(model, to_model_range(rgb), **options), rgb)
     if not grayscale:
         return restored if alpha is None else np.dstack([restored, alpha]).astype(arr.dtype)
     gray = _gray(restored)
@@ -138,8 +132,6 @@ def _restore_pixels(model: Any, image: np.ndarray, **options: Any) -> np.ndarray
 
 def _pil_from_array(arr: np.ndarray) -> Image.Image:
     """uint8 H×W / H×W×2 / H×W×3 / H×W×4 → L / LA / RGB / RGBA; uint16 H×W → I;16."""
-    from PIL import Image
-
     if arr.dtype == np.uint16:
         return Image.fromarray(np.ascontiguousarray(arr))
     mode = {2: "L", 3: {2: "LA", 3: "RGB", 4: "RGBA"}.get(arr.shape[-1], "RGB")}[arr.ndim]
@@ -149,10 +141,6 @@ def _pil_from_array(arr: np.ndarray) -> Image.Image:
 def _restore_pil(model: Any, img: Image.Image, **options: Any) -> Image.Image:
     """A PIL image restored into a new one; its metadata (EXIF as it is, ICC profile, DPI, PNG colour chunks) is
     carried into the result's `info`, as Pillow's readers put it there."""
-    from PIL import Image
-
-    from pyramidal.io import NonFinitePixels, image_metadata, load_pil
-
     metadata = image_metadata(img)  # not turned upright here: a PIL image is taken as it is
     if img.mode in _ARRAY_MODES:
         arr = np.asarray(img)
@@ -221,15 +209,11 @@ def restore(image: str | os.PathLike | Image.Image | np.ndarray, task: str = "no
             the pixels, an empty image, unknown weights, weights that give NaN or infinity.
         TypeError: `image` is none of the accepted kinds.
     """
-    from PIL import Image
-
     device = options.pop("device", "auto")
     precision = options.pop("precision", "auto")
     model = cached_model(weights, task, device, precision)
     options = {"device": model.device, "precision": model.precision, **options}
     if isinstance(image, (str, os.PathLike)):
-        from pyramidal.io import read_image
-
         loaded = read_image(image)
         out = _restore_pixels(model, _loaded_pixels(loaded, deep=True), **options)
         if out.dtype == np.uint16 and out.ndim == 3:  # 16-bit colour: PIL has no such mode

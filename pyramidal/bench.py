@@ -5,7 +5,7 @@ path's (A, B, A, B, ...), so that a busy machine slows both alike; the speed-up 
 step times, and the median of the per-pair ratios is reported next to it. A short matmul burst runs after
 every step too, so the fraction of the matmul peak compares rates measured under the same load.
 
-`--mode restore` times `pyramidal restore` itself (`inference.restore_files` on a photo of `--megapixels`,
+`--mode restore` times `pyramidal restore` itself (`inference.files.restore_files` on a photo of `--megapixels`,
 through `prepare_for_inference`, with restore's tiling defaults): MP/s, peak RSS and fraction of peak.
 """
 
@@ -35,7 +35,7 @@ from pyramidal.config import MAX_BATCH, MAX_SIDE, MAX_STEPS
 from pyramidal.device import resolve_device, resolve_precision
 from pyramidal.errors import PyramidalError
 from pyramidal.fastpath import memory_format, tune_cpu_allocator
-from pyramidal.inference import prepare_for_inference
+from pyramidal.inference.model import prepare_for_inference
 from pyramidal.models.blocks import example_input
 
 __all__ = ["BenchConfig", "run_bench", "run_sweep", "count_flops", "matmul_peak", "machine_kind", "format_report",
@@ -576,7 +576,7 @@ def _restore_model(c: BenchConfig) -> tuple[nn.Module, str]:
     """The model `--mode restore` runs and its name: from `weights` as `pyramidal restore` loads it, else
     `model` with random weights (the speed is the same)."""
     if c.weights:
-        from pyramidal.inference import load_restorer
+        from pyramidal.inference.model import load_restorer
 
         model = load_restorer(c.weights, c.task)
         return model, model.info.get("model", "?")
@@ -589,15 +589,11 @@ def _restore_model(c: BenchConfig) -> tuple[nn.Module, str]:
 def _bench_restore(c: BenchConfig, device: torch.device, precision: str,
                    say: Callable[[str], None]) -> dict[str, Any]:
     """`pyramidal restore` of one photo of `c.megapixels`, timed end to end (read, tiled restore, write)."""
-    from pyramidal.inference import (
-        DEFAULT_BATCH_SIZE,
-        DEFAULT_TILE,
-        check_tiling,
-        prepare_for_inference,
-        restore_files,
-        tile_layout,
-    )
+    from pyramidal.inference.files import restore_files
+    from pyramidal.inference.model import prepare_for_inference
+    from pyramidal.inference.tiling import tile_layout
     from pyramidal.io import read_image, write_image
+    from pyramidal.options import DEFAULT_BATCH_SIZE, DEFAULT_TILE, check_tiling
 
     opts = {k: v for k, v in c.restore_options.items() if v is not None}
     per_pass = opts.get("batch_size", DEFAULT_BATCH_SIZE)

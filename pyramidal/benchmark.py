@@ -94,7 +94,8 @@ def protocol_input(clean: np.ndarray, sigma: float, protocol: str) -> np.ndarray
 def denoise(model: Any, noisy: np.ndarray, ensemble: bool = False, device: Any = None,
             precision: str = "fp32") -> np.ndarray:
     """The model's output (uint8 H×W×3) for a noisy float image on the 0-1 scale, whole image, unclipped input."""
-    from pyramidal.inference import from_model_range, restore_array
+    from pyramidal.inference import restore_array
+    from pyramidal.inference.pixels import from_model_range
 
     x = torch.from_numpy(np.ascontiguousarray(noisy.transpose(2, 0, 1), dtype=np.float32)).mul_(2.0).sub_(1.0)
     y = restore_array(model, x, tile=None, ensemble=ensemble, device=device, precision=precision)

@@ -294,7 +294,7 @@ def _model_psnr(setting: dict) -> float:
 def _benchmark_rows(weights, shipped, folders, device, precision, limit) -> list[dict[str, Any]]:
     from pyramidal.benchmark import run_benchmark
     from pyramidal.device import resolve_device, resolve_precision
-    from pyramidal.inference import load_restorer
+    from pyramidal.inference.model import load_restorer
 
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)

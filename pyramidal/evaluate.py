@@ -21,6 +21,7 @@ import torch
 from pyramidal.damage import TASKS
 from pyramidal.errors import PyramidalError
 from pyramidal.io import format_number
+from pyramidal.options import MANY_IMAGES_BATCH_SIZE, MANY_IMAGES_TILE, check_tiling
 from pyramidal.registry import Registry
 
 BASELINE_LEVELS = ("auto", "none", "fast", "all")
@@ -347,7 +348,7 @@ def setting_label(options: dict) -> str:
 
 def resolve_model(model_or_weights: Any, task_name: str, device: torch.device, precision: str):
     """(model prepared for inference, model name, label for the report); all None without a model."""
-    from pyramidal.inference import load_restorer, prepare_for_inference
+    from pyramidal.inference.model import load_restorer, prepare_for_inference
 
     if model_or_weights is None:
         return None, None, None
@@ -390,9 +391,9 @@ def evaluate(
     settings: list[dict] | None = None,
     baselines: str = "auto",
     ensemble: bool = False,
-    tile: int | None = 256,
+    tile: int | None = MANY_IMAGES_TILE,
     overlap: int | None = None,
-    batch_size: int = 4,
+    batch_size: int = MANY_IMAGES_BATCH_SIZE,
     device: str | torch.device = "auto",
     precision: str = "auto",
     keep_images: bool = False,
@@ -425,7 +426,8 @@ def evaluate(
     """
     from pyramidal.damage import create_task, eval_seed
     from pyramidal.device import resolve_device, resolve_precision
-    from pyramidal.inference import check_tiling, needs_mask, needs_noise_level, restore_images
+    from pyramidal.inference import restore_images
+    from pyramidal.inference.inputs import needs_mask, needs_noise_level
     from pyramidal.progress import progress as progress_bar
 
     if baselines not in BASELINE_LEVELS:

@@ -125,7 +125,7 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, sizes: tuple[tuple[int
 
     The torch side is what `restore` runs: the model through `prepare_for_inference` on the CPU in fp32.
     """
-    from pyramidal.inference import prepare_for_inference
+    from pyramidal.inference.model import prepare_for_inference
     from pyramidal.onnx_backend import onnx_restore_fn
 
     lo = min_side(model)

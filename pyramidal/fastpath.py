@@ -1,7 +1,7 @@
 """Process-level speed settings shared by training, inference and the bench: allocator tuning, memory layout.
 
 Every choice here was measured with `pyramidal bench` (see docs/performance.md); none changes fp32 results.
-The inference path itself is `pyramidal.inference.prepare_for_inference`.
+The inference path itself is `pyramidal.inference.model.prepare_for_inference`.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from pyramidal.evaluate import (
     summarize,
 )
 from pyramidal.io import IMAGE_SUFFIXES, read_image
+from pyramidal.options import MANY_IMAGES_BATCH_SIZE, MANY_IMAGES_TILE, check_tiling
 
 REAL_SUFFIX, CLEAN_SUFFIX = "_real", "_mean"
 # The classical rows, in the order reported: blind (σ estimated) first, then the oracles.
@@ -97,9 +98,9 @@ def evaluate_pairs(
     baselines: str = "auto",
     limit: int | None = None,
     ensemble: bool = False,
-    tile: int | None = 256,
+    tile: int | None = MANY_IMAGES_TILE,
     overlap: int | None = None,
-    batch_size: int = 4,
+    batch_size: int = MANY_IMAGES_BATCH_SIZE,
     device: str = "auto",
     precision: str = "auto",
     progress: bool | None = False,
@@ -121,7 +122,8 @@ def evaluate_pairs(
         print; `skipped` lists the files left out, each with its reason.
     """
     from pyramidal.device import resolve_device, resolve_precision
-    from pyramidal.inference import check_tiling, needs_mask, needs_noise_level, restore_images
+    from pyramidal.inference import restore_images
+    from pyramidal.inference.inputs import needs_mask, needs_noise_level
     from pyramidal.progress import progress as progress_bar
 
     if baselines not in BASELINE_LEVELS:

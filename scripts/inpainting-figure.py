@@ -28,7 +28,8 @@ def main(out: Path) -> None:
     from pyramidal.evaluate import Context, biharmonic_inpaint, hole_scores
     from pyramidal.figures import image_grid
     from pyramidal.hub import available_builtin_weights
-    from pyramidal.inference import load_restorer, restore_image
+    from pyramidal.inference import restore_image
+    from pyramidal.inference.model import load_restorer
 
     torch.manual_seed(0)
     photo = np.ascontiguousarray(data.chelsea()[22:278, 40:424])  # 256×384

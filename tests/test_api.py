@@ -18,7 +18,8 @@ from pyramidal.api import clear_cache
 from pyramidal.checkpoint import save_pretrained, save_weights
 from pyramidal.errors import PyramidalError
 from pyramidal.hub import WEIGHTS_DIR
-from pyramidal.inference import load_restorer, restore_image
+from pyramidal.inference import restore_image
+from pyramidal.inference.model import load_restorer
 from pyramidal.models import create_model
 
 FAST = {"device": "cpu", "precision": "fp32"}
@@ -146,11 +147,11 @@ def test_path_in_pil_out(weights, tmp_path):
 
 
 def test_weights_load_once_and_stay_cached(weights, monkeypatch):
-    import pyramidal.inference
+    import pyramidal.inference.model
 
     loads = []
-    real = pyramidal.inference.load_weights  # what load_restorer reads a file with
-    monkeypatch.setattr(pyramidal.inference, "load_weights", lambda *a, **k: loads.append(a) or real(*a, **k))
+    real = pyramidal.inference.model.load_weights  # what load_restorer reads a file with
+    monkeypatch.setattr(pyramidal.inference.model, "load_weights", lambda *a, **k: loads.append(a) or real(*a, **k))
     rgb = photo()
     first = pyramidal.restore(rgb, weights=weights, **FAST)
     second = pyramidal.restore(rgb, weights=weights, tile=16, overlap=4, **FAST)

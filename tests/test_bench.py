@@ -112,7 +112,7 @@ def test_reference_matches_package_model():
 def test_prepare_for_inference_fp32_matches_eval_model():
     import torch
 
-    from pyramidal.inference import prepare_for_inference
+    from pyramidal.inference.model import prepare_for_inference
     from pyramidal.models import create_model
 
     torch.manual_seed(0)
@@ -131,22 +131,24 @@ def test_prepare_for_inference_fp32_matches_eval_model():
 
 def test_bench_restore_smoke_runs_the_restore_path(monkeypatch, capsys):
     """`--mode restore --smoke` times `inference.restore_files` itself, with restore's default tiling."""
-    import pyramidal.inference as inference
-    from pyramidal.inference import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE, tile_layout
+    import pyramidal.inference.files as files
+    from pyramidal.inference.model import InferenceModel
+    from pyramidal.inference.tiling import tile_layout
+    from pyramidal.options import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE
 
     calls = []
-    real = inference.restore_files
+    real = files.restore_files
 
     def spy(model, inputs, outdir, **options):
         calls.append((model, options))
         return real(model, inputs, outdir, **options)
 
-    monkeypatch.setattr(inference, "restore_files", spy)
+    monkeypatch.setattr(files, "restore_files", spy)
     assert main(["bench", "--mode", "restore", "--smoke", "--task", "noise", "--json", "-"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert len(calls) == result["warmup"] + result["steps"] == 3
     model, options = calls[0]
-    assert isinstance(model, inference.InferenceModel) and options == {"overwrite": True}
+    assert isinstance(model, InferenceModel) and options == {"overwrite": True}
     assert result["model"] == "pyramidal23456" and result["weights"] == "builtin" and result["task"] == "noise"
     w, h = result["restore_width"], result["restore_height"]
     assert abs(w * h / 1e6 - 0.05) < 0.005 and abs(w / h - 4 / 3) < 0.02

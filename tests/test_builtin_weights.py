@@ -12,7 +12,8 @@ from pyramidal.damage import create_task, eval_seed
 from pyramidal.data import load_source
 from pyramidal.evaluate import default_crop, psnr
 from pyramidal.hub import WEIGHTS_DIR, available_builtin_weights
-from pyramidal.inference import load_restorer, restore_image
+from pyramidal.inference import restore_image
+from pyramidal.inference.model import load_restorer
 
 TASKS = ("noise", "pixelate", "blur", "jpeg", "squares", "block", "grid", "mixed")
 # Regression guard, not the quality target: the least gain (dB over the damaged input) a built-in model

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import pyramidal.inference.files
 import pyramidal.io
 from pyramidal.cli import main
 from pyramidal.io import OutputExists, atomic_write, read_image, write_text
@@ -125,7 +126,8 @@ def _file_appears(monkeypatch, target: Path, content: bytes) -> None:
             target.write_bytes(content)
         return real(path)
 
-    monkeypatch.setattr(pyramidal.io, "read_image", read_then_race)  # the commands import it when they run
+    monkeypatch.setattr(pyramidal.io, "read_image", read_then_race)  # degrade imports it when it runs
+    monkeypatch.setattr(pyramidal.inference.files, "read_image", read_then_race)  # restore's file reader
 
 
 def test_restore_never_replaces_a_file_written_after_its_check(tmp_path, weights, monkeypatch, capsys):

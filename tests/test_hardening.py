@@ -263,12 +263,12 @@ def test_train_out_unwritable_or_full_disk_leaves_nothing(tmp_path, capsys, monk
     monkeypatch.undo()
 
     # A full disk once the run has started: one line, and the new run folder is gone again.
-    import pyramidal.io
+    import pyramidal.runstate
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", "config.toml")
 
-    monkeypatch.setattr(pyramidal.io, "write_text", full)
+    monkeypatch.setattr(pyramidal.runstate, "write_text", full)  # what the run's logs write config.toml with
     out = tmp_path / "new" / "runs"
     code, _, err = cli(["train", *TRAIN, "--steps", "1", "--out", str(out)], capsys)
     assert code == 2

@@ -16,14 +16,8 @@ from pyramidal.cli import main
 from pyramidal.damage import MAGENTA, TASKS, create_task, eval_seed
 from pyramidal.errors import PyramidalError
 from pyramidal.hub import available_builtin_weights, builtin_weights_path
-from pyramidal.inference import (
-    check_mask,
-    magenta_mask,
-    model_input,
-    needs_mask,
-    restore_image,
-    restore_images,
-)
+from pyramidal.inference import restore_image, restore_images
+from pyramidal.inference.inputs import check_mask, magenta_mask, model_input, needs_mask
 from pyramidal.io import read_mask
 from pyramidal.models import create_model
 from pyramidal.models.blocks import fill_holes, magenta_holes, mask_conditioned_input, smooth_fill

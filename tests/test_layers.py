@@ -20,7 +20,7 @@ LAYERS = {
     # 0: the base. `pyramidal` itself only holds __version__ at import: its public names load on first use
     # (importlib, from __getattr__), so importing it from below is no upward import.
     "pyramidal": 0, "errors": 0, "registry": 0, "lazy": 0, "io": 0, "progress": 0, "device": 0,
-    "fastpath": 0, "onnx_backend": 0, "figures": 0,
+    "fastpath": 0, "onnx_backend": 0, "figures": 0, "options": 0,
     # 1: architectures (fresh weights only), damage tasks, data loaders, the one training step
     "models": 1, "damage": 1, "camera": 1, "data": 1, "gpudata": 1, "step": 1,
     # 2: the files of a run: weights and checkpoints, configuration, RNG/EMA/lock/logs
@@ -38,7 +38,7 @@ LAYERS = {
 # torch and no package module outside this list: they reach the rest of the package (hub, inference, train,
 # web, ...) only inside the functions that run a command. Those function-local imports are the ones that
 # serve the torch-free `--help`; tests/test_cli.py checks the same at run time.
-TORCH_FREE = {"pyramidal", "errors", "registry", "lazy", "device", "camera", "damage", "config", "compare",
+TORCH_FREE = {"pyramidal", "errors", "registry", "lazy", "device", "options", "camera", "damage", "config", "compare",
               "__main__", "cli", "cli.common", "cli.bench", "cli.compare", "cli.degrade", "cli.demo", "cli.evaluate",
               "cli.export", "cli.gradients", "cli.models", "cli.restore", "cli.serve", "cli.train", "cli.weights"}
 

@@ -13,7 +13,8 @@ from pyramidal.checkpoint import save_weights
 from pyramidal.cli import main
 from pyramidal.errors import PyramidalError
 from pyramidal.hub import builtin_weights_path
-from pyramidal.inference import restore_image, tile_starts
+from pyramidal.inference import restore_image
+from pyramidal.inference.tiling import tile_starts
 from pyramidal.io import read_image
 from pyramidal.models import create_model
 
@@ -105,7 +106,7 @@ def test_cli_restore_defaults_are_the_library_defaults():
     import argparse
 
     from pyramidal.cli import restore as cli_restore
-    from pyramidal.inference import DEFAULT_BATCH_SIZE, DEFAULT_TILE
+    from pyramidal.options import DEFAULT_BATCH_SIZE, DEFAULT_TILE
 
     parser = argparse.ArgumentParser()
     cli_restore.add_arguments(parser)
@@ -115,7 +116,7 @@ def test_cli_restore_defaults_are_the_library_defaults():
 
 @pytest.mark.parametrize("multiple", [1, 16])
 def test_tile_layout_covers_everything_with_the_fewest_tiles(multiple):
-    from pyramidal.inference import tile_layout
+    from pyramidal.inference.tiling import tile_layout
 
     for length in (1, 100, 256, 257, 300, 517, 1000, 3000, 4000):
         side, starts = tile_layout(length, 256, 32, multiple)

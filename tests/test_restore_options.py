@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from pyramidal.cli import main
-from pyramidal.inference import load_restorer, restore_image
+from pyramidal.inference import restore_image
+from pyramidal.inference.model import load_restorer
 from pyramidal.io import read_image, write_image
 
 FAST = ["--device", "cpu", "--precision", "fp32"]

@@ -135,7 +135,8 @@ def test_restore_matches_the_library_and_reports_tile_progress(client, monkeypat
     result = decode(client.get(f"/api/jobs/{status['id']}/result.png").content)
     assert result.shape == clean.shape
     assert psnr(clean, result) > psnr(clean, damaged) + 3
-    from pyramidal.inference import load_restorer, restore_image
+    from pyramidal.inference import restore_image
+    from pyramidal.inference.model import load_restorer
 
     expected = restore_image(load_restorer("builtin", "noise"), damaged, tile=64)
     np.testing.assert_array_equal(result, expected)  # the CLI's code path, pixel for pixel

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pyramidal.options import DEFAULT_OVERLAP, MANY_IMAGES_BATCH_SIZE, MANY_IMAGES_TILE
+
 HELP = "score a model against classical baselines (PSNR/SSIM on fixed eval damage); table, JSON, Markdown"
 MAX_CROPS = 10_000  # fixed crops per photograph: far more than any evaluation needs, far fewer than fill memory
 
@@ -62,10 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--figures", metavar="DIR",
                         help="write a figure per setting: ground truth / damaged / best classical / model")
     parser.add_argument("--overwrite", action="store_true", help="allow figures to replace existing files")
-    parser.add_argument("--tile", type=at_least(0), default=256, help="restore tile side, 0 = whole image (default 256)")
+    parser.add_argument("--tile", type=at_least(0), default=MANY_IMAGES_TILE,
+                        help=f"restore tile side, 0 = whole image (default {MANY_IMAGES_TILE})")
     parser.add_argument("--overlap", type=at_least(0), default=None,
-                        help="tile overlap in px (default 32, at most half a tile)")
-    parser.add_argument("--batch-size", type=at_least(1), default=4, help="tiles per forward pass (default 4)")
+                        help=f"tile overlap in px (default {DEFAULT_OVERLAP}, at most half a tile)")
+    parser.add_argument("--batch-size", type=at_least(1), default=MANY_IMAGES_BATCH_SIZE,
+                        help=f"tiles per forward pass (default {MANY_IMAGES_BATCH_SIZE})")
     add_device(parser)
     add_precision(parser)
     bench = parser.add_argument_group("the papers' colour denoising benchmark (docs/restore-and-evaluate.md)")
@@ -139,8 +143,8 @@ def run_pairs(args: argparse.Namespace) -> int:
     from pyramidal.errors import PyramidalError
     from pyramidal.evaluate import format_markdown, format_table
     from pyramidal.hub import resolve_weights
-    from pyramidal.inference import check_tiling
     from pyramidal.io import write_text
+    from pyramidal.options import check_tiling
     from pyramidal.realnoise import evaluate_pairs, find_pairs
 
     synthetic = {"--data": args.data != "builtin", "--split": args.split != "val", "--crop": args.crop is not None,
@@ -249,8 +253,8 @@ def run(args: argparse.Namespace) -> int:
     from pyramidal.errors import PyramidalError
     from pyramidal.evaluate import evaluate, format_markdown, format_table
     from pyramidal.hub import resolve_weights
-    from pyramidal.inference import check_tiling
     from pyramidal.io import write_text
+    from pyramidal.options import check_tiling
 
     if args.benchmark:
         return run_benchmark(args)

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pyramidal.errors import PyramidalError
     from pyramidal.export import DEFAULT_OPSET, check_onnx, export_onnx
-    from pyramidal.inference import load_restorer
+    from pyramidal.inference.model import load_restorer
     from pyramidal.io import OutputPlan
     from pyramidal.onnx_backend import onnx_available
 

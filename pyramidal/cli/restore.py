@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pyramidal.options import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE
+
 HELP = "restore images of any size with trained or built-in weights (tiled, batched, optional self-ensemble)"
 
 
@@ -28,13 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default="builtin",
                         help="'builtin' (weights shipped for --task, the default), a .safetensors file, a training "
                              "checkpoint (last.ckpt), a run folder, or a folder with model.safetensors + config.json")
-    # The defaults are inference.DEFAULT_TILE and DEFAULT_BATCH_SIZE (written out: --help never imports torch).
-    parser.add_argument("--tile", type=at_least(0), default=512,
-                        help="largest tile side in px, tiles spread evenly; 0 = whole image at once (default 512)")
+    parser.add_argument("--tile", type=at_least(0), default=DEFAULT_TILE,
+                        help="largest tile side in px, tiles spread evenly; 0 = whole image at once "
+                             f"(default {DEFAULT_TILE})")
     parser.add_argument("--overlap", type=at_least(0), default=None,
-                        help="overlap between tiles in px, blended (default 32, at most half a tile)")
-    parser.add_argument("--batch-size", type=at_least(1), default=1,
-                        help="tiles per forward pass; on the CPU one pass per thread runs at once (default 1)")
+                        help=f"overlap between tiles in px, blended (default {DEFAULT_OVERLAP}, at most half a tile)")
+    parser.add_argument("--batch-size", type=at_least(1), default=DEFAULT_BATCH_SIZE,
+                        help="tiles per forward pass; on the CPU one pass per thread runs at once "
+                             f"(default {DEFAULT_BATCH_SIZE})")
     add_device(parser)
     add_precision(parser)
     parser.add_argument("--ensemble", action="store_true",
@@ -63,7 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pyramidal.device import resolve_device, resolve_precision
     from pyramidal.errors import PyramidalError
-    from pyramidal.inference import check_tiling, load_restorer, plan_restore_outputs, prepare_for_inference
+    from pyramidal.inference.files import plan_restore_outputs
+    from pyramidal.inference.model import load_restorer, prepare_for_inference
+    from pyramidal.options import check_tiling
 
     check_tiling(args.tile, args.overlap, args.batch_size)
     if not 0.0 <= args.strength <= 2.0:
@@ -105,7 +110,7 @@ def _restore_all(model, args: argparse.Namespace, device, precision: str) -> int
     import time
 
     from pyramidal.errors import PyramidalError
-    from pyramidal.inference import restore_files
+    from pyramidal.inference.files import restore_files
     from pyramidal.progress import say
 
     start = time.perf_counter()

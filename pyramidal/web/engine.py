@@ -186,7 +186,8 @@ def load(task: str, weights: str | Path = "builtin", device: str = "auto", preci
 
 def forward_passes(height: int, width: int, tile: int, overlap: int, batch_size: int, ensemble: bool) -> int:
     """How many times restoring an image of this size calls the model (what progress counts)."""
-    tile_starts = _library("tile_starts", _INFERENCE)
+    from pyramidal.inference.tiling import tile_starts
+
     if not tile or tile <= 0:
         tiles = 1
     else:
@@ -197,11 +198,9 @@ def forward_passes(height: int, width: int, tile: int, overlap: int, batch_size:
 
 def magenta_mask(rgb: np.ndarray) -> np.ndarray:
     """H×W bool: the magenta holes "auto (magenta)" finds, as `pyramidal restore --mask auto` finds them."""
-    try:
-        return _library("magenta_mask", _INFERENCE)(rgb)
-    except ImportError:  # a library without masks: the plain colour key
-        diff = np.abs(rgb.astype(np.int16) - np.array(MAGENTA, dtype=np.int16)).max(axis=2)
-        return diff <= MAGENTA_TOLERANCE
+    from pyramidal.inference.inputs import magenta_mask
+
+    return magenta_mask(rgb)
 
 
 def _accepts(function: Callable, name: str) -> bool:

@@ -1,0 +1,250 @@
+"""The one inference path: an image of any size restored, tiled and batched, by a prepared model.
+
+The package's parts: `model` (loading weights for restoring, `prepare_for_inference`, one batch through
+it), `inputs` (masks of holes and the noise σ a model takes), `tiling` (where tiles go and how they blend),
+`pixels` (the one conversion between stored pixels and the models' [-1, 1]) and `files` (folders of image
+files in, files out). This module restores arrays: `restore_array`, `restore_image` and `restore_images`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from pyramidal.errors import PyramidalError
+from pyramidal.fastpath import map_one_thread_each
+from pyramidal.inference.inputs import auto_mask, check_mask, model_input
+from pyramidal.inference.model import (
+    InferenceModel,
+    device_and_precision,
+    forward_batch,
+    prepare_for_inference,
+    unwrapped,
+)
+from pyramidal.inference.pixels import from_model_range, to_model_range
+from pyramidal.inference.tiling import blend_ramp, tile_layout
+from pyramidal.options import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_TILE,
+    MANY_IMAGES_BATCH_SIZE,
+    MANY_IMAGES_TILE,
+    check_tiling,
+)
+from pyramidal.progress import progress as progress_bar
+
+
+def _finish(known: torch.Tensor, restored: torch.Tensor, strength: float, mask: torch.Tensor | None) -> torch.Tensor:
+    """The model's output at `strength`; with a mask, only inside the holes and the known pixels exactly elsewhere."""
+    out = _with_strength(known, restored, strength)
+    return out if mask is None else torch.where(mask, out, known.detach().to("cpu", torch.float32))
+
+
+def _eight_bit_input(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """`restore_image`'s pixels (uint8 only) in the models' range."""
+    dtype = image.dtype if isinstance(image, torch.Tensor) else np.asarray(image).dtype
+    if dtype not in (torch.uint8, np.uint8):
+        raise PyramidalError(f"restore_image expects uint8 pixels, got {dtype}")
+    return to_model_range(image)
+
+
+@torch.inference_mode()
+def restore_array(model: Callable, image: torch.Tensor, *, tile: int | None = DEFAULT_TILE, overlap: int | None = None,
+                  batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device | None = None, precision: str = "auto",
+                  ensemble: bool = False, strength: float = 1.0, progress: bool | None = False,
+                  mask: np.ndarray | torch.Tensor | str | None = None, sigma: float | None = None) -> torch.Tensor:
+    """Restore one float image of any size, tiled and batched.
+
+    This is the level where the models' own range applies: pixels are floats in [-1, 1] (0 → -1, 255 → 1).
+
+    Args:
+        model: an nn.Module (run through `prepare_for_inference`), a prepared model, or any callable
+            B×3×H×W → B×3×H×W in [-1, 1].
+        image: 3×H×W float tensor in [-1, 1].
+        tile: largest tile side in px (default 512); None or 0 runs the whole image at once. Tiles are
+            spread evenly and made only as large as their count needs (`tile_layout`).
+        overlap: px shared by neighbouring tiles, blended with raised-cosine weights; smaller than `tile`.
+            None (default): 32, or half the tile for tiles under 64 px. Ignored for the whole image.
+        batch_size: tiles per forward pass (default 1); on the CPU one pass per torch thread runs at once.
+        device: "auto", "cpu", "cuda", a torch.device, or None for the model's own device.
+        precision: "auto", "fp32", "bf16" or "fp16".
+        ensemble: average the 8 flips and rotations (8× the time).
+        strength: how much of the model's change to apply, output = input + strength · (model(input) − input),
+            0 to 2; 1 is the model as trained, below 1 keeps more of the input (detail and noise), above 1
+            smooths more.
+        progress: a progress display over the tiles when there are more than one batch of them: None shows
+            it (a bar on a terminal, plain lines otherwise), False (default) hides it.
+        mask: H×W holes to fill (non-zero = hole), "auto" for the magenta (255, 0, 255) pixels
+            (`magenta_mask`), or None. With a mask the output is the model's prediction inside the holes and
+            exactly the input elsewhere; a mask-conditioned model needs one.
+        sigma: the image's noise σ on the 0-255 scale, for a noise-map model (built with `noise_map=True`),
+            which needs it; refused for other models.
+
+    Returns:
+        The restored image, float32 3×H×W in [-1, 1] on the CPU.
+    """
+    if not 0.0 <= strength <= 2.0:
+        raise PyramidalError(f"--strength {strength}: must be between 0 and 2 (1 = the model as trained)")
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise PyramidalError(f"expected a 3×H×W image, got shape {tuple(image.shape)}")
+    _check_input(image)
+    image = image.float()  # float64 or float16 in: the models take float32 (autocast lowers it where asked)
+    if isinstance(mask, str):
+        if mask != "auto":
+            raise PyramidalError(f"mask {mask!r}: give an H×W array of holes, or 'auto' for magenta holes")
+        mask = auto_mask(from_model_range(image, np.uint8))
+    mask = None if mask is None else check_mask(mask, tuple(image.shape[1:]))
+    known, image = image, model_input(model, image, mask, sigma)  # the model may see 4 channels, or painted holes
+    dev, prec = device_and_precision(model, device, precision)
+    model = prepare_for_inference(model, dev, prec)
+    _, h, w = image.shape
+    tile, overlap = check_tiling(tile, overlap, batch_size)
+    if tile is None:
+        tile, overlap = max(h, w), 0  # the whole image at once: one tile, nothing to blend
+    multiple = 2 ** getattr(unwrapped(model), "levels", 0)  # the model pads each tile to this anyway
+    (th, ys), (tw, xs) = tile_layout(h, tile, overlap, multiple), tile_layout(w, tile, overlap, multiple)
+    boxes = [(y, x) for y in ys for x in xs]
+    if len(boxes) == 1:
+        return _finish(known, forward_batch(model, image[None], ensemble)[0].clamp(-1, 1).cpu(), strength, mask)
+    out = torch.zeros(3, h, w, dtype=torch.float32)
+    wy = {y: torch.from_numpy(blend_ramp(th, overlap, y > 0, y + th < h)) for y in ys}
+    wx = {x: torch.from_numpy(blend_ramp(tw, overlap, x > 0, x + tw < w)) for x in xs}
+    shown = progress is not False and len(boxes) > max(1, batch_size)
+    bar = progress_bar(total=len(boxes), desc=f"restoring {w}×{h}", unit="tiles", enabled=None if shown else False)
+    chunks = [boxes[i:i + max(1, batch_size)] for i in range(0, len(boxes), max(1, batch_size))]
+
+    def run(chunk: list[tuple[int, int]]) -> torch.Tensor:
+        batch = torch.stack([image[:, y:y + th, x:x + tw] for y, x in chunk])
+        return forward_batch(model, batch, ensemble).cpu()
+
+    # On the CPU, one forward pass per torch thread runs at once, each on one thread (see `_tile_workers`).
+    for chunk, restored in zip(chunks, map_one_thread_each(run, chunks, _tile_workers(model, len(chunks)))):
+        for (y, x), patch in zip(chunk, restored):
+            out[:, y:y + th, x:x + tw] += patch * wy[y][:, None] * wx[x]
+        bar.update(len(chunk))
+    bar.close()
+    # The tiles form a full grid, so the blend weights sum to (sum of row ramps) × (sum of column ramps).
+    total_y, total_x = torch.zeros(h), torch.zeros(w)
+    for y in ys:
+        total_y[y:y + th] += wy[y]
+    for x in xs:
+        total_x[x:x + tw] += wx[x]
+    return _finish(known, out.div_(total_y[:, None]).div_(total_x).clamp_(-1, 1), strength, mask)
+
+
+def _tile_workers(model: InferenceModel, passes: int) -> int:
+    """How many forward passes over tiles run at once: on the CPU one per torch thread, each on one thread.
+
+    Measured on 2 cores (docs/performance.md): one intra-op team of 2 threads splits this model's narrow
+    convolutions poorly and waits at a barrier after every op, which a busy machine turns into 4-5× longer
+    restores; two passes of one thread each do not wait for each other. Memory grows with the passes in
+    flight (`batch_size` tiles each). A GPU, or an ONNX session with its own threads, runs one pass at a time.
+    """
+    if model.device.type != "cpu" or not isinstance(model.model, nn.Module):
+        return 1
+    return max(1, min(torch.get_num_threads(), passes))
+
+
+def _with_strength(image: torch.Tensor, restored: torch.Tensor, strength: float) -> torch.Tensor:
+    """input + strength · (restored − input): less (< 1) or more (> 1) of the model's change."""
+    if strength == 1.0:
+        return restored
+    source = image.detach().to("cpu", torch.float32)
+    return (source + strength * (restored - source)).clamp(-1, 1)
+
+
+def _check_input(image: torch.Tensor) -> None:
+    """PyramidalError for a C×H×W image that cannot be restored: empty, not floats, NaN or infinity."""
+    if image.shape[-2] == 0 or image.shape[-1] == 0:
+        raise PyramidalError(f"an empty image ({image.shape[-1]}×{image.shape[-2]} px): nothing to restore")
+    if not image.is_floating_point():
+        raise PyramidalError(f"restore_array takes floats in [-1, 1], not {image.dtype} (restore_image takes "
+                             "8-bit pixels)")
+    finite = torch.isfinite(image)
+    if not finite.all():
+        raise PyramidalError(f"{image.numel() - int(finite.sum())} of the image's {image.numel()} values are not "
+                             "finite (NaN or infinity); replace them before restoring")
+
+
+def restore_image(model: Callable, image: np.ndarray | torch.Tensor, *, tile: int | None = DEFAULT_TILE,
+                  overlap: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device | None = None, precision: str = "auto",
+                  ensemble: bool = False, strength: float = 1.0,
+                  progress: bool | None = False, mask: np.ndarray | torch.Tensor | str | None = None,
+                  sigma: float | None = None) -> np.ndarray | torch.Tensor:
+    """Restore one 8-bit image; returns uint8 in the layout given.
+
+    Args:
+        model: an nn.Module (run through `prepare_for_inference` on `device`), a prepared model, or any
+            callable B×3×H×W → B×3×H×W in [-1, 1].
+        image: uint8 numpy H×W×3 (PIL layout), numpy or torch 3×H×W (torch layout), or H×W grayscale.
+        tile, overlap, batch_size, device, precision, ensemble, strength, progress, sigma: as for
+            `restore_array`.
+        mask: the holes to fill: an H×W array (non-zero = hole), "auto" for the magenta (255, 0, 255) pixels
+            (`magenta_mask`), or None. The pixels outside the holes come back exactly as given.
+
+    Returns:
+        uint8 pixels in the layout given (H×W grayscale comes back H×W×3).
+    """
+    y = restore_array(model, _eight_bit_input(image), tile=tile, overlap=overlap, batch_size=batch_size, device=device,
+                      precision=precision, ensemble=ensemble, strength=strength, progress=progress, mask=mask,
+                      sigma=sigma)
+    return from_model_range(y, image)
+
+
+@torch.inference_mode()
+def restore_images(model: Callable, images: Sequence[np.ndarray | torch.Tensor], *,
+                   tile: int | None = MANY_IMAGES_TILE, overlap: int | None = None,
+                   batch_size: int = MANY_IMAGES_BATCH_SIZE, device: str | torch.device | None = None,
+                   precision: str = "auto", ensemble: bool = False, strength: float = 1.0,
+                   progress: bool | None = False, desc: str = "restoring",
+                   masks: Sequence[np.ndarray | torch.Tensor | None] | None = None,
+                   sigma: float | None = None) -> list[np.ndarray | torch.Tensor]:
+    """`restore_image` for many images: same-size images that fit in one tile go through in batches.
+
+    Args:
+        model: as for `restore_image`.
+        images: uint8 images, each in a layout `restore_image` takes.
+        tile, overlap, batch_size, device, precision, ensemble, strength: as for `restore_array`.
+        progress: None shows a progress display over the images, False (default) hides it.
+        desc: what the progress display says is being done.
+        masks: None, or one H×W mask of holes (or None) per image, as for `restore_image`.
+        sigma: the images' noise σ, for a noise-map model (as for `restore_array`).
+
+    Returns:
+        The restored uint8 images, in order, each in its own input's layout.
+    """
+    check_tiling(tile, overlap, batch_size)  # once, before any image runs
+    dev, prec = device_and_precision(model, device, precision)
+    model = prepare_for_inference(model, dev, prec)
+    opts = dict(tile=tile, overlap=overlap, batch_size=batch_size, device=dev, precision=prec, ensemble=ensemble,
+                strength=strength, sigma=sigma)
+    converted = [_eight_bit_input(im) for im in images]
+    if masks is not None and len(masks) != len(images):
+        raise PyramidalError(f"got {len(masks)} masks for {len(images)} images")
+    holes = [None if masks is None or masks[i] is None else check_mask(masks[i], tuple(x.shape[1:]), f"mask {i}")
+             for i, x in enumerate(converted)]
+    inputs = [model_input(model, x, m, sigma) for x, m in zip(converted, holes)]
+    results: list[np.ndarray | torch.Tensor | None] = [None] * len(images)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, x in enumerate(converted):
+        groups.setdefault(tuple(x.shape[1:]), []).append(i)
+    bar = progress_bar(total=len(images), desc=desc, unit="images", enabled=None if progress is not False else False,
+                       announce=True)
+    for (h, w), indices in groups.items():
+        if tile and (h > tile or w > tile):
+            for i in indices:
+                y = restore_array(model, converted[i], mask=holes[i], **opts)
+                results[i] = from_model_range(y, images[i])
+                bar.update(1)
+            continue
+        for start in range(0, len(indices), max(1, batch_size)):
+            chunk = indices[start:start + max(1, batch_size)]
+            batch = torch.stack([inputs[i] for i in chunk])
+            out = forward_batch(model, batch, ensemble).clamp(-1, 1).cpu()
+            for i, y in zip(chunk, out):
+                results[i] = from_model_range(_finish(converted[i], y, strength, holes[i]), images[i])
+            bar.update(len(chunk))
+    bar.close()
+    return results
