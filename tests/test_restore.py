@@ -14,7 +14,6 @@ from pyramidal.cli import main
 from pyramidal.errors import PyramidalError
 from pyramidal.hub import builtin_weights_path
 from pyramidal.inference import restore_image
-from pyramidal.inference.tiling import tile_starts
 from pyramidal.io import read_image
 from pyramidal.models import create_model
 
@@ -120,7 +119,7 @@ def test_tile_layout_covers_everything_with_the_fewest_tiles(multiple):
 
     for length in (1, 100, 256, 257, 300, 517, 1000, 3000, 4000):
         side, starts = tile_layout(length, 256, 32, multiple)
-        assert starts == tile_starts(length, 256, 32) or multiple != 1
+        assert len(starts) == len(tile_layout(length, 256, 32)[1])  # the count the web page's progress uses
         assert starts[0] == 0 and starts[-1] + side == length and side <= 256
         assert all(b - a <= side - 32 for a, b in zip(starts, starts[1:]))  # every overlap at least 32 px
         assert len(starts) == (1 if length <= 256 else math.ceil((length - 32) / (256 - 32)))

@@ -188,7 +188,7 @@ def restore_an_upload(page, tmp_path: Path) -> None:
     metadata = _camera_metadata()
     page.set_input_files("#file", str(_save(damaged, tmp_path / "damaged.png", **metadata)))
     expect(page.locator("#meta")).to_contain_text("128×128")
-    _set_tile(page, 64)  # 3×3 tiles of 64 px: three forward passes to show progress over
+    _set_tile(page, 64)  # 3×3 tiles of 64 px, one per forward pass: nine to show progress over
     result = _restore_and_download(page, tmp_path / "restored.png")
     with Image.open(tmp_path / "restored.png") as downloaded:  # the photo's metadata is in the download
         exif = downloaded.getexif()
@@ -199,7 +199,7 @@ def restore_an_upload(page, tmp_path: Path) -> None:
     assert result.shape == clean.shape
     assert psnr(clean, result) > psnr(clean, damaged) + 3, (psnr(clean, result), psnr(clean, damaged))
     texts = page.evaluate("window.progressTexts")
-    assert any("of 3 tile batches" in t for t in texts), texts
+    assert any("of 9 tile batches" in t for t in texts), texts
     # The comparison slider: dragging the divider moves where the restored image starts.
     box = page.locator("#divider").bounding_box()
     page.mouse.move(box["x"] + 1, box["y"] + box["height"] / 2)

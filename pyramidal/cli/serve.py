@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pyramidal.options import DEFAULT_TILE
+
 HELP = "a local web page to restore photos: upload or paste, pick the task, paint masks, compare, download"
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -33,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest request accepted, in MB (default 100)")
     parser.add_argument("--queue", type=int, default=4,
                         help="restores that may wait while one runs; more are answered 'busy, retry' (default 4)")
-    parser.add_argument("--tile", type=int, default=256, help="default tile size in px (default 256)")
+    parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"default tile size in px (default {DEFAULT_TILE})")
     parser.add_argument("--slow-baselines", action="store_true",
                         help="also score samples with the slow classical methods (BM3D: tens of seconds)")
 

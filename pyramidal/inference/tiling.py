@@ -31,11 +31,6 @@ def tile_layout(length: int, tile: int, overlap: int, multiple: int = 1) -> tupl
     return side, [i * (length - side) // (count - 1) for i in range(count)]
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of the tiles `tile_layout` places along a length (tiles of at most `tile` px)."""
-    return tile_layout(length, tile, overlap)[1]
-
-
 def blend_ramp(size: int, overlap: int, fade_start: bool, fade_end: bool) -> np.ndarray:
     """Blend weights along one axis: raised-cosine ramps over `overlap` px at edges shared with a neighbour."""
     w = np.ones(size, dtype=np.float32)

@@ -37,6 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pyramidal.errors import PyramidalError
+from pyramidal.options import DEFAULT_TILE
 from pyramidal.web import engine
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ class ServeConfig:
     max_pixels: int = 50_000_000
     max_upload_bytes: int = 100 * 2**20
     queue_size: int = 4
-    tile: int = 256
+    tile: int = DEFAULT_TILE
     keep_results: int = 16  # finished jobs kept for download, newest first
     result_ttl: float = 600.0  # seconds a finished job stays downloadable
     slow_baselines: bool = False  # BM3D in sample scores (tens of seconds per image on a CPU)
@@ -290,9 +291,7 @@ class App:
             "limits": {"max_pixels": cfg.max_pixels, "max_upload_bytes": cfg.max_upload_bytes,
                        "queue_size": cfg.queue_size, "tile_range": list(TILE_RANGE)},
             "tile": cfg.tile,
-            # None while the library has no strength setting: the page then keeps its slider disabled.
-            "strength": {"min": STRENGTH_RANGE[0], "max": STRENGTH_RANGE[1], "default": 1.0}
-            if engine.offers_strength() else None,
+            "strength": {"min": STRENGTH_RANGE[0], "max": STRENGTH_RANGE[1], "default": 1.0},
             "mask_modes": list(MASK_MODES),
         })
 
@@ -324,8 +323,6 @@ class App:
         if not STRENGTH_RANGE[0] <= strength <= STRENGTH_RANGE[1]:
             raise HTTPError(400, f"strength {strength:g}: choose a value from {STRENGTH_RANGE[0]:g} to "
                                  f"{STRENGTH_RANGE[1]:g}")
-        if strength != 1.0 and not engine.offers_strength():
-            raise HTTPError(400, "strength: this version of pyramidal has no strength setting")
         return task, weights, _flag(fields.get("ensemble", "")), tile, strength
 
     def _new_job(self, kind: str, fields: dict) -> Job:

@@ -1,17 +1,13 @@
 """The web app's one link to the library: tasks and weights, a model cache, restoring with masks and progress,
 samples from the built-in validation photographs, and their scores.
 
-The app never imports torch or a library module itself: everything goes through these functions, which import
-lazily and accept the library's modules where they are now or where they are moving (`pyramidal.inference`,
-`pyramidal.io`).
+The app itself (`web/app.py`) speaks HTTP; everything it asks of the library goes through these functions.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import importlib.util
-import inspect
 import io
 import math
 import re
@@ -23,15 +19,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
 
+from pyramidal.api import cached_model
+from pyramidal.checkpoint import read_sidecar, recorded_spec, weights_file
+from pyramidal.damage import TASKS, Task, create_task, eval_seed
+from pyramidal.device import resolve_device, resolve_precision
 from pyramidal.errors import PyramidalError
-from pyramidal.io import ImageMetadata, encode_image
-
-MAGENTA = (255, 0, 255)
-# With a library that has no `magenta_mask`: a hole pixel is within this of (255, 0, 255) in every channel.
-MAGENTA_TOLERANCE = 48
-# Tasks whose damage the user can mark with a mask although their class reports none (older task declarations).
-MASKABLE_WITHOUT_HOLES = ("text",)
+from pyramidal.evaluate import Context, baselines_for, eval_images, psnr, ssim
+from pyramidal.hub import available_builtin_weights
+from pyramidal.inference import restore_image
+from pyramidal.inference.inputs import magenta_mask as magenta_mask  # the page's "auto (magenta)" holes
+from pyramidal.inference.tiling import tile_layout
+from pyramidal.io import ImageMetadata, encode_image, read_image
+from pyramidal.options import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE
 
 ProgressFn = Callable[[int, int], None]
 
@@ -40,39 +42,9 @@ class TooLarge(PyramidalError):
     """An image with more pixels than the server accepts."""
 
 
-def _library(name: str, modules: Sequence[str]) -> Any:
-    """`name` from the first of `modules` that has it (the library is moving functions between modules)."""
-    for module_name in modules:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        if hasattr(module, name):
-            return getattr(module, name)
-    raise ImportError(f"pyramidal has no {name} in {' or '.join(modules)}")
-
-
-_INFERENCE = ("pyramidal.inference", "pyramidal.restore")
-_IO = ("pyramidal.io", "pyramidal.restore")
-
-
-# --------------------------------------------------------------------------- tasks and weights
-
-
-def _task_class(name: str) -> Any:
-    from pyramidal.damage import TASKS
-
-    return TASKS.get(name)
-
-
 def hole_colour(task: str) -> tuple[int, int, int] | None:
     """The colour the task paints its holes with, which its model expects inside a mask (None: text, noise...)."""
-    cls = _task_class(task)
-    if hasattr(cls, "hole_colour"):
-        return cls.hole_colour
-    return MAGENTA if getattr(cls, "has_mask", False) else None  # tasks declared before hole_colour existed
+    return TASKS.get(task).hole_colour
 
 
 def is_hole_task(task: str) -> bool:
@@ -82,26 +54,20 @@ def is_hole_task(task: str) -> bool:
 
 def is_maskable(task: str) -> bool:
     """True for tasks where a user mask makes sense: those that report a mask of what they damaged."""
-    return bool(getattr(_task_class(task), "has_mask", False)) or is_hole_task(task) or task in MASKABLE_WITHOUT_HOLES
+    return TASKS.get(task).has_mask
 
 
 def builtin_tasks() -> list[str]:
     """Tasks with weights shipped inside the package."""
-    from pyramidal.hub import available_builtin_weights
-
     return available_builtin_weights()
 
 
 def tasks() -> list[dict]:
     """Every registered damage task: name, one-line description, mask kind, whether built-in weights exist."""
-    from pyramidal.damage import TASKS
-
     have = set(builtin_tasks())
     out = []
     for name in TASKS.names():
-        cls = TASKS.get(name)
-        description = getattr(cls, "description", "") or (cls.__doc__ or "").strip().split("\n")[0]
-        out.append({"name": name, "description": description, "hole": is_hole_task(name),
+        out.append({"name": name, "description": TASKS.get(name).description, "hole": is_hole_task(name),
                     "maskable": is_maskable(name), "builtin": name in have})
     return out
 
@@ -132,8 +98,6 @@ def weights_choices(files: Sequence[str | Path] = (), folders: Sequence[str | Pa
     seen: set[Path] = set()
     for path, name in found:
         if path.is_dir():  # a training run folder, or a folder with model.safetensors + config.json
-            from pyramidal.checkpoint import weights_file
-
             path = weights_file(path)
         if path.suffix not in (".safetensors", ".ckpt"):
             raise PyramidalError(f"--weights {path}: not a .safetensors file or a training checkpoint (.ckpt)")
@@ -142,9 +106,6 @@ def weights_choices(files: Sequence[str | Path] = (), folders: Sequence[str | Pa
         if path.resolve() in seen:
             continue
         seen.add(path.resolve())
-        # Imports torch: only once the paths are known good.
-        from pyramidal.checkpoint import read_sidecar, recorded_spec
-
         info = read_sidecar(path)
         recorded_spec(info, path, check=True)  # a file the page could not load is refused now, not per request
         task = info.get("task")
@@ -167,8 +128,6 @@ class Runtime:
 @functools.lru_cache(maxsize=4)
 def runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     """The resolved device and numeric precision for `device`/`precision` specs (auto picks as the CLI does)."""
-    from pyramidal.device import resolve_device, resolve_precision
-
     dev = resolve_device(device)
     return Runtime(dev, resolve_precision(precision, dev))
 
@@ -176,8 +135,6 @@ def runtime(device: str = "auto", precision: str = "auto") -> Runtime:
 def load(task: str, weights: str | Path = "builtin", device: str = "auto", precision: str = "auto") -> Any:
     """The model for `task` from `weights` (`builtin` or a .safetensors path), prepared for inference, from the
     library's one model cache (`pyramidal.api.cached_model`, which `pyramidal.restore` uses too)."""
-    from pyramidal.api import cached_model
-
     prepared = cached_model(weights, task, device, precision)
     if not getattr(prepared, "info", None):
         prepared.info = dict(getattr(prepared.model, "info", {}))
@@ -186,30 +143,12 @@ def load(task: str, weights: str | Path = "builtin", device: str = "auto", preci
 
 def forward_passes(height: int, width: int, tile: int, overlap: int, batch_size: int, ensemble: bool) -> int:
     """How many times restoring an image of this size calls the model (what progress counts)."""
-    from pyramidal.inference.tiling import tile_starts
-
     if not tile or tile <= 0:
         tiles = 1
     else:
-        tiles = len(tile_starts(height, tile, overlap)) * len(tile_starts(width, tile, overlap))
+        tiles = len(tile_layout(height, tile, overlap)[1]) * len(tile_layout(width, tile, overlap)[1])
     batches = 1 if tiles == 1 else math.ceil(tiles / max(1, batch_size))
     return batches * (8 if ensemble else 1)
-
-
-def magenta_mask(rgb: np.ndarray) -> np.ndarray:
-    """H×W bool: the magenta holes "auto (magenta)" finds, as `pyramidal restore --mask auto` finds them."""
-    from pyramidal.inference.inputs import magenta_mask
-
-    return magenta_mask(rgb)
-
-
-def _accepts(function: Callable, name: str) -> bool:
-    return name in inspect.signature(function).parameters
-
-
-def offers_strength() -> bool:
-    """True when the library's restore takes a strength (output = input + strength · (model − input))."""
-    return _accepts(_library("restore_image", _INFERENCE), "strength")
 
 
 def restore(
@@ -220,9 +159,9 @@ def restore(
     mask: np.ndarray | None = None,
     ensemble: bool = False,
     strength: float = 1.0,
-    tile: int = 256,
-    overlap: int = 32,
-    batch_size: int = 4,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     device: str = "auto",
     precision: str = "auto",
     progress: ProgressFn | None = None,
@@ -238,23 +177,8 @@ def restore(
         if mask.shape != rgb.shape[:2]:
             raise PyramidalError(f"mask is {mask.shape[1]}×{mask.shape[0]} px but the image is "
                                  f"{rgb.shape[1]}×{rgb.shape[0]} px")
-    restore_image = _library("restore_image", _INFERENCE)
     model = load(task, weights, device, precision)
     rt = runtime(device, precision)
-    options: dict[str, Any] = dict(tile=tile, overlap=overlap, batch_size=batch_size, device=rt.device,
-                                   precision=rt.precision, ensemble=ensemble)
-    if strength != 1.0:
-        if not offers_strength():
-            raise PyramidalError("strength: this version of pyramidal has no strength setting")
-        options["strength"] = strength
-    # A library that takes masks paints the holes and keeps the known pixels itself; an older one does not.
-    composite = mask is not None and not _accepts(restore_image, "mask")
-    x = rgb
-    if mask is not None and not composite:
-        options["mask"] = mask
-    elif composite and hole_colour(task) is not None:
-        x = rgb.copy()
-        x[mask] = hole_colour(task)
     hook = None
     if progress is not None:
         total = forward_passes(rgb.shape[0], rgb.shape[1], tile, overlap, batch_size, ensemble)
@@ -268,12 +192,11 @@ def restore(
         # The library's own progress is a display, not a callback: count the model's forward passes instead.
         hook = model.register_forward_hook(count)
     try:
-        out = restore_image(model, x, **options)
+        out = restore_image(model, rgb, tile=tile, overlap=overlap, batch_size=batch_size, device=rt.device,
+                            precision=rt.precision, ensemble=ensemble, strength=strength, mask=mask)
     finally:
         if hook is not None:
             hook.remove()
-    if composite:
-        out = np.where(mask[..., None], out, rgb)
     return np.ascontiguousarray(out)
 
 
@@ -299,8 +222,6 @@ def display_name(filename: str | None) -> str:
 
 def check_size(data: bytes, name: str, max_pixels: int) -> tuple[int, int]:
     """(width, height) from the file header alone, without decoding; TooLarge over `max_pixels`."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
@@ -321,7 +242,6 @@ def decode_image(data: bytes, filename: str | None, max_pixels: int) -> Decoded:
     if not data:
         raise PyramidalError(f"{name}: empty file")
     check_size(data, name, max_pixels)
-    read_image = _library("read_image", _IO)
     # The reader takes a path: the bytes go to a private folder (mode 0700) that is deleted right after.
     with tempfile.TemporaryDirectory(prefix="pyramidal-serve-") as folder:
         path = Path(folder) / "upload"
@@ -335,8 +255,6 @@ def decode_image(data: bytes, filename: str | None, max_pixels: int) -> Decoded:
 
 def decode_mask(data: bytes, filename: str | None, width: int, height: int) -> np.ndarray:
     """A painted mask PNG → H×W bool (opaque pixels, or bright ones in a mask without alpha, are holes)."""
-    from PIL import Image, UnidentifiedImageError
-
     name = display_name(filename or "mask")
     try:
         with Image.open(io.BytesIO(data)) as img:
@@ -377,35 +295,21 @@ class Sample:
 
 @functools.lru_cache(maxsize=4)
 def _validation_crops(crop: int, crops: int) -> tuple:
-    from pyramidal.evaluate import eval_images
-
     items, _ = eval_images("builtin", "val", crop, crops)
     return tuple((name, image.permute(1, 2, 0).numpy().copy()) for name, image in items)
-
-
-def _eval_crop(task: str) -> tuple[int, int]:
-    cls = _task_class(task)
-    if hasattr(cls, "eval_crop"):
-        return int(cls.eval_crop), int(getattr(cls, "eval_crops", 1))
-    from pyramidal.evaluate import default_crop, default_crops
-
-    return default_crop(task), default_crops(task)
 
 
 def sample(task: str, index: int = 0) -> Sample:
     """Crop number `index` (modulo the count) of the built-in validation photographs, damaged by `task` in its
     default evaluation setting with the fixed evaluation seed: the pixels `pyramidal evaluate` scores."""
-    import torch
-
-    from pyramidal.damage import create_task, eval_seed
-
-    crop, crops = _eval_crop(task)
+    cls: type[Task] = TASKS.get(task)
+    crop, crops = cls.eval_crop, cls.eval_crops
     items = _validation_crops(crop, crops)
     i = int(index) % len(items)
     name, clean = items[i]
     damage = create_task(task, train=False)
     damaged, mask = damage.apply(torch.from_numpy(clean).permute(2, 0, 1)[None], seeds=[eval_seed(i)])
-    declared = [o.name for o in getattr(damage, "declared_options", ())] or list(getattr(damage, "option_names", ()))
+    declared = [o.name for o in damage.declared_options]
     # The values the task uses when no option is given (σ = 50, quality 10, ×8), for the page to state.
     setting = ", ".join(f"{k}={getattr(damage, k):g}" for k in declared
                         if isinstance(getattr(damage, k, None), (int, float)))
@@ -424,8 +328,6 @@ def _number(value: float) -> float | str | None:
 def scores(item: Sample, restored: np.ndarray, model_label: str, slow: bool = False) -> dict:
     """PSNR/SSIM against the ground truth for the damaged input, each classical baseline of the task (the slow
     ones only with `slow`) and the model; `best_classical` names the best baseline by PSNR."""
-    from pyramidal.evaluate import Context, baselines_for, psnr, ssim
-
     def row(method: str, kind: str, image: np.ndarray | None, seconds: float | None = None,
             note: str | None = None) -> dict:
         if image is None:

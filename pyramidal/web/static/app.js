@@ -10,7 +10,7 @@
     maskSection: $("mask-section"), maskAutoLabel: $("mask-auto-label"), maskHint: $("mask-hint"),
     paintTools: $("paint-tools"), brush: $("brush"), brushOut: $("brush-out"), maskClear: $("mask-clear"),
     toolBrush: $("tool-brush"), toolEraser: $("tool-eraser"), toolPan: $("tool-pan"),
-    ensemble: $("ensemble"), strength: $("strength"), strengthOut: $("strength-out"), strengthRow: $("strength-row"),
+    ensemble: $("ensemble"), strength: $("strength"), strengthOut: $("strength-out"),
     tile: $("tile"), restore: $("restore"),
     progressBox: $("progress-box"), progress: $("progress"), progressText: $("progress-text"),
     error: $("error"), warning: $("warning"),
@@ -85,14 +85,9 @@
     for (const w of state.info.weights) el.weights.add(new Option(w.label, w.id));
     el.tile.value = state.info.tile;
     [el.tile.min, el.tile.max] = state.info.limits.tile_range;
-    if (state.info.strength) {
-      el.strength.min = state.info.strength.min * 100;
-      el.strength.max = state.info.strength.max * 100;
-      el.strength.value = state.info.strength.default * 100;
-      el.strength.disabled = false;
-      el.strengthRow.classList.remove("disabled");
-      el.strengthRow.title = "";
-    }
+    el.strength.min = state.info.strength.min * 100;
+    el.strength.max = state.info.strength.max * 100;
+    el.strength.value = state.info.strength.default * 100;
     bindEvents();
     onTaskChange();
     render();
@@ -307,7 +302,7 @@
     form.append("weights", el.weights.value);
     form.append("ensemble", el.ensemble.checked ? "1" : "0");
     form.append("tile", el.tile.value);
-    if (!el.strength.disabled) form.append("strength", String(el.strength.value / 100));
+    form.append("strength", String(el.strength.value / 100));
     return form;
   }
 
