@@ -23,7 +23,7 @@ import torch
 
 from pyramidal.config import TrainConfig
 from pyramidal.fastpath import memory_format, tune_cpu_allocator
-from pyramidal.inference import prepare_for_inference
+from pyramidal.inference.model import prepare_for_inference
 from pyramidal.models import create_model
 from pyramidal.step import make_optimizer, train_step
 

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv/bin/python}
 out=${OUT:-runs/recipes}
 tasks=("$@")
-[ ${#tasks[@]} -gt 0 ] || mapfile -t tasks < <("$py" -c 'from pyramidal.recipe import list_recipes; print("\n".join(list_recipes()))')
+[ ${#tasks[@]} -gt 0 ] || mapfile -t tasks < <("$py" -c 'from pyramidal.hub import list_recipes; print("\n".join(list_recipes()))')
 scripts/get-training-photos.sh  # fetches only the photographs missing from .data/photos and .data/photos-heldout
 mkdir -p "$out/logs"
 train_one() {
