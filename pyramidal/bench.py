@@ -183,14 +183,16 @@ def count_flops(model: nn.Module, size: int | tuple[int, int], train: bool) -> f
     meta = copy.deepcopy(model).to("meta")
     meta.train(train)
     h, w = (size, size) if isinstance(size, int) else size
-    x = example_input(model, 1, h, w).to("meta")
+    # Two images in training: batch norm refuses one value per channel, as a 1×1 bottleneck would give it.
+    batch = 2 if train else 1
+    x = example_input(model, batch, h, w).to("meta")
     with FlopCounterMode(display=False) as counter:
         if train:
             meta(x).float().square().mean().backward()
         else:
             with torch.no_grad():
                 meta(x)
-    return float(counter.get_total_flops())
+    return float(counter.get_total_flops()) / batch
 
 
 def _matmul_operands(device: torch.device, precision: str, seconds: float) -> tuple[torch.Tensor, ...]:
