@@ -328,6 +328,11 @@ def test_restore_array_takes_float64_and_refuses_integers(weights):
     assert out.dtype == torch.float32 and out.shape == (3, 8, 8)
     with pytest.raises(PyramidalError, match="takes floats"):
         restore_array(model, torch.zeros(3, 8, 8, dtype=torch.uint8), device="cpu", precision="fp32")
+    flipped = np.zeros((3, 8, 10), ">f8")[:, ::-1, ::2]  # a NumPy view: any layout, any byte order
+    assert restore_array(model, flipped, device="cpu", precision="fp32").shape == (3, 8, 5)
+    for other in ([[0.0]], np.zeros((3, 8, 8), np.uint8)):
+        with pytest.raises(PyramidalError, match="restore_array takes a 3×H×W tensor"):
+            restore_array(model, other, device="cpu", precision="fp32")
 
 
 def test_resource_limits_restored():  # the subprocess tests change limits in children only

@@ -62,7 +62,7 @@ def restore_array(model: Callable, image: torch.Tensor, *, tile: int | None = DE
     Args:
         model: an nn.Module (run through `prepare_for_inference`), a prepared model, or any callable
             B×3×H×W → B×3×H×W in [-1, 1].
-        image: 3×H×W float tensor in [-1, 1].
+        image: 3×H×W float tensor (or NumPy float array, any layout) in [-1, 1].
         tile: largest tile side in px (default 512); None or 0 runs the whole image at once. Tiles are
             spread evenly and made only as large as their count needs (`tile_layout`).
         overlap: px shared by neighbouring tiles, blended with raised-cosine weights; smaller than `tile`.
@@ -87,6 +87,11 @@ def restore_array(model: Callable, image: torch.Tensor, *, tile: int | None = DE
     """
     if not 0.0 <= strength <= 2.0:
         raise PyramidalError(f"--strength {strength}: must be between 0 and 2 (1 = the model as trained)")
+    if isinstance(image, np.ndarray) and np.issubdtype(image.dtype, np.floating):  # any layout or byte order
+        image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    if not isinstance(image, torch.Tensor):
+        raise PyramidalError(f"restore_array takes a 3×H×W tensor (or NumPy array) of floats in [-1, 1], not "
+                             f"{type(image).__name__}" + (f" of {image.dtype}" if hasattr(image, "dtype") else ""))
     if image.ndim != 3 or image.shape[0] != 3:
         raise PyramidalError(f"expected a 3×H×W image, got shape {tuple(image.shape)}")
     _check_input(image)
