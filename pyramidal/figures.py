@@ -123,8 +123,9 @@ def line_plot(
     ylabel: str,
     title: str | None = None,
     logy: bool = False,
+    exclusive: bool = False,
 ) -> Path:
-    """One line per named (x, y) curve, optional log y axis."""
+    """One line per named (x, y) curve, optional log y axis; `exclusive`: written only if no file is at `path`."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     for name, (x, y) in curves.items():
@@ -138,4 +139,4 @@ def line_plot(
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, exclusive)

@@ -7,8 +7,10 @@ reaching the first layers collapses, while dense connections and skips keep it a
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,14 +136,26 @@ def measure(models: list[str], **kwargs: Any) -> dict:
     return {"settings": {**settings, "options": kwargs.get("options") or {}}, "models": results}
 
 
+def report_paths(out: str | os.PathLike) -> dict[str, Path]:
+    """Where `write_reports` puts gradients.png, gradients.csv and gradients.json under `out`."""
+    out = Path(out)
+    return {"png": out / "gradients.png", "csv": out / "gradients.csv", "json": out / "gradients.json"}
+
+
 def write_reports(report: dict, out: str | os.PathLike) -> dict[str, Path]:
     """gradients.png (norm vs depth, log y), gradients.csv (one row per layer) and gradients.json."""
+    paths = report_paths(out)
+    for write in report_writes(report, out).values():
+        write(exclusive=False)
+    return paths
+
+
+def report_writes(report: dict, out: str | os.PathLike) -> dict[Path, Callable[..., Any]]:
+    """The reports as {path: write(exclusive=...)}, for a command that claims each file when it writes it."""
     from pyramidal.figures import line_plot
     from pyramidal.io import atomic_write, write_json
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"png": out / "gradients.png", "csv": out / "gradients.csv", "json": out / "gradients.json"}
+    paths = report_paths(out)
     curves = {}
     for m in report["models"]:
         # Zero gradients cannot be drawn on a log axis; they are in the CSV.
@@ -149,10 +163,11 @@ def write_reports(report: dict, out: str | os.PathLike) -> dict[str, Path]:
         label = f"{m['model']} ({m['conv_layers']} convs, first/last {m['first_to_last']:.2g})"
         curves[label] = ([p[0] for p in pts], [p[1] for p in pts])
     s = report["settings"]
-    line_plot(curves, paths["png"], xlabel="conv layer, in forward order (1 = input side)",
-              ylabel="‖∂loss/∂W‖ (L2)", logy=True,
-              title=f"Gradient norm per conv layer after {s.get('steps', 3)} steps on {s.get('task', 'squares')}, "
-                    f"{s.get('size', 32)} px, batch {s.get('batch_size', 2)}")
+    plot = functools.partial(
+        line_plot, curves, paths["png"], xlabel="conv layer, in forward order (1 = input side)",
+        ylabel="‖∂loss/∂W‖ (L2)", logy=True,
+        title=f"Gradient norm per conv layer after {s.get('steps', 3)} steps on {s.get('task', 'squares')}, "
+              f"{s.get('size', 32)} px, batch {s.get('batch_size', 2)}")
 
     def write_csv(tmp: str) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
@@ -163,9 +178,9 @@ def write_reports(report: dict, out: str | os.PathLike) -> dict[str, Path]:
                     writer.writerow([m["model"], r["depth"], r["layer"], r["kind"], f"{r['grad_norm']:.6g}",
                                      f"{r['grad_rms']:.6g}", f"{r['weight_norm']:.6g}"])
 
-    atomic_write(paths["csv"], write_csv)
-    write_json(report, paths["json"])
-    return paths
+    return {paths["png"]: plot,
+            paths["csv"]: functools.partial(atomic_write, paths["csv"], write_csv),
+            paths["json"]: functools.partial(write_json, report, paths["json"])}
 
 
 def summary(report: dict) -> str:

@@ -195,3 +195,29 @@ def test_evaluate_reports_and_figures_are_claimed_when_written(tmp_path, monkeyp
     monkeypatch.setattr(pyramidal.evaluate, "evaluate", real)
     assert main(["evaluate", *EVAL, "--data", f"folder:{folder}", "--json", str(report)]) == 0
     assert report.read_text().startswith("{")
+
+
+def test_gradients_reports_are_claimed_when_written(tmp_path, monkeypatch, capsys):
+    """Reports in -o replace the ones a finished run left, never one another run writes meanwhile."""
+    import pyramidal.gradients
+
+    out = tmp_path / "grad"
+    argv = ["gradients", "--models", "basic21", "--option", "channels=[4,8,8]", "--steps", "0", "--size", "16",
+            "--batch-size", "2", "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0 and main(argv) == 0  # the second run replaces the first run's reports
+    capsys.readouterr()
+    (out / "gradients.csv").unlink()
+    real = pyramidal.gradients.measure
+
+    def measure_while_another_run_writes(*args, **kwargs):
+        result = real(*args, **kwargs)
+        (out / "gradients.csv").write_text("another run's table")
+        return result
+
+    monkeypatch.setattr(pyramidal.gradients, "measure", measure_while_another_run_writes)
+    assert main(argv) == 1
+    stdout, stderr = capsys.readouterr()
+    assert (out / "gradients.csv").read_text() == "another run's table"
+    assert f"wrote {out / 'gradients.png'}" in stdout and f"wrote {out / 'gradients.json'}" in stdout
+    errors = lines(stderr)
+    assert len(errors) == 1 and "gradients.csv: a file appeared here" in errors[0], errors

@@ -35,11 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyramidal.cli.common import check_out_folder
+    from pyramidal.cli.common import write_outputs
     from pyramidal.config import parse_options
     from pyramidal.device import resolve_device
     from pyramidal.errors import PyramidalError
-    from pyramidal.gradients import measure, summary, write_reports
+    from pyramidal.gradients import measure, report_paths, report_writes, summary
+    from pyramidal.io import OutputPlan
     from pyramidal.models import check_model
     from pyramidal.models.summary import check_memory
 
@@ -56,15 +57,15 @@ def run(args: argparse.Namespace) -> int:
     for name in models:  # before any model is built: a step that cannot fit is one line, not a machine out of memory
         check_model(name, **options)
         check_memory(name, options, batch=args.batch_size, size=args.size, device=device)
-    check_out_folder(args.out)
+    plan = OutputPlan()  # the reports in -o may replace earlier ones, never a file another run writes meanwhile
+    for path in report_paths(args.out).values():
+        plan.add(path, "--out", replace_ok=True)
+    plan.check()
     report = measure(models, task=args.task, data=args.data, steps=args.steps, size=args.size,
                      batch_size=args.batch_size, seed=args.seed, lr=args.lr, options=options,
                      device=args.device)
     print(summary(report))
-    paths = write_reports(report, args.out)
     print("first/last: weight-gradient norm at the first conv layer (input side) over that at the last "
           "(output side); far below 1: the gradient vanishes on its way back, far above 1: it explodes. "
           "Healthy flow stays within a few orders of magnitude.")
-    for path in paths.values():
-        print(f"wrote {path}")
-    return 0
+    return write_outputs("gradients", plan, [(str(p), w) for p, w in report_writes(report, args.out).items()])
