@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from pyramidal.errors import OptionError
 from pyramidal.lazy import LazyModule
 
 np = LazyModule("numpy")
@@ -185,7 +186,7 @@ def demosaic(mosaic: np.ndarray, cfa: str, method: str) -> np.ndarray:
     OpenCV demosaics 8- and 16-bit images only: the values are coded on 16 bits over [−0.5, 1.5] and back.
     """
     if method not in ("bilinear", "ea"):
-        raise ValueError(f"demosaic must be bilinear or ea, got {method!r}")
+        raise OptionError(f"demosaic must be bilinear or ea, got {method!r}")
     code = getattr(cv2, f"COLOR_Bayer{_OPENCV_BAYER[cfa]}2RGB" + ("_EA" if method == "ea" else ""))
     coded = np.rint(np.clip((mosaic - _CODE_LOW) / _CODE_SPAN, 0.0, 1.0) * 65535).astype(np.uint16)
     return cv2.cvtColor(coded, code).astype(np.float64) / 65535 * _CODE_SPAN + _CODE_LOW

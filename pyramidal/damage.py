@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pyramidal import camera
+from pyramidal.errors import OptionError
 from pyramidal.lazy import LazyModule
 from pyramidal.registry import Registry
 
@@ -89,7 +90,7 @@ def create_task(name: str, train: bool = False, **options: Any) -> Task:
             raise
         allowed = ", ".join(o.name for o in cls.declared_options) or "none"
         given = ", ".join(sorted(options))
-        raise ValueError(f"task {name!r} does not take option(s) {given}; its options: {allowed}") from None
+        raise OptionError(f"task {name!r} does not take option(s) {given}; its options: {allowed}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -269,19 +270,19 @@ class NoiseTask(Task):
         if unclipped is not None:
             unclipped = float(unclipped)
             if not 0.0 <= unclipped <= 1.0:
-                raise ValueError(f"noise: unclipped is a share of images from 0 to 1, got {unclipped}")
+                raise OptionError(f"noise: unclipped is a share of images from 0 to 1, got {unclipped}")
         self._opt_unclipped = unclipped
         self.unclipped = unclipped or 0.0
         if sigma is not None:
             sigma = float(sigma)
             if not math.isfinite(sigma) or sigma < 0:
-                raise ValueError(f"noise: sigma must be >= 0, got {sigma}")
+                raise OptionError(f"noise: sigma must be >= 0, got {sigma}")
         if sigma_dist is not None:
             if sigma_dist not in self.sigma_distributions:
-                raise ValueError(f"noise: sigma_dist {sigma_dist!r}: choose one of "
+                raise OptionError(f"noise: sigma_dist {sigma_dist!r}: choose one of "
                                  f"{', '.join(self.sigma_distributions)}")
             if sigma is not None:
-                raise ValueError("noise: sigma_dist sets how σ is drawn; a fixed sigma draws none, give one of them")
+                raise OptionError("noise: sigma_dist sets how σ is drawn; a fixed sigma draws none, give one of them")
         self._opt_sigma = sigma
         self._opt_sigma_dist = sigma_dist
         self.sigma_dist = sigma_dist or "uniform"
@@ -335,7 +336,7 @@ class PixelateTask(Task):
         super().__init__(train)
         if factor is not None:
             if int(factor) != factor or int(factor) < 1:
-                raise ValueError(f"pixelate: factor must be a positive integer, got {factor}")
+                raise OptionError(f"pixelate: factor must be a positive integer, got {factor}")
             factor = int(factor)
         self._opt_factor = factor
         self.factor: int = factor if factor is not None else self.default_factor
@@ -431,7 +432,7 @@ class JpegTask(Task):
         super().__init__(train)
         if quality is not None:
             if int(quality) != quality or not 1 <= int(quality) <= 100:
-                raise ValueError(f"jpeg: quality must be an integer in 1..100, got {quality}")
+                raise OptionError(f"jpeg: quality must be an integer in 1..100, got {quality}")
             quality = int(quality)
         self._opt_quality = quality
         self.quality: int | None = quality if quality is not None else (None if train else self.default_eval_quality)
@@ -476,13 +477,13 @@ class CameraTask(Task):
                  demosaic: str | None = None, quality: int | None = None):
         super().__init__(train)
         if shot is not None and not (math.isfinite(float(shot)) and float(shot) > 0):
-            raise ValueError(f"camera: shot must be > 0, got {shot}")
+            raise OptionError(f"camera: shot must be > 0, got {shot}")
         if read is not None and not (math.isfinite(float(read)) and float(read) >= 0):
-            raise ValueError(f"camera: read must be >= 0, got {read}")
+            raise OptionError(f"camera: read must be >= 0, got {read}")
         if demosaic is not None and demosaic not in camera.DEMOSAICS:
-            raise ValueError(f"camera: demosaic {demosaic!r}: choose one of {', '.join(camera.DEMOSAICS)}")
+            raise OptionError(f"camera: demosaic {demosaic!r}: choose one of {', '.join(camera.DEMOSAICS)}")
         if quality is not None and (int(quality) != quality or not 0 <= int(quality) <= 100):
-            raise ValueError(f"camera: quality must be an integer in 0..100 (0: no JPEG), got {quality}")
+            raise OptionError(f"camera: quality must be an integer in 0..100 (0: no JPEG), got {quality}")
         self._opt_shot = None if shot is None else float(shot)
         self._opt_read = None if read is None else float(read)
         self._opt_demosaic = demosaic
@@ -799,12 +800,12 @@ class MixedTask(Task):
             names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else [str(t) for t in tasks]
             names = [t for t in names if t]
             if not names:
-                raise ValueError(f"{self.name}: tasks must name at least one task")
+                raise OptionError(f"{self.name}: tasks must name at least one task")
             for t in names:
                 if t == self.name:
-                    raise ValueError(f"{self.name}: cannot contain itself")
+                    raise OptionError(f"{self.name}: cannot contain itself")
                 if self.has_mask and not TASKS.get(t).has_mask:  # TASKS.get: ValueError listing valid names
-                    raise ValueError(f"{self.name}: task {t!r} has no holes; choose from tasks with a mask")
+                    raise OptionError(f"{self.name}: task {t!r} has no holes; choose from tasks with a mask")
             self._opt_tasks = ",".join(names)
         self.tasks = [create_task(t, train=train) for t in names]
 

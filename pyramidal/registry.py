@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from pyramidal.errors import OptionError
+
 
 class Registry:
-    """Maps names to constructors; `get` raises a clear error listing the valid names."""
+    """Maps names to constructors; `get` raises a clear error listing the valid names (an OptionError: one line
+    from the CLI, a ValueError for library callers)."""
 
     def __init__(self, kind: str):
         self.kind = kind
@@ -26,7 +29,7 @@ class Registry:
         try:
             return self._items[name]
         except KeyError:
-            raise ValueError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}") from None
+            raise OptionError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}") from None
 
     def names(self) -> list[str]:
         return sorted(self._items)

@@ -106,3 +106,20 @@ def test_one_key_value_parser():
     for bad in (["oops"], ["=1"]):
         with pytest.raises(Exception, match="KEY=VALUE"):
             parse_options(bad, "--option")
+
+
+def test_only_user_errors_become_one_line(monkeypatch, capsys):
+    """A PyramidalError (a bad option, file or name) is one line and exit 2; any other exception is a bug and keeps
+    its traceback, a ValueError included."""
+    import pyramidal.cli.weights as command
+    from pyramidal.errors import OptionError, PyramidalError
+    from pyramidal.models import MODELS
+
+    with pytest.raises(OptionError, match="unknown model 'nope'"):  # an unknown name is a user error
+        MODELS.get("nope")
+    monkeypatch.setattr(command, "run", lambda args: (_ for _ in ()).throw(PyramidalError("bad.png: unreadable")))
+    assert main(["weights"]) == 2
+    assert capsys.readouterr().err == "pyramidal weights: error: bad.png: unreadable\n"
+    monkeypatch.setattr(command, "run", lambda args: int("not a number"))  # a bug
+    with pytest.raises(ValueError, match="invalid literal"):
+        main(["weights"])

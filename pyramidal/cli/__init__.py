@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = show_warning  # no Python file and source line under each warning
         try:
             return int(args._run(args) or 0)
-        except (PyramidalError, ValueError) as exc:  # ValueError: unknown registry names, bad option values
+        except PyramidalError as exc:
             print(f"{prefix}: error: {_one_line(exc)}", file=sys.stderr)
             return 2
         except OSError as exc:  # a full disk, a read-only folder, a vanished file: never a traceback

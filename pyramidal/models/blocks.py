@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyramidal.errors import OptionError
 from pyramidal.registry import Registry
 
 ACTIVATIONS = Registry("activation")
@@ -115,9 +116,9 @@ def magenta_holes(images: torch.Tensor, tolerance: int = MAGENTA_TOLERANCE) -> t
 def check_find_holes(find_holes: str, mask_input: bool) -> str:
     """Validate the `find_holes` model option: one of HOLE_FINDERS, and not with mask_input (holes given)."""
     if find_holes not in HOLE_FINDERS:
-        raise ValueError(f"find_holes {find_holes!r}: choose one of {', '.join(HOLE_FINDERS)}")
+        raise OptionError(f"find_holes {find_holes!r}: choose one of {', '.join(HOLE_FINDERS)}")
     if find_holes != "none" and mask_input:
-        raise ValueError(f"find_holes={find_holes} finds the holes itself; mask_input=true is given them: choose one")
+        raise OptionError(f"find_holes={find_holes} finds the holes itself; mask_input=true is given them: choose one")
     return find_holes
 
 
@@ -176,9 +177,9 @@ def check_hole_fill(hole_fill: str, knows_holes: bool) -> str:
     """Validate the `hole_fill` model option: one of HOLE_FILLS, and anything but grey only for a model that knows
     its holes (mask_input, or find_holes)."""
     if hole_fill not in HOLE_FILLS:
-        raise ValueError(f"hole_fill {hole_fill!r}: choose one of {', '.join(HOLE_FILLS)}")
+        raise OptionError(f"hole_fill {hole_fill!r}: choose one of {', '.join(HOLE_FILLS)}")
     if hole_fill != "grey" and not knows_holes:
-        raise ValueError(f"hole_fill={hole_fill} fills holes the model knows of; it needs mask_input=true (given) "
+        raise OptionError(f"hole_fill={hole_fill} fills holes the model knows of; it needs mask_input=true (given) "
                          "or find_holes=magenta (found)")
     return hole_fill
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyramidal.errors import OptionError
 from pyramidal.models import register_configured
 from pyramidal.models.blocks import (
     NORMS,
@@ -64,18 +65,18 @@ class DensePyramid(PaddedModel):
         self.hole_fill = check_hole_fill(c.hole_fill, self.mask_channel)
         self.noise_map = bool(c.noise_map)
         if self.mask_channel and self.noise_map:
-            raise ValueError("noise_map and a mask channel (mask_input or find_holes): choose one extra input channel, "
+            raise OptionError("noise_map and a mask channel (mask_input or find_holes): choose one extra input channel, "
                              "not both")
         DOWN.get(c.down), UP.get(c.up), NORMS.get(c.norm)  # fail early with the list of valid names
         if not c.dense and c.block != "dense":
-            raise ValueError(f"dense=false (plain sequential layers) replaces the dense block; block={c.block!r} "
+            raise OptionError(f"dense=false (plain sequential layers) replaces the dense block; block={c.block!r} "
                              "needs dense=true")
         block_cls = BLOCKS.get(c.block) if c.dense else PlainBlock
         decoder_sizes = tuple(c.decoder_blocks) if c.decoder_blocks is not None else tuple(reversed(c.blocks))
         if len(decoder_sizes) != len(c.blocks):
-            raise ValueError(f"decoder_blocks {decoder_sizes} must have one entry per encoder block {tuple(c.blocks)}")
+            raise OptionError(f"decoder_blocks {decoder_sizes} must have one entry per encoder block {tuple(c.blocks)}")
         if c.unshuffle not in (1, 2, 4):
-            raise ValueError(f"unshuffle must be 1 (off), 2 or 4, got {c.unshuffle}")
+            raise OptionError(f"unshuffle must be 1 (off), 2 or 4, got {c.unshuffle}")
         self.unshuffle = int(c.unshuffle)
         # The input is padded to a multiple of 2**levels: the pyramid's levels and the unshuffle's factor.
         self.levels = len(c.blocks) + self.unshuffle.bit_length() - 1

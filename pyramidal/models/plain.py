@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pyramidal.errors import OptionError
 from pyramidal.models import register_configured
 from pyramidal.models.blocks import (
     ACTIVATIONS,
@@ -66,12 +67,12 @@ class Autoencoder(PaddedModel):
         super().__init__()
         c = config
         if c.skip not in ("none", "add", "cat"):
-            raise ValueError(f"unknown skip mode {c.skip!r}; choose one of: add, cat, none")
+            raise OptionError(f"unknown skip mode {c.skip!r}; choose one of: add, cat, none")
         if c.levels < 1 or c.convs_per_level < 1:
-            raise ValueError("levels and convs_per_level must be at least 1")
+            raise OptionError("levels and convs_per_level must be at least 1")
         widths = tuple(c.channels) if c.channels is not None else default_channels(c.levels)
         if len(widths) != c.levels + 1:
-            raise ValueError(f"channels needs {c.levels + 1} widths for {c.levels} levels, got {widths}")
+            raise OptionError(f"channels needs {c.levels + 1} widths for {c.levels} levels, got {widths}")
         self.config, self.levels, self.widths = c, c.levels, widths
         self.mask_input = bool(c.mask_input)
         self.find_holes = check_find_holes(c.find_holes, self.mask_input)
