@@ -6,7 +6,25 @@ class PyramidalError(Exception):
 
 
 class OptionError(PyramidalError, ValueError):
-    """A bad option value (a model option, a tile size, ...); also a ValueError for library callers."""
+    """A bad option value (a model option, a tile size, ...); also a ValueError for library callers.
+
+    Its message names parameters as Python callers write them (`tile=-1: ...`); `flags`, when given, is the same
+    message as the command line words it (`--tile -1: ...`), which the CLI prints instead (`option_error`).
+    """
+
+    def __init__(self, message: str, flags: str | None = None):
+        super().__init__(message)
+        self.flags = flags
+
+
+def option_error(template: str, **values: object) -> OptionError:
+    """An OptionError whose `template` names each parameter as `{name}`: written `name=value` in the message,
+    `--name value` in its command-line form. E.g. `option_error("{overlap}: must be smaller than {tile}",
+    overlap=16, tile=16)`."""
+    python = template.format(**{name: f"{name}={value!r}" for name, value in values.items()})
+    flags = template.format(**{name: f"--{name.replace('_', '-')} {value:g}" if isinstance(value, float) else
+                               f"--{name.replace('_', '-')} {value}" for name, value in values.items()})
+    return OptionError(python, flags)
 
 
 def printable(text: str) -> str:

@@ -20,7 +20,7 @@ from torch import nn
 from pyramidal import models
 from pyramidal.checkpoint import load_weights, read_weights_info, weights_file
 from pyramidal.damage import TASKS
-from pyramidal.errors import PyramidalError
+from pyramidal.errors import OptionError, PyramidalError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
@@ -80,11 +80,11 @@ def builtin_weights_path(task: str) -> Path:
     listing = ", ".join(have) if have else "none are installed in this copy of pyramidal"
     if task in list_recipes():  # a recipe whose weights are not shipped yet
         raise PyramidalError(
-            f"--weights builtin: no built-in weights for {task} ({listing}); train them with `pyramidal train "
-            f"--recipe {task}` and pass the last stage's best.safetensors as --weights"
+            f"no built-in weights for {task} ({listing}); train them with `pyramidal train "
+            f"--recipe {task}` and pass the last stage's best.safetensors as the weights"
         )
     raise PyramidalError(
-        f"--weights builtin: no built-in weights for task {task!r} ({listing}); "
+        f"no built-in weights for task {task!r} ({listing}); "
         "pass a .safetensors file written by `pyramidal train` instead"
     )
 
@@ -105,8 +105,12 @@ def resolve_weights(weights: str | os.PathLike, task: str | None) -> Path:
     """
     if str(weights) == "builtin":
         if not task:
-            raise PyramidalError("--weights builtin needs --task to know which weights to use")
-        return builtin_weights_path(task)
+            raise OptionError("weights='builtin' needs task= to know which weights to use",
+                              "--weights builtin needs --task to know which weights to use")
+        try:
+            return builtin_weights_path(task)
+        except PyramidalError as exc:
+            raise OptionError(f"weights='builtin': {exc}", f"--weights builtin: {exc}") from None
     return weights_file(weights)
 
 
@@ -119,7 +123,7 @@ def resolve_init_weights(path: str | os.PathLike) -> Path:
         try:
             return builtin_weights_path(task)
         except (PyramidalError, ValueError) as exc:
-            raise PyramidalError(f"--init-weights {text}: {exc}") from None
+            raise OptionError(f"init_weights={text!r}: {exc}", f"--init-weights {text}: {exc}") from None
     return Path(path)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numbers
 
-from pyramidal.errors import OptionError
+from pyramidal.errors import option_error
 
 # One image at a time (restore, the Python API, the web page, bench). Measured on 2 cores, 12 MP
 # (docs/performance.md): 512-px tiles do 15 % less work than 256-px ones (less overlap), run as fast per
@@ -26,22 +26,22 @@ MANY_IMAGES_BATCH_SIZE = 4
 def check_tiling(tile: int | None, overlap: int | None, batch_size: int = 1) -> tuple[int | None, int]:
     """Validate the tiling options once, before any model runs; returns (tile or None for whole images, overlap).
 
-    Raises OptionError naming the flag: a negative tile, a negative overlap, or an overlap that is not
+    Raises OptionError naming the parameter (the CLI words it as the flag): a negative tile, a negative overlap, or an overlap that is not
     smaller than the tile. Without tiling (None or 0) the overlap does not matter.
     """
-    for name, value in (("--tile", tile), ("--overlap", overlap), ("--batch-size", batch_size)):
+    for name, value in (("tile", tile), ("overlap", overlap), ("batch_size", batch_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
-            raise OptionError(f"{name} {value!r}: must be a whole number")
+            raise option_error(f"{{{name}}}: must be a whole number", **{name: value})
     if batch_size < 1:
-        raise OptionError(f"--batch-size {batch_size}: must be at least 1")
+        raise option_error("{batch_size}: must be at least 1", batch_size=batch_size)
     if tile is not None and tile < 0:
-        raise OptionError(f"--tile {tile}: must be 0 (the whole image at once) or a positive size in px")
+        raise option_error("{tile}: must be 0 (the whole image at once) or a positive size in px", tile=tile)
     if overlap is not None and overlap < 0:
-        raise OptionError(f"--overlap {overlap}: must be 0 or more")
+        raise option_error("{overlap}: must be 0 or more", overlap=overlap)
     if not tile:
         return None, 0
     if overlap is None:
         return int(tile), min(DEFAULT_OVERLAP, int(tile) // 2)
     if overlap >= tile:
-        raise OptionError(f"--overlap {overlap}: must be smaller than --tile {tile}")
+        raise option_error("{overlap}: must be smaller than {tile}", overlap=overlap, tile=tile)
     return int(tile), int(overlap)

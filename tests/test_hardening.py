@@ -110,7 +110,7 @@ def test_whole_image_mode_restores_tiny_images_api(weights):
             assert restore_image(model, img, tile=tile, device="cpu", precision="fp32").shape == (h, w, 3)
         # A small tile with the default overlap works too: the default is at most half a tile.
         assert restore_image(model, img, tile=8, device="cpu", precision="fp32").shape == (h, w, 3)
-    with pytest.raises(OptionError, match=r"--overlap 16: must be smaller than --tile 16"):
+    with pytest.raises(OptionError, match=r"overlap=16: must be smaller than tile=16"):
         restore_image(model, img, tile=16, overlap=16)
 
 

@@ -296,7 +296,7 @@ def test_noise_map_training_and_restore(tmp_path):
     with pytest.raises(PyramidalError, match="from 0 to 255"):
         restore_array(model, image, sigma=300)
     blind = create_model("pyramidal44", m=8, growth=4).eval()
-    with pytest.raises(PyramidalError, match="--sigma 25: this model has no noise-level input"):
+    with pytest.raises(PyramidalError, match="sigma=25: this model has no noise-level input"):
         restore_array(blind, image, sigma=25)
     result = evaluate(run_dir / "best.safetensors", "noise", limit=1, crop=32, settings=[{"sigma": 25}],
                       baselines="none")
@@ -435,7 +435,7 @@ def test_init_weights_builtin_task_names_the_shipped_file(tmp_path):
 
     assert resolve_init_weights("builtin:inpaint") == builtin_weights_path("inpaint")
     assert resolve_init_weights(tmp_path / "w.safetensors") == tmp_path / "w.safetensors"
-    with pytest.raises(PyramidalError, match="--init-weights builtin:nonsense"):
+    with pytest.raises(PyramidalError, match="init_weights='builtin:nonsense'"):
         resolve_init_weights("builtin:nonsense")
 
 

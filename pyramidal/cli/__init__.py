@@ -64,9 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line(exc: BaseException) -> str:
-    """An error as one line: characters a terminal would not show as themselves are escaped (a newline in a file
-    name, bytes of a name that are not UTF-8), so that stderr gets one line per error naming the file exactly."""
-    return printable(str(exc).strip()) or type(exc).__name__
+    """An error as one line, worded for the command line (an OptionError's `flags`: `--tile 5`, not `tile=5`):
+    characters a terminal would not show as themselves are escaped (a newline in a file name, bytes of a name
+    that are not UTF-8), so that stderr gets one line per error naming the file exactly."""
+    text = getattr(exc, "flags", None) or str(exc)
+    return printable(text.strip()) or type(exc).__name__
 
 
 def _os_error(exc: OSError) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pyramidal.errors import PyramidalError
+from pyramidal.errors import PyramidalError, option_error
 from pyramidal.fastpath import map_one_thread_each
 from pyramidal.inference.inputs import auto_mask, check_mask, model_input
 from pyramidal.inference.model import (
@@ -86,7 +86,7 @@ def restore_array(model: Callable, image: torch.Tensor, *, tile: int | None = DE
         The restored image, float32 3×H×W in [-1, 1] on the CPU.
     """
     if not 0.0 <= strength <= 2.0:
-        raise PyramidalError(f"--strength {strength}: must be between 0 and 2 (1 = the model as trained)")
+        raise option_error("{strength}: must be between 0 and 2 (1 = the model as trained)", strength=strength)
     if isinstance(image, np.ndarray) and np.issubdtype(image.dtype, np.floating):  # any layout or byte order
         image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
     if not isinstance(image, torch.Tensor):

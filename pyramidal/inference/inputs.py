@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from pyramidal.damage import TASKS
-from pyramidal.errors import PyramidalError
+from pyramidal.errors import PyramidalError, option_error
 from pyramidal.inference.model import unwrapped
 from pyramidal.models.blocks import MAGENTA_TOLERANCE, magenta_holes, mask_conditioned_input, noise_map_input
 
@@ -70,17 +70,17 @@ def needs_noise_level(model: Callable) -> bool:
 
 
 def check_sigma(model: Callable, sigma: float | None) -> None:
-    """PyramidalError naming --sigma unless `sigma` suits `model`: needed by a noise-map model, refused by others."""
+    """OptionError naming sigma unless `sigma` suits `model`: needed by a noise-map model, refused by others."""
     if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, (int, float))):
-        raise PyramidalError(f"--sigma {sigma!r}: must be a number (the noise σ on the 0-255 scale)")
+        raise option_error("{sigma}: must be a number (the noise σ on the 0-255 scale)", sigma=sigma)
     if needs_noise_level(model):
         if sigma is None:
             raise PyramidalError("this model " + NEEDS_SIGMA)
         if not 0 <= sigma <= 255:
-            raise PyramidalError(f"--sigma {sigma!r}: must be a number from 0 to 255 (the noise σ on the 0-255 scale)")
+            raise option_error("{sigma}: must be a number from 0 to 255 (the noise σ on the 0-255 scale)", sigma=sigma)
     elif isinstance(sigma, (int, float)):
-        raise PyramidalError(f"--sigma {sigma:g}: this model has no noise-level input (it was not built with "
-                             "noise_map=true); leave --sigma out, or use --strength to apply less or more of it")
+        raise option_error("{sigma}: this model has no noise-level input (it was not built with noise_map=true); "
+                           "leave it out, or apply less or more of the model's change with strength", sigma=sigma)
 
 
 def hole_colour(model: Callable) -> tuple[int, int, int] | None:
