@@ -454,9 +454,9 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] | None = None) -> 
             config_obj = getattr(model, "config", None)
             if config_obj is None or not hasattr(ref_module, "from_config"):
                 raise ValueError(f"no plain reference for model {c.model}")
-            ref_options = asdict(config_obj)
-            if "memory_efficient" in ref_options:  # the plain autoencoders have no such option
-                ref_options["memory_efficient"] = False
+            if type(config_obj).__name__ != "DensePyramidConfig":  # the reference implements dense pyramids only
+                raise ValueError(f"no plain reference for model {c.model}")
+            ref_options = {**asdict(config_obj), "memory_efficient": False}
             reference = ref_module.from_config(type(config_obj)(**ref_options))
             reference.load_state_dict(model.state_dict())
         except (PyramidalError, ValueError) as exc:
