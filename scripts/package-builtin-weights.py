@@ -14,7 +14,7 @@ named and the steps counted once: the campaign run's, plus the shipped file's wh
 model too slow for a 12 MP photo on a CPU (more than 1.5× the shipped model's FLOPs per pixel) is not written
 over the task's default file: give it a name of its own (--out).
 
-Usage: scripts/package-builtin-weights.py TASK RUN_DIR
+Usage: scripts/package-builtin-weights.py [--baselines fast] TASK RUN_DIR
        scripts/package-builtin-weights.py --campaign LABEL.tar [--out FILE] [--baselines all|fast|none]
        scripts/package-builtin-weights.py --card TASK...   # rewrite the record and card, tensors unchanged
 """
@@ -381,7 +381,7 @@ def campaign_main(archive: str, out: str | None = None, baselines: str = "all") 
     return target
 
 
-def main(task: str, run_dir: str) -> None:
+def main(task: str, run_dir: str, baselines: str = "all") -> None:
     from pyramidal.checkpoint import load_weights, read_weights_info
     from pyramidal.hub import resolve_init_weights
     from pyramidal.models.summary import count_parameters
@@ -417,7 +417,7 @@ def main(task: str, run_dir: str) -> None:
         "dtype": "float16",
     }
     metadata.update(model_card(task, metadata))
-    score_and_save(model, out, task, metadata)
+    score_and_save(model, out, task, metadata, baselines)
 
 
 def refresh_card(task: str) -> None:
@@ -450,6 +450,8 @@ if __name__ == "__main__":
             parser.add_argument("--baselines", default="all", help="classical rows scored beside it [all]")
             args = parser.parse_args(sys.argv[2:])
             campaign_main(args.archive, args.out, args.baselines)
+        elif len(sys.argv) == 5 and sys.argv[1] == "--baselines":  # e.g. fast: no BM3D in the recorded scores
+            main(sys.argv[3], sys.argv[4], sys.argv[2])
         elif len(sys.argv) == 3:
             main(sys.argv[1], sys.argv[2])
         else:
