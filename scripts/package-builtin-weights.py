@@ -48,6 +48,12 @@ BSDS432 = (
     "CBSD68, laid out by scripts/get-bsds432.sh into .data/bsds432; not distributed with pyramidal")
 # A record without `training_photos` predates it: those weights were trained on mate-nature alone.
 DEFAULT_PHOTO_FOLDERS = ["mate-nature"]
+# What other damage a model of each task does not know (the card's limits).
+OTHER_DAMAGE = {
+    "": "camera noise, other codecs, other blur kernels, holes of other shapes or colours",
+    "camera": "in-camera denoising and sharpening, other tone curves, noise far above or below its training "
+              "range, other codecs",
+}
 TASK_USE = {
     "noise": "removing Gaussian-like noise from photographs, blind to its strength (σ 0-130 on the 0-255 "
              "scale); --strength trades the detail it keeps against the smoothness it gives",
@@ -216,8 +222,8 @@ def model_card(task: str, info: dict) -> dict:
                         "for fine-tuning (pyramidal train --init-weights).",
         "limits": f"A small {size}model trained for {info.get('steps', 0):,} steps on {photos} photographs, with 64-96 "
                   f"px patches, on {info.get('trained_on') or 'a CPU'}. It learned the task's synthetic damage exactly as `pyramidal degrade` "
-                  "makes it and transfers poorly to other damage (camera noise, other codecs, other blur "
-                  "kernels, holes of other shapes or colours). Below the best classical method in some "
+                  f"makes it and transfers poorly to other damage ({OTHER_DAMAGE.get(task, OTHER_DAMAGE[''])}). "
+                  "Below the best classical method in some "
                   "settings (see scores). It invents plausible detail: not for forensic, medical or "
                   "identification use.",
         "provenance": f"trained by `pyramidal train` with the command above ({info.get('device') or 'on the CPU'}, "
