@@ -89,6 +89,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "with σ estimated and with an oracle σ")
 
 
+def report_writes(args: argparse.Namespace, report: dict, markdown: str | None) -> list:
+    """The --json and --markdown files as `write_outputs` claims them; `--json -` is printed at once."""
+    from pyramidal.cli.common import write_json_output
+    from pyramidal.io import write_text
+
+    writes = []
+    if args.json == "-":
+        write_json_output(report, "-")
+    elif args.json:
+        writes.append((args.json, lambda exclusive: write_json_output(report, args.json, exclusive=exclusive)))
+    if args.markdown:
+        writes.append((args.markdown, lambda exclusive: write_text(markdown, args.markdown, exclusive=exclusive)))
+    return writes
+
+
 def _sigmas(text: str) -> list[float]:
     from pyramidal.errors import PyramidalError
 
@@ -105,9 +120,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
     """`evaluate --benchmark DIR...`: the papers' AWGN protocol and the file protocol, whole images."""
     from pyramidal import benchmark
     from pyramidal.api import cached_model
-    from pyramidal.cli.common import write_json_output, write_outputs
+    from pyramidal.cli.common import write_outputs
     from pyramidal.errors import PyramidalError
-    from pyramidal.io import write_text
 
     if args.task not in (None, "noise"):
         raise PyramidalError(f"--benchmark adds Gaussian noise: it scores noise weights, not --task {args.task}")
@@ -126,24 +140,15 @@ def run_benchmark(args: argparse.Namespace) -> int:
     result["weights"], result["precision"] = args.weights, precision
     if args.json != "-":
         print(benchmark.format_table(result))
-    writes = []
-    if args.json == "-":
-        write_json_output(result, "-")
-    elif args.json:
-        writes.append((args.json, lambda exclusive: write_json_output(result, args.json, exclusive=exclusive)))
-    if args.markdown:
-        text = benchmark.format_markdown(result)
-        writes.append((args.markdown, lambda exclusive: write_text(text, args.markdown, exclusive=exclusive)))
-    return write_outputs("evaluate", plan, writes)
+    return write_outputs("evaluate", plan, report_writes(args, result, benchmark.format_markdown(result)))
 
 
 def run_pairs(args: argparse.Namespace) -> int:
     """`evaluate --pairs DIR`: a model and the classical denoisers on real noisy/clean pairs, whole images."""
-    from pyramidal.cli.common import task_option_values, write_json_output, write_outputs
+    from pyramidal.cli.common import task_option_values, write_outputs
     from pyramidal.errors import PyramidalError
     from pyramidal.evaluate import format_markdown, format_table
     from pyramidal.hub import resolve_weights
-    from pyramidal.io import write_text
     from pyramidal.options import check_tiling
     from pyramidal.realnoise import evaluate_pairs, find_pairs
 
@@ -168,15 +173,7 @@ def run_pairs(args: argparse.Namespace) -> int:
         print(format_table(result))
         for note in result["skipped"]:
             print(f"pyramidal evaluate: warning: {note}", file=sys.stderr)
-    writes = []
-    if args.json == "-":
-        write_json_output(result, "-")
-    elif args.json:
-        writes.append((args.json, lambda exclusive: write_json_output(result, args.json, exclusive=exclusive)))
-    if args.markdown:
-        text = format_markdown(result)
-        writes.append((args.markdown, lambda exclusive: write_text(text, args.markdown, exclusive=exclusive)))
-    return write_outputs("evaluate", plan, writes)
+    return write_outputs("evaluate", plan, report_writes(args, result, format_markdown(result)))
 
 
 def settings_from_args(args: argparse.Namespace) -> list[dict] | None:
@@ -249,11 +246,10 @@ def figure_writes(result: dict, folder: str, rows: int = 4) -> list[tuple[str, C
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyramidal.cli.common import write_json_output, write_outputs
+    from pyramidal.cli.common import write_outputs
     from pyramidal.errors import PyramidalError
     from pyramidal.evaluate import evaluate, format_markdown, format_table
     from pyramidal.hub import resolve_weights
-    from pyramidal.io import write_text
     from pyramidal.options import check_tiling
 
     if args.benchmark:
@@ -280,14 +276,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json != "-":
         print(format_table(result))
     report = {k: v for k, v in result.items() if k != "images"}  # pixels are not JSON
-    writes = []
-    if args.json == "-":
-        write_json_output(report, "-")
-    elif args.json:
-        writes.append((args.json, lambda exclusive: write_json_output(report, args.json, exclusive=exclusive)))
-    if args.markdown:
-        text = format_markdown(result)
-        writes.append((args.markdown, lambda exclusive: write_text(text, args.markdown, exclusive=exclusive)))
+    writes = report_writes(args, report, format_markdown(result) if args.markdown else None)
     if args.figures:
         writes += figure_writes(result, args.figures)
     return write_outputs("evaluate", plan, writes)
