@@ -262,6 +262,25 @@ def scored_settings(result: dict, prefix: str) -> list[dict]:
     return scores
 
 
+def weights_record(task: str, model, task_options: dict, config: dict, steps: int, val_psnr: float | None,
+                   command: str) -> dict:
+    """The part of a built-in file's record every packaging writes: task, size, data, steps, command, config."""
+    from pyramidal.models.summary import count_parameters
+
+    return {
+        "task": task,
+        "task_options": task_options,
+        "parameters": count_parameters(model),
+        "data": config["data"],
+        "training_photos": photo_folders(config["data"]),
+        "steps": steps,
+        "val_psnr_64px": val_psnr,
+        "command": command,
+        "config": portable_config(config),
+        "dtype": "float16",
+    }
+
+
 def score_and_save(model, out: Path, task: str, metadata: dict, baselines: str = "all") -> None:
     """Write the fp16 file, score it as a user would load it, and write it again with its scores."""
     from pyramidal.checkpoint import save_weights
@@ -322,7 +341,6 @@ def campaign_main(archive: str, out: str | None = None, baselines: str = "all") 
 
     from pyramidal.checkpoint import load_weights, read_weights_info
     from pyramidal.hub import available_builtin_weights, builtin_weights_path
-    from pyramidal.models.summary import count_parameters
 
     with tempfile.TemporaryDirectory(prefix="pyramidal-campaign-") as tmp:
         try:
@@ -364,16 +382,8 @@ def campaign_main(archive: str, out: str | None = None, baselines: str = "all") 
         target = Path(out)
     run = campaign.get("entry", {}).get("run", {})
     metadata = {
-        "task": task,
-        "task_options": record.get("task_options", {}),
-        "parameters": count_parameters(model),
-        "data": config["data"],
-        "training_photos": photo_folders(config["data"]),
-        "steps": steps,
-        "val_psnr_64px": record.get("val_psnr_64px"),
-        "command": chain + campaign_command(campaign.get("argv", [])),
-        "config": portable_config(config),
-        "dtype": "float16",
+        **weights_record(task, model, record.get("task_options", {}), config, steps, record.get("val_psnr_64px"),
+                         chain + campaign_command(campaign.get("argv", []))),
         "trained_on": f"one {device}",
         "campaign": record.get("campaign", {}),
     }
@@ -390,7 +400,6 @@ def campaign_main(archive: str, out: str | None = None, baselines: str = "all") 
 def main(task: str, run_dir: str, baselines: str = "all") -> None:
     from pyramidal.checkpoint import load_weights, read_weights_info
     from pyramidal.hub import resolve_init_weights
-    from pyramidal.models.summary import count_parameters
 
     run = Path(run_dir)
     model = load_weights(run / "best.safetensors")
@@ -410,18 +419,8 @@ def main(task: str, run_dir: str, baselines: str = "all") -> None:
             break
         previous = json.loads((previous.parent / "config.json").read_text()).get("init_weights")
     command = recipe_command(recipe)
-    metadata = {
-        "task": task,
-        "task_options": info.get("task_options", {}),
-        "parameters": count_parameters(model),
-        "data": config["data"],
-        "training_photos": photo_folders(config["data"]),
-        "steps": steps,
-        "val_psnr_64px": info.get("val_psnr"),
-        "command": command,
-        "config": portable_config(config),
-        "dtype": "float16",
-    }
+    metadata = weights_record(task, model, info.get("task_options", {}), config, steps, info.get("val_psnr"),
+                              command)
     metadata.update(model_card(task, metadata))
     score_and_save(model, out, task, metadata, baselines)
 
