@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from pyramidal.cli import build_parser, main
-from pyramidal.compare import PLAN_KEYS, PRESETS, RESEARCH_PARTS, parse_entries, parse_model_options
+from pyramidal.compare import PRESETS, RESEARCH_PARTS, parse_model_options
+from pyramidal.compare.research import PLAN_KEYS, parse_entries
 from pyramidal.errors import PyramidalError
 from pyramidal.figures import spread
 from pyramidal.models import create_model
