@@ -25,14 +25,14 @@ from typing import Any
 
 from pyramidal.bench import count_flops
 from pyramidal.benchmark import run_benchmark
-from pyramidal.checkpoint import load_weights, read_weights_info, save_weights
+from pyramidal.checkpoint import load_weights, save_weights
 from pyramidal.compare import LABEL, parse_model_options
 from pyramidal.compare.runs import evaluate_weights, model_psnr, train_summary
 from pyramidal.config import TrainConfig, resolve_config
 from pyramidal.device import resolve_device, resolve_precision
 from pyramidal.errors import PyramidalError
 from pyramidal.gpudata import DEVICE_DAMAGE, describe
-from pyramidal.hub import available_builtin_weights, builtin_weights_path
+from pyramidal.hub import available_builtin_weights
 from pyramidal.inference.model import load_restorer
 from pyramidal.models import MODELS, create_model
 from pyramidal.recipe import load_recipe
@@ -212,14 +212,6 @@ def flops_ratio(settings: dict[str, Any], reference: str = "pyramidal23456") -> 
 
 # ----------------------------------------------------------------------------------------------------------
 # Scores against the shipped weights
-
-
-def shipped_scores(task: str) -> dict[str, float]:
-    """The shipped weights' PSNR per evaluation setting, as their record holds it."""
-    if task not in available_builtin_weights():
-        return {}
-    info = read_weights_info(builtin_weights_path(task))
-    return {s["setting"]: s["ours_psnr"] for s in info.get("scores", []) if "ours_psnr" in s}
 
 
 def score_entry(weights: str | Path, task: str, *, device: str = "auto", precision: str = "auto",
