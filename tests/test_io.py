@@ -1,5 +1,6 @@
 """pyramidal.io: the one image reader and writer, atomic writes, reports, input folders; EXIF read alike everywhere."""
 
+import errno
 import json
 import os
 import stat
@@ -28,6 +29,8 @@ from pyramidal.io import (
     write_text,
 )
 from pyramidal.models import create_model
+
+from helpers import FAST, cli, files_under, one_error, picture
 
 CPU = ["--device", "cpu", "--precision", "fp32"]
 
@@ -307,3 +310,37 @@ def test_expand_inputs_flat_and_recursive(tmp_path):
     assert pairs == [(src / "a.png", Path("a.png")), (src / "b.JPG", Path("b.png")),
                      (src / "sub" / "c.png", Path("sub/c.png"))]
     assert sorted(skipped) == [("broken.png", "not a readable image"), ("notes.txt", "not a readable image")]
+
+
+def test_full_disk_in_any_serializer_is_an_os_error_and_leaves_nothing(tmp_path):
+    """safetensors and torch.save report a full disk in their own exception types; the writer says it plainly."""
+    from safetensors import SafetensorError
+
+    from pyramidal.io import atomic_write
+
+    def full(tmp):
+        Path(tmp).write_bytes(b"part")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    target = tmp_path / "new" / "deeper" / "w.safetensors"
+    with pytest.raises(OSError) as info:
+        atomic_write(target, full)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert files_under(tmp_path) == set()  # neither the temporary file nor the folders made for it
+
+
+def test_existing_outputs_need_overwrite(tmp_path, weights, capsys):
+    src = tmp_path / "in" / "exif.jpg"
+    picture(src.with_suffix(".png"), 24, 24).rename(src)
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "exif.png").write_bytes(b"someone else's file")
+    for command in (["restore", "--weights", str(weights), *FAST], ["degrade", "--task", "noise"]):
+        code, _, err = cli([*command, str(src), "-o", str(keep)], capsys)
+        assert code == 2
+        one_error(err, str(keep / "exif.png"), "--overwrite")
+        assert (keep / "exif.png").read_bytes() == b"someone else's file"
+        code, _, err = cli([*command, str(src), "-o", str(keep), "--overwrite"], capsys)
+        assert code == 0, err
+        assert Image.open(keep / "exif.png").size == (24, 24)
+        (keep / "exif.png").write_bytes(b"someone else's file")

@@ -1,0 +1,62 @@
+"""Helpers shared by the test modules that run `pyramidal COMMAND` in-process and check its one-line errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pyramidal.cli import main
+
+FAST = ["--device", "cpu", "--precision", "fp32"]
+# A few steps of a tiny plain autoencoder on 32-px patches: seconds on one CPU thread.
+TRAIN = ["--task", "noise", "--model", "basic21", "--channels", "4,8,8", "--size", "32", "--batch-size", "4",
+         "--patches-per-epoch", "8", "--val-images", "2", "--log-images", "0", "--threads", "1",
+         "--no-progress", "--quiet", *FAST]
+# `pyramidal evaluate` of the damaged input alone (no model, no baselines) at one noise level.
+EVAL = ["--task", "noise", "--weights", "none", "--baselines", "none", "--crop", "32", "--sigma", "25", *FAST]
+
+
+def cli(argv: list[str], capsys) -> tuple[int, str, list[str]]:
+    """Run `pyramidal ARGV` in this process: (exit code, stdout, non-empty stderr lines)."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse refuses bad flag values itself
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, [line for line in err.splitlines() if line.strip()]
+
+
+def one_error(err: list[str], *needles: str) -> str:
+    """The single stderr line of a refused command; it names what is wrong."""
+    assert len(err) == 1, err
+    assert "Traceback" not in err[0] and " error: " in err[0], err
+    for needle in needles:
+        assert needle in err[0], (needle, err)
+    return err[0]
+
+
+def picture(path: Path, h: int, w: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def truncated(path: Path, seed: int = 9) -> Path:
+    picture(path, 64, 64, seed)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    return path
+
+
+def copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "run"
+    shutil.copytree(run_dir, target)
+    return target
+
+
+def files_under(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*")} if root.exists() else set()
