@@ -56,3 +56,12 @@ def photo_folder(tmp_path) -> Path:
     for i in range(5):
         picture(tmp_path / "photos" / f"p{i}.png", 48, 40, seed=i)
     return tmp_path / "photos"
+
+
+@pytest.fixture
+def fifo_folder(tmp_path) -> Path:
+    """tmp_path/in holding a good image and a FIFO named pipe.png."""
+    folder = tmp_path / "in"
+    picture(folder / "good.png")
+    os.mkfifo(folder / "pipe.png")
+    return folder

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ from PIL import Image
 
 from pyramidal.cli import main
 
+REPO = Path(__file__).resolve().parents[1]
 FAST = ["--device", "cpu", "--precision", "fp32"]
 # A few steps of a tiny plain autoencoder on 32-px patches: seconds on one CPU thread.
 TRAIN = ["--task", "noise", "--model", "basic21", "--channels", "4,8,8", "--size", "32", "--batch-size", "4",
@@ -38,7 +41,7 @@ def one_error(err: list[str], *needles: str) -> str:
     return err[0]
 
 
-def picture(path: Path, h: int, w: int, seed: int = 0) -> Path:
+def picture(path: Path, h: int = 16, w: int = 20, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
@@ -60,3 +63,27 @@ def copy_run(run_dir: Path, tmp_path: Path) -> Path:
 
 def files_under(root: Path) -> set[str]:
     return {p.relative_to(root).as_posix() for p in root.rglob("*")} if root.exists() else set()
+
+
+def env() -> dict:
+    """The environment for a `python -m pyramidal` child: one torch thread, this checkout's package first."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def in_thread(target, timeout: float = 30.0):
+    """Run `target` in a daemon thread: a call that blocks (opening a FIFO) fails the test instead of hanging it."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = target()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "blocked on a file that is not a regular file"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")

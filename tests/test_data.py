@@ -25,7 +25,7 @@ from pyramidal.data import (
 )
 from pyramidal.errors import PyramidalError
 
-from helpers import EVAL, TRAIN, cli, one_error, picture, truncated
+from helpers import EVAL, TRAIN, cli, in_thread, one_error, picture, truncated
 
 
 def save(path, h, w, seed=0, mode="RGB", fmt=None):
@@ -430,3 +430,13 @@ def test_loader_gives_each_images_sigma():
     assert sigma.tolist() == pytest.approx(task.noise_levels(seeds))
     with pytest.raises(ValueError, match="no noise level"):
         make_loader(ds, create_task("jpeg", train=True), with_noise_level=True)
+
+
+def test_training_data_skips_a_fifo(fifo_folder):
+    from pyramidal.data import SkippedImageWarning, load_source
+
+    for i in range(5):
+        picture(fifo_folder / f"more{i}.png", seed=i + 1)
+    with pytest.warns(SkippedImageWarning, match="pipe.png: skipped, not a regular file"):
+        source = in_thread(lambda: load_source(f"folder:{fifo_folder}", size=8))
+    assert source is not None

@@ -1,12 +1,14 @@
-"""pyramidal.inference: restoring one image, whatever its size (down to 1×1) and NumPy layout."""
+"""pyramidal.inference: restoring one image, whatever its size (down to 1×1) and NumPy layout; other images and
+arrays are refused with a PyramidalError."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from pyramidal.checkpoint import load_weights
-from pyramidal.errors import OptionError
+from pyramidal.errors import OptionError, PyramidalError
 from pyramidal.inference import restore_image
 
 
@@ -31,3 +33,33 @@ def test_restore_image_accepts_any_numpy_layout(weights):
     readonly = img.copy()
     readonly.flags.writeable = False
     assert restore_image(model, readonly, device="cpu", precision="fp32").shape == img.shape
+
+
+@pytest.mark.parametrize("image", [torch.zeros(3, 0, 8, dtype=torch.uint8), np.zeros((0, 4, 3), np.uint8),
+                                   torch.zeros(3, 8, 8), torch.zeros(1, 3, 8, 8, dtype=torch.uint8)],
+                         ids=["empty tensor", "empty array", "float tensor", "batch tensor"])
+def test_restore_image_refuses_with_a_pyramidal_error(image, weights):
+    from pyramidal.checkpoint import load_weights
+    from pyramidal.inference import restore_image, restore_images
+
+    model = load_weights(weights)
+    with pytest.raises(PyramidalError):
+        restore_image(model, image, device="cpu", precision="fp32")
+    with pytest.raises(PyramidalError):
+        restore_images(model, [image], device="cpu", precision="fp32")
+
+
+def test_restore_array_takes_float64_and_refuses_integers(weights):
+    from pyramidal.checkpoint import load_weights
+    from pyramidal.inference import restore_array
+
+    model = load_weights(weights)
+    out = restore_array(model, torch.zeros(3, 8, 8, dtype=torch.float64), device="cpu", precision="fp32")
+    assert out.dtype == torch.float32 and out.shape == (3, 8, 8)
+    with pytest.raises(PyramidalError, match="takes floats"):
+        restore_array(model, torch.zeros(3, 8, 8, dtype=torch.uint8), device="cpu", precision="fp32")
+    flipped = np.zeros((3, 8, 10), ">f8")[:, ::-1, ::2]  # a NumPy view: any layout, any byte order
+    assert restore_array(model, flipped, device="cpu", precision="fp32").shape == (3, 8, 5)
+    for other in ([[0.0]], np.zeros((3, 8, 8), np.uint8)):
+        with pytest.raises(PyramidalError, match="restore_array takes a 3×H×W tensor"):
+            restore_array(model, other, device="cpu", precision="fp32")

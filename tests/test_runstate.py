@@ -3,7 +3,6 @@ time train in a run folder (tested with two real processes)."""
 
 from __future__ import annotations
 
-import os
 import queue
 import signal
 import subprocess
@@ -19,7 +18,7 @@ from pyramidal.checkpoint import load_checkpoint
 from pyramidal.errors import PyramidalError
 from pyramidal.models import create_model
 
-from helpers import cli, copy_run, one_error
+from helpers import cli, copy_run, env, one_error
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,12 +34,6 @@ def test_first_nonfinite_sees_buffers_and_optimizer_state():
         == "optimizer.state.3.exp_avg_sq"
 
 
-def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 @pytest.mark.slow
 def test_second_process_refused_while_first_trains_and_lock_dies_with_it(trained_run, tmp_path):
     from pyramidal.config import check_run_folder
@@ -49,7 +42,7 @@ def test_second_process_refused_while_first_trains_and_lock_dies_with_it(trained
     run_dir = copy_run(trained_run, tmp_path)
     first = subprocess.Popen([sys.executable, "-m", "pyramidal", "train", "--resume", str(run_dir), "--steps",
                               "100000", "--no-quiet", "--threads", "1"],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_env(), cwd=REPO)
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env(), cwd=REPO)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in first.stdout], daemon=True).start()
     try:
@@ -64,7 +57,7 @@ def test_second_process_refused_while_first_trains_and_lock_dies_with_it(trained
         with pytest.raises(PyramidalError, match="another process"):
             RunLock(run_dir)  # this process, too, is refused while the other trains
         second = subprocess.run([sys.executable, "-m", "pyramidal", "train", "--resume", str(run_dir), "--steps",
-                                 "3", "--lr", "1e-5"], capture_output=True, text=True, env=_env(), cwd=REPO,
+                                 "3", "--lr", "1e-5"], capture_output=True, text=True, env=env(), cwd=REPO,
                                 timeout=180)
         assert second.returncode == 2, second.stderr
         err = [line for line in second.stderr.splitlines() if line.strip()]
