@@ -235,7 +235,7 @@ def probe_start(settings: dict[str, Any], candidates: list[str | None], seconds:
 
 def flops_ratio(settings: dict[str, Any], reference: str = "pyramidal23456") -> float:
     """The training model's FLOPs per image over `reference`'s (default options), for rates on other models."""
-    from pyramidal.bench import count_flops
+    from pyramidal.bench.measure import count_flops
     from pyramidal.models import create_model
 
     config = train_config(settings)

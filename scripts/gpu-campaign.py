@@ -145,7 +145,7 @@ def environment(device) -> dict[str, Any]:
     import torch
 
     from pyramidal import __version__
-    from pyramidal.bench import machine_kind
+    from pyramidal.bench.measure import machine_kind
 
     env: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__, "pyramidal": __version__,
                            "device": str(device), **machine_kind(device)}
@@ -273,7 +273,9 @@ def compile_decision(probe: dict | None, sweep: dict, batch: int) -> dict[str, A
 def bench_sweep(s: argparse.Namespace, entries, device, out: Out) -> dict[str, Any]:
     """Training images/s and the fraction of the measured bf16 matmul peak at each --sweep batch for the default
     architecture, and at the training batch for every other architecture the entries train."""
-    from pyramidal.bench import BenchConfig, format_sweep, run_sweep
+    from pyramidal.bench.config import BenchConfig
+    from pyramidal.bench.report import format_sweep
+    from pyramidal.bench.run import run_sweep
     from pyramidal.campaign import train_config
 
     models = {}

@@ -224,7 +224,8 @@ def test_restore_and_degrade_skip_fifos_and_devices_with_a_warning(command, fifo
 
 
 def test_training_data_skips_a_fifo(fifo_folder):
-    from pyramidal.data import SkippedImageWarning, load_source
+    from pyramidal.data.datasets import SkippedImageWarning
+    from pyramidal.data.sources import load_source
 
     for i in range(5):
         picture(fifo_folder / f"more{i}.png", seed=i + 1)

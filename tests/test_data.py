@@ -11,18 +11,10 @@ import torch
 from PIL import Image
 
 from pyramidal.damage import create_task
-from pyramidal.data import (
-    BUILTIN_PHOTOS,
-    BUILTIN_VAL,
-    SkippedImageWarning,
-    celeba_shape,
-    list_images,
-    load_source,
-    make_loader,
-    split_counts,
-    to_float,
-    to_uint8,
-)
+from pyramidal.data.datasets import SkippedImageWarning
+from pyramidal.data.loader import make_loader
+from pyramidal.data.patches import celeba_shape, to_float, to_uint8
+from pyramidal.data.sources import BUILTIN_PHOTOS, BUILTIN_VAL, list_images, load_source, split_counts
 from pyramidal.errors import PyramidalError
 
 
