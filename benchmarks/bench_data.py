@@ -16,8 +16,8 @@ import platform
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from pyramidal.damage import TASKS
     from pyramidal.bench.pipeline import bench_pairs_per_second
+    from pyramidal.damage import TASKS
     from pyramidal.data.sources import load_source
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
