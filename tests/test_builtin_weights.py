@@ -9,7 +9,7 @@ import torch
 
 from pyramidal.cli import main
 from pyramidal.damage import create_task, eval_seed
-from pyramidal.data import load_source
+from pyramidal.data.sources import load_source
 from pyramidal.errors import PyramidalError
 from pyramidal.evaluate import default_crop, psnr
 from pyramidal.hub import WEIGHTS_DIR, available_builtin_weights

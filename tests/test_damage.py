@@ -349,7 +349,7 @@ def test_unclipped_is_a_share_of_images():
 
 
 def test_the_pair_loader_gives_unclipped_noise_to_the_model_beyond_its_range():
-    from pyramidal.data import make_loader
+    from pyramidal.data.loader import make_loader
 
     class Flat(torch.utils.data.Dataset):
         def __len__(self):

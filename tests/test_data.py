@@ -11,18 +11,10 @@ import torch
 from PIL import Image
 
 from pyramidal.damage import create_task
-from pyramidal.data import (
-    BUILTIN_PHOTOS,
-    BUILTIN_VAL,
-    SkippedImageWarning,
-    celeba_shape,
-    list_images,
-    load_source,
-    make_loader,
-    split_counts,
-    to_float,
-    to_uint8,
-)
+from pyramidal.data.datasets import SkippedImageWarning
+from pyramidal.data.loader import make_loader
+from pyramidal.data.patches import celeba_shape, to_float, to_uint8
+from pyramidal.data.sources import BUILTIN_PHOTOS, BUILTIN_VAL, list_images, load_source, split_counts
 from pyramidal.errors import PyramidalError
 
 from helpers import EVAL, TRAIN, cli, in_thread, one_error, picture, truncated
@@ -419,7 +411,8 @@ def test_truncated_image_skipped_before_split(tmp_path, capsys):
 
 
 def test_loader_gives_each_images_sigma():
-    from pyramidal.data import load_source, make_loader
+    from pyramidal.data.loader import make_loader
+    from pyramidal.data.sources import load_source
 
     task = create_task("noise", train=True)
     ds = load_source("builtin", size=32, patches_per_epoch=8).split("train")
@@ -433,7 +426,8 @@ def test_loader_gives_each_images_sigma():
 
 
 def test_training_data_skips_a_fifo(fifo_folder):
-    from pyramidal.data import SkippedImageWarning, load_source
+    from pyramidal.data.datasets import SkippedImageWarning
+    from pyramidal.data.sources import load_source
 
     for i in range(5):
         picture(fifo_folder / f"more{i}.png", seed=i + 1)

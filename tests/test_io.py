@@ -100,7 +100,8 @@ def test_restore_reads_exif_orientation(tmp_path, rotated_jpeg, identity_weights
 
 
 def test_training_data_reads_exif_orientation(tmp_path, rotated_jpeg):
-    from pyramidal.data import ImageFiles, load_source
+    from pyramidal.data.datasets import ImageFiles
+    from pyramidal.data.sources import load_source
 
     path, oriented = rotated_jpeg
     upright = tmp_path / "upright" / "camera.png"  # the same pixels, stored upright without EXIF

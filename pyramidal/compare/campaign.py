@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyramidal.bench import count_flops
+from pyramidal.bench.measure import count_flops
 from pyramidal.benchmark import run_benchmark
 from pyramidal.checkpoint import load_weights, save_weights
 from pyramidal.compare import LABEL, parse_model_options

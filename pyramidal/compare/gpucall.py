@@ -34,7 +34,10 @@ import torch
 from PIL import Image
 
 from pyramidal import __version__
-from pyramidal.bench import BenchConfig, format_sweep, machine_kind, run_sweep
+from pyramidal.bench.config import BenchConfig
+from pyramidal.bench.measure import machine_kind
+from pyramidal.bench.report import format_sweep
+from pyramidal.bench.run import run_sweep
 from pyramidal.compare import campaign, parse_model_options
 from pyramidal.config import parse_options
 from pyramidal.errors import PyramidalError
