@@ -597,11 +597,13 @@ def _bench_restore(c: BenchConfig, device: torch.device, precision: str,
     from pyramidal.inference.model import prepare_for_inference
     from pyramidal.inference.tiling import tile_layout
     from pyramidal.io import read_image, write_image
-    from pyramidal.options import DEFAULT_BATCH_SIZE, DEFAULT_TILE, check_tiling
+    from pyramidal.options import RestoreOptions
 
-    opts = {k: v for k, v in c.restore_options.items() if v is not None}
-    per_pass = opts.get("batch_size", DEFAULT_BATCH_SIZE)
-    tile, overlap = check_tiling(opts.get("tile", DEFAULT_TILE), opts.get("overlap"), per_pass)
+    # restore's own options, as given (device and precision are the bench's, resolved)
+    options = RestoreOptions(**{k: v for k, v in c.restore_options.items() if v is not None},
+                             device=device, precision=precision)
+    per_pass = options.batch_size
+    tile, overlap = options.tiling()
     width = max(16, round(math.sqrt(c.megapixels * 1e6 * 4 / 3)))
     height = max(16, round(width * 3 / 4))
     model, name = _restore_model(c)
@@ -637,7 +639,7 @@ def _bench_restore(c: BenchConfig, device: torch.device, precision: str,
             prepared = prepare_for_inference(model, device, precision)
 
             def restore() -> None:
-                (done,) = restore_files(prepared, [photo], outdir, overwrite=True, **opts)
+                (done,) = restore_files(prepared, [photo], outdir, options, overwrite=True)
                 if done.error:
                     raise PyramidalError(done.error)
 

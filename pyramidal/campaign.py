@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pyramidal.errors import PyramidalError
+from pyramidal.options import EVALUATION
 
 # Settings that a recipe's stage sets for its CPU run and the campaign sets for its own: its length and time, its
 # threads, its checkpoint and log cadence, where it trains and from which weights.
@@ -268,7 +269,8 @@ def score_entry(weights: str | Path, task: str, *, device: str = "auto", precisi
     from pyramidal.hub import available_builtin_weights
 
     shipped = "builtin" if task in available_builtin_weights() else None
-    kw = dict(crop=crop, crops=crops, limit=limit, baselines="none", device=device, precision=precision)
+    kw = dict(crop=crop, crops=crops, limit=limit, baselines="none",
+              options=EVALUATION.replace(device=device, precision=precision))
     ours = evaluate(str(weights), task, "builtin", **kw)
     rows = []
     theirs = evaluate(shipped, task, "builtin", **kw) if shipped else None
@@ -292,13 +294,14 @@ def _model_psnr(setting: dict) -> float:
 
 
 def _benchmark_rows(weights, shipped, folders, device, precision, limit) -> list[dict[str, Any]]:
-    from pyramidal.benchmark import run_benchmark
+    from pyramidal.benchmark import PAPERS, run_benchmark
     from pyramidal.device import resolve_device, resolve_precision
     from pyramidal.inference.model import load_restorer
 
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    runs = [run_benchmark(load_restorer(str(w), "noise"), folders, device=dev, precision=prec, limit=limit)
+    runs = [run_benchmark(load_restorer(str(w), "noise"), folders, options=PAPERS.replace(device=dev, precision=prec),
+                          limit=limit)
             for w in ([weights, shipped] if shipped else [weights])]
     rows = []
     for i, s in enumerate(runs[0]["sets"]):

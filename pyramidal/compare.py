@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pyramidal.errors import PyramidalError
+from pyramidal.options import EVALUATION
 
 RESEARCH_MODELS = ["basic21", "basic51", "pyramidal51", "pyramidal51cat"]
 PRESETS: dict[str, dict[str, Any]] = {
@@ -387,8 +388,9 @@ def _evaluate_runs(runs: list[dict], plan: dict, other: dict, log) -> tuple[dict
     for i, run in enumerate(runs):
         result = evaluate(run["weights"], plan["task"], plan["data"], crop=other["eval_crop"],
                           crops=other["eval_crops"], limit=other["eval_limit"], settings=other["settings"],
-                          baselines=other["baselines"] if i == 0 else "none", device=other["device"],
-                          precision=other["precision"], keep_images=True)
+                          baselines=other["baselines"] if i == 0 else "none",
+                          options=EVALUATION.replace(device=other["device"], precision=other["precision"]),
+                          keep_images=True)
         images = result.pop("images")
         if merged is None:
             merged = copy.deepcopy(result)

@@ -33,7 +33,7 @@ from pyramidal.inference import restore_image
 from pyramidal.inference.inputs import magenta_mask as magenta_mask  # the page's "auto (magenta)" holes
 from pyramidal.inference.tiling import tile_layout
 from pyramidal.io import ImageMetadata, encode_image, read_image
-from pyramidal.options import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE
+from pyramidal.options import RestoreOptions
 
 ProgressFn = Callable[[int, int], None]
 
@@ -141,32 +141,27 @@ def load(task: str, weights: str | Path = "builtin", device: str = "auto", preci
     return prepared
 
 
-def forward_passes(height: int, width: int, tile: int, overlap: int, batch_size: int, ensemble: bool) -> int:
-    """How many times restoring an image of this size calls the model (what progress counts)."""
-    if not tile or tile <= 0:
+def forward_passes(height: int, width: int, options: RestoreOptions) -> int:
+    """How many times restoring an image of this size with `options` calls the model (what progress counts)."""
+    tile, overlap = options.tiling()
+    if tile is None:
         tiles = 1
     else:
         tiles = len(tile_layout(height, tile, overlap)[1]) * len(tile_layout(width, tile, overlap)[1])
-    batches = 1 if tiles == 1 else math.ceil(tiles / max(1, batch_size))
-    return batches * (8 if ensemble else 1)
+    batches = 1 if tiles == 1 else math.ceil(tiles / options.batch_size)
+    return batches * (8 if options.ensemble else 1)
 
 
 def restore(
     rgb: np.ndarray,
     task: str,
     weights: str | Path = "builtin",
+    options: RestoreOptions = RestoreOptions(),
     *,
     mask: np.ndarray | None = None,
-    ensemble: bool = False,
-    strength: float = 1.0,
-    tile: int = DEFAULT_TILE,
-    overlap: int = DEFAULT_OVERLAP,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    device: str = "auto",
-    precision: str = "auto",
     progress: ProgressFn | None = None,
 ) -> np.ndarray:
-    """Restore uint8 H×W×3 `rgb` with the library's `restore_image`; returns uint8 H×W×3.
+    """Restore uint8 H×W×3 `rgb` with the library's `restore_image` and `options`; returns uint8 H×W×3.
 
     With a `mask` (H×W bool, True = damaged), the output is the model's prediction inside the mask and exactly
     the input outside it, the holes shown to the model as its training task painted them.
@@ -177,11 +172,12 @@ def restore(
         if mask.shape != rgb.shape[:2]:
             raise PyramidalError(f"mask is {mask.shape[1]}×{mask.shape[0]} px but the image is "
                                  f"{rgb.shape[1]}×{rgb.shape[0]} px")
-    model = load(task, weights, device, precision)
-    rt = runtime(device, precision)
+    model = load(task, weights, options.device, options.precision)
+    rt = runtime(options.device, options.precision)
+    options = options.replace(device=rt.device, precision=rt.precision)
     hook = None
     if progress is not None:
-        total = forward_passes(rgb.shape[0], rgb.shape[1], tile, overlap, batch_size, ensemble)
+        total = forward_passes(rgb.shape[0], rgb.shape[1], options)
         done = [0]
 
         def count(*_: Any) -> None:
@@ -192,8 +188,7 @@ def restore(
         # The library's own progress is a display, not a callback: count the model's forward passes instead.
         hook = model.register_forward_hook(count)
     try:
-        out = restore_image(model, rgb, tile=tile, overlap=overlap, batch_size=batch_size, device=rt.device,
-                            precision=rt.precision, ensemble=ensemble, strength=strength, mask=mask)
+        out = restore_image(model, rgb, options, mask=mask)
     finally:
         if hook is not None:
             hook.remove()
