@@ -22,6 +22,7 @@ import pyramidal
 from pyramidal.cli import main
 from pyramidal.errors import PyramidalError, printable
 from pyramidal.io import atomic_write, expand_inputs, read_image, scan_images
+from pyramidal.options import EVALUATION, RestoreOptions
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = ["--device", "cpu", "--precision", "fp32"]
@@ -314,9 +315,9 @@ def test_restore_image_refuses_with_a_pyramidal_error(image, weights):
 
     model = load_weights(weights)
     with pytest.raises(PyramidalError):
-        restore_image(model, image, device="cpu", precision="fp32")
+        restore_image(model, image, options=RestoreOptions(device="cpu", precision="fp32"))
     with pytest.raises(PyramidalError):
-        restore_images(model, [image], device="cpu", precision="fp32")
+        restore_images(model, [image], options=EVALUATION.replace(device="cpu", precision="fp32"))
 
 
 def test_restore_array_takes_float64_and_refuses_integers(weights):
@@ -324,15 +325,15 @@ def test_restore_array_takes_float64_and_refuses_integers(weights):
     from pyramidal.inference import restore_array
 
     model = load_weights(weights)
-    out = restore_array(model, torch.zeros(3, 8, 8, dtype=torch.float64), device="cpu", precision="fp32")
+    out = restore_array(model, torch.zeros(3, 8, 8, dtype=torch.float64), options=RestoreOptions(device="cpu", precision="fp32"))
     assert out.dtype == torch.float32 and out.shape == (3, 8, 8)
     with pytest.raises(PyramidalError, match="takes floats"):
-        restore_array(model, torch.zeros(3, 8, 8, dtype=torch.uint8), device="cpu", precision="fp32")
+        restore_array(model, torch.zeros(3, 8, 8, dtype=torch.uint8), options=RestoreOptions(device="cpu", precision="fp32"))
     flipped = np.zeros((3, 8, 10), ">f8")[:, ::-1, ::2]  # a NumPy view: any layout, any byte order
-    assert restore_array(model, flipped, device="cpu", precision="fp32").shape == (3, 8, 5)
+    assert restore_array(model, flipped, options=RestoreOptions(device="cpu", precision="fp32")).shape == (3, 8, 5)
     for other in ([[0.0]], np.zeros((3, 8, 8), np.uint8)):
         with pytest.raises(PyramidalError, match="restore_array takes a 3×H×W tensor"):
-            restore_array(model, other, device="cpu", precision="fp32")
+            restore_array(model, other, options=RestoreOptions(device="cpu", precision="fp32"))
 
 
 def test_resource_limits_restored():  # the subprocess tests change limits in children only

@@ -23,16 +23,18 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from pyramidal.api import cached_model
+from pyramidal.baselines import Context, baselines_for
 from pyramidal.checkpoint import read_sidecar, recorded_spec, weights_file
 from pyramidal.damage import TASKS, Task, create_task, eval_seed
 from pyramidal.device import resolve_device, resolve_precision
 from pyramidal.errors import PyramidalError
-from pyramidal.evaluate import Context, baselines_for, eval_images, psnr, ssim
+from pyramidal.evaluate import eval_images
 from pyramidal.hub import available_builtin_weights
 from pyramidal.inference import restore_image
 from pyramidal.inference.inputs import magenta_mask as magenta_mask  # the page's "auto (magenta)" holes
 from pyramidal.inference.tiling import tile_layout
 from pyramidal.io import ImageMetadata, encode_image, read_image
+from pyramidal.metrics import psnr, ssim
 from pyramidal.options import RestoreOptions
 
 ProgressFn = Callable[[int, int], None]
