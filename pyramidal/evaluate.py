@@ -198,9 +198,9 @@ def evaluate(
         "settings": [],
     }
     kept: list[dict] = []
-    for options in settings:
-        task = create_task(task_name, train=False, **options)
-        label = setting_label(options)
+    for task_options in settings:
+        task = create_task(task_name, train=False, **task_options)
+        label = setting_label(task_options)
 
         def stage(name: str, label=label) -> str:
             return f"{task_name} {label}".strip() + f": {name}"
@@ -250,7 +250,7 @@ def evaluate(
             outputs[name] = restored
             rows.append(summarize(name, "ensemble" if use_ensemble else "model", scored(restored), seconds, None,
                                    holes))
-        result["settings"].append({"options": dict(options), "label": label, "rows": rows})
+        result["settings"].append({"options": dict(task_options), "label": label, "rows": rows})
         kept.append(outputs)
     if keep_images:
         result["images"] = kept
