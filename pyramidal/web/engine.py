@@ -27,7 +27,7 @@ from pyramidal.baselines import Context, baselines_for
 from pyramidal.checkpoint import read_sidecar, recorded_spec, weights_file
 from pyramidal.damage import TASKS, Task, create_task, eval_seed
 from pyramidal.device import resolve_device, resolve_precision
-from pyramidal.errors import PyramidalError
+from pyramidal.errors import OptionError, PyramidalError
 from pyramidal.evaluate import eval_images
 from pyramidal.hub import available_builtin_weights
 from pyramidal.inference import restore_image
@@ -85,16 +85,21 @@ class WeightsChoice:
     model: str | None
 
 
+def _choice_error(parameter: str, flag: str, path: Path, problem: str) -> OptionError:
+    """An error about one entry of `weights_choices`' files or folders, worded for Python and for `serve`."""
+    return OptionError(f"{parameter}: {path}: {problem}", f"{flag} {path}: {problem}")
+
+
 def weights_choices(files: Sequence[str | Path] = (), folders: Sequence[str | Path] = ()) -> list[WeightsChoice]:
     """`builtin` plus each trained .safetensors file given, or found under a folder (each needs its sidecar)."""
     found: list[tuple[Path, str]] = [(Path(f), Path(f).name) for f in files]
     for folder in folders:
         root = Path(folder)
         if not root.is_dir():
-            raise PyramidalError(f"--weights-dir {root}: no such folder")
+            raise _choice_error("folders", "--weights-dir", root, "no such folder")
         listed = sorted(p for p in root.rglob("*.safetensors") if p.with_suffix(".json").is_file())
         if not listed:
-            raise PyramidalError(f"--weights-dir {root}: no .safetensors files with their .json sidecar")
+            raise _choice_error("folders", "--weights-dir", root, "no .safetensors files with their .json sidecar")
         found += [(p, p.relative_to(root).as_posix()) for p in listed]
     choices = [WeightsChoice("builtin", "built-in, for the chosen task", None, None, None)]
     seen: set[Path] = set()
@@ -102,9 +107,9 @@ def weights_choices(files: Sequence[str | Path] = (), folders: Sequence[str | Pa
         if path.is_dir():  # a training run folder, or a folder with model.safetensors + config.json
             path = weights_file(path)
         if path.suffix not in (".safetensors", ".ckpt"):
-            raise PyramidalError(f"--weights {path}: not a .safetensors file or a training checkpoint (.ckpt)")
+            raise _choice_error("files", "--weights", path, "not a .safetensors file or a training checkpoint (.ckpt)")
         if not path.is_file():
-            raise PyramidalError(f"--weights {path}: no such file")
+            raise _choice_error("files", "--weights", path, "no such file")
         if path.resolve() in seen:
             continue
         seen.add(path.resolve())
