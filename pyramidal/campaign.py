@@ -300,7 +300,8 @@ def _benchmark_rows(weights, shipped, folders, device, precision, limit) -> list
 
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    runs = [run_benchmark(load_restorer(str(w), "noise"), folders, options=PAPERS.replace(device=dev, precision=prec),
+    runs = [run_benchmark(load_restorer(str(w), "noise"), folders,
+                          options=PAPERS.replace(device=dev, precision=prec),
                           limit=limit)
             for w in ([weights, shipped] if shipped else [weights])]
     rows = []

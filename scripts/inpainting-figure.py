@@ -45,7 +45,8 @@ def main(out: Path) -> None:
 
     task = "inpaint" if "inpaint" in available_builtin_weights() else "squares"
     model = load_restorer("builtin", task)
-    restored = restore_image(model, damaged, mask=mask, options=RestoreOptions(device="cpu", precision="fp32"))
+    restored = restore_image(model, damaged, mask=mask,
+                             options=RestoreOptions(device="cpu", precision="fp32"))
     classical = biharmonic_inpaint(damaged, Context(None, photo, mask))
     assert np.array_equal(restored[~mask], damaged[~mask])
 

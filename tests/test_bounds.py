@@ -325,12 +325,15 @@ def test_restore_array_takes_float64_and_refuses_integers(weights):
     from pyramidal.inference import restore_array
 
     model = load_weights(weights)
-    out = restore_array(model, torch.zeros(3, 8, 8, dtype=torch.float64), options=RestoreOptions(device="cpu", precision="fp32"))
+    out = restore_array(model, torch.zeros(3, 8, 8, dtype=torch.float64),
+                        options=RestoreOptions(device="cpu", precision="fp32"))
     assert out.dtype == torch.float32 and out.shape == (3, 8, 8)
     with pytest.raises(PyramidalError, match="takes floats"):
-        restore_array(model, torch.zeros(3, 8, 8, dtype=torch.uint8), options=RestoreOptions(device="cpu", precision="fp32"))
+        restore_array(model, torch.zeros(3, 8, 8, dtype=torch.uint8),
+                      options=RestoreOptions(device="cpu", precision="fp32"))
     flipped = np.zeros((3, 8, 10), ">f8")[:, ::-1, ::2]  # a NumPy view: any layout, any byte order
-    assert restore_array(model, flipped, options=RestoreOptions(device="cpu", precision="fp32")).shape == (3, 8, 5)
+    assert restore_array(model, flipped,
+                         options=RestoreOptions(device="cpu", precision="fp32")).shape == (3, 8, 5)
     for other in ([[0.0]], np.zeros((3, 8, 8), np.uint8)):
         with pytest.raises(PyramidalError, match="restore_array takes a 3×H×W tensor"):
             restore_array(model, other, options=RestoreOptions(device="cpu", precision="fp32"))

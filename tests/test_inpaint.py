@@ -107,7 +107,8 @@ def test_known_pixels_come_back_exactly(mask_input, tiling):
     assert out.dtype == np.uint8 and out.shape == image.shape
     assert np.array_equal(out[~holes], image[~holes])
     assert (out[holes] != image[holes]).any()
-    batched = restore_images(tiny(mask_input), [image, image], masks=[holes, holes], options=EVALUATION.replace(tile=0, **CPU))
+    batched = restore_images(tiny(mask_input), [image, image], masks=[holes, holes],
+                             options=EVALUATION.replace(tile=0, **CPU))
     assert np.array_equal(batched[0][~holes], image[~holes]) and np.array_equal(batched[0], batched[1])
 
 
@@ -131,7 +132,8 @@ def test_every_byte_value_survives_outside_the_hole():
     holes = np.zeros(values.shape, bool)
     holes[1, 100:110] = True
     for precision in ("fp32", "bf16"):
-        out = restore_image(tiny(), image, mask=holes, options=RestoreOptions(device="cpu", precision=precision))
+        out = restore_image(tiny(), image, mask=holes,
+                            options=RestoreOptions(device="cpu", precision=precision))
         assert np.array_equal(out[~holes], image[~holes])
 
 
@@ -540,7 +542,8 @@ def test_evaluate_gives_the_mask_and_scores_the_hole(tmp_path):
 
     path = tmp_path / "m.safetensors"
     save_weights(tiny(mask_input=True), path, {"task": "inpaint"})
-    result = evaluate(str(path), "strokes", crop=32, crops=2, limit=3, baselines="fast", keep_images=True, options=EVALUATION.replace(**CPU))
+    result = evaluate(str(path), "strokes", crop=32, crops=2, limit=3, baselines="fast", keep_images=True,
+                      options=EVALUATION.replace(**CPU))
     rows = {r["method"]: r for r in result["settings"][0]["rows"]}
     model_rows = [r for r in rows.values() if r["kind"] == "model"]
     assert len(model_rows) == 1 and model_rows[0]["method"].endswith("(mask given)")

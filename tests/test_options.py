@@ -83,8 +83,10 @@ def test_the_api_builds_restore_options_from_keywords(weights):
         pyramidal.restore(rgb, weights=weights, tile=-1)
     with pytest.raises(TypeError):
         pyramidal.restore(rgb, weights=weights, tiles=64)  # not an option: never silently ignored
-    given = pyramidal.restore(rgb, weights=weights, options=RestoreOptions(device="cpu", precision="fp32", tile=0))
-    same = pyramidal.restore(rgb, weights=weights, options=RestoreOptions(tile=64), device="cpu", precision="fp32",
+    given = pyramidal.restore(rgb, weights=weights,
+                              options=RestoreOptions(device="cpu", precision="fp32", tile=0))
+    same = pyramidal.restore(rgb, weights=weights,
+                             options=RestoreOptions(tile=64), device="cpu", precision="fp32",
                              tile=0)  # keywords win over `options`
     assert np.array_equal(given, same)
 
