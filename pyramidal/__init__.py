@@ -30,9 +30,10 @@ _LAZY = {
     "read_weights_info": "pyramidal.checkpoint",
     "create_task": "pyramidal.damage",
     "PyramidalError": "pyramidal.errors",
+    "RestoreOptions": "pyramidal.options",
 }
 
-__all__ = ["MODELS", "PyramidalError", "__version__", "create_model", "create_task", "list_models",
+__all__ = ["MODELS", "PyramidalError", "RestoreOptions", "__version__", "create_model", "create_task", "list_models",
            "list_pretrained", "load_weights", "read_weights_info", "restore", "save_pretrained", "save_weights"]
 
 if TYPE_CHECKING:  # what type checkers see; at run time each name loads on first use
@@ -42,6 +43,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time each name loads on firs
     from pyramidal.errors import PyramidalError
     from pyramidal.hub import create_model, list_models, list_pretrained
     from pyramidal.models import MODELS
+    from pyramidal.options import RestoreOptions
 
 
 def __getattr__(name: str) -> Any:

@@ -23,6 +23,7 @@ from pyramidal.inference import restore_array
 from pyramidal.inference.model import load_restorer, prepare_for_inference
 from pyramidal.inference.pixels import from_model_range, to_model_range
 from pyramidal.io import NonFinitePixels, image_metadata, load_pil, read_image
+from pyramidal.options import RestoreOptions
 
 # Prepared models kept for the next `restore` call: (weights file, its mtime and size, device, precision).
 _CACHE: OrderedDict[tuple, Any] = OrderedDict()
@@ -109,7 +110,7 @@ def _gray(rgb: np.ndarray) -> np.ndarray:
     return luma.astype(rgb.dtype)
 
 
-def _restore_pixels(model: Any, image: np.ndarray, **options: Any) -> np.ndarray:
+def _restore_pixels(model: Any, image: np.ndarray, options: RestoreOptions, **per_call: Any) -> np.ndarray:
     """An array image restored into a new array of the same shape and dtype (alpha copied unchanged)."""
     arr = np.asarray(image)
     if arr.dtype == np.bool_ or not (arr.dtype in (np.uint8, np.uint16) or np.issubdtype(arr.dtype, np.floating)):
@@ -121,7 +122,7 @@ def _restore_pixels(model: Any, image: np.ndarray, **options: Any) -> np.ndarray
             raise PyramidalError(f"restore: float pixels must lie in [0, 1], got {low:g} to {high:g} "
                                  "(divide 8-bit values by 255, or pass a uint8 array)")
     rgb, alpha, grayscale = _split_channels(arr)
-    restored = from_model_range(restore_array(model, to_model_range(rgb), **options), rgb)
+    restored = from_model_range(restore_array(model, to_model_range(rgb), options, **per_call), rgb)
     if not grayscale:
         return restored if alpha is None else np.dstack([restored, alpha]).astype(arr.dtype)
     gray = _gray(restored)
@@ -138,25 +139,25 @@ def _pil_from_array(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(arr), mode)
 
 
-def _restore_pil(model: Any, img: Image.Image, **options: Any) -> Image.Image:
+def _restore_pil(model: Any, img: Image.Image, options: RestoreOptions, **per_call: Any) -> Image.Image:
     """A PIL image restored into a new one; its metadata (EXIF as it is, ICC profile, DPI, PNG colour chunks) is
     carried into the result's `info`, as Pillow's readers put it there."""
     metadata = image_metadata(img)  # not turned upright here: a PIL image is taken as it is
     if img.mode in _ARRAY_MODES:
         arr = np.asarray(img)
         arr = arr.astype(np.uint16) if img.mode.startswith("I;16") else arr
-        return _with_metadata(_pil_from_array(_restore_pixels(model, arr, **options)), metadata)
+        return _with_metadata(_pil_from_array(_restore_pixels(model, arr, options, **per_call)), metadata)
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float32)
         _check_finite(arr)
         scale = 1.0 if arr.max(initial=0) <= 1.0 else 255.0  # as the file reader takes F images
-        out = _restore_pixels(model, np.clip(arr / scale, 0, 1), **options) * scale
+        out = _restore_pixels(model, np.clip(arr / scale, 0, 1), options, **per_call) * scale
         return _with_metadata(Image.fromarray(out.astype(np.float32), "F"), metadata)
     try:
         loaded = load_pil(img)  # palette, 1-bit, CMYK, I, ...: as the file reader sees them
     except NonFinitePixels as exc:
         raise PyramidalError(f"restore: {exc}") from None
-    return _with_metadata(_pil_from_array(_restore_pixels(model, _loaded_pixels(loaded, deep=True), **options)),
+    return _with_metadata(_pil_from_array(_restore_pixels(model, _loaded_pixels(loaded, deep=True), options, **per_call)),
                           metadata)
 
 
@@ -180,7 +181,8 @@ def _loaded_pixels(loaded: Any, deep: bool) -> np.ndarray:
 
 
 def restore(image: str | os.PathLike | Image.Image | np.ndarray, task: str = "noise", weights: Any = "builtin",
-            **options: Any) -> Image.Image | np.ndarray:
+            options: RestoreOptions | None = None, *, progress: bool | None = False,
+            mask: np.ndarray | str | None = None, **option_values: Any) -> Image.Image | np.ndarray:
     """Restore one image in one call; weights load on the first call and stay cached for the next.
 
     Args:
@@ -191,9 +193,12 @@ def restore(image: str | os.PathLike | Image.Image | np.ndarray, task: str = "no
             "block", "grid", "mixed"; `pyramidal weights` lists them).
         weights: "builtin", a `.safetensors` file, a folder with `model.safetensors` + `config.json`, or a
             model (an nn.Module from `create_model`/`load_weights`).
-        **options: tile (default 512), overlap (32), batch_size (1), ensemble (False), strength (1.0),
-            device ("auto"), precision ("auto"), progress (False), sigma (the noise σ, for a model built with
-            `noise_map=True`); anything else goes on to `pyramidal.inference.restore_array`.
+        options: how to restore (`pyramidal.RestoreOptions`); by default `pyramidal restore`'s own.
+        progress: None shows a progress display over the tiles; False (default) hides it.
+        mask: the holes to fill: an H×W array (non-zero = hole), or "auto" for the pixels painted magenta
+            (255, 0, 255). The pixels outside the holes come back exactly as given.
+        **option_values: RestoreOptions fields given one by one, over `options`: tile, overlap, batch_size,
+            device, precision, ensemble, strength, sigma (the noise σ, for a model built with `noise_map=True`).
 
     Returns:
         The same kind as given. An array comes back with the same shape and dtype, alpha unchanged. A PIL
@@ -206,21 +211,24 @@ def restore(image: str | os.PathLike | Image.Image | np.ndarray, task: str = "no
 
     Raises:
         PyramidalError: an unreadable file, pixels outside the accepted types or ranges, NaN or infinity among
-            the pixels, an empty image, unknown weights, weights that give NaN or infinity.
-        TypeError: `image` is none of the accepted kinds.
+            the pixels, an empty image, unknown weights, weights that give NaN or infinity; an OptionError
+            (also a ValueError) for a bad option, naming it (`tile=-1`).
+        TypeError: `image` is none of the accepted kinds, or an option that RestoreOptions does not have.
     """
-    device = options.pop("device", "auto")
-    precision = options.pop("precision", "auto")
-    model = cached_model(weights, task, device, precision)
-    options = {"device": model.device, "precision": model.precision, **options}
+    if isinstance(mask, str):  # "auto" is a mask policy, an array the holes of this image
+        option_values["mask"], mask = mask, None
+    options = (options or RestoreOptions()).replace(**option_values)
+    model = cached_model(weights, task, options.device, options.precision)
+    options = options.replace(device=model.device, precision=model.precision)
+    per_call = {"progress": progress, "mask": mask}
     if isinstance(image, (str, os.PathLike)):
         loaded = read_image(image)
-        out = _restore_pixels(model, _loaded_pixels(loaded, deep=True), **options)
+        out = _restore_pixels(model, _loaded_pixels(loaded, deep=True), options, **per_call)
         if out.dtype == np.uint16 and out.ndim == 3:  # 16-bit colour: PIL has no such mode
             out = np.rint(out / 257.0).astype(np.uint8)
         return _with_metadata(_pil_from_array(out), loaded.metadata)
     if isinstance(image, Image.Image):
-        return _restore_pil(model, image, **options)
+        return _restore_pil(model, image, options, **per_call)
     if isinstance(image, np.ndarray):
-        return _restore_pixels(model, image, **options)
+        return _restore_pixels(model, image, options, **per_call)
     raise TypeError(f"restore() takes a file path, a PIL image or a numpy array, not {type(image).__name__}")

@@ -22,8 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from pyramidal.errors import PyramidalError
+from pyramidal.errors import OptionError, PyramidalError
+from pyramidal.inference import restore_array
+from pyramidal.inference.pixels import from_model_range
 from pyramidal.io import IMAGE_SUFFIXES, read_rgb
+from pyramidal.options import RestoreOptions
 
 PROTOCOLS = ("papers", "file")
 DEFAULT_SIGMAS = (15.0, 25.0, 50.0)
@@ -53,11 +56,16 @@ def benchmark_images(folder: str | Path) -> list[tuple[str, np.ndarray]]:
     """(name, uint8 H×W×3) for every image file directly in `folder`, sorted by name."""
     root = Path(folder)
     if not root.is_dir():
-        raise PyramidalError(f"--benchmark {folder}: no such folder of clean images")
+        raise _folder_error(folder, "no such folder of clean images")
     files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise PyramidalError(f"--benchmark {folder}: no image files in this folder")
+        raise _folder_error(folder, "no image files in this folder")
     return [(f.name, np.asarray(read_rgb(f))) for f in files]
+
+
+def _folder_error(folder: str | Path, problem: str) -> OptionError:
+    """An error about a set's folder: `folder=...` for Python callers, `--benchmark ...` on the command line."""
+    return OptionError(f"folder={str(folder)!r}: {problem}", f"--benchmark {folder}: {problem}")
 
 
 def awgn(clean: np.ndarray, sigma: float, seed: int = NOISE_SEED) -> np.ndarray:
@@ -91,20 +99,21 @@ def protocol_input(clean: np.ndarray, sigma: float, protocol: str) -> np.ndarray
     return noisy if protocol == "papers" else as_file(noisy) / 255.0
 
 
-def denoise(model: Any, noisy: np.ndarray, ensemble: bool = False, device: Any = None,
-            precision: str = "fp32") -> np.ndarray:
-    """The model's output (uint8 H×W×3) for a noisy float image on the 0-1 scale, whole image, unclipped input."""
-    from pyramidal.inference import restore_array
-    from pyramidal.inference.pixels import from_model_range
+# The papers run whole images, in full precision unless asked otherwise.
+PAPERS = RestoreOptions(tile=None, device=None, precision="fp32")
 
+
+def denoise(model: Any, noisy: np.ndarray, options: RestoreOptions = PAPERS) -> np.ndarray:
+    """The model's output (uint8 H×W×3) for a noisy float image on the 0-1 scale, whole image (whatever
+    `options.tile`), unclipped input."""
     x = torch.from_numpy(np.ascontiguousarray(noisy.transpose(2, 0, 1), dtype=np.float32)).mul_(2.0).sub_(1.0)
-    y = restore_array(model, x, tile=None, ensemble=ensemble, device=device, precision=precision)
+    y = restore_array(model, x, options.replace(tile=None))
     return from_model_range(y, np.uint8)
 
 
 def run_benchmark(model: Any, folders: Sequence[str | Path], sigmas: Sequence[float] = DEFAULT_SIGMAS,
-                  protocols: Sequence[str] = PROTOCOLS, ensemble: bool = False, device: Any = None,
-                  precision: str = "fp32", limit: int | None = None, progress: Any = None) -> dict[str, Any]:
+                  protocols: Sequence[str] = PROTOCOLS, options: RestoreOptions = PAPERS, limit: int | None = None,
+                  progress: Any = None) -> dict[str, Any]:
     """Mean PSNR of `model` on each folder, σ and protocol; the noisy input's PSNR beside it.
 
     Args:
@@ -112,8 +121,8 @@ def run_benchmark(model: Any, folders: Sequence[str | Path], sigmas: Sequence[fl
         folders: folders of clean images; each is one benchmark set, named by the folder's name.
         sigmas: noise levels on the 0-255 scale.
         protocols: "papers" (unclipped floats) and/or "file" (clipped, 8-bit).
-        ensemble: average the 8 flips and rotations.
-        device, precision: as for `restore_array`.
+        options: as for `restore_array` (ensemble: average the 8 flips and rotations); whole images always.
+            By default `PAPERS`: fp32, on the model's own device.
         limit: at most this many images per set (for quick looks; the papers use every image).
         progress: a callable(str) told of each set and σ as it starts, or None.
 
@@ -136,14 +145,14 @@ def run_benchmark(model: Any, folders: Sequence[str | Path], sigmas: Sequence[fl
                 ours, noisy_scores = [], []
                 for _, clean in images:
                     noisy = protocol_input(clean, float(sigma), protocol)
-                    ours.append(psnr_u8(clean, denoise(model, noisy, ensemble, device, precision)))
+                    ours.append(psnr_u8(clean, denoise(model, noisy, options)))
                     noisy_scores.append(psnr_u8(clean, as_file(noisy)))
                 rows.append({"sigma": float(sigma), "protocol": protocol, "psnr": float(np.mean(ours)),
                              "input_psnr": float(np.mean(noisy_scores)), "per_image": ours})
         sets.append({"name": Path(folder).name.lower(), "folder": Path(folder).name, "images": len(images),
                      "rows": rows})
     return {"sets": sets, "sigmas": [float(s) for s in sigmas], "protocols": list(protocols),
-            "ensemble": bool(ensemble), "seconds": time.perf_counter() - start}
+            "ensemble": options.ensemble, "seconds": time.perf_counter() - start}
 
 
 def _published_cells(set_name: str, sigma: float) -> list[tuple[str, float]]:

@@ -13,6 +13,7 @@ from pyramidal.evaluate import evaluate, per_image_psnr
 from pyramidal.figures import comparison_figure
 from pyramidal.hub import available_builtin_weights
 from pyramidal.io import write_text
+from pyramidal.options import EVALUATION
 from pyramidal.train import train
 
 
@@ -38,7 +39,7 @@ def restore_section(out: Path, tasks: list[str], limit: int, baselines: str, say
         # One centre crop per validation photograph: a portrait, fur and a still life, not three
         # neighbouring crops of one photo.
         result = evaluate("builtin", task, "builtin", crops=1, limit=limit, settings=[options],
-                          baselines=baselines, device="cpu", keep_images=True)
+                          baselines=baselines, options=EVALUATION.replace(device="cpu"), keep_images=True)
         setting, images = result["settings"][0], result["images"][0]
         by_kind = {r["kind"]: r for r in setting["rows"]}
         classical = [r for r in setting["rows"] if r["kind"] == "baseline" and r["psnr"] is not None]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from pyramidal.errors import PyramidalError
+from pyramidal.errors import option_error
 from pyramidal.lazy import LazyModule
 
 torch = LazyModule("torch")  # PRECISIONS is read by the command-line flags, which must not load torch
@@ -43,14 +43,14 @@ def resolve_device(spec: str = "auto") -> torch.device:
     try:
         device = torch.device(text)
     except (RuntimeError, ValueError):
-        raise PyramidalError(f"--device {spec!r}: not a device torch knows; available here: {here}") from None
+        raise option_error(f"{{device}}: not a device torch knows; available here: {here}", device=spec) from None
     if not device_available(device.type):
-        raise PyramidalError(f"--device {spec}: no {device.type.upper()} device is available here (torch "
-                             f"{torch.__version__}); available: {here}")
+        raise option_error(f"{{device}}: no {device.type.upper()} device is available here (torch "
+                           f"{torch.__version__}); available: {here}", device=spec)
     count = getattr(getattr(torch, device.type, None), "device_count", None)
     if device.index is not None and device.type != "cpu" and callable(count) and device.index >= count():
-        raise PyramidalError(f"--device {spec}: there {'is' if count() == 1 else 'are'} {count()} {device.type} "
-                             f"device(s) here, numbered from 0")
+        raise option_error(f"{{device}}: there {'is' if count() == 1 else 'are'} {count()} {device.type} "
+                           "device(s) here, numbered from 0", device=spec)
     return device
 
 
@@ -72,13 +72,18 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
+def check_precision(spec: str) -> None:
+    """OptionError naming `precision` unless `spec` is one of PRECISIONS."""
+    if spec not in PRECISIONS:
+        raise option_error(f"{{precision}}: choose one of {', '.join(PRECISIONS)}", precision=spec)
+
+
 def resolve_precision(spec: str, device: torch.device) -> str:
     """`auto` → bf16 on CPUs with native bf16 and on bf16-capable CUDA GPUs, fp16 on older ones, else fp32."""
-    if spec not in PRECISIONS:
-        raise PyramidalError(f"--precision {spec!r}: choose one of {', '.join(PRECISIONS)}")
+    check_precision(spec)
     if spec != "auto":
         if spec == "fp16" and device.type == "cpu":
-            raise PyramidalError("--precision fp16 is for GPUs; use bf16 or fp32 on the CPU")
+            raise option_error("{precision} is for GPUs; use bf16 or fp32 on the CPU", precision=spec)
         return spec
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"

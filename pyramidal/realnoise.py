@@ -21,20 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from pyramidal.errors import PyramidalError
-from pyramidal.evaluate import (
-    AUTO_SLOW_LIMIT,
-    BASELINE_LEVELS,
-    BASELINES,
-    INSTALL_HINT,
-    Context,
-    module_available,
-    resolve_model,
-    scores,
-    summarize,
-)
+from pyramidal.baselines import BASELINES, INSTALL_HINT, Context, module_available
+from pyramidal.device import resolve_device, resolve_precision
+from pyramidal.errors import OptionError, PyramidalError
+from pyramidal.evaluate import AUTO_SLOW_LIMIT, check_baselines, resolve_model, summarize
+from pyramidal.inference import restore_images
+from pyramidal.inference.inputs import needs_mask, needs_noise_level
 from pyramidal.io import IMAGE_SUFFIXES, read_image
-from pyramidal.options import MANY_IMAGES_BATCH_SIZE, MANY_IMAGES_TILE, check_tiling
+from pyramidal.metrics import scores
+from pyramidal.options import EVALUATION, RestoreOptions
+from pyramidal.progress import progress as progress_bar
 
 REAL_SUFFIX, CLEAN_SUFFIX = "_real", "_mean"
 # The classical rows, in the order reported: blind (σ estimated) first, then the oracles.
@@ -50,6 +46,11 @@ class Pair:
     clean: Path
 
 
+def _folder_error(folder: str | os.PathLike, problem: str) -> OptionError:
+    """An error about the pairs folder: `folder=...` for Python callers, `--pairs ...` on the command line."""
+    return OptionError(f"folder={str(folder)!r}: {problem}", f"--pairs {folder}: {problem}")
+
+
 def find_pairs(folder: str | os.PathLike) -> tuple[list[Pair], list[str]]:
     """The pairs directly inside `folder`, sorted by name, and a note for each file left without its partner.
 
@@ -58,7 +59,7 @@ def find_pairs(folder: str | os.PathLike) -> tuple[list[Pair], list[str]]:
     """
     root = Path(folder)
     if not root.is_dir():
-        raise PyramidalError(f"--pairs {root}: no such folder")
+        raise _folder_error(root, "no such folder")
     found: dict[str, dict[str, Path]] = {}
     for path in sorted(root.iterdir()):
         if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
@@ -76,8 +77,8 @@ def find_pairs(folder: str | os.PathLike) -> tuple[list[Pair], list[str]]:
             other = CLEAN_SUFFIX if suffix == REAL_SUFFIX else REAL_SUFFIX
             unmatched.append(f"{path.name}: skipped, no {name}{other}.* beside it")
     if not pairs:
-        raise PyramidalError(f"--pairs {root}: no pairs found; a pair is NAME{REAL_SUFFIX}.EXT (noisy) and "
-                             f"NAME{CLEAN_SUFFIX}.EXT (clean reference) in the folder itself")
+        raise _folder_error(root, f"no pairs found; a pair is NAME{REAL_SUFFIX}.EXT (noisy) and "
+                                  f"NAME{CLEAN_SUFFIX}.EXT (clean reference) in the folder itself")
     return pairs, unmatched
 
 
@@ -97,12 +98,7 @@ def evaluate_pairs(
     *,
     baselines: str = "auto",
     limit: int | None = None,
-    ensemble: bool = False,
-    tile: int | None = MANY_IMAGES_TILE,
-    overlap: int | None = None,
-    batch_size: int = MANY_IMAGES_BATCH_SIZE,
-    device: str = "auto",
-    precision: str = "auto",
+    options: RestoreOptions = EVALUATION,
     progress: bool | None = False,
 ) -> dict:
     """Score a model and the classical denoisers on the real/clean pairs of `folder`.
@@ -114,25 +110,18 @@ def evaluate_pairs(
         task: whose built-in weights "builtin" means: "camera" or "noise".
         baselines: none | fast (no CBM3D) | all | auto (CBM3D only up to 16 pairs).
         limit: score the first N pairs (by name) only.
-        ensemble, tile, overlap, batch_size, device, precision: as for `pyramidal.evaluate.evaluate`.
-        progress: as for `pyramidal.evaluate.evaluate`.
+        options, progress: as for `pyramidal.evaluate.evaluate` (with `ensemble`, a self-ensemble row too).
 
     Returns:
         A JSON-ready dict shaped as `evaluate`'s (one setting), which `format_table` and `format_markdown`
         print; `skipped` lists the files left out, each with its reason.
     """
-    from pyramidal.device import resolve_device, resolve_precision
-    from pyramidal.inference import restore_images
-    from pyramidal.inference.inputs import needs_mask, needs_noise_level
-    from pyramidal.progress import progress as progress_bar
-
-    if baselines not in BASELINE_LEVELS:
-        raise PyramidalError(f"--baselines {baselines!r}: choose one of {', '.join(BASELINE_LEVELS)}")
-    check_tiling(tile, overlap, batch_size)
+    check_baselines(baselines)
     pairs, skipped = find_pairs(folder)
     pairs = pairs[:limit] if limit else pairs
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+    dev = resolve_device(options.device) if isinstance(options.device, str) else options.device
+    prec = resolve_precision(options.precision, dev)
+    options = options.replace(device=dev, precision=prec)
     model, model_name, model_label = resolve_model(model_or_weights, task, dev, prec)
     if model is not None and (needs_mask(model) or needs_noise_level(model)):
         raise PyramidalError(f"{model_label} takes a mask or a noise level as an input; a real photograph has "
@@ -153,7 +142,7 @@ def evaluate_pairs(
         noisy.append(n)
         clean.append(c)
     if not names:
-        raise PyramidalError(f"--pairs {folder}: no readable pair ({'; '.join(skipped)})")
+        raise _folder_error(folder, f"no readable pair ({'; '.join(skipped)})")
 
     def scored(restored: list[np.ndarray]) -> list[dict[str, float]]:
         return [scores(c, r) for c, r in zip(clean, restored)]
@@ -176,12 +165,11 @@ def evaluate_pairs(
         loaded = getattr(model, "model", model)  # the prepared InferenceModel keeps the loaded one as .model
         trained_for = (getattr(loaded, "info", None) or {}).get("task")
         passes = [(False, f"model {model_name}" + (f" ({trained_for} weights)" if trained_for else ""))]
-        if ensemble:
+        if options.ensemble:
             passes.append((True, passes[0][1] + " + self-ensemble ×8"))
         for use_ensemble, name in passes:
             start = time.perf_counter()
-            restored = restore_images(model, noisy, ensemble=use_ensemble, tile=tile, overlap=overlap,
-                                      batch_size=batch_size, device=dev, precision=prec,
+            restored = restore_images(model, noisy, options.replace(ensemble=use_ensemble),
                                       progress=False if progress is False else None, desc=f"pairs: {name}")
             rows.append(summarize(name, "ensemble" if use_ensemble else "model", scored(restored),
                                   (time.perf_counter() - start) / len(names)))

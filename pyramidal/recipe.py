@@ -37,7 +37,7 @@ import tomllib
 
 from pyramidal.checkpoint import checkpoint_progress
 from pyramidal.config import check_options, resolve_config, resume_config
-from pyramidal.errors import PyramidalError
+from pyramidal.errors import OptionError, PyramidalError, option_error
 from pyramidal.hub import recipe_path
 from pyramidal.train import Trainer
 
@@ -107,7 +107,7 @@ def parse_stages(text: str | None, count: int) -> range:
     match = re.fullmatch(r"(\d+)(?:-(\d+))?", text.strip())
     first, last = (int(match.group(1)), int(match.group(2) or match.group(1))) if match else (0, 0)
     if not match or not 1 <= first <= last <= count:
-        raise PyramidalError(f"--stages {text}: give K or K-L with 1 <= K <= L <= {count} (the recipe's stages)")
+        raise option_error(f"{{stages}}: give K or K-L with 1 <= K <= L <= {count} (the recipe's stages)", stages=text)
     return range(first - 1, last)
 
 
@@ -195,7 +195,7 @@ def _earlier_stage_weights(out: str | os.PathLike, recipe: Recipe, index: int) -
     run = stage_run(stage_folder(out, recipe, index - 1))
     progress = checkpoint_progress(run)
     if run is None or not progress or not progress["finished"]:
-        raise PyramidalError(f"--stages: stage {index + 1} of recipe {recipe.name} starts from stage {index}'s best "
-                             f"weights, which {out} does not hold finished; train stage {index} first, or give "
-                             "--init-weights")
+        problem = (f"stage {index + 1} of recipe {recipe.name} starts from stage {index}'s best weights, which "
+                   f"{out} does not hold finished; train stage {index} first, or give ")
+        raise OptionError(f"stages: {problem}init_weights", f"--stages: {problem}--init-weights")
     return str(run / "best.safetensors")

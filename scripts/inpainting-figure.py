@@ -24,12 +24,14 @@ def main(out: Path) -> None:
     import torch
     from skimage import data
 
+    from pyramidal.baselines import Context, biharmonic_inpaint
     from pyramidal.damage import create_task
-    from pyramidal.evaluate import Context, biharmonic_inpaint, hole_scores
     from pyramidal.figures import image_grid
     from pyramidal.hub import available_builtin_weights
     from pyramidal.inference import restore_image
     from pyramidal.inference.model import load_restorer
+    from pyramidal.metrics import hole_scores
+    from pyramidal.options import RestoreOptions
 
     torch.manual_seed(0)
     photo = np.ascontiguousarray(data.chelsea()[22:278, 40:424])  # 256×384
@@ -43,7 +45,8 @@ def main(out: Path) -> None:
 
     task = "inpaint" if "inpaint" in available_builtin_weights() else "squares"
     model = load_restorer("builtin", task)
-    restored = restore_image(model, damaged, mask=mask, device="cpu", precision="fp32")
+    restored = restore_image(model, damaged, mask=mask,
+                             options=RestoreOptions(device="cpu", precision="fp32"))
     classical = biharmonic_inpaint(damaged, Context(None, photo, mask))
     assert np.array_equal(restored[~mask], damaged[~mask])
 

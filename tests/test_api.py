@@ -20,6 +20,7 @@ from pyramidal.hub import WEIGHTS_DIR
 from pyramidal.inference import restore_image
 from pyramidal.inference.model import load_restorer
 from pyramidal.models import create_model
+from pyramidal.options import RestoreOptions
 
 FAST = {"device": "cpu", "precision": "fp32"}
 
@@ -32,7 +33,7 @@ def photo(h: int = 37, w: int = 53, seed: int = 0) -> np.ndarray:
 
 def reference(weights, rgb: np.ndarray) -> np.ndarray:
     """What `pyramidal restore` computes for 8-bit RGB pixels."""
-    return restore_image(load_restorer(weights), rgb, **FAST)
+    return restore_image(load_restorer(weights), rgb, options=RestoreOptions(**FAST))
 
 
 def test_restore_is_the_top_level_function_even_after_every_submodule_is_imported():

@@ -134,27 +134,28 @@ def test_bench_restore_smoke_runs_the_restore_path(monkeypatch, capsys):
     import pyramidal.inference.files as files
     from pyramidal.inference.model import InferenceModel
     from pyramidal.inference.tiling import tile_layout
-    from pyramidal.options import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE
+    from pyramidal.options import DEFAULT_OVERLAP, RestoreOptions
 
     calls = []
     real = files.restore_files
 
-    def spy(model, inputs, outdir, **options):
-        calls.append((model, options))
-        return real(model, inputs, outdir, **options)
+    def spy(model, inputs, outdir, options, **kwargs):
+        calls.append((model, options, kwargs))
+        return real(model, inputs, outdir, options, **kwargs)
 
     monkeypatch.setattr(files, "restore_files", spy)
     assert main(["bench", "--mode", "restore", "--smoke", "--task", "noise", "--json", "-"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert len(calls) == result["warmup"] + result["steps"] == 3
-    model, options = calls[0]
-    assert isinstance(model, InferenceModel) and options == {"overwrite": True}
+    model, options, kwargs = calls[0]
+    assert isinstance(model, InferenceModel) and kwargs == {"overwrite": True}
+    assert options == RestoreOptions(device=model.device, precision=model.precision)  # restore's own defaults
     assert result["model"] == "pyramidal23456" and result["weights"] == "builtin" and result["task"] == "noise"
     w, h = result["restore_width"], result["restore_height"]
     assert abs(w * h / 1e6 - 0.05) < 0.005 and abs(w / h - 4 / 3) < 0.02
     tiling = (result["restore_tile"], result["restore_overlap"], result["restore_tiles_per_pass"])
-    assert tiling == (DEFAULT_TILE, DEFAULT_OVERLAP, DEFAULT_BATCH_SIZE)  # restore's own defaults
-    (th, ys), (tw, xs) = tile_layout(h, DEFAULT_TILE, 32, 16), tile_layout(w, DEFAULT_TILE, 32, 16)  # 4 levels
+    assert tiling == (RestoreOptions.tile, DEFAULT_OVERLAP, RestoreOptions.batch_size)  # restore's own defaults
+    (th, ys), (tw, xs) = tile_layout(h, RestoreOptions.tile, 32, 16), tile_layout(w, RestoreOptions.tile, 32, 16)
     assert result["restore_tiles"] == len(ys) * len(xs) and result["restore_tile_size"] == [th, tw]
     for key in ("restore_s", "restore_mp_per_s", "restore_gflop_per_s", "restore_peak_fraction",
                 "restore_matmul_gflop_per_s", "restore_io_s"):

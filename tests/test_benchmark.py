@@ -56,7 +56,8 @@ def test_an_identity_model_scores_what_the_noisy_input_scores(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(2):
         Image.fromarray(rng.integers(30, 220, (24, 40, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
-    result = benchmark.run_benchmark(Identity(), [tmp_path], sigmas=[15, 50], device="cpu")
+    result = benchmark.run_benchmark(Identity(), [tmp_path], sigmas=[15, 50],
+                                     options=benchmark.PAPERS.replace(device="cpu"))
     rows = result["sets"][0]["rows"]
     assert [(r["sigma"], r["protocol"]) for r in rows] == [(15, "papers"), (15, "file"), (50, "papers"),
                                                            (50, "file")]
@@ -70,7 +71,8 @@ def test_the_markdown_never_mixes_measured_and_published_rows(tmp_path):
     folder = tmp_path / "CBSD68"
     folder.mkdir()
     Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(folder / "a.png")
-    text = benchmark.format_markdown(benchmark.run_benchmark(Identity(), [folder], sigmas=[25], device="cpu"))
+    text = benchmark.format_markdown(benchmark.run_benchmark(Identity(), [folder], sigmas=[25],
+                                                             options=benchmark.PAPERS.replace(device="cpu")))
     assert "| CBM3D, published | 30.71 |" in text and "| FFDNet, published | 31.21 |" in text
     assert "papers' protocol (unclipped), measured" in text and "DPIR" in text
 

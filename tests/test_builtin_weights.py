@@ -11,10 +11,12 @@ from pyramidal.cli import main
 from pyramidal.damage import create_task, eval_seed
 from pyramidal.data.sources import load_source
 from pyramidal.errors import PyramidalError
-from pyramidal.evaluate import default_crop, psnr
+from pyramidal.evaluate import default_crop
 from pyramidal.hub import WEIGHTS_DIR, available_builtin_weights
 from pyramidal.inference import restore_image
 from pyramidal.inference.model import load_restorer
+from pyramidal.metrics import psnr
+from pyramidal.options import RestoreOptions
 
 TASKS = ("noise", "pixelate", "blur", "jpeg", "squares", "block", "grid", "mixed")
 # Regression guard, not the quality target: the least gain (dB over the damaged input) a built-in model
@@ -50,7 +52,7 @@ def test_builtin_weights_beat_the_damaged_input(task):
     settings = {"noise": {"sigma": 50}, "jpeg": {"quality": 10}}.get(task, {})
     damage = "noise" if task == "mixed" else task  # the blind restorer, scored on one of its tasks
     damaged = create_task(damage, train=False, **settings)(clean[None], seeds=[eval_seed(0)])[0]
-    restored = restore_image(load_restorer("builtin", task), damaged, device="cpu")
+    restored = restore_image(load_restorer("builtin", task), damaged, options=RestoreOptions(device="cpu"))
     gain = psnr(clean, restored) - psnr(clean, damaged)
     assert gain > MIN_GAIN_DB[task], f"{task} on {name}: only {gain:.2f} dB better than the damaged input"
 

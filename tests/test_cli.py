@@ -128,10 +128,10 @@ def test_only_user_errors_become_one_line(monkeypatch, capsys):
 def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path, capsys):
     """Python callers read `tile=-1`, the command line `--tile -1`: one error, worded for each."""
     from pyramidal.errors import OptionError
-    from pyramidal.options import check_tiling
+    from pyramidal.options import RestoreOptions
 
     with pytest.raises(OptionError, match=r"^overlap=16: must be smaller than tile=16$") as caught:
-        check_tiling(16, 16)
+        RestoreOptions(tile=16, overlap=16)
     assert caught.value.flags == "--overlap 16: must be smaller than --tile 16"
     assert main(["restore", "--task", "noise", "--tile", "16", "--overlap", "16", str(tmp_path / "a.png"),
                  "-o", str(tmp_path / "out")]) == 2

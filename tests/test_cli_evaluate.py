@@ -17,12 +17,12 @@ def test_evaluate_unwritable_json_fails_before_the_work(tmp_path, photo_folder, 
 
 
 def test_evaluate_prints_the_table_before_writing_files(tmp_path, photo_folder, capsys, monkeypatch):
-    import pyramidal.cli.common
+    import pyramidal.cli.evaluate
 
     def disk_full(data, target, **_):
         raise OSError(errno.ENOSPC, "No space left on device", target)
 
-    monkeypatch.setattr(pyramidal.cli.common, "write_json_output", disk_full)
+    monkeypatch.setattr(pyramidal.cli.evaluate, "write_json_output", disk_full)
     code, out, err = cli(["evaluate", *EVAL, "--data", f"folder:{photo_folder}",
                           "--json", str(tmp_path / "r.json")], capsys)
     assert code == 2

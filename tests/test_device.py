@@ -46,23 +46,24 @@ def test_mps_and_other_available_types_are_accepted(available):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("mps", "--device mps: no MPS device is available here"),
-    ("cuda", "--device cuda: no CUDA device is available here"),
-    ("xpu", "--device xpu: no XPU device is available here"),
-    ("tpu", "--device 'tpu': not a device torch knows"),
-    ("gpu", "--device 'gpu': not a device torch knows"),
+    ("mps", "device='mps': no MPS device is available here"),
+    ("cuda", "device='cuda': no CUDA device is available here"),
+    ("xpu", "device='xpu': no XPU device is available here"),
+    ("tpu", "device='tpu': not a device torch knows"),
+    ("gpu", "device='gpu': not a device torch knows"),
 ])
 def test_an_unavailable_or_unknown_type_is_one_line(available, spec, message):
     available()
     with pytest.raises(PyramidalError, match=message) as raised:
         resolve_device(spec)
     assert "\n" not in str(raised.value) and "available: auto, cpu" in str(raised.value).replace(" here:", ":")
+    assert raised.value.flags.startswith(f"--device {spec}: ")  # the command line names the flag
 
 
 def test_a_gpu_index_past_the_devices_is_one_line(available):
     available("cuda", cuda_count=2)
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
-    with pytest.raises(PyramidalError, match="--device cuda:2: there are 2 cuda device"):
+    with pytest.raises(PyramidalError, match="device='cuda:2': there are 2 cuda device"):
         resolve_device("cuda:2")
 
 

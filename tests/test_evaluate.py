@@ -9,12 +9,14 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from pyramidal.baselines import baselines_for
 from pyramidal.checkpoint import load_weights, save_weights
 from pyramidal.cli import main
 from pyramidal.damage import create_task, eval_seed
 from pyramidal.data.patches import to_float
 from pyramidal.data.sources import load_source
-from pyramidal.evaluate import baselines_for, evaluate, format_markdown, psnr, ssim
+from pyramidal.evaluate import evaluate, format_markdown
+from pyramidal.metrics import psnr, ssim
 
 CPU = ["--device", "cpu", "--precision", "fp32"]
 
@@ -120,8 +122,8 @@ def test_option_for_another_task_is_refused(weights, capsys):
 
 
 def test_every_task_names_registered_baselines():
+    from pyramidal.baselines import BASELINES
     from pyramidal.damage import TASKS
-    from pyramidal.evaluate import BASELINES
 
     used = {name for task in TASKS for name in TASKS.get(task).baselines}
     assert used == set(BASELINES.names())  # each registered, and none left unused

@@ -9,6 +9,7 @@ from pyramidal.checkpoint import save_weights
 from pyramidal.cli import main
 from pyramidal.errors import PyramidalError
 from pyramidal.models import create_model
+from pyramidal.options import RestoreOptions
 
 pytest.importorskip("onnx", reason="the onnx extra is not installed")
 pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
@@ -85,7 +86,8 @@ def test_restore_cli_onnx_backend_matches_torch(exported, tmp_path):
     assert main(["restore", "--backend", "onnx", "--weights", str(path), str(tmp_path / "in.png"),
                  "-o", str(tmp_path / "out")]) == 0
     got = np.asarray(Image.open(tmp_path / "out" / "in.png"), dtype=np.int16)
-    expected = restore_image(model, image, device="cpu", precision="fp32").astype(np.int16)
+    expected = restore_image(model, image,
+                             options=RestoreOptions(device="cpu", precision="fp32")).astype(np.int16)
     assert np.abs(got - expected).max() <= 1  # 8-bit rounding of outputs that agree within 1e-3
     assert main(["restore", "--backend", "onnx", "--weights", "builtin", "--task", "noise",
                  str(tmp_path / "in.png"), "-o", str(tmp_path / "out2")]) == 2

@@ -21,6 +21,7 @@ from pyramidal.inference.inputs import check_mask, magenta_mask, model_input, ne
 from pyramidal.io import read_mask
 from pyramidal.models import create_model
 from pyramidal.models.blocks import fill_holes, magenta_holes, mask_conditioned_input, smooth_fill
+from pyramidal.options import EVALUATION, RestoreOptions
 
 FAST = ["--device", "cpu", "--precision", "fp32"]
 CPU = dict(device="cpu", precision="fp32")
@@ -102,11 +103,12 @@ def test_check_mask_errors():
 @pytest.mark.parametrize("tiling", [dict(tile=0), dict(tile=32, overlap=8), dict(tile=32, overlap=8, ensemble=True)])
 def test_known_pixels_come_back_exactly(mask_input, tiling):
     image, holes = photo(), box_mask()
-    out = restore_image(tiny(mask_input), image, mask=holes, **tiling, **CPU)
+    out = restore_image(tiny(mask_input), image, mask=holes, options=RestoreOptions(**tiling, **CPU))
     assert out.dtype == np.uint8 and out.shape == image.shape
     assert np.array_equal(out[~holes], image[~holes])
     assert (out[holes] != image[holes]).any()
-    batched = restore_images(tiny(mask_input), [image, image], masks=[holes, holes], tile=0, **CPU)
+    batched = restore_images(tiny(mask_input), [image, image], masks=[holes, holes],
+                             options=EVALUATION.replace(tile=0, **CPU))
     assert np.array_equal(batched[0][~holes], image[~holes]) and np.array_equal(batched[0], batched[1])
 
 
@@ -130,7 +132,8 @@ def test_every_byte_value_survives_outside_the_hole():
     holes = np.zeros(values.shape, bool)
     holes[1, 100:110] = True
     for precision in ("fp32", "bf16"):
-        out = restore_image(tiny(), image, mask=holes, device="cpu", precision=precision)
+        out = restore_image(tiny(), image, mask=holes,
+                            options=RestoreOptions(device="cpu", precision=precision))
         assert np.array_equal(out[~holes], image[~holes])
 
 
@@ -273,9 +276,9 @@ def test_find_holes_model_is_the_mask_conditioned_model_with_its_mask_found(tmp_
     image = photo()
     rgb = image.copy()
     rgb[box_mask()] = MAGENTA
-    blind = restore_image(loaded, rgb, **CPU)
+    blind = restore_image(loaded, rgb, options=RestoreOptions(**CPU))
     assert np.array_equal(blind[~box_mask()], image[~box_mask()])
-    assert np.array_equal(restore_image(loaded, image, mask=box_mask(), **CPU), blind)
+    assert np.array_equal(restore_image(loaded, image, mask=box_mask(), options=RestoreOptions(**CPU)), blind)
 
 
 def test_magenta_holes_decides_exact_or_smeared_per_image():
@@ -316,7 +319,7 @@ def _blind(tmp_path):
 def test_mask_conditioned_model_refuses_to_run_without_a_mask(tmp_path, weights, capsys):
     image = photo()
     with pytest.raises(PyramidalError, match="mask-conditioned"):
-        restore_image(tiny(mask_input=True), image, **CPU)
+        restore_image(tiny(mask_input=True), image, options=RestoreOptions(**CPU))
     Image.fromarray(image).save(tmp_path / "a.png")
     out = tmp_path / "out"
     assert main(["restore", "--weights", str(weights[1]), str(tmp_path / "a.png"), "-o", str(out), *FAST]) != 0
@@ -534,11 +537,13 @@ def test_degrade_masks_then_restore_with_them(tmp_path, weights, capsys):
 
 @pytest.mark.filterwarnings("ignore:.*was trained for task 'inpaint', not 'noise'")
 def test_evaluate_gives_the_mask_and_scores_the_hole(tmp_path):
-    from pyramidal.evaluate import evaluate, format_markdown, format_table, hole_scores
+    from pyramidal.evaluate import evaluate, format_markdown, format_table
+    from pyramidal.metrics import hole_scores
 
     path = tmp_path / "m.safetensors"
     save_weights(tiny(mask_input=True), path, {"task": "inpaint"})
-    result = evaluate(str(path), "strokes", crop=32, crops=2, limit=3, baselines="fast", keep_images=True, **CPU)
+    result = evaluate(str(path), "strokes", crop=32, crops=2, limit=3, baselines="fast", keep_images=True,
+                      options=EVALUATION.replace(**CPU))
     rows = {r["method"]: r for r in result["settings"][0]["rows"]}
     model_rows = [r for r in rows.values() if r["kind"] == "model"]
     assert len(model_rows) == 1 and model_rows[0]["method"].endswith("(mask given)")
@@ -561,11 +566,11 @@ def test_evaluate_gives_the_mask_and_scores_the_hole(tmp_path):
     assert direct[0] == pytest.approx(10 * math.log10(255**2 / mse))
     assert "hole dB" in format_table(result) and "hole PSNR (dB)" in format_markdown(result)
     with pytest.raises(PyramidalError, match="mask-conditioned.*no holes"):
-        evaluate(str(path), "noise", crop=32, limit=1, baselines="none", **CPU)
+        evaluate(str(path), "noise", crop=32, limit=1, baselines="none", options=EVALUATION.replace(**CPU))
 
 
 def test_hole_tasks_name_the_three_inpainting_baselines():
-    from pyramidal.evaluate import BASELINES
+    from pyramidal.baselines import BASELINES
 
     assert "biharmonic" in BASELINES.names()
     for name in ("squares", "block", "grid", "strokes", "inpaint", "text"):

@@ -240,9 +240,10 @@ def test_web_download_keeps_metadata(camera_jpeg):
     pytest.importorskip("httpx")
     from starlette.testclient import TestClient
 
+    from pyramidal.options import RestoreOptions
     from pyramidal.web.app import ServeConfig, create_app
 
-    with TestClient(create_app(ServeConfig(device="cpu", precision="fp32", tile=64)),
+    with TestClient(create_app(ServeConfig(options=RestoreOptions(tile=64, device="cpu", precision="fp32"))),
                     base_url="http://127.0.0.1:7860") as client:
         answer = client.post("/api/restore", data={"task": "noise"},
                              files={"image": ("IMG_0001.jpg", camera_jpeg.read_bytes(), "image/jpeg")})

@@ -17,6 +17,7 @@ from pyramidal.errors import PyramidalError
 from pyramidal.inference import restore_array, restore_image
 from pyramidal.io import read_image
 from pyramidal.models import create_model
+from pyramidal.options import RestoreOptions
 
 CPU = ["--device", "cpu", "--precision", "fp32"]
 
@@ -48,7 +49,7 @@ def test_restore_array_refuses_a_tensor_with_nan(weights):
     image = torch.zeros(3, 8, 8)
     image[0, 1, 1] = float("nan")
     with pytest.raises(PyramidalError, match="not finite"):
-        restore_array(load_weights(weights), image, device="cpu", precision="fp32")
+        restore_array(load_weights(weights), image, options=RestoreOptions(device="cpu", precision="fp32"))
 
 
 def test_a_float_image_file_with_nan_is_one_line_naming_it(tmp_path, weights, capsys):
@@ -130,9 +131,11 @@ def test_a_non_finite_restored_tile_is_an_error_naming_the_weights(tmp_path, ove
     model = load_weights(overflowing_weights)  # finite: it loads
     model.weights_path = str(overflowing_weights)
     with pytest.raises(PyramidalError, match="huge.safetensors: the restored pixels hold NaN or infinity"):
-        restore_image(model, np.zeros((16, 16, 3), np.uint8), device="cpu", precision="fp32")
+        restore_image(model, np.zeros((16, 16, 3), np.uint8),
+                      options=RestoreOptions(device="cpu", precision="fp32"))
     with pytest.raises(PyramidalError, match="the model: the restored pixels hold NaN"):  # a callable: no file
-        restore_array(lambda x: x * float("nan"), torch.zeros(3, 8, 8), device="cpu", precision="fp32")
+        restore_array(lambda x: x * float("nan"), torch.zeros(3, 8, 8),
+                      options=RestoreOptions(device="cpu", precision="fp32"))
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "a.png")
     code = main(["restore", "--weights", str(overflowing_weights), "--task", "noise", str(tmp_path / "a.png"),
                  "-o", str(tmp_path / "out"), "--tile", "32", "--overlap", "8", *CPU])

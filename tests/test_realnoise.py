@@ -10,11 +10,14 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
+from pyramidal.baselines import BASELINES, ORACLE_SIGMAS, Context, estimated_sigma, nlmeans
 from pyramidal.checkpoint import save_weights
 from pyramidal.cli import main
 from pyramidal.errors import PyramidalError
-from pyramidal.evaluate import BASELINES, ORACLE_SIGMAS, Context, estimated_sigma, evaluate, nlmeans, psnr
+from pyramidal.evaluate import evaluate
+from pyramidal.metrics import psnr
 from pyramidal.models import create_model
+from pyramidal.options import EVALUATION
 from pyramidal.realnoise import PAIR_BASELINES, evaluate_pairs, find_pairs
 
 CPU = ["--device", "cpu", "--precision", "fp32"]
@@ -87,7 +90,8 @@ def test_the_oracle_finds_the_grids_best_sigma():
 def test_evaluate_pairs_scores_the_input_baselines_and_model(pairs, weights):
     (pairs / "odd_real.png").write_bytes((pairs / "cam0_scene_Real.png").read_bytes())
     Image.fromarray(smooth_image(20, 20)).save(pairs / "odd_mean.png")  # a pair of two sizes: reported, left out
-    result = evaluate_pairs(weights, pairs, "camera", baselines="fast", device="cpu", precision="fp32")
+    result = evaluate_pairs(weights, pairs, "camera", baselines="fast",
+                            options=EVALUATION.replace(device="cpu", precision="fp32"))
     assert result["image_names"] == ["cam0_scene", "cam1_scene", "cam2_scene"]
     assert any("odd_real.png: 64×48, but odd_mean.png is 20×20" in note for note in result["skipped"])
     rows = {r["method"]: r for r in result["settings"][0]["rows"]}

@@ -86,8 +86,9 @@ def test_stages_are_chosen_one_based_and_checked():
     assert list(parse_stages(None, 3)) == [0, 1, 2]
     assert list(parse_stages("2-3", 3)) == [1, 2] and list(parse_stages("1", 3)) == [0]
     for bad in ("0", "4", "3-2", "x"):
-        with pytest.raises(PyramidalError, match="--stages"):
+        with pytest.raises(PyramidalError, match=f"stages='{bad}': give K or K-L") as raised:
             parse_stages(bad, 3)
+        assert raised.value.flags.startswith(f"--stages {bad}: ")  # as the command line words it
 
 
 def test_a_recipe_chains_its_stages_and_continues_where_it_stopped(tmp_path):

@@ -16,6 +16,7 @@ from pyramidal.hub import builtin_weights_path
 from pyramidal.inference import restore_image
 from pyramidal.io import read_image
 from pyramidal.models import create_model
+from pyramidal.options import EVALUATION, RestoreOptions
 
 FAST = ["--device", "cpu", "--precision", "fp32"]
 
@@ -75,8 +76,9 @@ def test_tiled_matches_untiled(weights):
     save_weights(create_model("pyramidal51", channels=(4, 8, 8, 8, 8, 8)).eval(), path, {"task": "noise"})
     model = load_weights(path)
     img = smooth_image(300, 300)
-    whole = restore_image(model, img, tile=0, device="cpu", precision="fp32").astype(np.float64)
-    tiled = restore_image(model, img, tile=128, overlap=32, batch_size=3, device="cpu", precision="fp32")
+    whole = restore_image(model, img,
+                          options=RestoreOptions(tile=0, device="cpu", precision="fp32")).astype(np.float64)
+    tiled = restore_image(model, img, RestoreOptions(tile=128, overlap=32, batch_size=3, device="cpu", precision="fp32"))
     assert whole.shape == tiled.shape == (300, 300, 3)
     assert whole.std() > 2  # the model really changes the image, so the comparison means something
     assert np.abs(whole - tiled).mean() < 0.5
@@ -92,9 +94,10 @@ def test_tiles_in_threads_match_one_thread(weights):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = restore_image(model, img, tile=64, overlap=16, batch_size=2, device="cpu", precision="fp32")
+        one = restore_image(model, img, RestoreOptions(tile=64, overlap=16, batch_size=2, device="cpu", precision="fp32"))
         torch.set_num_threads(3)
-        three = restore_image(model, img, tile=64, overlap=16, batch_size=2, device="cpu", precision="fp32")
+        three = restore_image(model, img,
+                              RestoreOptions(tile=64, overlap=16, batch_size=2, device="cpu", precision="fp32"))
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(threads)
@@ -105,12 +108,10 @@ def test_cli_restore_defaults_are_the_library_defaults():
     import argparse
 
     from pyramidal.cli import restore as cli_restore
-    from pyramidal.options import DEFAULT_BATCH_SIZE, DEFAULT_TILE
-
     parser = argparse.ArgumentParser()
     cli_restore.add_arguments(parser)
     args = parser.parse_args(["in.png", "-o", "out"])
-    assert (args.tile, args.batch_size) == (DEFAULT_TILE, DEFAULT_BATCH_SIZE)
+    assert cli_restore.restore_options(args) == RestoreOptions()
 
 
 @pytest.mark.parametrize("multiple", [1, 16])
@@ -134,12 +135,14 @@ def test_restore_image_layouts(weights):
 
     model = load_weights(weights)
     img = smooth_image(20, 33)
-    hwc = restore_image(model, img, device="cpu", precision="fp32")
-    chw = restore_image(model, torch.from_numpy(img).permute(2, 0, 1), device="cpu", precision="fp32")
+    hwc = restore_image(model, img, options=RestoreOptions(device="cpu", precision="fp32"))
+    chw = restore_image(model, torch.from_numpy(img).permute(2, 0, 1),
+                        options=RestoreOptions(device="cpu", precision="fp32"))
     assert hwc.dtype == np.uint8 and hwc.shape == (20, 33, 3)
     assert isinstance(chw, torch.Tensor) and chw.dtype == torch.uint8 and chw.shape == (3, 20, 33)
     assert np.array_equal(hwc, chw.permute(1, 2, 0).numpy())
-    assert restore_image(model, img[..., 0], device="cpu", precision="fp32").shape == (20, 33, 3)
+    assert restore_image(model, img[..., 0],
+                         options=RestoreOptions(device="cpu", precision="fp32")).shape == (20, 33, 3)
     with pytest.raises(PyramidalError):
         restore_image(model, img.astype(np.float32))
 
@@ -157,11 +160,12 @@ def test_ensemble_averages_the_eight_symmetries():
     x = torch.from_numpy(img).permute(2, 0, 1).float() / 127.5 - 1
     expected = (F.conv2d(x[None], sym, padding=2) * 0.05).clamp(-1, 1)[0]
     expected = ((expected + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    got = restore_image(model, img, ensemble=True, device="cpu", precision="fp32")
-    plain = restore_image(model, img, ensemble=False, device="cpu", precision="fp32")
+    got = restore_image(model, img, options=RestoreOptions(ensemble=True, device="cpu", precision="fp32"))
+    plain = restore_image(model, img, options=RestoreOptions(ensemble=False, device="cpu", precision="fp32"))
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
     assert np.abs(plain.astype(int) - expected.astype(int)).mean() > 1  # the test can tell them apart
-    identity = restore_image(lambda t: t, img, ensemble=True, device="cpu", precision="fp32")
+    identity = restore_image(lambda t: t, img,
+                             options=RestoreOptions(ensemble=True, device="cpu", precision="fp32"))
     assert np.array_equal(identity, img)
 
 
@@ -200,9 +204,11 @@ def test_restore_images_batches_like_single_images(weights):
     model = load_weights(weights)
     images = [smooth_image(24, 24, seed) for seed in range(5)] + [smooth_image(40, 30, 9)]
     images.append(torch.from_numpy(smooth_image(20, 20, 7)).permute(2, 0, 1))
-    many = restore_images(model, images, batch_size=3, tile=32, overlap=8, device="cpu", precision="fp32")
+    many = restore_images(model, images,
+                          EVALUATION.replace(batch_size=3, tile=32, overlap=8, device="cpu", precision="fp32"))
     assert len(many) == len(images)
     for image, got in zip(images, many):
-        one = restore_image(model, image, tile=32, overlap=8, device="cpu", precision="fp32")
+        one = restore_image(model, image,
+                            options=RestoreOptions(tile=32, overlap=8, device="cpu", precision="fp32"))
         assert type(got) is type(one) and got.shape == one.shape
         assert np.abs(np.asarray(got, dtype=int) - np.asarray(one, dtype=int)).max() <= 1

@@ -11,6 +11,7 @@ from pyramidal.cli import main
 from pyramidal.inference import restore_image
 from pyramidal.inference.model import load_restorer
 from pyramidal.io import read_image, write_image
+from pyramidal.options import RestoreOptions
 
 FAST = ["--device", "cpu", "--precision", "fp32"]
 
@@ -53,7 +54,8 @@ def test_output_formats(tmp_path, weights, fmt, suffix, pil):
     with Image.open(written) as im:
         assert im.format == pil and im.size == (56, 40)
         assert im.mode == ("RGB" if fmt == "jpg" else "RGBA")  # JPEG has no alpha channel
-    restored = restore_image(load_restorer(weights), rgba[..., :3], device="cpu", precision="fp32")
+    restored = restore_image(load_restorer(weights), rgba[..., :3],
+                             options=RestoreOptions(device="cpu", precision="fp32"))
     error = np.abs(read_image(written).rgb.astype(int) - restored).mean()
     assert error == 0 if fmt in ("png", "tiff") else error < 8  # lossless, or close
 
@@ -92,7 +94,8 @@ def test_16_bit_in_gives_16_bit_out(tmp_path, weights, kind):
     if kind == "rgba":
         assert np.array_equal(result.alpha16, np.full((40, 56), 40000, np.uint16))
     # The same restoration as the 8-bit path, up to the 8-bit rounding of the input.
-    eight = restore_image(load_restorer(weights), loaded.rgb, device="cpu", precision="fp32")
+    eight = restore_image(load_restorer(weights), loaded.rgb,
+                          options=RestoreOptions(device="cpu", precision="fp32"))
     if kind == "gray":  # written as the luma of the restored colour image
         eight = np.repeat(np.asarray(Image.fromarray(eight).convert("L"))[..., None], 3, axis=2)
     assert np.abs(result.rgb16 / 257.0 - eight).mean() < 1.0
@@ -123,7 +126,8 @@ def test_strength_scales_the_change(tmp_path, weights):
                      "--strength", s, *FAST]) == 0
         outs[s] = np.asarray(Image.open(out / "in.png")).astype(float)
     assert np.abs(outs["0"] - rgb).max() <= 1  # nothing of the model's change
-    default = restore_image(load_restorer(weights), rgb, device="cpu", precision="fp32")
+    default = restore_image(load_restorer(weights), rgb,
+                            options=RestoreOptions(device="cpu", precision="fp32"))
     assert np.array_equal(outs["1"], default)
     half = (rgb + outs["1"]) / 2
     assert np.abs(outs["0.5"] - half).max() <= 1.0

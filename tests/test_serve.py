@@ -20,7 +20,9 @@ from starlette.testclient import TestClient  # noqa: E402
 
 from pyramidal.damage import TASKS, create_task, eval_seed  # noqa: E402
 from pyramidal.errors import PyramidalError  # noqa: E402
-from pyramidal.evaluate import eval_images, psnr  # noqa: E402
+from pyramidal.evaluate import eval_images  # noqa: E402
+from pyramidal.metrics import psnr  # noqa: E402
+from pyramidal.options import RestoreOptions
 from pyramidal.web import engine  # noqa: E402
 from pyramidal.web.app import ServeConfig, create_app  # noqa: E402
 
@@ -138,7 +140,7 @@ def test_restore_matches_the_library_and_reports_tile_progress(client, monkeypat
     from pyramidal.inference import restore_image
     from pyramidal.inference.model import load_restorer
 
-    expected = restore_image(load_restorer("builtin", "noise"), damaged, tile=64)
+    expected = restore_image(load_restorer("builtin", "noise"), damaged, options=RestoreOptions(tile=64))
     np.testing.assert_array_equal(result, expected)  # the CLI's code path, pixel for pixel
 
 
@@ -231,7 +233,7 @@ def test_sample_shows_ground_truth_and_scores(client):
     np.testing.assert_array_equal(result[~expected.mask], damaged[~expected.mask])
     rows = {r["kind"]: r for r in status["scores"]["rows"] if r["kind"] != "baseline"}
     baselines = [r for r in status["scores"]["rows"] if r["kind"] == "baseline"]
-    from pyramidal.evaluate import baselines_for
+    from pyramidal.baselines import baselines_for
 
     assert [r["method"] for r in baselines] == [b.name for b in baselines_for("block")]
     assert baselines and all(r["psnr"] is not None for r in baselines)
@@ -336,7 +338,7 @@ def test_strength_scales_the_models_change(client):
     assert np.abs(half - middle).max() <= 1  # halfway between the input and the full restoration
     refused = client.post("/api/restore", data={"task": "noise", "strength": "3"},
                           files={"image": ("a.png", png(damaged), "image/png")})
-    assert refused.status_code == 400 and refused.json()["error"] == "strength 3: choose a value from 0 to 2"
+    assert refused.status_code == 400 and refused.json()["error"] == "strength=3.0: must be between 0 and 2 (1 = the model as trained)"
 
 
 def test_serve_help_does_not_import_torch():

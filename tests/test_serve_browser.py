@@ -25,7 +25,8 @@ import torch
 from PIL import Image
 
 from pyramidal.damage import create_task, eval_seed
-from pyramidal.evaluate import eval_images, psnr
+from pyramidal.evaluate import eval_images
+from pyramidal.metrics import psnr
 
 CHROMIUM = os.environ.get("PYRAMIDAL_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -14,6 +14,7 @@ from pyramidal.checkpoint import load_checkpoint
 from pyramidal.config import TrainConfig
 from pyramidal.errors import PyramidalError
 from pyramidal.models import create_model
+from pyramidal.options import RestoreOptions
 from pyramidal.train import Trainer
 
 TINY = dict(task="noise", model="pyramidal44", m=8, growth=4, data="builtin", size=32, batch_size=4,
@@ -38,14 +39,14 @@ def test_noise_map_training_and_restore(tmp_path):
     run_dir = Trainer(TrainConfig(**TINY, steps=2, model_options={"noise_map": True}, out=str(tmp_path))).fit()
     model = load_checkpoint_model(run_dir)
     image = torch.rand(3, 20, 24) * 2 - 1
-    assert restore_array(model, image, sigma=25).shape == image.shape
+    assert restore_array(model, image, options=RestoreOptions(sigma=25)).shape == image.shape
     with pytest.raises(PyramidalError, match="--sigma S"):
         restore_array(model, image)
     with pytest.raises(PyramidalError, match="from 0 to 255"):
-        restore_array(model, image, sigma=300)
+        RestoreOptions(sigma=300)
     blind = create_model("pyramidal44", m=8, growth=4).eval()
     with pytest.raises(PyramidalError, match="sigma=25: this model has no noise-level input"):
-        restore_array(blind, image, sigma=25)
+        restore_array(blind, image, options=RestoreOptions(sigma=25))
     result = evaluate(run_dir / "best.safetensors", "noise", limit=1, crop=32, settings=[{"sigma": 25}],
                       baselines="none")
     row = next(r for r in result["settings"][0]["rows"] if r["kind"] == "model")

@@ -34,7 +34,7 @@ from pyramidal.inference.model import load_restorer, prepare_for_inference
 from pyramidal.inference.tiling import tile_layout
 from pyramidal.io import read_image, read_rgb, write_image
 from pyramidal.models import create_model
-from pyramidal.options import DEFAULT_BATCH_SIZE, DEFAULT_TILE, check_tiling
+from pyramidal.options import RestoreOptions
 
 
 def _bench_photo(height: int, width: int) -> np.ndarray:
@@ -63,9 +63,11 @@ def _restore_model(c: BenchConfig) -> tuple[nn.Module, str]:
 def bench_restore(c: BenchConfig, device: torch.device, precision: str,
                   say: Callable[[str], None]) -> dict[str, Any]:
     """`pyramidal restore` of one photo of `c.megapixels`, timed end to end (read, tiled restore, write)."""
-    opts = {k: v for k, v in c.restore_options.items() if v is not None}
-    per_pass = opts.get("batch_size", DEFAULT_BATCH_SIZE)
-    tile, overlap = check_tiling(opts.get("tile", DEFAULT_TILE), opts.get("overlap"), per_pass)
+    # restore's own options, as given (device and precision are the bench's, resolved)
+    options = RestoreOptions(**{k: v for k, v in c.restore_options.items() if v is not None},
+                             device=device, precision=precision)
+    per_pass = options.batch_size
+    tile, overlap = options.tiling()
     width = max(16, round(math.sqrt(c.megapixels * 1e6 * 4 / 3)))
     height = max(16, round(width * 3 / 4))
     model, name = _restore_model(c)
@@ -101,7 +103,7 @@ def bench_restore(c: BenchConfig, device: torch.device, precision: str,
             prepared = prepare_for_inference(model, device, precision)
 
             def restore() -> None:
-                (done,) = inference_files.restore_files(prepared, [photo], outdir, overwrite=True, **opts)
+                (done,) = inference_files.restore_files(prepared, [photo], outdir, options, overwrite=True)
                 if done.error:
                     raise PyramidalError(done.error)
 

@@ -4,21 +4,31 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
+import sys
+
+from pyramidal.cli.common import (
+    add_device,
+    add_json,
+    add_precision,
+    add_threads,
+    at_least,
+    check_report_files,
+    positive_number,
+    task_name,
+    write_json_output,
+    write_outputs,
+)
+from pyramidal.config import parse_options
+from pyramidal.damage import TASKS
+from pyramidal.errors import PyramidalError
+from pyramidal.options import DEFAULT_OVERLAP, RestoreOptions
 
 HELP = "benchmark training, inference and restore speed, FLOPs, peak memory and the data pipeline"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pyramidal.cli.common import (
-        add_device,
-        add_json,
-        add_precision,
-        add_threads,
-        at_least,
-        positive_number,
-        task_name,
-    )
-
     parser.add_argument("--model", help="registered model (default pyramidal457101215; smoke pyramidal44)")
     parser.add_argument("--model-option", action="append", metavar="KEY=VALUE", default=[],
                         help="a model option, as for train (repeatable), e.g. mask_input=true: a mask-conditioned "
@@ -27,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, help="image side in px (default 64; smoke 32)")
     parser.add_argument("--batch-size", type=int,
                         help="images per step (default 8; smoke 2); with --mode restore, tiles per forward pass "
-                             "(default restore's, 4)")
+                             f"(default restore's, {RestoreOptions.batch_size})")
     parser.add_argument("--sweep", metavar="B1,B2,...",
                         help="time training at each of these batch sizes (e.g. 64,256,1024): images/s and fraction "
                              "of the matmul peak per batch, no inference or data pipeline")
@@ -39,8 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     restore.add_argument("--task", type=task_name, help="the task of --weights builtin (default noise)")
     restore.add_argument("--megapixels", type=positive_number,
                          help="size of the 4:3 photo restored (default 12, a 4000×3000 photo; smoke 0.05)")
-    restore.add_argument("--tile", type=at_least(0), help="as for restore (default restore's, 256)")
-    restore.add_argument("--overlap", type=at_least(0), help="as for restore (default restore's, 32)")
+    restore.add_argument("--tile", type=at_least(0), help=f"as for restore (default restore's, {RestoreOptions.tile})")
+    restore.add_argument("--overlap", type=at_least(0), help=f"as for restore (default restore's, {DEFAULT_OVERLAP})")
     add_precision(parser)
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                         help="NHWC activations and weights (default on)")
@@ -68,15 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-    import functools
-    import sys
-
-    from pyramidal.bench.config import BenchConfig
-    from pyramidal.bench.report import format_report
-    from pyramidal.bench.run import run_bench
-    from pyramidal.cli.common import check_report_files, write_json_output, write_outputs
-    from pyramidal.errors import PyramidalError
+    from pyramidal.bench.config import BenchConfig  # lazy: the bench package loads torch
+    from pyramidal.bench.report import format_report, format_sweep  # lazy: torch
+    from pyramidal.bench.run import run_bench, run_sweep  # lazy: torch
 
     restore_flags = {"--weights": args.weights, "--task": args.task, "--megapixels": args.megapixels,
                      "--tile": args.tile, "--overlap": args.overlap}
@@ -98,8 +102,6 @@ def run(args: argparse.Namespace) -> int:
     if args.model_option:
         if args.mode == "restore":
             raise PyramidalError("--model-option: not with --mode restore, which runs weights as they were saved")
-        from pyramidal.config import parse_options
-
         explicit["options"] = parse_options(args.model_option, "--model-option")
     common = dict(
         mode=args.mode, precision=args.precision, channels_last=args.channels_last, compile=args.compile,
@@ -117,8 +119,6 @@ def run(args: argparse.Namespace) -> int:
     config.validate()
     for batch in _batch_sizes(args.sweep) if args.sweep else ():  # each batch of a sweep must fit, too
         dataclasses.replace(config, batch_size=batch, mode="train").validate()
-    from pyramidal.damage import TASKS
-
     for task in config.tasks or ():
         TASKS.get(task)  # an unknown --tasks name fails now, not after the timings
     plan = check_report_files(json=args.json)  # before the benchmark runs, so that its results are never lost
@@ -129,9 +129,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"… {msg}", file=sys.stderr, flush=True)
 
     if args.sweep:
-        from pyramidal.bench.report import format_sweep
-        from pyramidal.bench.run import run_sweep
-
         if args.mode == "restore":
             raise PyramidalError("--sweep times training steps: not with --mode restore")
         result = run_sweep(config, _batch_sizes(args.sweep), log=log)
@@ -149,8 +146,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _batch_sizes(text: str) -> list[int]:
-    from pyramidal.errors import PyramidalError
-
     try:
         sizes = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:

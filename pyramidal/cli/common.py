@@ -14,7 +14,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from pyramidal.config import MAX_BATCH, MAX_SIDE, MAX_STEPS
+from pyramidal.damage import TASKS
 from pyramidal.device import PRECISIONS
+from pyramidal.errors import PyramidalError
 
 
 def add_device(parser: argparse._ActionsContainer, default: Any = "auto") -> None:
@@ -61,22 +64,16 @@ def at_least(low: int, high: int | None = None) -> Callable[[str], int]:
 
 def side(low: int = 1) -> Callable[[str], int]:
     """An argparse type: an image or patch side in px, from `low` to `config.MAX_SIDE`."""
-    from pyramidal.config import MAX_SIDE
-
     return at_least(low, MAX_SIDE)
 
 
 def batch_size() -> Callable[[str], int]:
     """An argparse type: a batch size, from 1 to `config.MAX_BATCH`."""
-    from pyramidal.config import MAX_BATCH
-
     return at_least(1, MAX_BATCH)
 
 
 def step_count(low: int = 1) -> Callable[[str], int]:
     """An argparse type: a number of steps, from `low` to `config.MAX_STEPS`."""
-    from pyramidal.config import MAX_STEPS
-
     return at_least(low, MAX_STEPS)
 
 
@@ -93,8 +90,6 @@ def positive_number(text: str) -> float:
 
 def task_name(text: str) -> str:
     """An argparse type: a registered damage task's name (never a path)."""
-    from pyramidal.damage import TASKS
-
     if text not in TASKS.names():
         raise argparse.ArgumentTypeError(f"unknown task {text!r}; choose one of {', '.join(TASKS.names())}")
     return text
@@ -130,8 +125,7 @@ def add_json(parser: argparse._ActionsContainer) -> None:
 
 def check_out_folder(folder: str) -> None:
     """Before the work starts: PyramidalError unless files can be written in `folder` (made if need be)."""
-    from pyramidal.errors import PyramidalError
-    from pyramidal.io import folder_problem
+    from pyramidal.io import folder_problem  # lazy: io loads NumPy and Pillow, not needed for --help
 
     problem = folder_problem(folder)
     if problem:
@@ -142,7 +136,7 @@ def check_report_files(**files: str | None) -> Any:
     """Before the work starts: check that each file named by a flag (`json="out.json"` for --json) can be
     written; '-' (stdout) and None are skipped. Such a file may be replaced: the user named it exactly.
     Returns the checked `io.OutputPlan`, for `write_outputs`."""
-    from pyramidal.io import OutputPlan
+    from pyramidal.io import OutputPlan  # lazy: io loads NumPy and Pillow, not needed for --help
 
     plan = OutputPlan()
     for flag, path in files.items():
@@ -154,7 +148,7 @@ def check_report_files(**files: str | None) -> Any:
 def write_json_output(data: Any, target: str, *, exclusive: bool = False) -> None:
     """Write `data` for `--json TARGET`: one line on stdout for '-', else an indented file (atomically;
     `exclusive`: only if no file is there, see `io.atomic_write`)."""
-    from pyramidal.io import jsonable, write_json
+    from pyramidal.io import jsonable, write_json  # lazy: io loads NumPy and Pillow, not needed for --help
 
     if target == "-":
         print(json.dumps(jsonable(data), ensure_ascii=False), flush=True)
@@ -176,8 +170,8 @@ def write_outputs(command: str, plan: Any, writes: list[tuple[str, Callable[...,
         left as it is, reported on one line, and the other outputs are still written. `wrote PATH` is printed
         for each file written.
     """
-    from pyramidal.io import OutputExists
-    from pyramidal.progress import say
+    from pyramidal.io import OutputExists  # lazy: io loads NumPy and Pillow, not needed for --help
+    from pyramidal.progress import say  # lazy: not on the torch-free --help path
 
     lost = 0
     for path, write in writes:
@@ -196,23 +190,17 @@ def write_outputs(command: str, plan: Any, writes: list[tuple[str, Callable[...,
 
 def task_help() -> str:
     """`--task` help: the registered task names."""
-    from pyramidal.damage import TASKS
-
     return "damage task: " + ", ".join(TASKS.names())
 
 
 def task_list() -> str:
     """One line per task, `name  description`, for a command's epilog."""
-    from pyramidal.damage import TASKS
-
     width = max(map(len, TASKS.names()))
     return "damage tasks:\n" + "\n".join(f"  {n:<{width}}  {TASKS.get(n).description}" for n in TASKS.names())
 
 
 def declared_task_options() -> dict[str, list[tuple[str, Any]]]:
     """{option name: [(task name, TaskOption), ...]} over every registered task."""
-    from pyramidal.damage import TASKS
-
     by_name: dict[str, list[tuple[str, Any]]] = {}
     for task in TASKS.names():
         for option in TASKS.get(task).declared_options:
@@ -229,8 +217,6 @@ def add_task_options(parser: argparse._ActionsContainer, use: str, default: Any 
     `use` picks the wording and shape: "degrade" (one value), "evaluate" (one or more values, each
     reported as a setting) or "train" (one value; the help says what training draws without it).
     """
-    from pyramidal.damage import TASKS
-
     for name, users in declared_task_options().items():
         if use != "train" and all(option.train_only for _, option in users):
             continue  # it shapes random training damage; degrade and evaluate use fixed settings
@@ -254,9 +240,6 @@ def task_option_values(args: argparse.Namespace, task: str | None = None) -> dic
     """
     given = {name: getattr(args, name) for name in declared_task_options() if getattr(args, name, None) is not None}
     if task is not None:
-        from pyramidal.damage import TASKS
-        from pyramidal.errors import PyramidalError
-
         accepted = {o.name for o in TASKS.get(task).declared_options}
         for name in given:
             if name not in accepted:

@@ -10,7 +10,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pyramidal.options import DEFAULT_OVERLAP, MANY_IMAGES_BATCH_SIZE, MANY_IMAGES_TILE
+from pyramidal.cli.common import (
+    add_device,
+    add_json,
+    add_precision,
+    add_task_options,
+    at_least,
+    side,
+    task_help,
+    task_name,
+    task_option_values,
+    write_json_output,
+    write_outputs,
+)
+from pyramidal.damage import TASKS
+from pyramidal.errors import PyramidalError
+from pyramidal.options import DEFAULT_OVERLAP, EVALUATION, RestoreOptions
 
 HELP = "score a model against classical baselines (PSNR/SSIM on fixed eval damage); table, JSON, Markdown"
 MAX_CROPS = 10_000  # fixed crops per photograph: far more than any evaluation needs, far fewer than fill memory
@@ -18,8 +33,6 @@ MAX_CROPS = 10_000  # fixed crops per photograph: far more than any evaluation n
 
 def _crop_help() -> str:
     """The default crops of each task's evaluation protocol (`Task.eval_crop`, `Task.eval_crops`)."""
-    from pyramidal.damage import TASKS
-
     by_policy: dict[tuple[int, int], list[str]] = {}
     for name in TASKS.names():
         task = TASKS.get(name)
@@ -31,17 +44,6 @@ def _crop_help() -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pyramidal.cli.common import (
-        add_device,
-        add_json,
-        add_precision,
-        add_task_options,
-        at_least,
-        side,
-        task_help,
-        task_name,
-    )
-
     parser.add_argument("--task", type=task_name, help=task_help() + " (required, except with --benchmark: noise)")
     parser.add_argument("--weights", default="builtin",
                         help="'builtin' (default), a .safetensors file, a training checkpoint (last.ckpt), a run "
@@ -64,12 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--figures", metavar="DIR",
                         help="write a figure per setting: ground truth / damaged / best classical / model")
     parser.add_argument("--overwrite", action="store_true", help="allow figures to replace existing files")
-    parser.add_argument("--tile", type=at_least(0), default=MANY_IMAGES_TILE,
-                        help=f"restore tile side, 0 = whole image (default {MANY_IMAGES_TILE})")
+    parser.add_argument("--tile", type=at_least(0), default=EVALUATION.tile,
+                        help=f"restore tile side, 0 = whole image (default {EVALUATION.tile})")
     parser.add_argument("--overlap", type=at_least(0), default=None,
                         help=f"tile overlap in px (default {DEFAULT_OVERLAP}, at most half a tile)")
-    parser.add_argument("--batch-size", type=at_least(1), default=MANY_IMAGES_BATCH_SIZE,
-                        help=f"tiles per forward pass (default {MANY_IMAGES_BATCH_SIZE})")
+    parser.add_argument("--batch-size", type=at_least(1), default=EVALUATION.batch_size,
+                        help=f"tiles per forward pass (default {EVALUATION.batch_size})")
     add_device(parser)
     add_precision(parser)
     bench = parser.add_argument_group("the papers' colour denoising benchmark (docs/restore-and-evaluate.md)")
@@ -91,8 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def report_writes(args: argparse.Namespace, report: dict, markdown: str | None) -> list:
     """The --json and --markdown files as `write_outputs` claims them; `--json -` is printed at once."""
-    from pyramidal.cli.common import write_json_output
-    from pyramidal.io import write_text
+    from pyramidal.io import write_text  # lazy: not on the torch-free --help path
 
     writes = []
     if args.json == "-":
@@ -104,9 +105,13 @@ def report_writes(args: argparse.Namespace, report: dict, markdown: str | None) 
     return writes
 
 
-def _sigmas(text: str) -> list[float]:
-    from pyramidal.errors import PyramidalError
+def restore_options(args: argparse.Namespace) -> RestoreOptions:
+    """The restore flags of an evaluation as one RestoreOptions (checked: a bad value names its flag)."""
+    return RestoreOptions(tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
+                          precision=args.precision, ensemble=args.ensemble)
 
+
+def _sigmas(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -118,10 +123,8 @@ def _sigmas(text: str) -> list[float]:
 
 def run_benchmark(args: argparse.Namespace) -> int:
     """`evaluate --benchmark DIR...`: the papers' AWGN protocol and the file protocol, whole images."""
-    from pyramidal import benchmark
-    from pyramidal.api import cached_model
-    from pyramidal.cli.common import write_outputs
-    from pyramidal.errors import PyramidalError
+    from pyramidal import benchmark  # lazy: loads torch
+    from pyramidal.api import cached_model  # lazy: loads torch
 
     if args.task not in (None, "noise"):
         raise PyramidalError(f"--benchmark adds Gaussian noise: it scores noise weights, not --task {args.task}")
@@ -132,10 +135,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
     for folder in args.benchmark:
         benchmark.benchmark_images(folder)  # every folder checked before the first one runs
     plan = plan_outputs(args, [])
-    precision = "fp32" if args.precision == "auto" else args.precision
-    model = cached_model(args.weights, "noise", device=args.device, precision=precision)
-    result = benchmark.run_benchmark(model, args.benchmark, sigmas, protocols, ensemble=args.ensemble,
-                                     precision=precision, limit=args.limit,
+    precision = benchmark.PAPERS.precision if args.precision == "auto" else args.precision
+    options = benchmark.PAPERS.replace(device=args.device, precision=precision, ensemble=args.ensemble)
+    model = cached_model(args.weights, "noise", device=options.device, precision=options.precision)
+    result = benchmark.run_benchmark(model, args.benchmark, sigmas, protocols, options, limit=args.limit,
                                      progress=None if args.json == "-" else print)
     result["weights"], result["precision"] = args.weights, precision
     if args.json != "-":
@@ -145,12 +148,9 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
 def run_pairs(args: argparse.Namespace) -> int:
     """`evaluate --pairs DIR`: a model and the classical denoisers on real noisy/clean pairs, whole images."""
-    from pyramidal.cli.common import task_option_values, write_outputs
-    from pyramidal.errors import PyramidalError
-    from pyramidal.evaluate import format_markdown, format_table
-    from pyramidal.hub import resolve_weights
-    from pyramidal.options import check_tiling
-    from pyramidal.realnoise import evaluate_pairs, find_pairs
+    from pyramidal.evaluate import format_markdown, format_table  # lazy: loads torch
+    from pyramidal.hub import resolve_weights  # lazy: loads torch
+    from pyramidal.realnoise import evaluate_pairs, find_pairs  # lazy: loads torch
 
     synthetic = {"--data": args.data != "builtin", "--split": args.split != "val", "--crop": args.crop is not None,
                  "--crops": args.crops is not None, "--figures": bool(args.figures),
@@ -160,15 +160,14 @@ def run_pairs(args: argparse.Namespace) -> int:
         raise PyramidalError(f"--pairs scores the real photographs of DIR, whole: {', '.join(unused)} do not apply")
     if args.task is None:
         raise PyramidalError("--pairs needs --task (camera or noise): whose built-in weights to score")
-    check_tiling(args.tile, args.overlap, args.batch_size)
+    options = restore_options(args)
     weights = None if args.weights == "none" else args.weights
     if weights is not None:
         resolve_weights(weights, args.task)
     find_pairs(args.pairs)  # a wrong folder fails before the model loads
     plan = plan_outputs(args, [])
     result = evaluate_pairs(weights, args.pairs, args.task, baselines=args.baselines, limit=args.limit,
-                            ensemble=args.ensemble, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                            device=args.device, precision=args.precision, progress=None)
+                            options=options, progress=None)
     if args.json != "-":
         print(format_table(result))
         for note in result["skipped"]:
@@ -179,8 +178,6 @@ def run_pairs(args: argparse.Namespace) -> int:
 def settings_from_args(args: argparse.Namespace) -> list[dict] | None:
     """The task-option flags (`--sigma 25 50`, ...) as the settings to report, every combination of their
     values; None when none is given (the task's own eval settings). A flag of another task is an error."""
-    from pyramidal.cli.common import task_option_values
-
     given = task_option_values(args, args.task)
     if not given:
         return None
@@ -194,7 +191,7 @@ def settings_from_args(args: argparse.Namespace) -> list[dict] | None:
 
 def figure_path(folder: str, task: str, label: str) -> Path:
     """Where `--figures` puts the figure of one setting: FOLDER/<task>[_<setting>].png."""
-    from pyramidal.figures import file_suffix
+    from pyramidal.figures import file_suffix  # lazy: not on the torch-free --help path
 
     return Path(folder) / f"{task}{file_suffix(label)}.png"
 
@@ -205,9 +202,8 @@ def plan_outputs(args: argparse.Namespace, settings: list[dict] | None) -> Any:
     --json and --markdown name their file exactly and may replace it; figures may not replace a file
     without --overwrite. Returns the checked `io.OutputPlan`: each file is claimed again as it is written.
     """
-    from pyramidal.damage import TASKS
-    from pyramidal.evaluate import setting_label
-    from pyramidal.io import OutputPlan
+    from pyramidal.evaluate import setting_label  # lazy: loads torch
+    from pyramidal.io import OutputPlan  # lazy: not on the torch-free --help path
 
     plan = OutputPlan(overwrite=args.overwrite)
     if args.json and args.json != "-":
@@ -223,8 +219,8 @@ def plan_outputs(args: argparse.Namespace, settings: list[dict] | None) -> Any:
 def figure_writes(result: dict, folder: str, rows: int = 4) -> list[tuple[str, Callable[..., Any]]]:
     """One PNG per setting, as (path, write) pairs for `write_outputs`: ground truth, damaged, best
     classical method, model (and ensemble)."""
-    from pyramidal.evaluate import best_baseline, per_image_psnr
-    from pyramidal.figures import comparison_figure
+    from pyramidal.evaluate import best_baseline, per_image_psnr  # lazy: loads torch
+    from pyramidal.figures import comparison_figure  # lazy: matplotlib, not on the --help path
 
     writes = []
     for setting, images in zip(result["settings"], result["images"]):
@@ -246,11 +242,8 @@ def figure_writes(result: dict, folder: str, rows: int = 4) -> list[tuple[str, C
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyramidal.cli.common import write_outputs
-    from pyramidal.errors import PyramidalError
-    from pyramidal.evaluate import evaluate, format_markdown, format_table
-    from pyramidal.hub import resolve_weights
-    from pyramidal.options import check_tiling
+    from pyramidal.evaluate import evaluate, format_markdown, format_table  # lazy: loads torch
+    from pyramidal.hub import resolve_weights  # lazy: loads torch
 
     if args.benchmark:
         return run_benchmark(args)
@@ -259,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
     if args.task is None:
         raise PyramidalError("--task is required (or give --benchmark DIR)")
     # Everything that can be checked is checked before the (long) evaluation: options, weights, outputs.
-    check_tiling(args.tile, args.overlap, args.batch_size)
+    options = restore_options(args)
     weights = None if args.weights == "none" else args.weights
     if weights is not None:
         resolve_weights(weights, args.task)  # the model loads later; it warns if trained for another task
@@ -268,9 +261,7 @@ def run(args: argparse.Namespace) -> int:
     crop = "auto" if args.crop is None else args.crop
     result = evaluate(
         weights, args.task, args.data, split=args.split, crop=crop, crops=args.crops, limit=args.limit,
-        settings=settings, baselines=args.baselines, ensemble=args.ensemble,
-        tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
-        precision=args.precision, keep_images=bool(args.figures),
+        settings=settings, baselines=args.baselines, options=options, keep_images=bool(args.figures),
         progress=None,
     )
     if args.json != "-":

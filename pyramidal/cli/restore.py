@@ -5,23 +5,24 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pyramidal.options import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE
+from pyramidal.cli.common import (
+    add_device,
+    add_out,
+    add_precision,
+    add_recursive,
+    add_strip_metadata,
+    at_least,
+    task_help,
+    task_name,
+)
+from pyramidal.device import resolve_device, resolve_precision
+from pyramidal.errors import PyramidalError
+from pyramidal.options import DEFAULT_OVERLAP, RestoreOptions
 
 HELP = "restore images of any size with trained or built-in weights (tiled, batched, optional self-ensemble)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pyramidal.cli.common import (
-        add_device,
-        add_out,
-        add_precision,
-        add_recursive,
-        add_strip_metadata,
-        at_least,
-        task_help,
-        task_name,
-    )
-
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (or folders of images)")
     add_out(parser, "folder for the restored images", required=True, metavar="OUTDIR")
     add_recursive(parser)
@@ -30,14 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default="builtin",
                         help="'builtin' (weights shipped for --task, the default), a .safetensors file, a training "
                              "checkpoint (last.ckpt), a run folder, or a folder with model.safetensors + config.json")
-    parser.add_argument("--tile", type=at_least(0), default=DEFAULT_TILE,
+    parser.add_argument("--tile", type=at_least(0), default=RestoreOptions.tile,
                         help="largest tile side in px, tiles spread evenly; 0 = whole image at once "
-                             f"(default {DEFAULT_TILE})")
+                             f"(default {RestoreOptions.tile})")
     parser.add_argument("--overlap", type=at_least(0), default=None,
                         help=f"overlap between tiles in px, blended (default {DEFAULT_OVERLAP}, at most half a tile)")
-    parser.add_argument("--batch-size", type=at_least(1), default=DEFAULT_BATCH_SIZE,
+    parser.add_argument("--batch-size", type=at_least(1), default=RestoreOptions.batch_size,
                         help="tiles per forward pass; on the CPU one pass per thread runs at once "
-                             f"(default {DEFAULT_BATCH_SIZE})")
+                             f"(default {RestoreOptions.batch_size})")
     add_device(parser)
     add_precision(parser)
     parser.add_argument("--ensemble", action="store_true",
@@ -46,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the holes to fill, kept exactly outside them: a mask image (non-zero or white = hole) "
                              "for one input, a folder of masks named like the inputs (any image suffix) for "
                              "several, or 'auto' for holes painted magenta (255, 0, 255)")
-    parser.add_argument("--strength", type=float, default=1.0,
+    parser.add_argument("--strength", type=float, default=RestoreOptions.strength,
                         help="how much of the model's change to apply, 0-2: output = input + S·(model − input); "
                              "below 1 keeps more detail (and noise), above 1 smooths more (default 1)")
     parser.add_argument("--sigma", type=float, default=None,
@@ -63,16 +64,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(--weights MODEL.onnx; pip install -e .[onnx])")
 
 
-def run(args: argparse.Namespace) -> int:
-    from pyramidal.device import resolve_device, resolve_precision
-    from pyramidal.errors import PyramidalError
-    from pyramidal.inference.files import plan_restore_outputs
-    from pyramidal.inference.model import load_restorer, prepare_for_inference
-    from pyramidal.options import check_tiling
+def restore_options(args: argparse.Namespace) -> RestoreOptions:
+    """The restore flags as one RestoreOptions (checked: a bad value is an error naming its flag)."""
+    return RestoreOptions(tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
+                          precision=args.precision, ensemble=args.ensemble, strength=args.strength, sigma=args.sigma,
+                          mask="auto" if args.mask == "auto" else None)
 
-    check_tiling(args.tile, args.overlap, args.batch_size)
-    if not 0.0 <= args.strength <= 2.0:
-        raise PyramidalError(f"--strength {args.strength}: must be between 0 and 2 (1 = the model as trained)")
+
+def run(args: argparse.Namespace) -> int:
+    from pyramidal.inference.files import plan_restore_outputs  # lazy: loads torch, never for --help
+    from pyramidal.inference.model import load_restorer, prepare_for_inference  # lazy: loads torch
+
+    options = restore_options(args)
     if args.quality is not None and not 1 <= args.quality <= 100:
         raise PyramidalError(f"--quality {args.quality}: must be between 1 and 100")
     # Every output is checked once, before a model loads: an -o that is a file, an existing output.
@@ -80,20 +83,19 @@ def run(args: argparse.Namespace) -> int:
                                 format=args.format):
         raise PyramidalError(f"no images found in {', '.join(args.inputs)}")
     if args.backend == "onnx":
-        return _run_onnx(args)
-    device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
+        return _run_onnx(args, options)
+    device = resolve_device(options.device)
+    precision = resolve_precision(options.precision, device)
     model = load_restorer(args.weights, args.task)  # warns if the weights were trained for another task
     print(f"model {model.info['model']} from {model.weights_path} on {device} ({precision})")
     model = prepare_for_inference(model, device, precision)
-    return _restore_all(model, args, device=device, precision=precision)
+    return _restore_all(model, args, options.replace(device=device, precision=precision))
 
 
-def _run_onnx(args: argparse.Namespace) -> int:
+def _run_onnx(args: argparse.Namespace, options: RestoreOptions) -> int:
     import torch
 
-    from pyramidal.errors import PyramidalError
-    from pyramidal.onnx_backend import onnx_restore_fn
+    from pyramidal.onnx_backend import onnx_restore_fn  # lazy: onnxruntime only for --backend onnx
 
     if not str(args.weights).endswith(".onnx"):
         raise PyramidalError(f"--backend onnx needs --weights MODEL.onnx (write one with `pyramidal export`), "
@@ -103,21 +105,20 @@ def _run_onnx(args: argparse.Namespace) -> int:
     model = onnx_restore_fn(args.weights)
     print(f"ONNX model {args.weights} on cpu (onnxruntime, fp32)")
     # The model pads internally; tiles below its minimum side are padded by the restorer.
-    return _restore_all(model, args, device=torch.device("cpu"), precision="fp32")
+    return _restore_all(model, args, options.replace(device=torch.device("cpu"), precision="fp32"))
 
 
-def _restore_all(model, args: argparse.Namespace, device, precision: str) -> int:
+def _restore_all(model, args: argparse.Namespace, options: RestoreOptions) -> int:
     import time
 
-    from pyramidal.errors import PyramidalError
-    from pyramidal.inference.files import restore_files
-    from pyramidal.progress import say
+    from pyramidal.inference.files import restore_files  # lazy: loads torch
+    from pyramidal.progress import say  # lazy: not on the torch-free --help path
 
     start = time.perf_counter()
 
     def report(result) -> None:
         if result.error:
-            say(f"pyramidal restore: error: {result.error}", file=sys.stderr)
+            say(f"pyramidal restore: error: {result.error_flags or result.error}", file=sys.stderr)
         else:
             say(f"wrote {result.output}")
 
@@ -125,11 +126,9 @@ def _restore_all(model, args: argparse.Namespace, device, precision: str) -> int
         say(f"pyramidal restore: warning: {path}: skipped, {reason}", file=sys.stderr)
 
     results = restore_files(
-        model, args.inputs, args.out, overwrite=args.overwrite, on_result=report, on_skip=skipped,
+        model, args.inputs, args.out, options, overwrite=args.overwrite, on_result=report, on_skip=skipped,
         recursive=args.recursive, format=args.format, quality=args.quality, progress=None,
-        tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=device,
-        precision=precision, ensemble=args.ensemble, strength=args.strength, mask=args.mask, sigma=args.sigma,
-        strip_metadata=args.strip_metadata,
+        mask=None if options.mask else args.mask, strip_metadata=args.strip_metadata,
     )
     if not results:
         raise PyramidalError(f"no images found in {', '.join(args.inputs)}")

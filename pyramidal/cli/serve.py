@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pyramidal.options import DEFAULT_TILE
+from pyramidal.cli.common import add_device, add_precision
+from pyramidal.errors import PyramidalError
+from pyramidal.options import RestoreOptions
 
 HELP = "a local web page to restore photos: upload or paste, pick the task, paint masks, compare, download"
 
@@ -13,8 +15,6 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pyramidal.cli.common import add_device, add_precision
-
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this computer only)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest request accepted, in MB (default 100)")
     parser.add_argument("--queue", type=int, default=4,
                         help="restores that may wait while one runs; more are answered 'busy, retry' (default 4)")
-    parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"default tile size in px (default {DEFAULT_TILE})")
+    parser.add_argument("--tile", type=int, default=RestoreOptions.tile,
+                        help=f"default tile size in px (default {RestoreOptions.tile})")
     parser.add_argument("--slow-baselines", action="store_true",
                         help="also score samples with the slow classical methods (BM3D: tens of seconds)")
 
@@ -48,7 +49,7 @@ def served_hosts(host: str, allowed: list[str]) -> tuple[str, ...]:
     --allow-host names, and on a wildcard --host (every interface) this computer's name and addresses."""
     import socket
 
-    from pyramidal.web.app import LOCAL_HOSTS
+    from pyramidal.web.app import LOCAL_HOSTS  # lazy: the web extra (starlette) only when serving
 
     names = [*LOCAL_HOSTS, host, *allowed]
     if host in WILDCARD_HOSTS:
@@ -64,16 +65,14 @@ def served_hosts(host: str, allowed: list[str]) -> tuple[str, ...]:
 def run(args: argparse.Namespace) -> int:
     import socket
 
-    from pyramidal.errors import PyramidalError
-
     try:
         import uvicorn
 
-        from pyramidal.web.app import TILE_RANGE, ServeConfig, create_app
+        from pyramidal.web.app import TILE_RANGE, ServeConfig, create_app  # lazy: the web extra, and torch
     except ModuleNotFoundError as exc:
         raise PyramidalError(f"pyramidal serve needs the web extra ({exc.name} is missing): "
                              "pip install -e .[web]") from None
-    from pyramidal.web import engine
+    from pyramidal.web import engine  # lazy: loads torch
 
     if not 1 <= args.port <= 65535:
         raise PyramidalError(f"--port {args.port}: choose a port from 1 to 65535")
@@ -85,9 +84,10 @@ def run(args: argparse.Namespace) -> int:
         raise PyramidalError(f"--tile {args.tile}: choose a size from {TILE_RANGE[0]} to {TILE_RANGE[1]} px")
     weights = engine.weights_choices(args.weights, args.weights_dir)
     rt = engine.runtime(args.device, args.precision)  # resolves --device now, so a bad one fails here
-    config = ServeConfig(weights=weights, device=args.device, precision=args.precision,
+    options = RestoreOptions(tile=args.tile, device=args.device, precision=args.precision)
+    config = ServeConfig(weights=weights, options=options,
                          max_pixels=int(args.max_megapixels * 1e6), max_upload_bytes=int(args.max_upload_mb * 2**20),
-                         queue_size=args.queue, tile=args.tile, slow_baselines=args.slow_baselines,
+                         queue_size=args.queue, slow_baselines=args.slow_baselines,
                          hosts=served_hosts(args.host, args.allow_host))
     app = create_app(config)
 

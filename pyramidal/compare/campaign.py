@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pyramidal.bench.measure import count_flops
-from pyramidal.benchmark import run_benchmark
+from pyramidal.benchmark import PAPERS, run_benchmark
 from pyramidal.checkpoint import load_weights, save_weights
 from pyramidal.compare import LABEL, parse_model_options
 from pyramidal.compare.runs import evaluate_weights, model_psnr, train_summary
@@ -244,7 +244,9 @@ def _benchmark_rows(weights, shipped, folders, device, precision, limit) -> list
 
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    runs = [run_benchmark(load_restorer(str(w), "noise"), folders, device=dev, precision=prec, limit=limit)
+    runs = [run_benchmark(load_restorer(str(w), "noise"), folders,
+                          options=PAPERS.replace(device=dev, precision=prec),
+                          limit=limit)
             for w in ([weights, shipped] if shipped else [weights])]
     rows = []
     for i, s in enumerate(runs[0]["sets"]):

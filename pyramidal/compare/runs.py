@@ -16,6 +16,7 @@ from typing import Any
 from pyramidal.checkpoint import load_weights
 from pyramidal.config import TrainConfig
 from pyramidal.evaluate import evaluate
+from pyramidal.options import EVALUATION
 from pyramidal.train import Trainer
 
 
@@ -67,7 +68,8 @@ def evaluate_weights(weights: Any, task: str, data: str = "builtin", *, crop: in
                      keep_images: bool = False) -> dict:
     """`evaluate` of one weight file (or "builtin") on the task's evaluation images, as every study scores it."""
     return evaluate(weights, task, data, crop=crop, crops=crops, limit=limit, settings=settings,
-                    baselines=baselines, device=device, precision=precision, keep_images=keep_images)
+                    baselines=baselines, options=EVALUATION.replace(device=device, precision=precision),
+                    keep_images=keep_images)
 
 
 def model_row(setting: dict) -> dict:

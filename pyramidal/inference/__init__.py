@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pyramidal.errors import PyramidalError, option_error
+from pyramidal.errors import PyramidalError
 from pyramidal.fastpath import map_one_thread_each
 from pyramidal.inference.inputs import auto_mask, check_mask, model_input
 from pyramidal.inference.model import (
@@ -26,13 +26,7 @@ from pyramidal.inference.model import (
 )
 from pyramidal.inference.pixels import from_model_range, to_model_range
 from pyramidal.inference.tiling import blend_ramp, tile_layout
-from pyramidal.options import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_TILE,
-    MANY_IMAGES_BATCH_SIZE,
-    MANY_IMAGES_TILE,
-    check_tiling,
-)
+from pyramidal.options import EVALUATION, RestoreOptions
 from pyramidal.progress import progress as progress_bar
 
 
@@ -51,10 +45,8 @@ def _eight_bit_input(image: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def restore_array(model: Callable, image: torch.Tensor, *, tile: int | None = DEFAULT_TILE, overlap: int | None = None,
-                  batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device | None = None, precision: str = "auto",
-                  ensemble: bool = False, strength: float = 1.0, progress: bool | None = False,
-                  mask: np.ndarray | torch.Tensor | str | None = None, sigma: float | None = None) -> torch.Tensor:
+def restore_array(model: Callable, image: torch.Tensor, options: RestoreOptions = RestoreOptions(), *,
+                  progress: bool | None = False, mask: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
     """Restore one float image of any size, tiled and batched.
 
     This is the level where the models' own range applies: pixels are floats in [-1, 1] (0 → -1, 255 → 1).
@@ -63,30 +55,17 @@ def restore_array(model: Callable, image: torch.Tensor, *, tile: int | None = DE
         model: an nn.Module (run through `prepare_for_inference`), a prepared model, or any callable
             B×3×H×W → B×3×H×W in [-1, 1].
         image: 3×H×W float tensor (or NumPy float array, any layout) in [-1, 1].
-        tile: largest tile side in px (default 512); None or 0 runs the whole image at once. Tiles are
-            spread evenly and made only as large as their count needs (`tile_layout`).
-        overlap: px shared by neighbouring tiles, blended with raised-cosine weights; smaller than `tile`.
-            None (default): 32, or half the tile for tiles under 64 px. Ignored for the whole image.
-        batch_size: tiles per forward pass (default 1); on the CPU one pass per torch thread runs at once.
-        device: "auto", "cpu", "cuda", a torch.device, or None for the model's own device.
-        precision: "auto", "fp32", "bf16" or "fp16".
-        ensemble: average the 8 flips and rotations (8× the time).
-        strength: how much of the model's change to apply, output = input + strength · (model(input) − input),
-            0 to 2; 1 is the model as trained, below 1 keeps more of the input (detail and noise), above 1
-            smooths more.
+        options: how to restore (`pyramidal.options.RestoreOptions`: tiling, batching, device, precision,
+            ensemble, strength, σ, mask policy); the defaults restore as `pyramidal restore` does.
         progress: a progress display over the tiles when there are more than one batch of them: None shows
             it (a bar on a terminal, plain lines otherwise), False (default) hides it.
-        mask: H×W holes to fill (non-zero = hole), "auto" for the magenta (255, 0, 255) pixels
-            (`magenta_mask`), or None. With a mask the output is the model's prediction inside the holes and
-            exactly the input elsewhere; a mask-conditioned model needs one.
-        sigma: the image's noise σ on the 0-255 scale, for a noise-map model (built with `noise_map=True`),
-            which needs it; refused for other models.
+        mask: H×W holes to fill (non-zero = hole), or None; with `options.mask="auto"` the magenta
+            (255, 0, 255) pixels are the holes (`magenta_mask`). With holes the output is the model's
+            prediction inside them and exactly the input elsewhere; a mask-conditioned model needs them.
 
     Returns:
         The restored image, float32 3×H×W in [-1, 1] on the CPU.
     """
-    if not 0.0 <= strength <= 2.0:
-        raise option_error("{strength}: must be between 0 and 2 (1 = the model as trained)", strength=strength)
     if isinstance(image, np.ndarray) and np.issubdtype(image.dtype, np.floating):  # any layout or byte order
         image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
     if not isinstance(image, torch.Tensor):
@@ -97,15 +76,14 @@ def restore_array(model: Callable, image: torch.Tensor, *, tile: int | None = DE
     _check_input(image)
     image = image.float()  # float64 or float16 in: the models take float32 (autocast lowers it where asked)
     if isinstance(mask, str):
-        if mask != "auto":
-            raise PyramidalError(f"mask {mask!r}: give an H×W array of holes, or 'auto' for magenta holes")
-        mask = auto_mask(from_model_range(image, np.uint8))
-    mask = None if mask is None else check_mask(mask, tuple(image.shape[1:]))
-    known, image = image, model_input(model, image, mask, sigma)  # the model may see 4 channels, or painted holes
-    dev, prec = device_and_precision(model, device, precision)
+        raise PyramidalError(f"mask {mask!r}: give an H×W array of holes, or options.mask='auto' for magenta holes")
+    mask = _holes(image, mask, options)
+    known, image = image, model_input(model, image, mask, options.sigma)  # the model may see 4 channels
+    dev, prec = device_and_precision(model, options.device, options.precision)
     model = prepare_for_inference(model, dev, prec)
     _, h, w = image.shape
-    tile, overlap = check_tiling(tile, overlap, batch_size)
+    tile, overlap = options.tiling()
+    batch_size, ensemble, strength = options.batch_size, options.ensemble, options.strength
     if tile is None:
         tile, overlap = max(h, w), 0  # the whole image at once: one tile, nothing to blend
     multiple = 2 ** getattr(unwrapped(model), "levels", 0)  # the model pads each tile to this anyway
@@ -137,6 +115,15 @@ def restore_array(model: Callable, image: torch.Tensor, *, tile: int | None = DE
     for x in xs:
         total_x[x:x + tw] += wx[x]
     return _finish(known, out.div_(total_y[:, None]).div_(total_x).clamp_(-1, 1), strength, mask)
+
+
+def _holes(image: torch.Tensor, mask: np.ndarray | torch.Tensor | None, options: RestoreOptions,
+           source: str = "mask") -> torch.Tensor | None:
+    """The checked H×W holes of a 3×H×W image in [-1, 1]: `mask` as given, else the magenta pixels under the
+    "auto" mask policy, else None."""
+    if mask is None and options.mask == "auto":
+        mask = auto_mask(from_model_range(image, np.uint8), f"{source} auto")
+    return None if mask is None else check_mask(mask, tuple(image.shape[1:]), source)
 
 
 def _tile_workers(model: InferenceModel, passes: int) -> int:
@@ -173,64 +160,53 @@ def _check_input(image: torch.Tensor) -> None:
                              "finite (NaN or infinity); replace them before restoring")
 
 
-def restore_image(model: Callable, image: np.ndarray | torch.Tensor, *, tile: int | None = DEFAULT_TILE,
-                  overlap: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device | None = None, precision: str = "auto",
-                  ensemble: bool = False, strength: float = 1.0,
-                  progress: bool | None = False, mask: np.ndarray | torch.Tensor | str | None = None,
-                  sigma: float | None = None) -> np.ndarray | torch.Tensor:
+def restore_image(model: Callable, image: np.ndarray | torch.Tensor, options: RestoreOptions = RestoreOptions(), *,
+                  progress: bool | None = False,
+                  mask: np.ndarray | torch.Tensor | None = None) -> np.ndarray | torch.Tensor:
     """Restore one 8-bit image; returns uint8 in the layout given.
 
     Args:
-        model: an nn.Module (run through `prepare_for_inference` on `device`), a prepared model, or any
+        model: an nn.Module (run through `prepare_for_inference` on `options.device`), a prepared model, or any
             callable B×3×H×W → B×3×H×W in [-1, 1].
         image: uint8 numpy H×W×3 (PIL layout), numpy or torch 3×H×W (torch layout), or H×W grayscale.
-        tile, overlap, batch_size, device, precision, ensemble, strength, progress, sigma: as for
-            `restore_array`.
-        mask: the holes to fill: an H×W array (non-zero = hole), "auto" for the magenta (255, 0, 255) pixels
-            (`magenta_mask`), or None. The pixels outside the holes come back exactly as given.
+        options, progress: as for `restore_array`.
+        mask: the holes to fill: an H×W array (non-zero = hole), or None (with `options.mask="auto"`: the
+            magenta (255, 0, 255) pixels). The pixels outside the holes come back exactly as given.
 
     Returns:
         uint8 pixels in the layout given (H×W grayscale comes back H×W×3).
     """
-    y = restore_array(model, _eight_bit_input(image), tile=tile, overlap=overlap, batch_size=batch_size, device=device,
-                      precision=precision, ensemble=ensemble, strength=strength, progress=progress, mask=mask,
-                      sigma=sigma)
+    y = restore_array(model, _eight_bit_input(image), options, progress=progress, mask=mask)
     return from_model_range(y, image)
 
 
 @torch.inference_mode()
-def restore_images(model: Callable, images: Sequence[np.ndarray | torch.Tensor], *,
-                   tile: int | None = MANY_IMAGES_TILE, overlap: int | None = None,
-                   batch_size: int = MANY_IMAGES_BATCH_SIZE, device: str | torch.device | None = None,
-                   precision: str = "auto", ensemble: bool = False, strength: float = 1.0,
-                   progress: bool | None = False, desc: str = "restoring",
-                   masks: Sequence[np.ndarray | torch.Tensor | None] | None = None,
-                   sigma: float | None = None) -> list[np.ndarray | torch.Tensor]:
+def restore_images(model: Callable, images: Sequence[np.ndarray | torch.Tensor],
+                   options: RestoreOptions = EVALUATION, *, progress: bool | None = False, desc: str = "restoring",
+                   masks: Sequence[np.ndarray | torch.Tensor | None] | None = None) -> list[np.ndarray | torch.Tensor]:
     """`restore_image` for many images: same-size images that fit in one tile go through in batches.
 
     Args:
         model: as for `restore_image`.
         images: uint8 images, each in a layout `restore_image` takes.
-        tile, overlap, batch_size, device, precision, ensemble, strength: as for `restore_array`.
+        options: as for `restore_array`; by default `options.EVALUATION` (crops up to 256 px whole, four to a
+            forward pass), as `pyramidal evaluate` scores.
         progress: None shows a progress display over the images, False (default) hides it.
         desc: what the progress display says is being done.
         masks: None, or one H×W mask of holes (or None) per image, as for `restore_image`.
-        sigma: the images' noise σ, for a noise-map model (as for `restore_array`).
 
     Returns:
         The restored uint8 images, in order, each in its own input's layout.
     """
-    check_tiling(tile, overlap, batch_size)  # once, before any image runs
-    dev, prec = device_and_precision(model, device, precision)
+    dev, prec = device_and_precision(model, options.device, options.precision)
     model = prepare_for_inference(model, dev, prec)
-    opts = dict(tile=tile, overlap=overlap, batch_size=batch_size, device=dev, precision=prec, ensemble=ensemble,
-                strength=strength, sigma=sigma)
+    options = options.replace(device=dev, precision=prec)
+    tile, batch_size = options.tiling()[0], options.batch_size
     converted = [_eight_bit_input(im) for im in images]
     if masks is not None and len(masks) != len(images):
         raise PyramidalError(f"got {len(masks)} masks for {len(images)} images")
-    holes = [None if masks is None or masks[i] is None else check_mask(masks[i], tuple(x.shape[1:]), f"mask {i}")
-             for i, x in enumerate(converted)]
-    inputs = [model_input(model, x, m, sigma) for x, m in zip(converted, holes)]
+    holes = [_holes(x, None if masks is None else masks[i], options, f"mask {i}") for i, x in enumerate(converted)]
+    inputs = [model_input(model, x, m, options.sigma) for x, m in zip(converted, holes)]
     results: list[np.ndarray | torch.Tensor | None] = [None] * len(images)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, x in enumerate(converted):
@@ -240,16 +216,16 @@ def restore_images(model: Callable, images: Sequence[np.ndarray | torch.Tensor],
     for (h, w), indices in groups.items():
         if tile and (h > tile or w > tile):
             for i in indices:
-                y = restore_array(model, converted[i], mask=holes[i], **opts)
+                y = restore_array(model, converted[i], options, mask=holes[i])
                 results[i] = from_model_range(y, images[i])
                 bar.update(1)
             continue
         for start in range(0, len(indices), max(1, batch_size)):
             chunk = indices[start:start + max(1, batch_size)]
             batch = torch.stack([inputs[i] for i in chunk])
-            out = forward_batch(model, batch, ensemble).clamp(-1, 1).cpu()
+            out = forward_batch(model, batch, options.ensemble).clamp(-1, 1).cpu()
             for i, y in zip(chunk, out):
-                results[i] = from_model_range(_finish(converted[i], y, strength, holes[i]), images[i])
+                results[i] = from_model_range(_finish(converted[i], y, options.strength, holes[i]), images[i])
             bar.update(len(chunk))
     bar.close()
     return results

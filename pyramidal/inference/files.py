@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pyramidal.errors import PyramidalError
+from pyramidal.errors import OptionError, PyramidalError, option_error
 from pyramidal.inference import restore_array, restore_image
 from pyramidal.inference.inputs import NEEDS_MASK, auto_mask, check_mask, check_sigma, needs_mask
 from pyramidal.inference.model import device_and_precision, prepare_for_inference, unwrapped
@@ -24,7 +24,7 @@ from pyramidal.io import (
     read_mask,
     write_image,
 )
-from pyramidal.options import check_tiling
+from pyramidal.options import RestoreOptions
 from pyramidal.progress import progress as progress_bar
 
 
@@ -35,6 +35,7 @@ class FileResult:
     input: Path
     output: Path | None
     error: str | None = None
+    error_flags: str | None = None  # the error as the command line words it (`--mask auto`, not `mask='auto'`)
 
 
 def plan_restore_outputs(inputs: Sequence[str | os.PathLike], outdir: str | os.PathLike, *,
@@ -59,6 +60,7 @@ def restore_files(
     model: Callable,
     inputs: Sequence[str | os.PathLike],
     outdir: str | os.PathLike,
+    options: RestoreOptions = RestoreOptions(),
     *,
     overwrite: bool = False,
     on_result: Callable[[FileResult], None] | None = None,
@@ -69,7 +71,6 @@ def restore_files(
     on_skip: Callable[[Path, str], None] | None = None,
     mask: str | os.PathLike | None = None,
     strip_metadata: bool = False,
-    **options,
 ) -> list[FileResult]:
     """Restore image files into a folder; a bad input becomes an error result and the others go on.
 
@@ -77,6 +78,7 @@ def restore_files(
         model: as for `restore_image`.
         inputs: image files and folders (a folder stands for the images in it).
         outdir: the output folder; `photo.jpg` becomes `outdir/photo.png` (or the `format`'s suffix).
+        options: how to restore, as for `restore_array`; the mask policy "auto" finds each image's magenta holes.
         overwrite: allow an output to replace an existing file, an input file included (never done otherwise).
             Without it each output is claimed when it is written: a file another run wrote there meanwhile is
             left as it is and this input's result is an error.
@@ -87,31 +89,30 @@ def restore_files(
         progress: None shows a progress display over the images (and over the tiles of a large one);
             False (default) hides it.
         on_skip: with `recursive`, called with (file, reason) for files in the folders that are not images.
-        mask: the holes to fill, or None: a mask image (`io.read_mask`) when there is one input, a folder of
-            masks with the inputs' file stems (any image suffix), or "auto" for magenta holes. An input whose
-            mask is missing or bad is an error result.
+        mask: the holes to fill, or None: a mask image (`io.read_mask`) when there is one input, or a folder
+            of masks with the inputs' file stems (any image suffix). An input whose mask is missing or bad is an
+            error result.
         strip_metadata: write the outputs without the inputs' EXIF, ICC profile, DPI and PNG colour chunks
             (by default each output carries what its format can hold: `pyramidal.io.FORMAT_METADATA`).
-        **options: for `restore_array`: tile, overlap, batch_size, device, precision, ensemble, strength, sigma.
 
     Returns:
         One FileResult per input image, in input order.
 
     Raises:
         PyramidalError: before any work, if an output cannot or may not be written (see
-        `plan_restore_outputs`); a bad tile, overlap or batch size.
+        `plan_restore_outputs`); a mask file or folder that is not there, or one mask for several inputs.
     """
     fmt = format_for("", format)
     keeps_16_bits = FORMATS[fmt][2]
-    check_tiling(options.get("tile"), options.get("overlap"), options.get("batch_size", 1))
     items = plan_restore_outputs(inputs, outdir, overwrite=overwrite, recursive=recursive, format=fmt,
                                  on_skip=on_skip)
-    if needs_mask(model) and mask is None:
+    if needs_mask(model) and mask is None and options.mask is None:
         raise PyramidalError(f"{getattr(unwrapped(model), 'weights_path', 'this model')} {NEEDS_MASK}")
-    check_sigma(model, options.get("sigma"))  # before any file, not once per file
-    holes_of = _mask_finder(mask, len(items))
-    dev, prec = device_and_precision(model, options.pop("device", None), options.pop("precision", "auto"))
+    check_sigma(model, options.sigma)  # before any file, not once per file
+    holes_of = _mask_finder(mask, options.mask, len(items))
+    dev, prec = device_and_precision(model, options.device, options.precision)
     model = prepare_for_inference(model, dev, prec)
+    options = options.replace(device=dev, precision=prec)
     results = []
     bar = progress_bar(total=len(items), desc="restore", unit="images",
                        enabled=False if progress is False or len(items) < 2 else None)
@@ -122,18 +123,16 @@ def restore_files(
             loaded = read_image(path)
             holes = holes_of(path, loaded.rgb)
             if loaded.rgb16 is not None and keeps_16_bits:
-                y = restore_array(model, to_model_range(loaded.rgb16), device=dev, precision=prec,
-                                  progress=progress, mask=holes, **options)
+                y = restore_array(model, to_model_range(loaded.rgb16), options, progress=progress, mask=holes)
                 rgb = from_model_range(y, np.uint16)
                 alpha = loaded.alpha16 if loaded.alpha16 is not None else loaded.alpha
             else:
-                rgb = restore_image(model, loaded.rgb, device=dev, precision=prec, progress=progress, mask=holes,
-                                    **options)
+                rgb = restore_image(model, loaded.rgb, options, progress=progress, mask=holes)
                 alpha = loaded.alpha
             write_image(rgb, out, alpha, loaded.grayscale, format=fmt, quality=quality,
                         metadata=None if strip_metadata else loaded.metadata, exclusive=not overwrite)
         except PyramidalError as exc:
-            result.error = str(exc)
+            result.error, result.error_flags = str(exc), getattr(exc, "flags", None)
         except OSError as exc:
             result.error = f"{path}: cannot write {out} ({exc.strerror or exc})"
         if result.error:
@@ -146,12 +145,16 @@ def restore_files(
     return results
 
 
-def _mask_finder(mask: str | os.PathLike | None, n_inputs: int) -> Callable[[Path, np.ndarray], np.ndarray | None]:
-    """`restore_files`' mask argument as a function (input file, its H×W×3 pixels) → its checked holes or None."""
+def _mask_finder(mask: str | os.PathLike | None, policy: str | None,
+                 n_inputs: int) -> Callable[[Path, np.ndarray], np.ndarray | None]:
+    """`restore_files`' mask file or folder, or its mask policy, as a function (input file, its H×W×3 pixels) →
+    its checked holes or None."""
+    if mask is not None and policy is not None:
+        raise option_error("{mask}: give mask files or the mask policy 'auto', not both", mask=str(mask))
+    if policy == "auto":
+        return _auto_holes
     if mask is None:
         return lambda path, rgb: None
-    if str(mask) == "auto":
-        return lambda path, rgb: auto_mask(rgb, f"{path}: --mask auto")
     where = Path(mask)
     if where.is_dir():
         by_stem: dict[str, list[Path]] = {}
@@ -170,11 +173,21 @@ def _mask_finder(mask: str | os.PathLike | None, n_inputs: int) -> Callable[[Pat
 
         return in_folder
     if not where.exists():
-        raise PyramidalError(f"--mask {where}: no such file or folder")
+        raise option_error("{mask}: no such file or folder", mask=str(where))
     if n_inputs > 1:
-        raise PyramidalError(f"--mask {where} is one mask for {n_inputs} images; give a folder of masks named "
-                             "like the images")
+        raise option_error(f"{{mask}} is one mask for {n_inputs} images; give a folder of masks named like the "
+                           "images", mask=str(where))
     return lambda path, rgb: _read_mask_for(where, path, rgb)
+
+
+def _auto_holes(path: Path, rgb: np.ndarray) -> np.ndarray:
+    """The magenta holes of one input under the mask policy "auto"; an error names the file and the policy."""
+    source = f"{path}: mask='auto'"
+    try:
+        return auto_mask(rgb, source)
+    except PyramidalError as exc:
+        text = str(exc)
+        raise OptionError(text, f"{path}: --mask auto{text[len(source):]}") from None
 
 
 def _read_mask_for(mask_path: Path, image_path: Path, rgb: np.ndarray) -> np.ndarray:

@@ -155,6 +155,6 @@ def _finite_output(model: InferenceModel, y: torch.Tensor) -> torch.Tensor:
     if not torch.isfinite(y).all():
         source = getattr(unwrapped(model), "weights_path", None) or "the model"
         raise PyramidalError(f"{source}: the restored pixels hold NaN or infinity (precision {model.precision}); "
-                             "these weights are broken, or overflow at this precision (try --precision fp32); "
+                             "these weights are broken, or overflow at this precision (try precision fp32); "
                              "nothing was written")
     return y

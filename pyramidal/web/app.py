@@ -36,8 +36,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pyramidal.errors import PyramidalError
-from pyramidal.options import DEFAULT_TILE
+from pyramidal.errors import OptionError, PyramidalError
+from pyramidal.options import STRENGTH_RANGE, RestoreOptions
 from pyramidal.web import engine
 
 if TYPE_CHECKING:
@@ -48,7 +48,6 @@ MASK_MODES = ("none", "auto", "paint")
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 TILE_RANGE = (64, 2048)
-STRENGTH_RANGE = (0.0, 2.0)
 # Headers on every response: the page loads nothing from anywhere but this server.
 SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
@@ -65,12 +64,10 @@ class ServeConfig:
     """Everything the app needs to know, fixed when the server starts."""
 
     weights: Sequence[engine.WeightsChoice] = ()
-    device: str = "auto"
-    precision: str = "auto"
+    options: RestoreOptions = RestoreOptions()  # device, precision and the default tile; a request sets its own
     max_pixels: int = 50_000_000
     max_upload_bytes: int = 100 * 2**20
     queue_size: int = 4
-    tile: int = DEFAULT_TILE
     keep_results: int = 16  # finished jobs kept for download, newest first
     result_ttl: float = 600.0  # seconds a finished job stays downloadable
     slow_baselines: bool = False  # BM3D in sample scores (tens of seconds per image on a CPU)
@@ -94,9 +91,7 @@ class Job:
     kind: str  # "restore" or "sample"
     task: str
     weights: engine.WeightsChoice
-    ensemble: bool
-    tile: int
-    strength: float = 1.0
+    options: RestoreOptions  # the server's, with the request's tile, strength and ensemble
     image: engine.Decoded | None = None
     mask: np.ndarray | None = None
     sample_index: int = 0
@@ -232,15 +227,15 @@ class Worker:
         else:
             image, mask = job.image, job.mask
         job.height, job.width = image.rgb.shape[:2]
-        out = engine.restore(image.rgb, job.task, weights, mask=mask, ensemble=job.ensemble, strength=job.strength,
-                             tile=job.tile, device=cfg.device, precision=cfg.precision, progress=progress)
+        out = engine.restore(image.rgb, job.task, weights, job.options, mask=mask, progress=progress)
         job.files["result"] = engine.encode_png(out, image.alpha, image.grayscale, image.metadata)
         if item is not None:
             job.files["input"] = engine.encode_png(item.damaged)
             job.files["clean"] = engine.encode_png(item.clean)
-            label = f"ours ({engine.load(job.task, weights, cfg.device, cfg.precision).info.get('model', 'model')}"
-            label += ", self-ensemble ×8" if job.ensemble else ""
-            label += f", strength {job.strength:g})" if job.strength != 1.0 else ")"
+            loaded = engine.load(job.task, weights, job.options.device, job.options.precision)
+            label = f"ours ({loaded.info.get('model', 'model')}"
+            label += ", self-ensemble ×8" if job.options.ensemble else ""
+            label += f", strength {job.options.strength:g})" if job.options.strength != 1.0 else ")"
             job.scores = engine.scores(item, out, label, slow=cfg.slow_baselines)
         elif job.want_input:
             job.files["input"] = engine.encode_png(image.rgb, image.alpha, image.grayscale)
@@ -290,14 +285,14 @@ class App:
             "weights": [{"id": w.id, "label": w.label, "task": w.task} for w in self.weights.values()],
             "limits": {"max_pixels": cfg.max_pixels, "max_upload_bytes": cfg.max_upload_bytes,
                        "queue_size": cfg.queue_size, "tile_range": list(TILE_RANGE)},
-            "tile": cfg.tile,
-            "strength": {"min": STRENGTH_RANGE[0], "max": STRENGTH_RANGE[1], "default": 1.0},
+            "tile": cfg.options.tile,
+            "strength": {"min": STRENGTH_RANGE[0], "max": STRENGTH_RANGE[1], "default": cfg.options.strength},
             "mask_modes": list(MASK_MODES),
         })
 
     # ---- jobs
 
-    def _options(self, fields: dict) -> tuple[str, engine.WeightsChoice, bool, int, float]:
+    def _options(self, fields: dict) -> tuple[str, engine.WeightsChoice, RestoreOptions]:
         task = fields.get("task", "")
         if not task:
             raise HTTPError(400, f"no task in the request (send the form field 'task': one of {', '.join(self.tasks)})")
@@ -311,24 +306,25 @@ class App:
             raise HTTPError(400, f"no built-in weights for task {task!r}; start the server with "
                                  f"--weights FILE trained for it")
         try:
-            tile = int(fields.get("tile") or self.config.tile)
+            tile = int(fields.get("tile") or self.config.options.tile)
         except ValueError:
             raise HTTPError(400, f"tile {_shown(fields.get('tile'))} is not a number") from None
         if not TILE_RANGE[0] <= tile <= TILE_RANGE[1]:
             raise HTTPError(400, f"tile {tile}: choose a size from {TILE_RANGE[0]} to {TILE_RANGE[1]} px")
         try:
-            strength = float(fields.get("strength") or 1.0)
+            strength = float(fields.get("strength") or self.config.options.strength)
         except ValueError:
             raise HTTPError(400, f"strength {_shown(fields.get('strength'))} is not a number") from None
-        if not STRENGTH_RANGE[0] <= strength <= STRENGTH_RANGE[1]:
-            raise HTTPError(400, f"strength {strength:g}: choose a value from {STRENGTH_RANGE[0]:g} to "
-                                 f"{STRENGTH_RANGE[1]:g}")
-        return task, weights, _flag(fields.get("ensemble", "")), tile, strength
+        try:
+            options = self.config.options.replace(tile=tile, strength=strength,
+                                                  ensemble=_flag(fields.get("ensemble", "")))
+        except OptionError as exc:
+            raise HTTPError(400, str(exc)) from None
+        return task, weights, options
 
     def _new_job(self, kind: str, fields: dict) -> Job:
-        task, weights, ensemble, tile, strength = self._options(fields)
-        job = Job(id=secrets.token_urlsafe(12), kind=kind, task=task, weights=weights, ensemble=ensemble, tile=tile,
-                  strength=strength)
+        task, weights, options = self._options(fields)
+        job = Job(id=secrets.token_urlsafe(12), kind=kind, task=task, weights=weights, options=options)
         if weights.task and weights.task != task:
             job.warning = f"these weights were trained for task {weights.task!r}, not {task!r}"
         return job

@@ -23,17 +23,19 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from pyramidal.api import cached_model
+from pyramidal.baselines import Context, baselines_for
 from pyramidal.checkpoint import read_sidecar, recorded_spec, weights_file
 from pyramidal.damage import TASKS, Task, create_task, eval_seed
 from pyramidal.device import resolve_device, resolve_precision
-from pyramidal.errors import PyramidalError
-from pyramidal.evaluate import Context, baselines_for, eval_images, psnr, ssim
+from pyramidal.errors import OptionError, PyramidalError
+from pyramidal.evaluate import eval_images
 from pyramidal.hub import available_builtin_weights
 from pyramidal.inference import restore_image
 from pyramidal.inference.inputs import magenta_mask as magenta_mask  # the page's "auto (magenta)" holes
 from pyramidal.inference.tiling import tile_layout
 from pyramidal.io import ImageMetadata, encode_image, read_image
-from pyramidal.options import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE
+from pyramidal.metrics import psnr, ssim
+from pyramidal.options import RestoreOptions
 
 ProgressFn = Callable[[int, int], None]
 
@@ -83,16 +85,21 @@ class WeightsChoice:
     model: str | None
 
 
+def _choice_error(parameter: str, flag: str, path: Path, problem: str) -> OptionError:
+    """An error about one entry of `weights_choices`' files or folders, worded for Python and for `serve`."""
+    return OptionError(f"{parameter}: {path}: {problem}", f"{flag} {path}: {problem}")
+
+
 def weights_choices(files: Sequence[str | Path] = (), folders: Sequence[str | Path] = ()) -> list[WeightsChoice]:
     """`builtin` plus each trained .safetensors file given, or found under a folder (each needs its sidecar)."""
     found: list[tuple[Path, str]] = [(Path(f), Path(f).name) for f in files]
     for folder in folders:
         root = Path(folder)
         if not root.is_dir():
-            raise PyramidalError(f"--weights-dir {root}: no such folder")
+            raise _choice_error("folders", "--weights-dir", root, "no such folder")
         listed = sorted(p for p in root.rglob("*.safetensors") if p.with_suffix(".json").is_file())
         if not listed:
-            raise PyramidalError(f"--weights-dir {root}: no .safetensors files with their .json sidecar")
+            raise _choice_error("folders", "--weights-dir", root, "no .safetensors files with their .json sidecar")
         found += [(p, p.relative_to(root).as_posix()) for p in listed]
     choices = [WeightsChoice("builtin", "built-in, for the chosen task", None, None, None)]
     seen: set[Path] = set()
@@ -100,9 +107,9 @@ def weights_choices(files: Sequence[str | Path] = (), folders: Sequence[str | Pa
         if path.is_dir():  # a training run folder, or a folder with model.safetensors + config.json
             path = weights_file(path)
         if path.suffix not in (".safetensors", ".ckpt"):
-            raise PyramidalError(f"--weights {path}: not a .safetensors file or a training checkpoint (.ckpt)")
+            raise _choice_error("files", "--weights", path, "not a .safetensors file or a training checkpoint (.ckpt)")
         if not path.is_file():
-            raise PyramidalError(f"--weights {path}: no such file")
+            raise _choice_error("files", "--weights", path, "no such file")
         if path.resolve() in seen:
             continue
         seen.add(path.resolve())
@@ -141,32 +148,27 @@ def load(task: str, weights: str | Path = "builtin", device: str = "auto", preci
     return prepared
 
 
-def forward_passes(height: int, width: int, tile: int, overlap: int, batch_size: int, ensemble: bool) -> int:
-    """How many times restoring an image of this size calls the model (what progress counts)."""
-    if not tile or tile <= 0:
+def forward_passes(height: int, width: int, options: RestoreOptions) -> int:
+    """How many times restoring an image of this size with `options` calls the model (what progress counts)."""
+    tile, overlap = options.tiling()
+    if tile is None:
         tiles = 1
     else:
         tiles = len(tile_layout(height, tile, overlap)[1]) * len(tile_layout(width, tile, overlap)[1])
-    batches = 1 if tiles == 1 else math.ceil(tiles / max(1, batch_size))
-    return batches * (8 if ensemble else 1)
+    batches = 1 if tiles == 1 else math.ceil(tiles / options.batch_size)
+    return batches * (8 if options.ensemble else 1)
 
 
 def restore(
     rgb: np.ndarray,
     task: str,
     weights: str | Path = "builtin",
+    options: RestoreOptions = RestoreOptions(),
     *,
     mask: np.ndarray | None = None,
-    ensemble: bool = False,
-    strength: float = 1.0,
-    tile: int = DEFAULT_TILE,
-    overlap: int = DEFAULT_OVERLAP,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    device: str = "auto",
-    precision: str = "auto",
     progress: ProgressFn | None = None,
 ) -> np.ndarray:
-    """Restore uint8 H×W×3 `rgb` with the library's `restore_image`; returns uint8 H×W×3.
+    """Restore uint8 H×W×3 `rgb` with the library's `restore_image` and `options`; returns uint8 H×W×3.
 
     With a `mask` (H×W bool, True = damaged), the output is the model's prediction inside the mask and exactly
     the input outside it, the holes shown to the model as its training task painted them.
@@ -177,11 +179,12 @@ def restore(
         if mask.shape != rgb.shape[:2]:
             raise PyramidalError(f"mask is {mask.shape[1]}×{mask.shape[0]} px but the image is "
                                  f"{rgb.shape[1]}×{rgb.shape[0]} px")
-    model = load(task, weights, device, precision)
-    rt = runtime(device, precision)
+    model = load(task, weights, options.device, options.precision)
+    rt = runtime(options.device, options.precision)
+    options = options.replace(device=rt.device, precision=rt.precision)
     hook = None
     if progress is not None:
-        total = forward_passes(rgb.shape[0], rgb.shape[1], tile, overlap, batch_size, ensemble)
+        total = forward_passes(rgb.shape[0], rgb.shape[1], options)
         done = [0]
 
         def count(*_: Any) -> None:
@@ -192,8 +195,7 @@ def restore(
         # The library's own progress is a display, not a callback: count the model's forward passes instead.
         hook = model.register_forward_hook(count)
     try:
-        out = restore_image(model, rgb, tile=tile, overlap=overlap, batch_size=batch_size, device=rt.device,
-                            precision=rt.precision, ensemble=ensemble, strength=strength, mask=mask)
+        out = restore_image(model, rgb, options, mask=mask)
     finally:
         if hook is not None:
             hook.remove()
