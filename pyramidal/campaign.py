@@ -159,7 +159,7 @@ def preload(settings: dict[str, Any], cache: dict) -> dict[str, Any]:
     made there) before its runs need them, e.g. while the CUDA tests run."""
     from pyramidal.device import resolve_device
     from pyramidal.gpudata import describe
-    from pyramidal.train import cached_device_photos, cached_source
+    from pyramidal.train.loaders import cached_device_photos, cached_source
 
     config = train_config(settings)
     source = cached_source(config, config.size, cache)

@@ -310,7 +310,8 @@ def check_run_folder(run_dir: str | os.PathLike) -> Path:
         raise PyramidalError(f"{run_dir}: no last.ckpt to resume from (the run stopped before its first "
                              "checkpoint); start it again")
     if os.environ.get("RANK", "0") == "0":  # the ranks of one torchrun group share the folder
-        from pyramidal.runstate import RunLock  # lazy: runstate imports torch; config stays torch-free for --help
+        # lazy: runstate imports torch; config stays torch-free for --help
+        from pyramidal.runstate import RunLock
 
         RunLock.check(run_dir)  # refused at once if another process trains there
     return run_dir
@@ -320,7 +321,8 @@ def resume_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None =
     """The saved config of `run_dir` with `overrides` applied (e.g. a later --steps)."""
     run_dir = check_run_folder(run_dir)
     saved_path = run_dir / "config.json"
-    from pyramidal.io import read_json  # lazy: io is not on the torch-free --help list (it loads numpy)
+    # lazy: io is not on the torch-free --help list (it loads numpy)
+    from pyramidal.io import read_json
 
     saved = read_json(saved_path, "run config")
     if not isinstance(saved, dict):
@@ -401,7 +403,8 @@ def _check_limits(c: TrainConfig) -> None:
                              steps=MAX_STEPS, sides=MAX_SIDE, batches=MAX_BATCH)
     if not (math.isfinite(c.lr_gamma) and c.lr_gamma > 0):
         raise flag_error(f"{{lr_gamma}} must be a positive number, got {c.lr_gamma}", "lr_gamma")
-    from pyramidal.models import check_model  # lazy: models imports torch; config stays torch-free for --help
+    # lazy: models imports torch; config stays torch-free for --help
+    from pyramidal.models import check_model
 
     TASKS.get(c.task)  # ValueError naming the registered tasks
     check_model(c.model, **c.model_kwargs())  # types, limits and size of the model options, nothing built
@@ -410,7 +413,8 @@ def _check_limits(c: TrainConfig) -> None:
 def check_training_memory(c: TrainConfig) -> None:
     """PyramidalError before anything is allocated when a training step of some phase (--size and --batch-size,
     then each --size-schedule phase) cannot fit in the training device's memory."""
-    from pyramidal.models.summary import check_memory  # lazy: it imports torch; config stays torch-free for --help
+    # lazy: it imports torch; config stays torch-free for --help
+    from pyramidal.models.summary import check_memory
 
     device = resolve_device(c.device)
     for _, size, batch in size_phases(c):
