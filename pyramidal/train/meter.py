@@ -79,3 +79,31 @@ class LossMeter:
         self.loss_sum = self.mse_sum = 0.0
         self.steps = self.images = self.read_steps = 0
         return values
+
+
+class RunClock:
+    """The seconds a run has trained, wall-clock and this process's CPU time (all its threads), each summed
+    over resumes, and which time budget they have used up."""
+
+    def __init__(self, max_minutes: float | None, max_cpu_minutes: float | None):
+        self.max_minutes, self.max_cpu_minutes = max_minutes, max_cpu_minutes
+        self.before = self.cpu_before = 0.0  # the seconds of the runs resumed
+        self._start: float | None = None
+        self._cpu_start: float | None = None
+
+    def start(self) -> None:
+        self._start, self._cpu_start = time.monotonic(), time.process_time()
+
+    def elapsed(self) -> float:
+        return self.before + (time.monotonic() - self._start if self._start is not None else 0.0)
+
+    def cpu_elapsed(self) -> float:
+        return self.cpu_before + (time.process_time() - self._cpu_start if self._cpu_start is not None else 0.0)
+
+    def budget_spent(self) -> str | None:
+        """The flag whose time budget is used up (--max-minutes, --max-cpu-minutes), or None."""
+        if self.max_minutes is not None and self.elapsed() >= self.max_minutes * 60:
+            return "--max-minutes"
+        if self.max_cpu_minutes is not None and self.cpu_elapsed() >= self.max_cpu_minutes * 60:
+            return "--max-cpu-minutes"
+        return None

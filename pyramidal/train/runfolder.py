@@ -8,13 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from pyramidal.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from pyramidal.checkpoint import load_checkpoint, load_checkpoint_model, save_checkpoint, save_weights
 from pyramidal.config import TrainConfig, check_run_folder, option_wording
 from pyramidal.errors import OptionError, PyramidalError
 from pyramidal.io import folder_problem, missing_folders, remove_empty_folders
-from pyramidal.runstate import RunLock, new_run_dir
+from pyramidal.runstate import EMA, RunLock, new_run_dir
 from pyramidal.train.machine import Machine, broadcast_from_main
 
 
@@ -103,3 +104,22 @@ class RunFolder:
             "{what} became non-finite ({value}) at step {step} (epoch {epoch}); stopped and {kept}. Try a lower "
             "{lr}" + (", {clip_grad=}1.0" if not c.clip_grad else "") + (" or {precision=}fp32" if precision != "fp32" else ""),
             "lr", "clip_grad", "precision", what=what, value=value, step=step, epoch=epoch + 1, kept=kept))
+
+
+def restore_weights(saved: dict[str, Any], path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scaler, ema: EMA | None, ema_decay: float | None) -> EMA | None:
+    """Load a checkpoint's model, optimizer, loss-scaler and EMA states (read from `path`) into a run's; returns
+    the EMA to go on with (a fresh one from the weights when EMA is switched on at resume)."""
+    load_checkpoint_model(saved, model, str(path))
+    try:
+        optimizer.load_state_dict(saved["optimizer"])
+        if scaler is not None and saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
+        if ema is not None:
+            if saved.get("ema") is not None:
+                ema.load_state_dict(saved["ema"])
+            else:  # EMA switched on at resume: start it from the current weights
+                ema = EMA(model, ema_decay)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise PyramidalError(f"{path}: checkpoint does not fit this run ({exc})") from None
+    return ema

@@ -18,17 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from pyramidal.checkpoint import describe_spec, load_checkpoint_model, load_init_weights
+from pyramidal.checkpoint import describe_spec, load_init_weights
 from pyramidal.config import (
     TrainConfig,
     flag_error,
     learning_rate,
-    non_default,
-    resume_config,
     validate_config,
 )
 from pyramidal.damage import create_task, derive_seed
-from pyramidal.errors import PyramidalError
 from pyramidal.hub import resolve_init_weights
 from pyramidal.models import create_model
 from pyramidal.progress import progress
@@ -52,22 +49,9 @@ from pyramidal.train.machine import (
     share_step,
     training_wrapper,
 )
-from pyramidal.train.meter import LossMeter, tensorboard_grid
-from pyramidal.train.runfolder import RunFolder, TrainingDiverged, check_destination
+from pyramidal.train.meter import LossMeter, RunClock, tensorboard_grid
+from pyramidal.train.runfolder import RunFolder, TrainingDiverged, check_destination, restore_weights
 from pyramidal.train.validation import validation_scores
-
-
-def train(config: TrainConfig) -> Path:
-    """Train as `config` says and return the run folder.
-
-    With `config.resume`, the run's saved config is used and every field of `config` that differs from
-    the TrainConfig default overrides it (so `TrainConfig(resume=dir, steps=500)` trains on to step 500).
-    """
-    if config.resume:
-        overrides = non_default(config)
-        overrides.pop("resume", None)
-        config = resume_config(config.resume, overrides)
-    return Trainer(config).fit()
 
 
 class Trainer:
@@ -140,8 +124,7 @@ class Trainer:
         self.phase = 0
         self.best_psnr = float("-inf")
         self.best_step: int | None = None
-        self.elapsed = 0.0
-        self.cpu_elapsed = 0.0
+        self.clock = RunClock(self.config.max_minutes, self.config.max_cpu_minutes)
         self.last_val_step: int | None = None
         self.interrupted = False
         self._out_of_time = False
@@ -238,8 +221,7 @@ class Trainer:
         self._train_image_step = None
         self.files.last_ckpt_step = self.step if self.resumed else None
         self.files.last_ckpt_time = time.monotonic()
-        self._t_start = time.monotonic()
-        self._cpu_start = time.process_time()
+        self.clock.start()
         if m.is_main and not c.quiet:
             where = f"resuming {self.run_dir} at step {self.step}" if self.resumed else f"run folder {self.run_dir}"
             print(f"{where}  ({describe_spec(self.model.spec)}, task {c.task}, {m.device}, {m.precision}, "
@@ -259,7 +241,7 @@ class Trainer:
         self.logs.writer.flush()
         if not self.config.quiet:
             why = "stopped on request" if self.interrupted else (
-                f"time budget ({self._budget_spent() or '--max-minutes'}) reached" if self._out_of_time else "done")
+                f"time budget ({self.clock.budget_spent() or '--max-minutes'}) reached" if self._out_of_time else "done")
             best = f"best {self._val_label} {self.best_psnr:.2f} dB at step {self.best_step}" if self.best_step is not None else ""
             print(f"{why}: step {self.step}, epoch {self.epoch}; {best}; {self.run_dir}", flush=True)
 
@@ -272,7 +254,7 @@ class Trainer:
         self.logs.writer.flush()
         if not self.config.quiet:
             print(summary_line(self.epoch, self.config.epochs, self.step, getattr(self, "last_train", {}),
-                               getattr(self, "last_val_psnr", None), self.best_psnr, self._elapsed(),
+                               getattr(self, "last_val_psnr", None), self.best_psnr, self.clock.elapsed(),
                                val_label=self._val_label), flush=True)
 
     # -- one step, and when to stop -------------------------------------------------------------------------
@@ -307,7 +289,7 @@ class Trainer:
         if m.distributed:
             # One collective per step carries the mean loss (for logging and a shared NaN verdict), any
             # rank's signal and rank 0's clock, so that every process leaves the loop at the same step.
-            out_of_time = m.is_main and self._budget_spent() is not None
+            out_of_time = m.is_main and self.clock.budget_spent() is not None
             value, signalled, out_of_time = share_step(loss, self._stop.requested, out_of_time, m)
         elif self._defer_loss:
             return  # summed on the device after the step; _read_losses checks it every log_every steps
@@ -329,28 +311,12 @@ class Trainer:
             return True
         # Under DDP only rank 0 watches the clock; its verdict reaches every rank through _stop_flag.
         if not self.machine.distributed:
-            if self._budget_spent():
+            if self.clock.budget_spent():
                 self._out_of_time = True
                 return True
             if self._stop.requested:
                 self._stop_flag = self._interrupted = True
         return self._stop_flag
-
-    def _elapsed(self) -> float:
-        return self.elapsed + (time.monotonic() - self._t_start if hasattr(self, "_t_start") else 0.0)
-
-    def _cpu_elapsed(self) -> float:
-        """Seconds of this process's CPU time (all its threads) spent training, summed over resumes."""
-        return self.cpu_elapsed + (time.process_time() - self._cpu_start if hasattr(self, "_cpu_start") else 0.0)
-
-    def _budget_spent(self) -> str | None:
-        """The flag whose time budget is used up (--max-minutes, --max-cpu-minutes), or None."""
-        c = self.config
-        if c.max_minutes is not None and self._elapsed() >= c.max_minutes * 60:
-            return "--max-minutes"
-        if c.max_cpu_minutes is not None and self._cpu_elapsed() >= c.max_cpu_minutes * 60:
-            return "--max-cpu-minutes"
-        return None
 
     def _diverged(self, what: str, value: float, step: int) -> TrainingDiverged:
         return self.files.diverged(what, value, step, self.epoch, self.config, self.machine.precision)
@@ -359,7 +325,7 @@ class Trainer:
 
     def _log(self, values: dict[str, float]) -> None:
         if self.machine.is_main:
-            self.logs.scalars(values, self.step, self.epoch, self._elapsed())
+            self.logs.scalars(values, self.step, self.epoch, self.clock.elapsed())
 
     def _read_losses(self) -> None:
         """Bring the losses summed on the device since the last read to the host (one sync): a non-finite one
@@ -449,8 +415,8 @@ class Trainer:
             "best_psnr": self.best_psnr,
             "best_step": self.best_step,
             "last_val_step": self.last_val_step,
-            "elapsed_s": self._elapsed(),
-            "cpu_s": self._cpu_elapsed(),
+            "elapsed_s": self.clock.elapsed(),
+            "cpu_s": self.clock.cpu_elapsed(),
             "finished": self.finished,
             "world_size": self.machine.world_size,
             "rng": rng_state(),
@@ -480,26 +446,15 @@ class Trainer:
     def _restore(self, saved: dict[str, Any]) -> None:
         """Take up the run where `saved` (its last.ckpt) left it: weights, optimizer, EMA, counters, RNG."""
         path = self.run_dir / "last.ckpt"
-        load_checkpoint_model(saved, self.model, str(path))
-        try:
-            self.optimizer.load_state_dict(saved["optimizer"])
-            if self.scaler is not None and saved.get("scaler"):
-                self.scaler.load_state_dict(saved["scaler"])
-            if self.ema is not None:
-                if saved.get("ema") is not None:
-                    self.ema.load_state_dict(saved["ema"])
-                else:  # EMA switched on at resume: start it from the current weights
-                    self.ema = EMA(self.model, self.config.ema)
-        except (KeyError, ValueError, RuntimeError) as exc:
-            raise PyramidalError(f"{path}: checkpoint does not fit this run ({exc})") from None
+        self.ema = restore_weights(saved, path, self.model, self.optimizer, self.scaler, self.ema, self.config.ema)
         self.step = int(saved["step"])
         self.epoch = int(saved["epoch"])
         self.batch_in_epoch = int(saved["batch_in_epoch"])
         self.phase = int(saved.get("phase", 0))
         self.best_psnr = float(saved["best_psnr"])
         self.best_step = saved.get("best_step")
-        self.elapsed = float(saved.get("elapsed_s", 0.0))
-        self.cpu_elapsed = float(saved.get("cpu_s", 0.0))
+        self.clock.before = float(saved.get("elapsed_s", 0.0))
+        self.clock.cpu_before = float(saved.get("cpu_s", 0.0))
         self.last_val_step = saved.get("last_val_step")
         if self.machine.is_main:
             set_rng_state(saved["rng"])
