@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyramidal.errors import PyramidalError
+from pyramidal.damage import TASKS
+from pyramidal.device import resolve_device
+from pyramidal.errors import OptionError, PyramidalError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -99,6 +101,25 @@ def parse_options(items: list[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
+def option_wording(template: str, *options: str, **values: Any) -> tuple[str, str]:
+    """A message about training options, (as Python callers name them, as the command line does).
+
+    In `template`, `{name}` is an option of `options` (`lr` / `--lr`), `{name=}` the same with a value to follow
+    (`lr=` / `--lr `); any other `{field}` is filled from `values`, as str.format does. E.g.
+    `option_wording("{schedule=}{value!r}: unknown", "schedule", value="x")` is
+    ("schedule='x': unknown", "--schedule 'x': unknown").
+    """
+    python = {**values, **{o: o for o in options}, **{f"{o}=": f"{o}=" for o in options}}
+    flags = {**values, **{o: "--" + o.replace("_", "-") for o in options},
+             **{f"{o}=": "--" + o.replace("_", "-") + " " for o in options}}
+    return template.format_map(python), template.format_map(flags)
+
+
+def flag_error(template: str, *options: str, **values: Any) -> OptionError:
+    """An OptionError worded by `option_wording`: parameters for Python callers, flags on the command line."""
+    return OptionError(*option_wording(template, *options, **values))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Training options: defaults ← config file ← explicit options, then validation.
 
@@ -115,7 +136,14 @@ RESUME_QUIET = {"resume", "config", "epochs", "steps", "max_minutes", "max_cpu_m
 
 @dataclass
 class TrainConfig:
-    """Every training option; field names are the CLI flags in snake_case (`--batch-size` → batch_size)."""
+    """Every training option; field names are the CLI flags in snake_case (`--batch-size` → batch_size).
+
+    The fields stay flat on purpose: each is one `pyramidal train` flag, one key of a --config or recipe TOML
+    file, of a run folder's config.json/config.toml and of a weight file's metadata, so that every file written
+    so far reads back as it is. The comments group them into sections, in the order `pyramidal train --help`
+    lists them: what to learn (task, model), data, optimisation, length, machine, monitoring and checkpoints,
+    and where the options came from.
+    """
 
     # What to learn.
     task: str = "squares"
@@ -274,14 +302,16 @@ def check_run_folder(run_dir: str | os.PathLike) -> Path:
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise PyramidalError(f"{run_dir}: no such run folder (--resume)")
+        raise OptionError(f"resume={str(run_dir)!r}: no such run folder", f"{run_dir}: no such run folder (--resume)")
     if not (run_dir / "config.json").is_file():
-        raise PyramidalError(f"{run_dir}: not a training run folder (no config.json) (--resume)")
+        raise OptionError(f"resume={str(run_dir)!r}: not a training run folder (no config.json)",
+                          f"{run_dir}: not a training run folder (no config.json) (--resume)")
     if not (run_dir / "last.ckpt").is_file():
         raise PyramidalError(f"{run_dir}: no last.ckpt to resume from (the run stopped before its first "
                              "checkpoint); start it again")
     if os.environ.get("RANK", "0") == "0":  # the ranks of one torchrun group share the folder
-        from pyramidal.runstate import RunLock  # runstate imports torch; config stays torch-free for --help
+        # lazy: runstate imports torch; config stays torch-free for --help
+        from pyramidal.runstate import RunLock
 
         RunLock.check(run_dir)  # refused at once if another process trains there
     return run_dir
@@ -291,6 +321,7 @@ def resume_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None =
     """The saved config of `run_dir` with `overrides` applied (e.g. a later --steps)."""
     run_dir = check_run_folder(run_dir)
     saved_path = run_dir / "config.json"
+    # lazy: io is not on the torch-free --help list (it loads numpy)
     from pyramidal.io import read_json
 
     saved = read_json(saved_path, "run config")
@@ -331,9 +362,11 @@ def parse_size_schedule(text: str | None) -> list[tuple[int, int, int | None]]:
                 raise ValueError
             nums = [int(b) for b in bits]
         except ValueError:
-            raise PyramidalError(f"--size-schedule {part!r}: expected STEP:SIZE or STEP:SIZE:BATCH") from None
+            raise flag_error("{size_schedule=}{part!r}: expected STEP:SIZE or STEP:SIZE:BATCH", "size_schedule",
+                             part=part) from None
         if nums[0] < 0 or any(n <= 0 for n in nums[1:]):
-            raise PyramidalError(f"--size-schedule {part!r}: steps must be >= 0, sizes and batches > 0")
+            raise flag_error("{size_schedule=}{part!r}: steps must be >= 0, sizes and batches > 0", "size_schedule",
+                             part=part)
         out.append((nums[0], nums[1], nums[2] if len(nums) == 3 else None))
     return sorted(out)
 
@@ -358,18 +391,19 @@ def _check_limits(c: TrainConfig) -> None:
     for name, low in _LOWEST.items():
         value = getattr(c, name)
         if value is not None and not (math.isfinite(value) and value >= low):
-            raise PyramidalError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+            raise flag_error(f"{{{name}}} must be at least {low}, got {value}", name)
     for name, high in _HIGHEST.items():
         value = getattr(c, name)
         if value is not None and value > high:
-            raise PyramidalError(f"--{name.replace('_', '-')} {value}: at most {high:,}")
+            raise flag_error(f"{{{name}=}}{value}: at most {high:,}", name)
     for at, size, batch in parse_size_schedule(c.size_schedule):
         if at > MAX_STEPS or size > MAX_SIDE or (batch or 0) > MAX_BATCH:
-            raise PyramidalError(f"--size-schedule {at}:{size}{f':{batch}' if batch else ''}: steps at most "
-                                 f"{MAX_STEPS:,}, sizes at most {MAX_SIDE:,}, batches at most {MAX_BATCH:,}")
+            raise flag_error("{size_schedule=}{part}: steps at most {steps:,}, sizes at most {sides:,}, batches at "
+                             "most {batches:,}", "size_schedule", part=f"{at}:{size}{f':{batch}' if batch else ''}",
+                             steps=MAX_STEPS, sides=MAX_SIDE, batches=MAX_BATCH)
     if not (math.isfinite(c.lr_gamma) and c.lr_gamma > 0):
-        raise PyramidalError(f"--lr-gamma must be a positive number, got {c.lr_gamma}")
-    from pyramidal.damage import TASKS
+        raise flag_error(f"{{lr_gamma}} must be a positive number, got {c.lr_gamma}", "lr_gamma")
+    # lazy: models imports torch; config stays torch-free for --help
     from pyramidal.models import check_model
 
     TASKS.get(c.task)  # ValueError naming the registered tasks
@@ -379,7 +413,7 @@ def _check_limits(c: TrainConfig) -> None:
 def check_training_memory(c: TrainConfig) -> None:
     """PyramidalError before anything is allocated when a training step of some phase (--size and --batch-size,
     then each --size-schedule phase) cannot fit in the training device's memory."""
-    from pyramidal.device import resolve_device
+    # lazy: it imports torch; config stays torch-free for --help
     from pyramidal.models.summary import check_memory
 
     device = resolve_device(c.device)
@@ -390,35 +424,38 @@ def check_training_memory(c: TrainConfig) -> None:
 def validate_config(c: TrainConfig) -> None:
     """One clear PyramidalError for an impossible option; fills in the default length (--epochs)."""
     if c.schedule not in SCHEDULES:
-        raise PyramidalError(f"--schedule {c.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        raise flag_error("{schedule=}{value!r}: choose one of {choices}", "schedule", value=c.schedule,
+                         choices=", ".join(SCHEDULES))
     if c.optimizer not in OPTIMIZERS:
-        raise PyramidalError(f"--optimizer {c.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        raise flag_error("{optimizer=}{value!r}: choose one of {choices}", "optimizer", value=c.optimizer,
+                         choices=", ".join(OPTIMIZERS))
     if c.loss not in LOSSES:
-        raise PyramidalError(f"--loss {c.loss!r}: choose one of {', '.join(LOSSES)}")
+        raise flag_error("{loss=}{value!r}: choose one of {choices}", "loss", value=c.loss, choices=", ".join(LOSSES))
     if c.schedule == "step" and c.lr_step <= 0:
-        raise PyramidalError("--schedule step needs --lr-step N (multiply the LR by --lr-gamma every N steps)")
+        raise flag_error("{schedule=}step needs {lr_step=}N (multiply the LR by {lr_gamma} every N steps)",
+                         "schedule", "lr_step", "lr_gamma")
     for name in ("size", "batch_size", "patches_per_epoch", "log_every"):
         if getattr(c, name) <= 0:
-            raise PyramidalError(f"--{name.replace('_', '-')} must be positive, got {getattr(c, name)}")
+            raise flag_error(f"{{{name}}} must be positive, got {getattr(c, name)}", name)
     for name in ("epochs", "steps", "max_minutes"):
         v = getattr(c, name)
         if v is not None and v < 0:
-            raise PyramidalError(f"--{name.replace('_', '-')} must be >= 0, got {v}")
+            raise flag_error(f"{{{name}}} must be >= 0, got {v}", name)
     if not (c.lr >= 0 and math.isfinite(c.lr)):
-        raise PyramidalError(f"--lr must be a non-negative number, got {c.lr}")
+        raise flag_error(f"{{lr}} must be a non-negative number, got {c.lr}", "lr")
     if c.ema and not 0.0 < c.ema < 1.0:
-        raise PyramidalError(f"--ema {c.ema}: the decay must be between 0 and 1 (e.g. 0.999)")
+        raise flag_error(f"{{ema=}}{c.ema}: the decay must be between 0 and 1 (e.g. 0.999)", "ema")
     if c.clip_grad is not None and c.clip_grad <= 0:
-        raise PyramidalError(f"--clip-grad must be positive, got {c.clip_grad}")
+        raise flag_error(f"{{clip_grad}} must be positive, got {c.clip_grad}", "clip_grad")
     _check_limits(c)
     check_training_memory(c)
     if (c.model_kwargs().get("hole_fill") == "smooth" and c.optimizer == "adam" and c.weight_decay > 0
             and not c.init_weights and not c.resume):
         # Measured: the output conv starts at zero, so no gradient reaches the other layers at first, and
         # Adam's normalised L2 step (lr-sized, whatever the decay) shrank them to nothing within 800 steps.
-        raise PyramidalError("hole_fill=smooth starts from a zeroed output layer; with --optimizer adam and "
-                             "--weight-decay > 0 the L2 decay alone drives the other layers to zero before any "
-                             "gradient reaches them: use --optimizer adamw (or --weight-decay 0)")
+        raise flag_error("hole_fill=smooth starts from a zeroed output layer; with {optimizer=}adam and "
+                         "{weight_decay} > 0 the L2 decay alone drives the other layers to zero before any "
+                         "gradient reaches them: use {optimizer=}adamw (or {weight_decay=}0)", "optimizer", "weight_decay")
     if c.epochs is None and c.steps is None and c.max_minutes is None and c.max_cpu_minutes is None:
         c.epochs = DEFAULT_EPOCHS
 

@@ -22,7 +22,7 @@ def test_defaults_keep_the_research_recipe():
 
 
 def test_a_bad_loss_is_one_line():
-    with pytest.raises(PyramidalError, match=r"--loss 'l3': choose one of mse, l1, charbonnier"):
+    with pytest.raises(PyramidalError, match=r"loss='l3': choose one of mse, l1, charbonnier"):
         validate_config(TrainConfig(loss="l3"))
 
 
@@ -35,7 +35,7 @@ def test_dropout_from_a_config_file(tmp_path):
 
 
 def test_max_cpu_minutes_is_checked():
-    with pytest.raises(PyramidalError, match="--max-cpu-minutes must be at least 0"):
+    with pytest.raises(PyramidalError, match="max_cpu_minutes must be at least 0"):
         validate_config(TrainConfig(max_cpu_minutes=-1))
     c = TrainConfig(max_cpu_minutes=1)
     validate_config(c)

@@ -470,9 +470,9 @@ def test_learning_rate_schedules(tmp_path: Path):
     assert t._lr_at(110) == pytest.approx(1e-5)
     t = Trainer(TrainConfig(**TINY, steps=10, schedule="step", lr_step=4, lr_gamma=0.5, out=str(tmp_path)))
     assert [t._lr_at(s) for s in (0, 3, 4, 8)] == pytest.approx([3e-4, 3e-4, 1.5e-4, 7.5e-5])
-    with pytest.raises(PyramidalError, match="cosine needs --steps or --epochs"):
+    with pytest.raises(PyramidalError, match="schedule=cosine needs steps or epochs"):
         Trainer(TrainConfig(**TINY, max_minutes=1, schedule="cosine", out=str(tmp_path)))
-    with pytest.raises(PyramidalError, match="--lr-step"):
+    with pytest.raises(PyramidalError, match="lr_step="):
         Trainer(TrainConfig(**TINY, steps=1, schedule="step", out=str(tmp_path)))
 
 
@@ -497,7 +497,7 @@ def test_size_schedule_switches_patch_size_at_epoch_start(tmp_path: Path):
         parse_size_schedule("4-96")
     # Epoch 0: 4 steps of 4 patches at 32 px. From step 3 on, 48 px in batches of 2: epoch 1 has 8 steps.
     t = Trainer(TrainConfig(**TINY, steps=9, size_schedule="3:48:2", out=str(tmp_path)))
-    assert t._planned_steps() == 9
+    assert t.data.planned_steps() == t.total_steps == 9
     sizes = []
     real = t._train_step
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+
+from pyramidal.cli import common
+from pyramidal.config import LOSSES, TrainConfig, non_default, parse_options, resolve_config, resume_config
+from pyramidal.errors import PyramidalError
 
 HELP = "train a model on a damage task (TensorBoard as PSNR, crash-proof checkpoints, --resume, torchrun)"
 
@@ -17,9 +22,6 @@ def _ints(text: str) -> list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pyramidal.cli import common
-    from pyramidal.config import LOSSES
-
     parser.epilog = (
         "Defaults are shown in brackets or as (default ...); a --config TOML file may set any option (keys "
         "are the flags in snake_case) and flags override it. Multi-GPU / multi-node: torchrun --nproc-per-node N -m pyramidal "
@@ -124,11 +126,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def overrides_from_args(args: argparse.Namespace) -> dict:
     """The options given on the command line, as TrainConfig fields."""
-    import dataclasses
-
-    from pyramidal.cli.common import declared_task_options
-    from pyramidal.config import TrainConfig, parse_options
-
     given = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}
     if "task_options" in given:
         given["task_options"] = parse_options(given["task_options"], "--task-option")
@@ -136,22 +133,20 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         given["model_options"] = parse_options(given["model_options"], "--model-option")
     # A task's flag without a TrainConfig field of its own (e.g. --tasks of mixed) is a task option.
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    for name in declared_task_options():
+    for name in common.declared_task_options():
         if name in given and name not in fields:
             given.setdefault("task_options", {})[name] = given.pop(name)
     return given
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyramidal.config import non_default, resolve_config, resume_config
+    # lazy: training imports torch; `pyramidal train --help` stays torch-free
     from pyramidal.train import Trainer
 
     overrides = overrides_from_args(args)
     if "recipe" in overrides:
         return run_recipe_command(overrides)
     if "stages" in overrides:
-        from pyramidal.errors import PyramidalError
-
         raise PyramidalError("--stages selects stages of a recipe: give --recipe NAME")
     if overrides.get("resume"):
         resume = overrides.pop("resume")
@@ -168,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_recipe_command(overrides: dict) -> int:
     """`train --recipe NAME [--stages K-L] [--out DIR] [flags for every stage]`."""
-    from pyramidal.errors import PyramidalError
+    # lazy: recipes train, which imports torch; `pyramidal train --help` stays torch-free
     from pyramidal.recipe import run_recipe
 
     name, stages = overrides.pop("recipe"), overrides.pop("stages", None)

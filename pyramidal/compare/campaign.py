@@ -36,7 +36,7 @@ from pyramidal.hub import available_builtin_weights
 from pyramidal.inference.model import load_restorer
 from pyramidal.models import MODELS, create_model
 from pyramidal.recipe import load_recipe
-from pyramidal.train import cached_device_photos, cached_source
+from pyramidal.train.loaders import cached_device_photos, cached_source
 
 # Settings that a recipe's stage sets for its CPU run and the campaign sets for its own: its length and time, its
 # threads, its checkpoint and log cadence, where it trains and from which weights.

@@ -44,7 +44,7 @@ def run_summary(trainer: Trainer, wall_seconds: float) -> dict[str, Any]:
     return {
         "run": str(trainer.run_dir), "steps": trainer.step, "planned_steps": c.steps,
         "images": trainer.step * c.batch_size, "seconds": round(wall_seconds, 1),
-        "training_seconds": round(trainer._elapsed(), 1),
+        "training_seconds": round(trainer.clock.elapsed(), 1),
         "images_per_s": round(statistics.median(rates), 1) if rates else None,
         "best_val_psnr": None if trainer.best_step is None else round(trainer.best_psnr, 4),
         "best_step": trainer.best_step, "val_input_psnr": getattr(trainer, "val_input_psnr", None),
