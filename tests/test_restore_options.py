@@ -106,7 +106,7 @@ def test_16_bit_in_gives_16_bit_out(tmp_path, weights, kind):
 
 
 def test_16_bit_exif_orientation_matches_pillow():
-    from pyramidal.io import _ORIENT
+    from pyramidal.io.images import _ORIENT
 
     rgb = photo(6, 9)
     methods = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
