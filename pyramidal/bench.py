@@ -36,7 +36,7 @@ from pyramidal.device import resolve_device, resolve_precision
 from pyramidal.errors import PyramidalError
 from pyramidal.fastpath import memory_format, tune_cpu_allocator
 from pyramidal.inference.model import prepare_for_inference
-from pyramidal.models.blocks import example_input
+from pyramidal.models.conditions import example_input
 
 __all__ = ["BenchConfig", "run_bench", "run_sweep", "count_flops", "matmul_peak", "machine_kind", "format_report",
            "format_sweep"]

@@ -21,6 +21,7 @@ import torch
 from pyramidal.damage import TASKS
 from pyramidal.errors import PyramidalError
 from pyramidal.io import format_number
+from pyramidal.models.conditions import BLIND, check_task
 from pyramidal.options import MANY_IMAGES_BATCH_SIZE, MANY_IMAGES_TILE, check_tiling
 from pyramidal.registry import Registry
 
@@ -427,7 +428,7 @@ def evaluate(
     from pyramidal.damage import create_task, eval_seed
     from pyramidal.device import resolve_device, resolve_precision
     from pyramidal.inference import restore_images
-    from pyramidal.inference.inputs import needs_mask, needs_noise_level
+    from pyramidal.inference.inputs import model_conditions
     from pyramidal.progress import progress as progress_bar
 
     if baselines not in BASELINE_LEVELS:
@@ -442,16 +443,11 @@ def evaluate(
     dev = resolve_device(device) if isinstance(device, str) else device
     prec = resolve_precision(precision, dev)
     model, model_name, model_label = resolve_model(model_or_weights, task_name, dev, prec)
-    # A mask-conditioned model is given the true mask, as the classical inpainting rows are.
-    mask_given = model is not None and needs_mask(model)
-    if mask_given and not base_task.has_mask:
-        raise PyramidalError(f"{model_label} is mask-conditioned (mask_input); task {task_name} has no holes to "
-                             "give it; evaluate it on a task with holes")
-    # A noise-map model is given the true σ of each setting, as BM3D is.
-    sigma_given = model is not None and needs_noise_level(model)
-    if sigma_given and not base_task.has_noise_level:
-        raise PyramidalError(f"{model_label} takes the noise level as an input (noise_map); task {task_name} has "
-                             "no noise σ to give it; evaluate it on --task noise")
+    # A mask-conditioned model is given the true mask, as the classical inpainting rows are; a noise-map model
+    # the true σ of each setting, as BM3D is.
+    conditions = BLIND if model is None else model_conditions(model)
+    check_task(conditions, base_task, model_label)
+    mask_given, sigma_given = conditions.mask_input, conditions.noise_map
     run_slow = baselines == "all" or (baselines == "auto" and len(images) <= AUTO_SLOW_LIMIT)
     chosen = [] if baselines == "none" else baselines_for(task_name)
     settings = settings if settings is not None else base_task.eval_settings()

@@ -65,10 +65,10 @@ from pyramidal.runstate import (
 from pyramidal.step import (
     grad_scaler,
     make_optimizer,
-    model_conditions,
     model_output,
     psnr_from_mse,
     train_step,
+    training_conditions,
 )
 
 
@@ -171,8 +171,8 @@ class Trainer:
         task_kwargs = c.task_kwargs()
         self.task = create_task(c.task, train=True, **task_kwargs)
         self.val_task = create_task(c.task, train=False, **task_kwargs)
-        # What a conditioned model is given besides the image: the holes (mask_input) or each σ (noise_map).
-        self.with_mask, self.with_noise_level = model_conditions(c.model_kwargs(), self.task)
+        # What the model takes besides the image (models.conditions.Conditions): the holes, or each σ.
+        self.conditions = training_conditions(c.model_kwargs(), self.task)
         self.phases = size_phases(c)
         self._sources: dict[int, Any] = {}
         self._loaders: dict[int, Any] = {}
@@ -348,8 +348,8 @@ class Trainer:
             # Workers stay up for the whole run; batches bound for a GPU come in page-locked memory.
             kwargs.update(num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda")
         return make_loader(ds, task, batch_size=batch_size, train=train, seed=self.config.seed,
-                           sampler=sampler, drop_last=train, with_mask=self.with_mask,
-                           with_noise_level=self.with_noise_level, **kwargs)
+                           sampler=sampler, drop_last=train, with_mask=self.conditions.mask_input,
+                           with_noise_level=self.conditions.noise_map, **kwargs)
 
     def _device_loader(self, size: int, batch: int):
         """--data-on-device: batches cut and damaged on the training device from photographs held there."""
@@ -357,8 +357,8 @@ class Trainer:
 
         photos = cached_device_photos(self.config, self.device, self._cache)
         return DeviceBatches(photos, self.task, size, batch, self._steps_per_epoch_for(batch),
-                             seed=self.config.seed, rank=self.rank, with_mask=self.with_mask,
-                             with_noise_level=self.with_noise_level)
+                             seed=self.config.seed, rank=self.rank, with_mask=self.conditions.mask_input,
+                             with_noise_level=self.conditions.noise_map)
 
     def _train_loader(self, phase: int):
         if phase not in self._loaders:
@@ -593,8 +593,8 @@ class Trainer:
 
     def _train_step(self, damaged: torch.Tensor, clean: torch.Tensor, condition: torch.Tensor | None = None) -> None:
         c = self.config
-        mask = condition if self.with_mask else None
-        noise_level = condition if self.with_noise_level else None
+        mask = condition if self.conditions.mask_input else None
+        noise_level = condition if self.conditions.noise_map else None
         # Dropout draws from the global RNG: seeding it from (seed, step, rank) makes every step's masks a
         # pure function of its position, so a resumed run repeats them exactly whatever else used the RNG.
         torch.manual_seed(derive_seed(c.seed, self.step, self.rank))
@@ -603,7 +603,7 @@ class Trainer:
         loss, output = train_step(self.train_model, self.optimizer, damaged, clean, device=self.device,
                                precision=self.precision, channels_last=c.channels_last, scaler=self.scaler,
                                clip_grad=c.clip_grad, check_loss=self._check_loss, mask=mask,
-                               noise_level=noise_level, objective=c.loss)
+                               noise_level=noise_level, conditions=self.conditions, objective=c.loss)
         if self.ema is not None:
             self.ema.update(self.model, self.step)
         self.step += 1
@@ -667,9 +667,10 @@ class Trainer:
         shown: list[torch.Tensor] = []
         for damaged, clean, *condition in self.val_loader:
             given = condition[0] if condition else None
-            out = model_output(model, damaged, clean, given if self.with_mask else None, device=self.device,
-                               precision=self.precision, channels_last=c.channels_last,
-                               noise_level=given if self.with_noise_level else None).cpu()
+            out = model_output(model, damaged, clean, given if self.conditions.mask_input else None,
+                               device=self.device, precision=self.precision, channels_last=c.channels_last,
+                               noise_level=given if self.conditions.noise_map else None,
+                               conditions=self.conditions).cpu()
             squared = (out - clean).pow(2).flatten(1)
             se += squared.sum().item()
             image_psnrs += [psnr_from_mse(v) for v in squared.mean(dim=1).tolist()]

@@ -16,7 +16,7 @@ from torch import nn
 
 from pyramidal.errors import PyramidalError, option_error
 from pyramidal.fastpath import map_one_thread_each
-from pyramidal.inference.inputs import auto_mask, check_mask, model_input
+from pyramidal.inference.inputs import auto_mask, check_mask, restore_input
 from pyramidal.inference.model import (
     InferenceModel,
     device_and_precision,
@@ -101,7 +101,7 @@ def restore_array(model: Callable, image: torch.Tensor, *, tile: int | None = DE
             raise PyramidalError(f"mask {mask!r}: give an H×W array of holes, or 'auto' for magenta holes")
         mask = auto_mask(from_model_range(image, np.uint8))
     mask = None if mask is None else check_mask(mask, tuple(image.shape[1:]))
-    known, image = image, model_input(model, image, mask, sigma)  # the model may see 4 channels, or painted holes
+    known, image = image, restore_input(model, image, mask, sigma)  # the model may see 4 channels, or painted holes
     dev, prec = device_and_precision(model, device, precision)
     model = prepare_for_inference(model, dev, prec)
     _, h, w = image.shape
@@ -230,7 +230,7 @@ def restore_images(model: Callable, images: Sequence[np.ndarray | torch.Tensor],
         raise PyramidalError(f"got {len(masks)} masks for {len(images)} images")
     holes = [None if masks is None or masks[i] is None else check_mask(masks[i], tuple(x.shape[1:]), f"mask {i}")
              for i, x in enumerate(converted)]
-    inputs = [model_input(model, x, m, sigma) for x, m in zip(converted, holes)]
+    inputs = [restore_input(model, x, m, sigma) for x, m in zip(converted, holes)]
     results: list[np.ndarray | torch.Tensor | None] = [None] * len(images)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, x in enumerate(converted):

@@ -13,7 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pyramidal.device import device_memory
 from pyramidal.errors import PyramidalError
-from pyramidal.models.blocks import example_input
+from pyramidal.models import check_model, create_model
+from pyramidal.models.conditions import example_input
 
 
 @dataclass
@@ -85,8 +86,6 @@ def memory_estimate(name: str, options: dict | None = None, *, batch: int, size:
 
 @functools.lru_cache(maxsize=64)
 def _memory_estimate(name: str, options: str, batch: int, size: int, training: bool) -> int | None:
-    from pyramidal.models import create_model
-
     kept: dict[int, torch.Tensor] = {}
 
     def keep(t: torch.Tensor) -> torch.Tensor:
@@ -137,8 +136,6 @@ def check_memory(name: str, options: dict | None, *, batch: int, size: int, devi
 
 
 def _takes_memory_efficient(name: str, options: dict | None) -> bool:
-    from pyramidal.models import check_model
-
     if (options or {}).get("memory_efficient"):
         return False
     try:
