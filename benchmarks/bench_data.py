@@ -16,8 +16,9 @@ import platform
 def main(argv: list[str] | None = None) -> int:
     import torch
 
+    from pyramidal.bench.pipeline import bench_pairs_per_second
     from pyramidal.damage import TASKS
-    from pyramidal.data import bench_pairs_per_second, load_source
+    from pyramidal.data.sources import load_source
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("tasks", nargs="*", default=TASKS.names())

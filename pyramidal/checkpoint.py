@@ -19,6 +19,7 @@ from torch import nn
 
 from pyramidal.errors import PyramidalError
 from pyramidal.io import atomic_write, jsonable, read_json, special_file
+from pyramidal.models import check_model, create_model
 
 # The safetensors metadata key holding the JSON-encoded record (architecture, options, task, scores, ...).
 METADATA_KEY = "pyramidal"
@@ -279,8 +280,6 @@ def recorded_spec(info: Any, source: str | os.PathLike, check: bool = False) -> 
     A malformed record is a PyramidalError naming `source`; with `check`, so are options the model does not
     accept (types, limits, size; nothing is built), so that a bad file is refused when it is first named.
     """
-    from pyramidal.models import check_model
-
     if not isinstance(info, dict) or not isinstance(info.get("model"), str):
         model = info.get("model") if isinstance(info, dict) else info
         raise PyramidalError(f"{source}: the record's model must be a model name, got {model!r}")
@@ -303,8 +302,6 @@ def build_recorded_model(spec: dict, source: str | os.PathLike, overrides: dict 
     The options are validated (types, limits, size) before anything is allocated, so a damaged or hostile
     record gives one line instead of a torch error or a huge allocation.
     """
-    from pyramidal.models import create_model
-
     spec = recorded_spec(spec, source)
     try:
         return create_model(spec["model"], **{**spec["options"], **(overrides or {})})

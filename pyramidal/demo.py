@@ -6,7 +6,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyramidal.config import TrainConfig
+from pyramidal.damage import TASKS
 from pyramidal.errors import PyramidalError
+from pyramidal.evaluate import evaluate, per_image_psnr
+from pyramidal.figures import comparison_figure
+from pyramidal.hub import available_builtin_weights
+from pyramidal.io import write_text
+from pyramidal.train import train
 
 
 @dataclass
@@ -23,10 +30,6 @@ class DemoRow:
 
 def restore_section(out: Path, tasks: list[str], limit: int, baselines: str, say=print) -> list[DemoRow]:
     """Restore built-in validation photos for each task; one figure per task: truth / damaged / classical / ours."""
-    from pyramidal.damage import TASKS
-    from pyramidal.evaluate import evaluate, per_image_psnr
-    from pyramidal.figures import comparison_figure
-
     rows = []
     for task in tasks:
         # One evaluation setting per task keeps the demo short; `pyramidal evaluate` reports all of them.
@@ -69,11 +72,6 @@ def format_table(rows: list[DemoRow]) -> str:
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, train_minutes: float = 2.0,
              tasks: list[str] | None = None, say=print) -> dict:
     """Restore with every built-in weight file, print a PSNR table and figures, then train a small model."""
-    from pyramidal.config import TrainConfig
-    from pyramidal.hub import available_builtin_weights
-    from pyramidal.io import write_text
-    from pyramidal.train import train
-
     out = Path(out)
     available = available_builtin_weights()
     if not available:

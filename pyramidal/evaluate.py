@@ -318,7 +318,7 @@ def eval_images(data: str, split: str = "val", crop: int | None = 256, crops: in
     `crop=None` or 0: whole images. `crops > 1` (built-in photographs only): that many fixed crops per
     photograph, the same ones every run; otherwise one centre crop (whole image if smaller) per image.
     """
-    from pyramidal.data import BuiltinSource, FolderSource, load_source
+    from pyramidal.data.sources import BuiltinSource, FolderSource, load_source
 
     crop = crop or None
     source = load_source(data, size=crop or 64, val_crops=max(1, crops))

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pyramidal.io import atomic_write
+
 
 def tile_grid(images: np.ndarray, nrow: int = 8, pad: int = 2) -> np.ndarray:
     """B×C×H×W floats in [0, 1] → one C×H'×W' picture, `nrow` tiles a row with white `pad`-px gaps (TensorBoard)."""
@@ -33,8 +35,6 @@ def _pyplot():
 
 def _save(fig, path: str | os.PathLike, exclusive: bool = False) -> Path:
     """Write `fig` as a PNG, atomically; `exclusive`: only if no file is there (`io.atomic_write`)."""
-    from pyramidal.io import atomic_write
-
     path = Path(path)
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=fig.dpi, bbox_inches="tight"),

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pyramidal.damage import MAGENTA, Task, derive_seed, gaussian_kernel_1d
-from pyramidal.data import ImageFiles, PhotoPatches, SkippedImageWarning, _upscale_to
+from pyramidal.data.datasets import ImageFiles, PhotoPatches, SkippedImageWarning
+from pyramidal.data.patches import _upscale_to
 from pyramidal.errors import PyramidalError
 from pyramidal.io import read_rgb
 from pyramidal.registry import Registry

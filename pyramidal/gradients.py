@@ -17,6 +17,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from pyramidal.damage import create_task
+from pyramidal.data.loader import make_loader
+from pyramidal.data.sources import load_source
+from pyramidal.device import resolve_device
+from pyramidal.figures import line_plot
+from pyramidal.io import atomic_write, write_json
+from pyramidal.models import create_model
+from pyramidal.models.conditions import example_input
+from pyramidal.step import make_optimizer, train_step, training_conditions
+
 CONV_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
 
 
@@ -77,13 +87,6 @@ def measure_model(
     source: Any = None,
 ) -> dict:
     """Train `name` for `steps` steps of `train_step` (Adam, MSE, fp32), then one more backward: conv gradient norms."""
-    from pyramidal.damage import create_task
-    from pyramidal.data import load_source, make_loader
-    from pyramidal.device import resolve_device
-    from pyramidal.models import create_model
-    from pyramidal.models.conditions import example_input
-    from pyramidal.step import make_optimizer, train_step, training_conditions
-
     dev = resolve_device(device) if isinstance(device, str) else device
     damage = create_task(task, train=True)
     # A mask-conditioned or noise-map model is given its holes or σ, as in training.
@@ -126,8 +129,6 @@ def measure_model(
 
 def measure(models: list[str], **kwargs: Any) -> dict:
     """`measure_model` for each name with the same task, data, seed and budget."""
-    from pyramidal.data import load_source
-
     source = kwargs.pop("source", None) or load_source(
         kwargs.get("data", "builtin"), size=kwargs.get("size", 32), seed=kwargs.get("seed", 0),
         patches_per_epoch=max(64, (kwargs.get("steps", 3) + 1) * kwargs.get("batch_size", 2)))
@@ -152,9 +153,6 @@ def write_reports(report: dict, out: str | os.PathLike) -> dict[str, Path]:
 
 def report_writes(report: dict, out: str | os.PathLike) -> dict[Path, Callable[..., Any]]:
     """The reports as {path: write(exclusive=...)}, for a command that claims each file when it writes it."""
-    from pyramidal.figures import line_plot
-    from pyramidal.io import atomic_write, write_json
-
     paths = report_paths(out)
     curves = {}
     for m in report["models"]:

@@ -35,8 +35,11 @@ from typing import Any
 
 import tomllib
 
+from pyramidal.checkpoint import checkpoint_progress
+from pyramidal.config import check_options, resolve_config, resume_config
 from pyramidal.errors import PyramidalError
 from pyramidal.hub import recipe_path
+from pyramidal.train import Trainer
 
 RECIPE_PREFIX = "recipe:"
 STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -70,8 +73,6 @@ class Recipe:
 
 def load_recipe(name: str | os.PathLike) -> Recipe:
     """Read and check a recipe: a shipped name ("noise") or a TOML file."""
-    from pyramidal.config import check_options
-
     path = recipe_path(name)
     where = f"recipe {name}"
     try:
@@ -122,8 +123,6 @@ def stage_run(folder: Path) -> Path | None:
 
 def recipe_weights(out: str | os.PathLike, name: str) -> Path:
     """What recipe `name` made in `out`: its last stage's best weights (for `init_weights = "recipe:NAME"`)."""
-    from pyramidal.checkpoint import checkpoint_progress
-
     other = load_recipe(name)
     run = stage_run(stage_folder(out, other, len(other.stages) - 1))
     progress = checkpoint_progress(run)
@@ -148,10 +147,6 @@ def run_recipe(name: str | os.PathLike, out: str | os.PathLike = "runs/recipes",
     Raises:
         PyramidalError: a bad recipe, a missing start, or a stage stopped before its end (run again to go on).
     """
-    from pyramidal.checkpoint import checkpoint_progress
-    from pyramidal.config import resolve_config, resume_config
-    from pyramidal.train import Trainer
-
     recipe = load_recipe(name)
     overrides = dict(overrides or {})
     for key in RUNNER_KEYS:
@@ -197,8 +192,6 @@ def run_recipe(name: str | os.PathLike, out: str | os.PathLike = "runs/recipes",
 
 def _earlier_stage_weights(out: str | os.PathLike, recipe: Recipe, index: int) -> str:
     """The best weights of the stage before `index`, trained in `out`, for a run that starts at stage index+1."""
-    from pyramidal.checkpoint import checkpoint_progress
-
     run = stage_run(stage_folder(out, recipe, index - 1))
     progress = checkpoint_progress(run)
     if run is None or not progress or not progress["finished"]:

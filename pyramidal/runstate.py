@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pyramidal import __version__
 from pyramidal.errors import PyramidalError
 from pyramidal.io import to_toml, write_text
 
@@ -269,8 +270,6 @@ class MetricsLog:
 
 def best_record(config: Any, task_options: dict, step: int, epoch: int, psnr: float) -> dict[str, Any]:
     """What `best.safetensors` records of its run: task, data, steps, validation PSNR and the whole config."""
-    from pyramidal import __version__
-
     return {"task": config.task, "task_options": task_options, "data": config.data, "size": config.size,
             "steps": step, "epoch": epoch, "val_psnr": round(psnr, 4), "val_images": config.val_images,
             "ema": config.ema, "trained_with": f"pyramidal {__version__} train", "config": config.to_dict()}

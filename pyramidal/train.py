@@ -96,7 +96,7 @@ def _grid(images: torch.Tensor) -> np.ndarray:
 
 def cached_source(config: TrainConfig, size: int, cache: dict):
     """The data source a run of `config` reads at patch `size`, loaded once per `cache`."""
-    from pyramidal.data import load_source
+    from pyramidal.data.sources import load_source
 
     c = config
     key = ("source", c.data, size, c.max_images, c.seed, c.patches_per_epoch)
@@ -341,7 +341,7 @@ class Trainer:
         return self._sources[size]
 
     def _make_loader(self, ds, task, batch_size: int, train: bool, sampler=None):
-        from pyramidal.data import make_loader
+        from pyramidal.data.loader import make_loader
 
         kwargs = {}
         if self.config.num_workers:

@@ -329,7 +329,7 @@ def campaign_command(argv: list[str]) -> str:
 
 
 def flops_per_pixel(model) -> float:
-    from pyramidal.bench import count_flops
+    from pyramidal.bench.measure import count_flops
 
     return count_flops(model, 64, train=False) / 64**2
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 19's experiment at a budget where the models are good (docs/results.md, "Research comparison at
+# The research experiment at a budget where the models are good (docs/results.md, "Research comparison at
 # 10k steps: how to run"), one `pyramidal compare` per part (pyramidal.compare.RESEARCH_PARTS):
 #   squares, block  basic21, basic51, pyramidal51, pyramidal51cat, and pyramidal51 with up=upsample (the
 #                   checkerboard row): --preset research-upsample

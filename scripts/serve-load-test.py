@@ -77,7 +77,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def ground_truths() -> list[np.ndarray]:
     """The built-in validation photographs, resized to 512×512."""
-    from pyramidal.data import BUILTIN_VAL, load_source
+    from pyramidal.data.sources import BUILTIN_VAL, load_source
 
     source = load_source("builtin")
     return [np.array(source.photos[name].resize((SIZE, SIZE), Image.Resampling.LANCZOS)) for name in BUILTIN_VAL]

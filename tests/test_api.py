@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 
 import pyramidal
-from pyramidal.api import clear_cache
 from pyramidal.checkpoint import save_pretrained, save_weights
 from pyramidal.errors import PyramidalError
 from pyramidal.hub import WEIGHTS_DIR
@@ -23,16 +22,6 @@ from pyramidal.inference.model import load_restorer
 from pyramidal.models import create_model
 
 FAST = {"device": "cpu", "precision": "fp32"}
-
-
-@pytest.fixture
-def weights(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "tiny.safetensors"
-    save_weights(create_model("basic21", channels=(4, 8, 8)).eval(), path, {"task": "noise"})
-    clear_cache()
-    yield path
-    clear_cache()
 
 
 def photo(h: int = 37, w: int = 53, seed: int = 0) -> np.ndarray:

@@ -89,7 +89,7 @@ def test_reference_matches_package_model():
     """The plain reference is the same function as the package model (same weights, same outputs)."""
     import torch
 
-    from pyramidal.bench import load_reference_module
+    from pyramidal.bench.run import load_reference_module
     from pyramidal.models import create_model
 
     plain = load_reference_module()
@@ -175,7 +175,7 @@ def test_bench_restore_options_and_report(capsys):
 def test_machine_kind_reads_the_cpu_flags():
     import torch
 
-    from pyramidal.bench import describe_machine, machine_kind
+    from pyramidal.bench.measure import describe_machine, machine_kind
 
     kind = machine_kind()
     assert kind["threads"] == torch.get_num_threads() and kind["cores"] == os.cpu_count()

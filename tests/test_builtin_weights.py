@@ -9,7 +9,8 @@ import torch
 
 from pyramidal.cli import main
 from pyramidal.damage import create_task, eval_seed
-from pyramidal.data import load_source
+from pyramidal.data.sources import load_source
+from pyramidal.errors import PyramidalError
 from pyramidal.evaluate import default_crop, psnr
 from pyramidal.hub import WEIGHTS_DIR, available_builtin_weights
 from pyramidal.inference import restore_image
@@ -83,3 +84,12 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     assert "noise sigma=50" in table and "squares" in table
     assert list((out / "train").rglob("events.out.tfevents.*"))
     assert "tensorboard --logdir" in printed
+
+
+def test_init_weights_builtin_task_names_the_shipped_file(tmp_path):
+    from pyramidal.hub import builtin_weights_path, resolve_init_weights
+
+    assert resolve_init_weights("builtin:inpaint") == builtin_weights_path("inpaint")
+    assert resolve_init_weights(tmp_path / "w.safetensors") == tmp_path / "w.safetensors"
+    with pytest.raises(PyramidalError, match="init_weights='builtin:nonsense'"):
+        resolve_init_weights("builtin:nonsense")

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from pyramidal.cli import build_parser, main
-from pyramidal.compare import PLAN_KEYS, PRESETS, RESEARCH_PARTS, parse_entries, parse_model_options
+from pyramidal.compare import PRESETS, RESEARCH_PARTS, parse_model_options
+from pyramidal.compare.ablation import EVAL_OPTIONS, eval_flags, eval_settings
+from pyramidal.compare.research import PLAN_KEYS, parse_entries
 from pyramidal.errors import PyramidalError
 from pyramidal.figures import spread
 from pyramidal.models import create_model
@@ -181,7 +183,7 @@ def test_plain_family_up_option():
 
 
 def test_research_script_runs_the_research_parts():
-    """scripts/research-comparison.sh: one `compare` per part of RESEARCH_PARTS, the issue's budget for each."""
+    """scripts/research-comparison.sh: one `compare` per part of RESEARCH_PARTS, the experiment's budget for each."""
     printed = subprocess.run(["bash", str(REPO / "scripts/research-comparison.sh"), "--print", "--", "--device", "cpu"],
                              capture_output=True, text=True, check=True, env={**os.environ, "OUT": "somewhere"})
     lines = printed.stdout.strip().splitlines()
@@ -252,3 +254,67 @@ def test_compare_resumes_after_a_real_kill(tmp_path):
     result = json.loads((folder / "compare.json").read_text())
     assert [run["steps"] for run in result["runs"]] == [steps, steps]
     assert (folder / "compare.md").exists() and (folder / "curves_squares.png").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The ablation: candidates trained and scored in this process
+
+
+def _ablation_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ablation_script", REPO / "scripts" / "ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("task", sorted(EVAL_OPTIONS))
+def test_ablation_scores_what_its_evaluate_command_says(task):
+    """The settings an ablation scores are those its recorded `pyramidal evaluate` command reports."""
+    from pyramidal.cli.evaluate import settings_from_args
+
+    args = build_parser().parse_args(["evaluate", "--task", task, "--weights", "w.safetensors", *eval_flags(task)])
+    assert settings_from_args(args) == eval_settings(task)
+
+
+def test_ablation_trains_what_its_train_command_says(tmp_path):
+    ab = _ablation_script()
+    args = ab.parse_args(["--candidates", "l1", "--cpu-minutes", "3", "--threads", "2", "--out", str(tmp_path)])
+    args.config = ab.base_config(args, tmp_path / "noise")
+    train, _ = ab.commands(args, "l1", tmp_path / "noise" / "l1")
+    config = ab.train_config(train)
+    assert (config.loss, config.max_cpu_minutes, config.threads, config.task) == ("l1", 3, 2, "noise")
+    assert config.out == str(tmp_path / "noise" / "l1" / "runs") and config.lr == 1e-3  # the recipe's first stage
+
+
+def test_ablation_candidate_runs_in_this_process_and_is_not_trained_again(tmp_path, monkeypatch):
+    from functools import partial
+
+    from pyramidal.compare import ablation, runs
+    from pyramidal.config import resolve_config
+
+    monkeypatch.setattr(ablation, "evaluate_weights", partial(runs.evaluate_weights, limit=1, crop=32))
+    folder = tmp_path / "l1"
+    config = resolve_config({"task": "noise", "model": "pyramidal44", "model_options": {"m": 4, "growth": 2},
+                             "loss": "l1", "steps": 2, "size": 32, "batch_size": 4, "val_images": 4,
+                             "patches_per_epoch": 8, "device": "cpu", "precision": "fp32", "log_images": 0,
+                             "progress": False, "out": str(folder / "runs")})
+    train = ["python", "-m", "pyramidal", "train", "--loss", "l1"]
+    evaluate = ["python", "-m", "pyramidal", "evaluate", "--weights", ablation.RUN_WEIGHTS, *eval_flags("noise")]
+    lines: list[str] = []
+    result = ablation.run_candidate("l1", config, folder, task="noise", train_command=train,
+                                    evaluate_command=evaluate, log=lines.append)
+    assert result["steps"] == 2 and list(result["psnr"]) == ["sigma=15", "sigma=25", "sigma=50"]
+    assert result["change"] == ablation.CANDIDATES["l1"][0] and result["train_command"] == shlex.join(train)
+    assert str(Path(result["run_dir"]) / "best.safetensors") in result["evaluate_command"]
+    assert Path(result["run_dir"]).is_relative_to(folder / "runs") and result["train_cpu_s"] > 0
+    assert (folder / "train.log").stat().st_size > 0 and (folder / "evaluate.json").is_file()
+    assert json.loads((folder / "result.json").read_text()) == result
+    written = _mtimes(folder)
+    assert ablation.run_candidate("l1", config, folder, task="noise", train_command=train,
+                                  evaluate_command=evaluate, log=lines.append) == result
+    assert "already done" in lines[-1] and _mtimes(folder) == written
+    table = ablation.markdown([result], task="noise", base="`b.toml`", data="builtin", seed=0, cpu_minutes=1,
+                              threads=1, python="python")
+    assert "| `l1` |" in table and "RUN/best.safetensors" in table

@@ -8,7 +8,8 @@ import torch
 
 from pyramidal.checkpoint import load_weights, save_weights
 from pyramidal.damage import MAGENTA, TASKS, create_task
-from pyramidal.data import load_source, make_loader
+from pyramidal.data.loader import make_loader
+from pyramidal.data.sources import load_source
 from pyramidal.errors import OptionError, PyramidalError
 from pyramidal.inference import restore_array
 from pyramidal.models import create_model, list_models

@@ -185,7 +185,8 @@ def test_memory_efficient_backward_equals_plain_bf16_channels_last():
 
 def test_peak_memory_is_measured_on_cuda():
     """`pyramidal bench` reads CUDA's allocator statistics and its own matmul peak."""
-    from pyramidal.bench import BenchConfig, run_bench
+    from pyramidal.bench.config import BenchConfig
+    from pyramidal.bench.run import run_bench
 
     config = BenchConfig(model="pyramidal23456", batch_size=16, steps=3, warmup=1, device="cuda", precision="bf16",
                          data=False, matmul_seconds=0.3)

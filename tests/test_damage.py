@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from pyramidal.damage import (
     BlurTask,
     NoiseTask,
     PixelateTask,
+    _rng,
     create_task,
     derive_seed,
     eval_seed,
@@ -346,7 +349,7 @@ def test_unclipped_is_a_share_of_images():
 
 
 def test_the_pair_loader_gives_unclipped_noise_to_the_model_beyond_its_range():
-    from pyramidal.data import make_loader
+    from pyramidal.data.loader import make_loader
 
     class Flat(torch.utils.data.Dataset):
         def __len__(self):
@@ -358,3 +361,43 @@ def test_the_pair_loader_gives_unclipped_noise_to_the_model_beyond_its_range():
     damaged, clean = next(iter(make_loader(Flat(), create_task("noise", train=True, unclipped=1), batch_size=4)))
     assert damaged.dtype == torch.float32 and (damaged.min() < -1 or damaged.max() > 1)
     assert clean.min() >= -1 and clean.max() <= 1
+
+
+def test_sigma_dist_uniform_draws_as_before():
+    task = NoiseTask(train=True)
+    seeds = list(range(20))
+    assert task.noise_levels(seeds) == [_rng(s).uniform(0.0, 130.0) for s in seeds]
+
+
+def test_sigma_dist_low_puts_more_mass_at_low_sigma():
+    seeds = list(range(2000))
+    uniform = np.array(NoiseTask(train=True).noise_levels(seeds))
+    low = np.array(NoiseTask(train=True, sigma_dist="low").noise_levels(seeds))
+    assert low.min() >= 0 and low.max() <= 130
+    assert (low < 25).mean() == pytest.approx(math.sqrt(25 / 130), abs=0.04)
+    assert (uniform < 25).mean() == pytest.approx(25 / 130, abs=0.04)
+
+
+@pytest.mark.parametrize("dist", NoiseTask.sigma_distributions)
+def test_noise_levels_are_the_sigmas_applied(dist):
+    task = NoiseTask(train=True, sigma_dist=dist)
+    clean = torch.full((6, 3, 64, 64), 128, dtype=torch.uint8)
+    seeds = [3, 11, 19, 27, 35, 43]
+    damaged = task(clean, seeds=seeds).float() - 128
+    for sigma, noise in zip(task.noise_levels(seeds), damaged):
+        if sigma < 40:  # no clipping at 0 or 255 to bias the estimate
+            assert noise.std().item() == pytest.approx(sigma, rel=0.05, abs=0.5)
+
+
+def test_bad_sigma_dist():
+    with pytest.raises(ValueError, match="choose one of uniform, low"):
+        create_task("noise", train=True, sigma_dist="high")
+    with pytest.raises(ValueError, match="a fixed sigma draws none"):
+        create_task("noise", train=True, sigma=25, sigma_dist="low")
+    assert create_task("noise", train=True, sigma_dist="low").options == {"sigma_dist": "low"}
+
+
+def test_noise_eval_settings_report_sigma_15_and_keep_the_headline():
+    assert {"sigma": 15} in NoiseTask.eval_settings()
+    assert [s["sigma"] for s in NoiseTask.eval_settings()] == [15, 25, 50, 125]
+    assert NoiseTask.headline_setting == {"sigma": 50}

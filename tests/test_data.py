@@ -11,19 +11,13 @@ import torch
 from PIL import Image
 
 from pyramidal.damage import create_task
-from pyramidal.data import (
-    BUILTIN_PHOTOS,
-    BUILTIN_VAL,
-    SkippedImageWarning,
-    celeba_shape,
-    list_images,
-    load_source,
-    make_loader,
-    split_counts,
-    to_float,
-    to_uint8,
-)
+from pyramidal.data.datasets import SkippedImageWarning
+from pyramidal.data.loader import make_loader
+from pyramidal.data.patches import celeba_shape, to_float, to_uint8
+from pyramidal.data.sources import BUILTIN_PHOTOS, BUILTIN_VAL, list_images, load_source, split_counts
 from pyramidal.errors import PyramidalError
+
+from helpers import EVAL, TRAIN, cli, in_thread, one_error, picture, truncated
 
 
 def save(path, h, w, seed=0, mode="RGB", fmt=None):
@@ -388,3 +382,55 @@ def test_a_missing_known_training_set_names_its_source(tmp_path):
         load_source(f"builtin+{tmp_path}+{tmp_path / 'bsds432'}", size=16)
     with pytest.raises(PyramidalError, match=r"elsewhere: no such folder of extra training photographs$"):
         load_source(f"builtin+{tmp_path / 'elsewhere'}", size=16)
+
+
+def test_truncated_image_skipped_before_split(tmp_path, capsys):
+    data = tmp_path / "data"
+    for i in range(5):
+        picture(data / f"good{i}.png", 48, 48, seed=i)
+    bad = truncated(data / "trunc.jpg")
+    torch.set_num_threads(1)
+    code, _, err = cli(["train", *TRAIN, "--data", f"folder:{data}", "--steps", "2", "--val-images", "0",
+                        "--batch-size", "2", "--out", str(tmp_path / "runs")], capsys)
+    assert code == 0, err
+    warnings = [line for line in err if str(bad) in line]
+    assert len(warnings) == 1 and warnings[0].startswith("pyramidal train: warning: ") and "skipped" in warnings[0]
+    assert all(line.startswith("pyramidal train: ") for line in err), err  # no Python source lines
+    code, out, err = cli(["evaluate", *EVAL, "--data", f"folder:{data}"], capsys)
+    assert code == 0 and "damaged input" in out
+    assert sum(str(bad) in line for line in err) == 1
+
+    junk = tmp_path / "junk"
+    for i in range(3):
+        truncated(junk / f"t{i}.jpg", seed=i)
+    code, _, err = cli(["train", *TRAIN, "--data", f"folder:{junk}", "--steps", "1",
+                        "--out", str(tmp_path / "runs2")], capsys)
+    assert code == 2
+    assert "3 unreadable files skipped" in one_error([e for e in err if " error: " in e], str(junk))
+    assert not (tmp_path / "runs2").exists()
+
+
+def test_loader_gives_each_images_sigma():
+    from pyramidal.data.loader import make_loader
+    from pyramidal.data.sources import load_source
+
+    task = create_task("noise", train=True)
+    ds = load_source("builtin", size=32, patches_per_epoch=8).split("train")
+    loader = make_loader(ds, task, batch_size=4, seed=3, with_noise_level=True)
+    damaged, clean, sigma = next(iter(loader))
+    assert sigma.shape == (4,) and sigma.dtype == torch.float32
+    seeds = loader.sample_seeds(loader.batches()[0])
+    assert sigma.tolist() == pytest.approx(task.noise_levels(seeds))
+    with pytest.raises(ValueError, match="no noise level"):
+        make_loader(ds, create_task("jpeg", train=True), with_noise_level=True)
+
+
+def test_training_data_skips_a_fifo(fifo_folder):
+    from pyramidal.data.datasets import SkippedImageWarning
+    from pyramidal.data.sources import load_source
+
+    for i in range(5):
+        picture(fifo_folder / f"more{i}.png", seed=i + 1)
+    with pytest.warns(SkippedImageWarning, match="pipe.png: skipped, not a regular file"):
+        source = in_thread(lambda: load_source(f"folder:{fifo_folder}", size=8))
+    assert source is not None

@@ -12,7 +12,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from pyramidal.checkpoint import load_weights, save_weights
 from pyramidal.cli import main
 from pyramidal.damage import create_task, eval_seed
-from pyramidal.data import load_source, to_float
+from pyramidal.data.patches import to_float
+from pyramidal.data.sources import load_source
 from pyramidal.evaluate import baselines_for, evaluate, format_markdown, psnr, ssim
 
 CPU = ["--device", "cpu", "--precision", "fp32"]

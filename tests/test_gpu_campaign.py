@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from pyramidal.compare import gpucall
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu-campaign.sh"
 MiB = 2**20
@@ -73,9 +75,9 @@ def test_one_call_returns_files_within_the_device_limits(smoke):
 
 
 @pytest.mark.slow
-def test_the_time_guard_stops_the_run_in_time_and_keeps_its_files(smoke, campaign_script):
+def test_the_time_guard_stops_the_run_in_time_and_keeps_its_files(smoke):
     report = smoke["report"]
-    assert smoke["wall"] <= BUDGET + campaign_script.GRACE, smoke["wall"]
+    assert smoke["wall"] <= BUDGET + gpucall.GRACE, smoke["wall"]
     assert report["status"] == "stopped by the time guard"
     wide = report["entries"]["noise-wide"]
     assert wide["status"] == "stopped by the time guard" and wide["run"]["stopped_by"] == "stop request"
@@ -151,7 +153,7 @@ def test_packaging_round_trip_counts_steps_once_and_names_the_device(smoke, tmp_
 
 
 def test_plan_scales_the_recipe_for_the_gpu():
-    from pyramidal.campaign import Entry, plan, scaled_lr
+    from pyramidal.compare.campaign import Entry, plan, scaled_lr
 
     last = _last_stage("noise")
     settings = plan(Entry("noise", "noise"), batch_size=256, steps=30000, seconds=200, out="runs/x")
@@ -166,7 +168,7 @@ def test_plan_scales_the_recipe_for_the_gpu():
 
 
 def test_entries_are_recipes_with_labels_and_options():
-    from pyramidal.campaign import parse_entries
+    from pyramidal.compare.campaign import parse_entries
     from pyramidal.errors import PyramidalError
 
     wide, plain = parse_entries(["noise-wide=noise", "noise"], None, ["noise-wide:m=48", "noise-wide:growth=24"])
@@ -179,22 +181,22 @@ def test_entries_are_recipes_with_labels_and_options():
         parse_entries(["noise", "noise"])
 
 
-def test_pytest_lines_give_each_tests_outcome(campaign_script):
+def test_pytest_lines_give_each_tests_outcome():
     lines = ["tests/test_cuda.py::test_a PASSED [ 10%]", "[gw1] [ 20%] FAILED tests/test_cuda.py::test_b[x]",
              "tests/test_cuda.py::test_c SKIPPED (needs a CUDA GPU)", "E   AssertionError: assert 1 == 2"]
-    result = campaign_script.parse_tests(lines, None)
+    result = gpucall.parse_tests(lines, None)
     assert result["tests"] == {"tests/test_cuda.py::test_a": "passed", "tests/test_cuda.py::test_b[x]": "failed",
                                "tests/test_cuda.py::test_c": "skipped"}
     assert (result["passed"], result["failed"], result["skipped"]) == (1, 1, 1) and not result["finished"]
     assert "killed" in result["note"] and result["output_tail"] == ["E   AssertionError: assert 1 == 2"]
 
 
-def test_archive_leaves_out_a_file_over_the_limit(tmp_path, campaign_script):
+def test_archive_leaves_out_a_file_over_the_limit(tmp_path):
     small, big = tmp_path / "small.json", tmp_path / "big.safetensors"
     small.write_text("{}")
     with open(big, "wb") as fh:
         fh.truncate(16 * MiB)
-    out = campaign_script.Out(tmp_path / "out")
+    out = gpucall.Out(tmp_path / "out")
     archive = out.archive("entry.tar", [(small, "small.json"), (big, "big.safetensors")])
     assert archive["members"] == 1 and archive["left_out"] == ["big.safetensors"]
     assert (tmp_path / "out" / "entry.tar").stat().st_size <= 16 * MiB
@@ -224,7 +226,7 @@ def test_scores_compare_with_the_shipped_file_on_validation_and_benchmark_sets(t
     benchmark folder by both protocols, so it does not win."""
     import numpy as np
 
-    from pyramidal.campaign import score_entry
+    from pyramidal.compare.campaign import score_entry
     from pyramidal.hub import builtin_weights_path
     from pyramidal.io import write_image
 
@@ -260,9 +262,9 @@ def test_missing_training_photographs_fail_in_one_line_after_the_checks(tmp_path
 def test_compile_is_used_only_when_it_pays(campaign_script):
     sweep = {"models": [{"rows": [{"batch_size": 64, "train_images_per_s": 900.0},
                                   {"batch_size": 256, "train_images_per_s": 1000.0}]}]}
-    fast = campaign_script.compile_decision({"train_images_per_s": 1300.0, "wall_seconds": 40}, sweep, 256)
-    slow = campaign_script.compile_decision({"train_images_per_s": 1100.0}, sweep, 256)
-    late = campaign_script.compile_decision(None, sweep, 256)
+    fast = gpucall.compile_decision({"train_images_per_s": 1300.0, "wall_seconds": 40}, sweep, 256)
+    slow = gpucall.compile_decision({"train_images_per_s": 1100.0}, sweep, 256)
+    late = gpucall.compile_decision(None, sweep, 256)
     assert fast["use"] and fast["gain"] == 1.3 and fast["seconds"] == 40
     assert not slow["use"] and slow["gain"] == 1.1
     assert not late["use"] and "did not finish" in late["why"]
@@ -270,5 +272,5 @@ def test_compile_is_used_only_when_it_pays(campaign_script):
 
     args = campaign_script.parse_args(["all", "--out", "x"])  # the GPU defaults: compile auto, batch 256
     assert args.compile == "auto" and args.batch_size == 256 and args.seconds == 480
-    bench = build_parser().parse_args(campaign_script.compile_bench_args(args, Path("c.json")))
+    bench = build_parser().parse_args(gpucall.compile_bench_args(args, Path("c.json")))
     assert bench.command == "bench" and bench.compile and bench.batch_size == 256 and not bench.data

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pyramidal.damage import MAGENTA, create_task
-from pyramidal.data import load_source, make_loader
+from pyramidal.data.loader import make_loader
+from pyramidal.data.sources import load_source
 from pyramidal.errors import PyramidalError
 from pyramidal.gpudata import DEVICE_DAMAGE, DeviceBatches, DevicePhotos, clean_patches, window_side
 

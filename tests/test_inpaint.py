@@ -578,7 +578,8 @@ def test_hole_tasks_name_the_three_inpainting_baselines():
 
 
 def test_loader_gives_masks_only_when_asked():
-    from pyramidal.data import load_source, make_loader
+    from pyramidal.data.loader import make_loader
+    from pyramidal.data.sources import load_source
 
     ds = load_source("builtin", size=32).split("val")
     damaged, clean, holes = next(iter(make_loader(ds, "strokes", batch_size=2, train=False, with_mask=True)))

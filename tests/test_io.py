@@ -1,8 +1,11 @@
 """pyramidal.io: the one image reader and writer, atomic writes, reports, input folders; EXIF read alike everywhere."""
 
+import errno
 import json
 import os
 import stat
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -28,6 +31,8 @@ from pyramidal.io import (
     write_text,
 )
 from pyramidal.models import create_model
+
+from helpers import FAST, cli, env, files_under, in_thread, one_error, picture
 
 CPU = ["--device", "cpu", "--precision", "fp32"]
 
@@ -95,7 +100,8 @@ def test_restore_reads_exif_orientation(tmp_path, rotated_jpeg, identity_weights
 
 
 def test_training_data_reads_exif_orientation(tmp_path, rotated_jpeg):
-    from pyramidal.data import ImageFiles, load_source
+    from pyramidal.data.datasets import ImageFiles
+    from pyramidal.data.sources import load_source
 
     path, oriented = rotated_jpeg
     upright = tmp_path / "upright" / "camera.png"  # the same pixels, stored upright without EXIF
@@ -307,3 +313,89 @@ def test_expand_inputs_flat_and_recursive(tmp_path):
     assert pairs == [(src / "a.png", Path("a.png")), (src / "b.JPG", Path("b.png")),
                      (src / "sub" / "c.png", Path("sub/c.png"))]
     assert sorted(skipped) == [("broken.png", "not a readable image"), ("notes.txt", "not a readable image")]
+
+
+def test_full_disk_in_any_serializer_is_an_os_error_and_leaves_nothing(tmp_path):
+    """safetensors and torch.save report a full disk in their own exception types; the writer says it plainly."""
+    from safetensors import SafetensorError
+
+    from pyramidal.io import atomic_write
+
+    def full(tmp):
+        Path(tmp).write_bytes(b"part")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    target = tmp_path / "new" / "deeper" / "w.safetensors"
+    with pytest.raises(OSError) as info:
+        atomic_write(target, full)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert files_under(tmp_path) == set()  # neither the temporary file nor the folders made for it
+
+
+def test_existing_outputs_need_overwrite(tmp_path, weights, capsys):
+    src = tmp_path / "in" / "exif.jpg"
+    picture(src.with_suffix(".png"), 24, 24).rename(src)
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "exif.png").write_bytes(b"someone else's file")
+    for command in (["restore", "--weights", str(weights), *FAST], ["degrade", "--task", "noise"]):
+        code, _, err = cli([*command, str(src), "-o", str(keep)], capsys)
+        assert code == 2
+        one_error(err, str(keep / "exif.png"), "--overwrite")
+        assert (keep / "exif.png").read_bytes() == b"someone else's file"
+        code, _, err = cli([*command, str(src), "-o", str(keep), "--overwrite"], capsys)
+        assert code == 0, err
+        assert Image.open(keep / "exif.png").size == (24, 24)
+        (keep / "exif.png").write_bytes(b"someone else's file")
+
+
+def test_a_full_disk_is_named_whatever_the_serializer_raised(tmp_path, monkeypatch):
+    """A serializer that loses the operating system's error: the folder with no space left explains it."""
+
+    class NoRoom:
+        f_bavail = 0
+
+    monkeypatch.setattr(os, "statvfs", lambda path: NoRoom())
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_bytes(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 768 vs 662")
+
+    with pytest.raises(OSError) as raised:
+        atomic_write(tmp_path / "w.ckpt", write)
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(tmp_path / "w.ckpt")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_bug_in_a_serializer_is_not_dressed_as_a_write_failure(tmp_path):
+    def write(tmp: str) -> None:
+        raise TypeError("cannot serialize a lambda")
+
+    with pytest.raises(TypeError):
+        atomic_write(tmp_path / "x", write)
+
+
+def test_io_never_opens_a_fifo(fifo_folder):
+    with pytest.raises(PyramidalError, match="pipe.png: not a regular file \\(a FIFO"):
+        in_thread(lambda: read_image(fifo_folder / "pipe.png"))
+    good, bad = in_thread(lambda: scan_images(fifo_folder))
+    assert good == [fifo_folder / "good.png"] and bad == [(fifo_folder / "pipe.png", "not a regular file (a FIFO (named pipe))")]
+    skipped = []
+    pairs = in_thread(lambda: expand_inputs([fifo_folder / "pipe.png", "/dev/null", fifo_folder / "good.png"],
+                                            on_skip=lambda f, why: skipped.append(f)))
+    assert [p for p, _ in pairs] == [fifo_folder / "good.png"]
+    assert skipped == [fifo_folder / "pipe.png", Path("/dev/null")]
+
+
+@pytest.mark.parametrize("command", ["restore", "degrade"])
+def test_restore_and_degrade_skip_fifos_and_devices_with_a_warning(command, fifo_folder, tmp_path, weights):
+    argv = {"restore": ["restore", "--weights", str(weights), "--task", "noise", *CPU],
+            "degrade": ["degrade", "--task", "noise"]}[command]
+    done = subprocess.run([sys.executable, "-m", "pyramidal", *argv, str(fifo_folder), str(fifo_folder / "pipe.png"),
+                           "/dev/zero", "-o", str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env(), timeout=300)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 3 and all(" warning: " in w and "not a regular file" in w for w in warnings), warnings
+    assert sum("pipe.png" in w for w in warnings) == 2 and any("/dev/zero" in w for w in warnings)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.png"]

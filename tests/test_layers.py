@@ -29,7 +29,7 @@ LAYERS = {
     "hub": 3,
     # 4: compute: inference, training, evaluation and what is built on them
     "inference": 4, "train": 4, "evaluate": 4, "export": 4, "bench": 4, "benchmark": 4, "gradients": 4,
-    "recipe": 4, "realnoise": 4, "compare": 4, "campaign": 4, "demo": 4,
+    "recipe": 4, "realnoise": 4, "compare": 4, "demo": 4,
     # 5: the faces
     "api": 5, "cli": 5, "web": 5, "__main__": 5,
 }

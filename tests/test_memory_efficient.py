@@ -155,7 +155,7 @@ def test_memory_efficient_saves_most_activation_memory():
 
 def test_training_flops_include_the_recomputation():
     """The FLOP count of a memory-efficient step adds exactly the convs that really run again in backward."""
-    from pyramidal.bench import count_flops
+    from pyramidal.bench.measure import count_flops
 
     plain, efficient = _pair()
     size = 16

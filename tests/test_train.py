@@ -363,7 +363,7 @@ def test_torchrun_two_cpu_processes_only_rank0_writes(tmp_path: Path):
     assert ckpt["epoch"] == 2
     train_rows = [r for r in _rows(run_dir) if r["PSNR/train"]]
     assert [int(r["step"]) for r in train_rows] == [2, 4]
-    # (.lock: the folder's lock file, see test_hardening.py)
+    # (.lock: the folder's lock file, see test_runstate.py)
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(("events", ".lock"))) == [
         "best.json", "best.safetensors", "config.json", "config.toml", "last.ckpt", "metrics.csv"]
 

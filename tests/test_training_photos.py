@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pyramidal.data import FolderSource
+from pyramidal.data.sources import FolderSource
 from pyramidal.errors import PyramidalError
 from pyramidal.evaluate import eval_images
 

@@ -72,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
     import functools
     import sys
 
-    from pyramidal.bench import BenchConfig, format_report, run_bench
+    from pyramidal.bench.config import BenchConfig
+    from pyramidal.bench.report import format_report
+    from pyramidal.bench.run import run_bench
     from pyramidal.cli.common import check_report_files, write_json_output, write_outputs
     from pyramidal.errors import PyramidalError
 
@@ -127,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"… {msg}", file=sys.stderr, flush=True)
 
     if args.sweep:
-        from pyramidal.bench import format_sweep, run_sweep
+        from pyramidal.bench.report import format_sweep
+        from pyramidal.bench.run import run_sweep
 
         if args.mode == "restore":
             raise PyramidalError("--sweep times training steps: not with --mode restore")

@@ -5,25 +5,28 @@ from __future__ import annotations
 
 import argparse
 
+from pyramidal.cli.common import (
+    add_device,
+    add_out,
+    add_precision,
+    at_least,
+    batch_size,
+    check_out_folder,
+    positive_number,
+    side,
+    step_count,
+    task_help,
+    task_name,
+)
+from pyramidal.compare import PRESETS, parse_model_options
+from pyramidal.config import parse_options
+from pyramidal.errors import PyramidalError
+
 HELP = ("train several models under the same budget, seed and data, evaluate them alike; tables, learning "
         "curves and figure; the same command again continues an interrupted comparison")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pyramidal.cli.common import (
-        add_device,
-        add_out,
-        add_precision,
-        at_least,
-        batch_size,
-        positive_number,
-        side,
-        step_count,
-        task_help,
-        task_name,
-    )
-    from pyramidal.compare import PRESETS
-
     parser.add_argument("--preset", choices=tuple(PRESETS),
                         help="; ".join(f"{name}: {', '.join(p['models'])} on {p['task']}" for name, p in PRESETS.items()))
     parser.add_argument("--task", type=task_name, help=task_help() + " (default squares)")
@@ -55,16 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyramidal.compare import (
-        PRESETS,
+    from pyramidal.compare.research import (  # lazy: torch, kept out of `pyramidal compare --help`
         compare,
         format_table,
         parse_entries,
-        parse_model_options,
         read_plan,
     )
-    from pyramidal.config import parse_options
-    from pyramidal.errors import PyramidalError
 
     plan: dict = {}
     if args.resume:
@@ -100,8 +99,6 @@ def run(args: argparse.Namespace) -> int:
         steps, budget_minutes = plan.get("steps"), plan.get("budget_minutes")
         if steps is None and budget_minutes is None:
             budget_minutes = 5.0
-    from pyramidal.cli.common import check_out_folder
-
     out = args.out or f"runs/compare/{task}"
     check_out_folder(out)
     result = compare(

@@ -6,20 +6,23 @@ import argparse
 import sys
 from pathlib import Path
 
+from pyramidal.cli.common import (
+    add_out,
+    add_recursive,
+    add_strip_metadata,
+    add_task_options,
+    task_help,
+    task_list,
+    task_name,
+    task_option_values,
+)
+from pyramidal.damage import TASKS, create_task, eval_seed
+from pyramidal.errors import PyramidalError
+
 HELP = "apply a damage task (noise, jpeg, pixelate, ...) to images and write damaged PNGs"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pyramidal.cli.common import (
-        add_out,
-        add_recursive,
-        add_strip_metadata,
-        add_task_options,
-        task_help,
-        task_list,
-        task_name,
-    )
-
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = task_list()
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (or folders of images)")
@@ -38,18 +41,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _skipped(path: Path, reason: str) -> None:
-    from pyramidal.progress import say
+    from pyramidal.progress import say  # lazy: outside the modules --help loads (TORCH_FREE)
 
     # Other files in an input folder are not an error.
     say(f"pyramidal degrade: warning: {path}: skipped, {reason}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: torch and the image files load when the command runs, not for --help
     import torch
 
-    from pyramidal.cli.common import task_option_values
-    from pyramidal.damage import create_task, eval_seed
-    from pyramidal.errors import PyramidalError
     from pyramidal.io import OutputPlan, expand_inputs, read_image, write_image, write_mask
     from pyramidal.progress import say
 
@@ -57,8 +58,6 @@ def run(args: argparse.Namespace) -> int:
         raise PyramidalError("-o/--out OUTDIR is required: the folder for the damaged PNGs")
     task = create_task(args.task, train=False, **task_option_values(args, args.task))  # ValueError: one line from the dispatcher
     if args.masks and not task.has_mask:
-        from pyramidal.damage import TASKS
-
         with_holes = ", ".join(n for n in TASKS.names() if TASKS.get(n).has_mask)
         raise PyramidalError(f"--masks: task {task.name} makes no holes; tasks with masks: {with_holes}")
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import time
+
+from pyramidal.cli.common import add_out, check_out_folder, positive_number
+from pyramidal.damage import TASKS
 
 HELP = "show the whole system: restore built-in photos for every task, then train a small model (~5 min on a CPU)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pyramidal.cli.common import add_out, positive_number
-
     add_out(parser, "where figures, tables and the training run go", default="runs/demo")
     parser.add_argument("--quick", action="store_true", help="seconds instead of minutes: one photo, a few steps")
     parser.add_argument("--train-minutes", type=positive_number, default=2.0, help="training budget in minutes [2]")
@@ -17,11 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
-    from pyramidal.cli.common import check_out_folder
-    from pyramidal.damage import TASKS
-    from pyramidal.demo import run_demo
+    from pyramidal.demo import run_demo  # lazy: torch loads when the demo runs, not for --help
 
     start = time.perf_counter()
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from pyramidal.cli.common import task_name
+from pyramidal.errors import PyramidalError
 
 HELP = "export trained weights to ONNX (dynamic H×W; checked against torch when onnxruntime is installed)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pyramidal.cli.common import task_name
-
     parser.add_argument("--weights", required=True,
                         help="a .safetensors file, a training checkpoint (last.ckpt) or run folder from "
                              "`pyramidal train`, or 'builtin'")
@@ -22,9 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from pyramidal.errors import PyramidalError
+    # lazy: torch and onnx load when the command runs, not for --help
     from pyramidal.export import DEFAULT_OPSET, check_onnx, export_onnx
     from pyramidal.inference.model import load_restorer
     from pyramidal.io import OutputPlan

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import argparse
 
+from pyramidal.cli.common import (
+    add_device,
+    add_out,
+    batch_size,
+    positive_number,
+    side,
+    step_count,
+    task_help,
+    task_name,
+    write_outputs,
+)
+from pyramidal.config import parse_options
+from pyramidal.device import resolve_device
+from pyramidal.errors import PyramidalError
+
 HELP = "gradient-flow report: conv gradient norms vs depth after a few steps (plain deep stack vs dense)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pyramidal.cli.common import (
-        add_device,
-        add_out,
-        batch_size,
-        positive_number,
-        side,
-        step_count,
-        task_help,
-        task_name,
-    )
-
     parser.add_argument("--models", default="plain103,pyramidal457101215",
                         help="comma-separated model names (default plain103,pyramidal457101215)")
     parser.add_argument("--task", default="squares", type=task_name, help=task_help() + " (default squares)")
@@ -35,10 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyramidal.cli.common import write_outputs
-    from pyramidal.config import parse_options
-    from pyramidal.device import resolve_device
-    from pyramidal.errors import PyramidalError
+    # lazy: torch loads when the command runs, not for --help
     from pyramidal.gradients import measure, report_paths, report_writes, summary
     from pyramidal.io import OutputPlan
     from pyramidal.models import check_model

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import argparse
 
+from pyramidal.cli.common import at_least
+
 HELP = "list every registered model (parameters, convs, levels, receptive field, GFLOPs) or show one"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", nargs="?", help="show this model's layer structure")
-    from pyramidal.cli.common import at_least
-
     parser.add_argument("--size", type=at_least(1), default=64, help="image side for the GFLOPs column (default 64)")
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: torch loads when the command runs, not for --help
     from pyramidal.models import MODELS, create_model
     from pyramidal.models.summary import summarize
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
+
+from pyramidal.cli.common import add_json, write_json_output
+from pyramidal.errors import PyramidalError
 
 HELP = "list the built-in trained weights: model, training data, steps, measured scores"
 
@@ -10,8 +14,6 @@ HELP = "list the built-in trained weights: model, training data, steps, measured
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task", nargs="?", help="show the model card of this task's weights: licence, training "
                                                 "data, command, intended use, limits, scores")
-    from pyramidal.cli.common import add_json
-
     add_json(parser)  # the whole record of TASK (or of every file)
 
 
@@ -28,8 +30,6 @@ def _scores(info: dict) -> str:
 
 def model_card(task: str, path, info: dict) -> str:
     """The record of a weight file as a short model card."""
-    import textwrap
-
     def field(label: str, value) -> list[str]:
         items = value if isinstance(value, list) else [value]
         lines = []
@@ -61,9 +61,8 @@ def model_card(task: str, path, info: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: torch loads when the command runs, not for --help
     from pyramidal.checkpoint import read_weights_info
-    from pyramidal.cli.common import write_json_output
-    from pyramidal.errors import PyramidalError
     from pyramidal.hub import WEIGHTS_DIR, available_builtin_weights, builtin_weights_path
 
     tasks = available_builtin_weights()

@@ -1,40 +1,34 @@
-"""Train several models under one budget, seed and data set, evaluate them alike, and tabulate and draw them.
+"""The research's comparisons (`pyramidal compare`): several models under one budget, seed and data set,
+evaluated alike, tabulated and drawn.
 
 This reproduces the research's comparisons (its "Basic21 / Basic51 / Pyramidal51" figure) with one command.
 A comparison lives in one folder: its plan (plan.json), its training runs (runs/), how far each got
 (state.json) and the report (compare.md, compare.json, the picture grid and the learning curves). The same
-comparison run again into the same folder carries on where it stopped. Importing this module stays free of
-torch and NumPy (`pyramidal compare --help` lists the presets).
+comparison run again into the same folder carries on where it stopped.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
-import re
+import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
+from pyramidal import __version__
+from pyramidal.checkpoint import checkpoint_progress, read_weights_info
+from pyramidal.compare import LABEL, learning_curve, trained_steps
+from pyramidal.compare.runs import count_parameters, evaluate_weights, model_row, train_run
+from pyramidal.config import RESUME_QUIET, parse_value, resolve_config, resume_config, validate_config
 from pyramidal.errors import PyramidalError
-
-RESEARCH_MODELS = ["basic21", "basic51", "pyramidal51", "pyramidal51cat"]
-PRESETS: dict[str, dict[str, Any]] = {
-    # The research's comparison: plain shallow, plain deep, pyramidal (add skips), pyramidal (concat skips).
-    "research": {"task": "squares", "models": RESEARCH_MODELS},
-    # The same and one more row: pyramidal51 up-sampling bilinearly, against the transposed convs' checkerboard.
-    "research-upsample": {"task": "squares", "models": RESEARCH_MODELS + ["pyramidal51-upsample=pyramidal51"],
-                          "model_options": {"pyramidal51-upsample": {"up": "upsample"}}},
-    # The research's second claim, depth needs dense skips: 103 convs with them and without.
-    "depth": {"task": "block", "models": ["pyramidal457101215", "plain103"]},
-}
-# Issue 19's experiment, part by part: (preset, task). scripts/research-comparison.sh runs each part with
-# `--steps 10000 --batch-size 16 --size 64 --seed 0`; the GPU campaign's --research runs them too.
-RESEARCH_PARTS: dict[str, tuple[str, str]] = {
-    "squares": ("research-upsample", "squares"),
-    "block": ("research-upsample", "block"),
-    "depth": ("depth", "block"),
-}
+from pyramidal.evaluate import per_image_psnr
+from pyramidal.figures import comparison_figure, file_suffix, line_plot
+from pyramidal.io import format_number, read_json, to_toml, write_json, write_text
+from pyramidal.models import MODELS
+from pyramidal.runstate import RunLock
 
 PLAN_FILE, STATE_FILE = "plan.json", "state.json"
 # What makes a comparison what it is: a folder holding one refuses to continue it with other values.
@@ -43,48 +37,11 @@ PLAN_KEYS = ("task", "models", "model_options", "steps", "budget_minutes", "data
 # Training settings that compare's own flags set alike for every model; --train-option may not change them.
 OWN_SETTINGS = ("task", "model", "model_options", "data", "size", "batch_size", "seed", "steps", "max_minutes",
                 "epochs", "device", "precision", "out", "resume")
-LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
-
-
-def parse_model_options(items: list[str] | None, models: list[str]) -> dict[str, dict]:
-    """'KEY=VALUE' (every model) or 'MODEL:KEY=VALUE' (one model) → {model: options}; values as in
-    `config.parse_options` (TOML syntax)."""
-    from pyramidal.config import parse_options
-
-    options: dict[str, dict] = {m: {} for m in models}
-    for item in items or []:
-        target, key_value = (item.split(":", 1) if ":" in item.split("=", 1)[0] else (None, item))
-        if target is not None and target not in options:
-            raise PyramidalError(f"--model-option {item!r}: {target} is not one of --models {','.join(models)}")
-        parsed = parse_options([key_value], "--model-option")
-        for m in [target] if target else models:
-            options[m].update(parsed)
-    return options
-
-
-def trained_steps(run_dir: str | os.PathLike) -> int | None:
-    """The last step logged in a run's metrics.csv (the steps actually trained)."""
-    import csv
-
-    try:
-        with open(Path(run_dir) / "metrics.csv", newline="") as fh:
-            steps = [int(r["step"]) for r in csv.DictReader(fh) if r.get("step")]
-    except (OSError, ValueError):
-        return None
-    return max(steps, default=None)
-
-
-def _count_parameters(weights: Path) -> int:
-    from pyramidal.checkpoint import load_weights
-
-    return sum(p.numel() for p in load_weights(weights).parameters())
 
 
 def parse_entries(entries: list[str]) -> list[tuple[str, str]]:
     """`--models` entries → [(label, model)]: 'MODEL', or 'LABEL=MODEL' for another row of an architecture
     (its options then given as `--model-option LABEL:KEY=VALUE`). Labels name rows, never folders."""
-    from pyramidal.models import MODELS
-
     out: list[tuple[str, str]] = []
     for entry in entries:
         label, sep, model = (part.strip() for part in entry.partition("="))
@@ -108,8 +65,6 @@ def parse_entries(entries: list[str]) -> list[tuple[str, str]]:
 
 def read_plan(folder: str | os.PathLike) -> dict:
     """The plan of the comparison in `folder` (its plan.json); PyramidalError if there is none."""
-    from pyramidal.io import read_json
-
     path = Path(folder) / PLAN_FILE
     if not path.is_file():
         raise PyramidalError(f"{folder}: not a comparison folder (no {PLAN_FILE}) (--resume)")
@@ -122,10 +77,6 @@ def read_plan(folder: str | os.PathLike) -> dict:
 def _check_folder(folder: Path, plan: dict) -> bool:
     """True when `folder` holds this very comparison (a resume), False when it is new or empty; else one
     PyramidalError line: another comparison's plan, or a folder with other files in it."""
-    import json
-
-    from pyramidal.runstate import RunLock
-
     if (folder / PLAN_FILE).is_file():
         stored = read_plan(folder)
         new = json.loads(json.dumps(plan))  # as it reads back: tuples become lists
@@ -148,8 +99,6 @@ class _State:
     """state.json of a comparison: each row's run folder (relative to the comparison) and whether it is done."""
 
     def __init__(self, folder: Path):
-        from pyramidal.io import read_json
-
         self.path = folder / STATE_FILE
         self.rows: dict[str, dict] = read_json(self.path, "comparison state") if self.path.is_file() else {}
 
@@ -158,8 +107,6 @@ class _State:
         return self.path.parent / entry["run_dir"] if entry else None
 
     def record(self, label: str, run_dir: Path, done: bool) -> None:
-        from pyramidal.io import write_json
-
         self.rows[label] = {"run_dir": run_dir.relative_to(self.path.parent).as_posix(), "done": done}
         write_json(self.rows, self.path)
 
@@ -168,12 +115,6 @@ def _train_row(index: int, entries: list, config, state: _State, steps: int | No
                log) -> Path:
     """Train one row of the comparison to the budget: skip it when done, resume it from its last.ckpt when
     interrupted, start it afresh otherwise. Returns its run folder."""
-    import shutil
-
-    from pyramidal.checkpoint import checkpoint_progress
-    from pyramidal.config import resume_config
-    from pyramidal.train import Trainer
-
     label = entries[index][0]
     head = f"\n[{index + 1}/{len(entries)}] {label}"
     run_dir = state.run_dir(label)
@@ -184,16 +125,17 @@ def _train_row(index: int, entries: list, config, state: _State, steps: int | No
         return run_dir
     if progress is not None:
         log(f"{head}: resuming {run_dir} at step {progress['step']}")
-        trainer = Trainer(resume_config(run_dir, resume_overrides))
+        config = resume_config(run_dir, resume_overrides)
     else:
         if run_dir is not None and run_dir.is_dir():  # stopped before its first checkpoint: nothing to keep
             log(f"{head}: {run_dir} stopped before its first checkpoint; training afresh")
             shutil.rmtree(run_dir)
         else:
             log(f"{head}: training")
-        trainer = Trainer(config)
+    def started(trainer) -> None:  # a new run: its folder is the row's from its first step
         state.record(label, trainer.run_dir, done=False)
-    trainer.fit()
+
+    trainer = train_run(config, started=None if progress is not None else started)
     if trainer.interrupted:
         folder = state.path.parent
         raise PyramidalError(f"stopped while training {label}; run the same command again, or `pyramidal compare "
@@ -204,8 +146,6 @@ def _train_row(index: int, entries: list, config, state: _State, steps: int | No
 
 def _run_record(label: str, model: str, options: dict, run_dir: Path) -> dict:
     """What the report says about one trained row: steps, best step, training time, parameters, weights."""
-    from pyramidal.checkpoint import checkpoint_progress, read_weights_info
-
     weights = run_dir / "best.safetensors"
     if not weights.exists():
         raise PyramidalError(f"{run_dir}: training wrote no best.safetensors")
@@ -221,27 +161,8 @@ def _run_record(label: str, model: str, options: dict, run_dir: Path) -> dict:
         "steps": progress.get("step", trained_steps(run_dir)),
         "best_step": info.get("steps"),
         "val_psnr_training": info.get("val_psnr"),
-        "parameters": _count_parameters(weights),
+        "parameters": count_parameters(weights),
     }
-
-
-def learning_curve(run_dir: str | os.PathLike, column: str = "PSNR/val") -> tuple[list[int], list[float]]:
-    """(steps, values) of one column of a run's metrics.csv, the rows that have it."""
-    import csv
-
-    steps, values = [], []
-    try:
-        with open(Path(run_dir) / "metrics.csv", newline="") as fh:
-            for row in csv.DictReader(fh):
-                try:
-                    step, value = int(row["step"]), float(row[column])
-                except (KeyError, TypeError, ValueError):  # a row without this column (training scalars)
-                    continue
-                steps.append(step)
-                values.append(value)
-    except OSError:
-        pass
-    return steps, values
 
 
 def compare(
@@ -278,9 +199,6 @@ def compare(
     Returns the results dict with 'folder', 'files' (written paths), 'runs' (per row), 'curves' (PSNR/val
     against step per row) and 'settings' (merged evaluation rows).
     """
-    from pyramidal.config import RESUME_QUIET, resolve_config, validate_config
-    from pyramidal.runstate import RunLock
-
     entries = parse_entries(models)
     labels = [label for label, _ in entries]
     if (steps is None) == (budget_minutes is None):
@@ -348,10 +266,6 @@ def compare(
 def _run(folder: Path, plan: dict, other: dict, entries: list, configs: list, resuming: bool,
          train_options: dict, log) -> dict:
     """`compare` once its arguments are checked and its folder is locked: train, evaluate, write."""
-    from pyramidal import __version__
-    from pyramidal.config import RESUME_QUIET
-    from pyramidal.io import write_json
-
     if not resuming:
         write_json({**plan, "other_settings": other, "written_by": f"pyramidal {__version__} compare"},
                    folder / PLAN_FILE)
@@ -379,16 +293,14 @@ def _run(folder: Path, plan: dict, other: dict, entries: list, configs: list, re
 
 def _evaluate_runs(runs: list[dict], plan: dict, other: dict, log) -> tuple[dict, list[dict]]:
     """Every row's best weights through `evaluate` on the same images; the classical rows once."""
-    from pyramidal.evaluate import evaluate
-
     log("\nevaluating")
     merged: dict | None = None
     kept: list[dict] = []
     for i, run in enumerate(runs):
-        result = evaluate(run["weights"], plan["task"], plan["data"], crop=other["eval_crop"],
-                          crops=other["eval_crops"], limit=other["eval_limit"], settings=other["settings"],
-                          baselines=other["baselines"] if i == 0 else "none", device=other["device"],
-                          precision=other["precision"], keep_images=True)
+        result = evaluate_weights(run["weights"], plan["task"], plan["data"], crop=other["eval_crop"],
+                                  crops=other["eval_crops"], limit=other["eval_limit"], settings=other["settings"],
+                                  baselines=other["baselines"] if i == 0 else "none", device=other["device"],
+                                  precision=other["precision"], keep_images=True)
         images = result.pop("images")
         if merged is None:
             merged = copy.deepcopy(result)
@@ -397,7 +309,7 @@ def _evaluate_runs(runs: list[dict], plan: dict, other: dict, log) -> tuple[dict
             for setting in merged["settings"]:
                 setting["rows"] = [r for r in setting["rows"] if r["kind"] != "model"]
         for setting, new_setting, keep, im in zip(merged["settings"], result["settings"], kept, images):
-            row = next(r for r in new_setting["rows"] if r["kind"] == "model")
+            row = model_row(new_setting)
             row.update(model=run["model"], architecture=run["architecture"], parameters=run["parameters"],
                        steps=run["steps"], best_step=run["best_step"], train_seconds=run["train_seconds"],
                        val_psnr_training=run["val_psnr_training"])
@@ -408,10 +320,6 @@ def _evaluate_runs(runs: list[dict], plan: dict, other: dict, log) -> tuple[dict
 
 def plan_command(plan: dict, folder: str | os.PathLike) -> str:
     """The `pyramidal compare` command line that runs (or continues) this plan into `folder`."""
-    import shlex
-
-    from pyramidal.config import parse_value
-    from pyramidal.io import to_toml
 
     def value(v: Any) -> str:  # TOML syntax, as --model-option and --train-option read it; plain words bare
         return v if isinstance(v, str) and parse_value(v) == v else to_toml({"v": v}).strip().removeprefix("v = ")
@@ -441,8 +349,6 @@ def _has_holes(result: dict) -> bool:
 def format_markdown(result: dict) -> str:
     """Markdown: the setup and the command, per setting one table of classical methods and trained models
     (whole crop and, for tasks with holes, the hole alone), then the figures."""
-    from pyramidal.io import format_number
-
     holes = _has_holes(result)
     lines = [f"### `pyramidal compare` on `{result['task']}`", "",
              f"Budget {result['budget']} per model, seed {result['seed']}, training data {result['data']}, "
@@ -473,8 +379,6 @@ def format_markdown(result: dict) -> str:
 
 def format_table(result: dict) -> str:
     """Plain-text version of the results for the terminal."""
-    from pyramidal.io import format_number
-
     holes = _has_holes(result)
     lines = []
     for setting in result["settings"]:
@@ -497,10 +401,6 @@ def format_table(result: dict) -> str:
 def write_outputs(result: dict, images: list[dict], folder: Path, figure_rows: int = 4) -> list[Path]:
     """The figures (one picture grid per setting: ground truth, input, one column per model; the learning
     curves of every model in one plot), then compare.json and compare.md."""
-    from pyramidal.evaluate import per_image_psnr
-    from pyramidal.figures import comparison_figure, file_suffix, line_plot
-    from pyramidal.io import write_json, write_text
-
     figures = []
     for setting, im in zip(result["settings"], images):
         damaged = next(r for r in setting["rows"] if r["kind"] == "input")

@@ -9,6 +9,8 @@ from PIL import Image
 from pyramidal.cli import main
 from pyramidal.damage import TASKS
 
+from helpers import cli, one_error, picture
+
 
 def save(path, h, w, mode="RGB", seed=0):
     rng = np.random.default_rng(seed)
@@ -94,3 +96,14 @@ def test_degrade_folder_input(tmp_path, inputs, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert main(["degrade", "--task", "gray", str(tmp_path / "in"), "-o", str(out), "--overwrite"]) == 0
     assert not (out / "damaged").exists()
+
+
+def test_degrade_into_its_input_folder_is_refused(tmp_path, capsys):
+    folder = tmp_path / "in"
+    for i in range(3):
+        picture(folder / f"p{i}.png", 16, 16, i)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    code, _, err = cli(["degrade", "--task", "noise", str(folder), "-o", str(folder)], capsys)
+    assert code == 2
+    one_error(err, "would replace an input file")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

@@ -1,8 +1,9 @@
-"""The GPU campaign: train a recipe's model at GPU scale in one process, score it against the shipped weights.
+"""The GPU campaign's training plan: train a recipe's model at GPU scale in one process, score it against the
+shipped weights, pack it.
 
-`scripts/gpu-campaign.sh` is a thin wrapper over this module (docs/gpu-campaign.md): it checks the CUDA paths,
-then calls `plan`, `probe_start`, `train_entry`, `score_entry` and `pack_entry` for each entry under its own
-deadline, and writes what they return into the files the device tool brings back.
+`train_entries` runs each entry in its share of the time left: `plan`, `probe_start`, the run, `score_entry`
+and `pack_entry`. `pyramidal.compare.gpucall` (the one call of scripts/gpu-campaign.sh, docs/gpu-campaign.md)
+calls it after the CUDA checks and writes what it returns into the files the device tool brings back.
 
 An entry is one weight file to make: a recipe's task, model, loss, data and task options (the settings of its
 last stage, `pyramidal/recipes/NAME.toml`), trained as one run with one cosine schedule at a GPU's batch, with
@@ -13,15 +14,29 @@ beside the task's default.
 
 from __future__ import annotations
 
-import csv
+import json
 import math
 import statistics
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyramidal.bench.measure import count_flops
+from pyramidal.benchmark import run_benchmark
+from pyramidal.checkpoint import load_weights, save_weights
+from pyramidal.compare import LABEL, parse_model_options
+from pyramidal.compare.runs import evaluate_weights, model_psnr, train_summary
+from pyramidal.config import TrainConfig, resolve_config
+from pyramidal.device import resolve_device, resolve_precision
 from pyramidal.errors import PyramidalError
+from pyramidal.gpudata import DEVICE_DAMAGE, describe
+from pyramidal.hub import available_builtin_weights
+from pyramidal.inference.model import load_restorer
+from pyramidal.models import MODELS, create_model
+from pyramidal.recipe import load_recipe
+from pyramidal.train import cached_device_photos, cached_source
 
 # Settings that a recipe's stage sets for its CPU run and the campaign sets for its own: its length and time, its
 # threads, its checkpoint and log cadence, where it trains and from which weights.
@@ -35,7 +50,6 @@ LR_RULES = ("sqrt", "linear")
 @dataclass
 class Entry:
     """One weight file the campaign makes: `label` names it (the task's name for the default architecture)."""
-
     label: str
     recipe: str
     model: str | None = None
@@ -50,9 +64,6 @@ def parse_entries(items: list[str], model_items: list[str] | None = None,
                   option_items: list[str] | None = None) -> list[Entry]:
     """`--train RECIPE` or `--train LABEL=RECIPE` (a second entry of one recipe), `--model LABEL:MODEL` and
     `--model-option LABEL:KEY=VALUE` (or `KEY=VALUE` for every entry), as `pyramidal compare` reads them."""
-    from pyramidal.compare import LABEL, parse_model_options
-    from pyramidal.recipe import load_recipe
-
     entries: list[Entry] = []
     for item in items:
         label, sep, recipe = (part.strip() for part in item.partition("="))
@@ -70,7 +81,6 @@ def parse_entries(items: list[str], model_items: list[str] | None = None,
         label, sep, model = item.partition(":")
         if not sep or label not in by_label:
             raise PyramidalError(f"--model {item!r}: expected LABEL:MODEL with LABEL one of {', '.join(labels)}")
-        from pyramidal.models import MODELS
 
         MODELS.get(model)
         by_label[label].model = model
@@ -81,8 +91,6 @@ def parse_entries(items: list[str], model_items: list[str] | None = None,
 
 def base_settings(recipe_name: str) -> dict[str, Any]:
     """What the campaign keeps of a recipe: the settings of its last stage, without those of its CPU run."""
-    from pyramidal.recipe import load_recipe
-
     recipe = load_recipe(recipe_name)
     settings = recipe.settings(len(recipe.stages) - 1)
     base = {k: v for k, v in settings.items() if k not in CPU_RUN_KEYS}
@@ -113,8 +121,6 @@ def plan(entry: Entry, *, batch_size: int, steps: int, seconds: float, out: str 
 
     `overrides`: any other training options, for every entry (the campaign's --train-option).
     """
-    from pyramidal.gpudata import DEVICE_DAMAGE
-
     base = base_settings(entry.recipe)
     recipe_batch, recipe_lr = base.pop("recipe_batch_size"), base.pop("recipe_lr")
     recipe_min_lr, recipe_warmup = base.pop("recipe_min_lr"), base.pop("recipe_warmup_steps")
@@ -147,20 +153,14 @@ def plan(entry: Entry, *, batch_size: int, steps: int, seconds: float, out: str 
 # Training in this process
 
 
-def train_config(settings: dict[str, Any]):
+def train_config(settings: dict[str, Any]) -> TrainConfig:
     """The TrainConfig of a run's settings (as `plan` returns them)."""
-    from pyramidal.config import resolve_config
-
     return resolve_config(settings)
 
 
 def preload(settings: dict[str, Any], cache: dict) -> dict[str, Any]:
     """Read an entry's training data into `cache` (and hold its photographs on the device when its batches are
     made there) before its runs need them, e.g. while the CUDA tests run."""
-    from pyramidal.device import resolve_device
-    from pyramidal.gpudata import describe
-    from pyramidal.train import cached_device_photos, cached_source
-
     config = train_config(settings)
     source = cached_source(config, config.size, cache)
     held = {"data": config.data, "source": source.describe()}
@@ -169,43 +169,13 @@ def preload(settings: dict[str, Any], cache: dict) -> dict[str, Any]:
     return held
 
 
-def run_summary(trainer, wall_seconds: float) -> dict[str, Any]:
-    """Steps, rate and best validation PSNR of a finished Trainer run."""
-    rates = []
-    try:
-        with open(trainer.run_dir / "metrics.csv", newline="") as fh:
-            rates = [float(r["images_per_s"]) for r in csv.DictReader(fh) if r.get("images_per_s")]
-    except OSError:
-        pass
-    c = trainer.config
-    return {
-        "run": str(trainer.run_dir), "steps": trainer.step, "planned_steps": c.steps,
-        "images": trainer.step * c.batch_size, "seconds": round(wall_seconds, 1),
-        "training_seconds": round(trainer._elapsed(), 1),
-        "images_per_s": round(statistics.median(rates), 1) if rates else None,
-        "best_val_psnr": None if trainer.best_step is None else round(trainer.best_psnr, 4),
-        "best_step": trainer.best_step, "val_input_psnr": getattr(trainer, "val_input_psnr", None),
-        "stopped_by": "stop request" if trainer.interrupted else (
-            "time" if trainer._out_of_time else "steps"),
-        "batch_size": c.batch_size, "lr": c.lr, "warmup_steps": c.warmup_steps,
-        "data_on_device": c.data_on_device, "compile": c.compile, "init_weights": c.init_weights,
-    }
-
-
 def train_settings(settings: dict[str, Any], cache: dict | None = None) -> dict[str, Any]:
-    """Train one run as `settings` say, in this process; returns its `run_summary`."""
-    from pyramidal.train import Trainer
-
-    start = time.monotonic()
-    trainer = Trainer(train_config(settings), cache=cache)
-    trainer.fit()
-    return run_summary(trainer, time.monotonic() - start)
+    """Train one run as `settings` say, in this process; returns its `runs.run_summary`."""
+    return train_summary(train_config(settings), cache)
 
 
 def start_candidates(entry: Entry, task: str) -> list[str | None]:
     """Where an entry can start: from scratch, and from the shipped weights when its architecture is theirs."""
-    from pyramidal.hub import available_builtin_weights
-
     if entry.changes_architecture or task not in available_builtin_weights():
         return [None]
     return [None, f"builtin:{task}"]
@@ -235,9 +205,6 @@ def probe_start(settings: dict[str, Any], candidates: list[str | None], seconds:
 
 def flops_ratio(settings: dict[str, Any], reference: str = "pyramidal23456") -> float:
     """The training model's FLOPs per image over `reference`'s (default options), for rates on other models."""
-    from pyramidal.bench import count_flops
-    from pyramidal.models import create_model
-
     config = train_config(settings)
     ours = count_flops(create_model(config.model, **config.model_kwargs()), 64, train=True)
     return ours / count_flops(create_model(reference), 64, train=True)
@@ -247,35 +214,21 @@ def flops_ratio(settings: dict[str, Any], reference: str = "pyramidal23456") -> 
 # Scores against the shipped weights
 
 
-def shipped_scores(task: str) -> dict[str, float]:
-    """The shipped weights' PSNR per evaluation setting, as their record holds it."""
-    from pyramidal.checkpoint import read_weights_info
-    from pyramidal.hub import available_builtin_weights, builtin_weights_path
-
-    if task not in available_builtin_weights():
-        return {}
-    info = read_weights_info(builtin_weights_path(task))
-    return {s["setting"]: s["ours_psnr"] for s in info.get("scores", []) if "ours_psnr" in s}
-
-
 def score_entry(weights: str | Path, task: str, *, device: str = "auto", precision: str = "auto",
                 benchmarks: list[str] | None = None, limit: int | None = None, crop: int | str | None = "auto",
                 crops: int | None = None) -> dict[str, Any]:
     """The trained file and the shipped one on the same images: the built-in validation photographs with the
     task's evaluation settings (as the shipped scores were measured), and for noise the benchmark folders by
     the papers' and the file protocol (σ 15, 25, 50, seed 0). `wins`: better on the mean of both."""
-    from pyramidal.evaluate import evaluate
-    from pyramidal.hub import available_builtin_weights
-
     shipped = "builtin" if task in available_builtin_weights() else None
     kw = dict(crop=crop, crops=crops, limit=limit, baselines="none", device=device, precision=precision)
-    ours = evaluate(str(weights), task, "builtin", **kw)
+    ours = evaluate_weights(str(weights), task, "builtin", **kw)
     rows = []
-    theirs = evaluate(shipped, task, "builtin", **kw) if shipped else None
+    theirs = evaluate_weights(shipped, task, "builtin", **kw) if shipped else None
     for i, setting in enumerate(ours["settings"]):
-        row = {"setting": setting["label"], "psnr": _model_psnr(setting)}
+        row = {"setting": setting["label"], "psnr": model_psnr(setting)}
         if theirs is not None:
-            row["shipped_psnr"] = _model_psnr(theirs["settings"][i])
+            row["shipped_psnr"] = model_psnr(theirs["settings"][i])
             row["gain"] = round(row["psnr"] - row["shipped_psnr"], 3)
         rows.append(row)
     result: dict[str, Any] = {"validation": rows, "evaluated_on": ours["described"]}
@@ -287,14 +240,7 @@ def score_entry(weights: str | Path, task: str, *, device: str = "auto", precisi
     return result
 
 
-def _model_psnr(setting: dict) -> float:
-    return round(next(r["psnr"] for r in setting["rows"] if r["kind"] == "model"), 3)
-
-
 def _benchmark_rows(weights, shipped, folders, device, precision, limit) -> list[dict[str, Any]]:
-    from pyramidal.benchmark import run_benchmark
-    from pyramidal.device import resolve_device, resolve_precision
-    from pyramidal.inference.model import load_restorer
 
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
@@ -320,8 +266,6 @@ def pack_entry(entry: Entry, run_dir: str | Path, path: str | Path, *, summary: 
                scores: dict[str, Any] | None, machine: dict[str, Any]) -> Path:
     """The run's best weights as fp16 with the campaign's record: the recipe, the entry, the device, the
     steps of this run alone (the packager adds the shipped chain's once when it started from them)."""
-    from pyramidal.checkpoint import load_weights, save_weights
-
     model = load_weights(Path(run_dir) / "best.safetensors")
     info = model.info
     device = machine.get("gpu") or machine.get("cpu") or "unknown device"
@@ -340,3 +284,119 @@ def pack_entry(entry: Entry, run_dir: str | Path, path: str | Path, *, summary: 
         record["campaign_scores"] = scores
     save_weights(model, path, record, half=True)
     return Path(path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The entries, one after another, each in its share of the time left
+
+# Both CPU cores of the machines the shipped weights were trained on, on the same model and patches: 12.8 images/s
+# on one idle thread (docs/performance.md, `pyramidal bench --model pyramidal23456 --size 64 --batch-size 16
+# --mode both --threads 1`), twice that for two cores (an upper bound: two threads scale less than 2×).
+CPU_REFERENCE = {"images_per_s": 25.6, "model": "pyramidal23456", "size": 64,
+                 "machine": "AMD EPYC Zen 4, 2 cores (2 × the 1-thread rate of docs/performance.md)"}
+
+
+def call_plan(s, entry: Entry, device, **kw) -> dict[str, Any]:
+    """The entry's `pyramidal train` settings with the call's flags `s` (as scripts/gpu-campaign.py parses
+    them): `plan` at its batch, precision, data, task and training options."""
+    return plan(entry, batch_size=s.batch_size, out=Path(s.work) / entry.label, device=str(device),
+                precision=s.precision, data=s.data, task_options=s.task_options, lr_rule=s.lr_rule,
+                steps_per_epoch=s.steps_per_epoch, num_workers=s.workers, compile=s.compile == "on",
+                overrides=s.train_options.get(entry.label), **kw)
+
+
+def entry_files(summary: dict, packed: Path, scores_path: Path) -> list[tuple[Path, str]]:
+    """What an entry's archive holds: (path, name inside)."""
+    run = Path(summary["run"])
+    files = [(packed, packed.name), (packed.with_suffix(".json"), packed.with_suffix(".json").name),
+             (scores_path, scores_path.name)]
+    files += [(run / n, f"run/{n}") for n in ("config.json", "best.json", "metrics.csv")]
+    return files
+
+
+def train_entries(s, entries: list[Entry], device, machine: dict, guard, out) -> None:
+    """Each entry in turn; one that fails leaves its error in the report and the next one its time. `guard`
+    says the time left (`left()`, `stopped`), `out` holds the report and its files (`gpucall.Out`)."""
+    section = out.report.setdefault("entries", {})
+    for i, entry in enumerate(entries):
+        record = section.setdefault(entry.label, {"recipe": entry.recipe, "status": "waiting"})
+        if guard.stopped:
+            record["status"] = "not started: the campaign was stopped"
+            continue
+        try:
+            train_entry(s, entry, len(entries) - i, device, machine, guard, out, record)
+        except Exception as exc:
+            record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+                          traceback=traceback.format_exc().splitlines()[-25:])
+            out.log(f"{entry.label}: failed: {traceback.format_exc()}")
+            out.save()
+
+
+def train_entry(s, entry: Entry, remaining: int, device, machine: dict, guard, out, record: dict) -> None:
+    """One entry: the start probe, the run, its scores and its archive, in its share of the time left."""
+    work = Path(s.work)
+    share = (guard.left() - s.final_reserve) / remaining
+    # The smoke never skips for time: on a loaded CI machine it must still cover every step (the guard ends it).
+    if not s.smoke and share < s.probe_seconds + s.score_reserve + 30:
+        record.update(status="skipped", reason=f"{share:.0f} s left for it")
+        out.log(f"{entry.label}: skipped, {share:.0f} s left for it")
+        out.save()
+        return
+    end = time.monotonic() + share
+    settings = call_plan(s, entry, device, steps=1, seconds=share, init_weights=None)
+    task = settings["task"]
+    record.update(status="probing", task=task, model=settings["model"],
+                  model_options=settings.get("model_options", {}))
+    out.save()
+    candidates = start_candidates(entry, task)
+    probe = probe_start(settings, candidates, s.probe_seconds, work / entry.label / "probe", s.cache, out.log)
+    record["probe"] = probe
+    if guard.stopped:
+        record["status"] = "stopped in the probe"
+        return
+    rate = probe["images_per_s"] or probe["runs"][0]["steps"] * s.batch_size / max(
+        probe["runs"][0]["training_seconds"], 1e-3)
+    seconds = max(1.0, end - time.monotonic() - s.score_reserve)  # late (a loaded smoke machine): train briefly
+    steps = max(2, int(0.92 * rate * seconds / s.batch_size))
+    if s.max_steps:
+        steps = min(steps, s.max_steps)
+    settings = call_plan(s, entry, device, steps=steps, seconds=seconds, init_weights=probe["winner"])
+    record.update(status="training", start=probe["winner"] or "scratch", planned_steps=steps,
+                  planned_seconds=round(seconds, 1), settings={k: settings[k] for k in (
+                      "batch_size", "lr", "min_lr", "warmup_steps", "steps", "data", "task_options", "loss",
+                      "data_on_device", "num_workers", "precision", "compile")})
+    out.save()
+    out.log(f"{entry.label}: {steps} steps of batch {s.batch_size} at lr {settings['lr']:.2e} in {seconds:.0f} s "
+            f"(start: {probe['winner'] or 'scratch'}, {rate:.0f} images/s in the probe)")
+    summary = train_settings(settings, s.cache)
+    record["run"] = summary
+    if summary["images_per_s"]:  # against both CPU cores on the same model (FLOPs-scaled for another one)
+        flops = flops_ratio(settings)
+        summary["times_cpu"] = round(summary["images_per_s"] * flops / CPU_REFERENCE["images_per_s"], 1)
+    out.log(f"{entry.label}: {summary['steps']} steps, {summary['images_per_s']} images/s "
+            f"(×{summary.get('times_cpu')} both CPU cores), best PSNR/val {summary['best_val_psnr']} dB "
+            f"(stopped by {summary['stopped_by']})")
+    if summary["best_step"] is None:
+        record["status"] = "no weights"
+        out.save()
+        return
+    scores = None
+    if not guard.stopped and (s.smoke or guard.left() > s.score_reserve / 2):
+        record["status"] = "scoring"
+        out.save()
+        run_best = Path(summary["run"]) / "best.safetensors"
+        scores = score_entry(run_best, task, device=str(device), precision=s.precision,
+                             benchmarks=s.benchmark or None, limit=s.eval_limit, crop=s.eval_crop,
+                             crops=s.eval_crops)
+        record["scores"] = scores
+        out.log(f"{entry.label}: " + ", ".join(
+            f"{r['setting'] or task} {r['psnr']:.2f}" + (f" ({r['gain']:+.2f})" if "gain" in r else "")
+            for r in scores["validation"]) + f"; wins: {scores['wins']}")
+    packed = pack_entry(entry, summary["run"], work / "weights" / f"{entry.label}.safetensors",
+                        summary=summary, scores=scores, machine=machine)
+    scores_path = work / "weights" / f"{entry.label}-scores.json"
+    scores_path.write_text(json.dumps({"entry": record, "machine": machine, "argv": out.report["argv"]},
+                                      indent=2, default=str) + "\n")
+    record["archive"] = out.archive(f"{entry.label}.tar", entry_files(summary, packed, scores_path))
+    record["status"] = "done" if not guard.stopped else "stopped by the time guard"
+    out.save()
