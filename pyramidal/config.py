@@ -449,8 +449,10 @@ def validate_config(c: TrainConfig) -> None:
         raise flag_error(f"{{clip_grad}} must be positive, got {c.clip_grad}", "clip_grad")
     _check_limits(c)
     check_training_memory(c)
-    if (c.model_kwargs().get("hole_fill") == "smooth" and c.optimizer == "adam" and c.weight_decay > 0
-            and not c.init_weights and not c.resume):
+    from pyramidal.models.conditions import Conditions  # lazy: config is on the torch-free --help path
+
+    if (Conditions.from_options(c.model_kwargs()).hole_fill == "smooth" and c.optimizer == "adam"
+            and c.weight_decay > 0 and not c.init_weights and not c.resume):
         # Measured: the output conv starts at zero, so no gradient reaches the other layers at first, and
         # Adam's normalised L2 step (lr-sized, whatever the decay) shrank them to nothing within 800 steps.
         raise flag_error("hole_fill=smooth starts from a zeroed output layer; with {optimizer=}adam and "

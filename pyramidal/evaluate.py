@@ -20,10 +20,11 @@ from pyramidal.data.sources import BuiltinSource, FolderSource, load_source
 from pyramidal.device import resolve_device, resolve_precision
 from pyramidal.errors import PyramidalError, option_error
 from pyramidal.inference import restore_images
-from pyramidal.inference.inputs import needs_mask, needs_noise_level
+from pyramidal.inference.inputs import model_conditions
 from pyramidal.inference.model import load_restorer, prepare_for_inference
 from pyramidal.io import format_number
 from pyramidal.metrics import hwc, scores
+from pyramidal.models.conditions import BLIND, check_task
 from pyramidal.options import EVALUATION, RestoreOptions
 from pyramidal.progress import progress as progress_bar
 
@@ -167,16 +168,11 @@ def evaluate(
     dev = resolve_device(options.device) if isinstance(options.device, str) else options.device
     prec = resolve_precision(options.precision, dev)
     model, model_name, model_label = resolve_model(model_or_weights, task_name, dev, prec)
-    # A mask-conditioned model is given the true mask, as the classical inpainting rows are.
-    mask_given = model is not None and needs_mask(model)
-    if mask_given and not base_task.has_mask:
-        raise PyramidalError(f"{model_label} is mask-conditioned (mask_input); task {task_name} has no holes to "
-                             "give it; evaluate it on a task with holes")
-    # A noise-map model is given the true σ of each setting, as BM3D is.
-    sigma_given = model is not None and needs_noise_level(model)
-    if sigma_given and not base_task.has_noise_level:
-        raise PyramidalError(f"{model_label} takes the noise level as an input (noise_map); task {task_name} has "
-                             "no noise σ to give it; evaluate it on --task noise")
+    # A mask-conditioned model is given the true mask, as the classical inpainting rows are; a noise-map model
+    # the true σ of each setting, as BM3D is.
+    conditions = BLIND if model is None else model_conditions(model)
+    check_task(conditions, base_task, model_label)
+    mask_given, sigma_given = conditions.mask_input, conditions.noise_map
     run_slow = baselines == "all" or (baselines == "auto" and len(images) <= AUTO_SLOW_LIMIT)
     chosen = [] if baselines == "none" else baselines_for(task_name)
     settings = settings if settings is not None else base_task.eval_settings()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -13,7 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyramidal.errors import PyramidalError
+from pyramidal.inference.model import prepare_for_inference
 from pyramidal.io import atomic_write
+from pyramidal.models.conditions import conditions_of
+from pyramidal.onnx_backend import onnx_restore_fn
 
 DEFAULT_OPSET = 18
 
@@ -46,8 +50,6 @@ def min_side(model: nn.Module) -> int:
 
 
 def _require(module: str) -> None:
-    import importlib.util
-
     if importlib.util.find_spec(module) is None:
         raise PyramidalError(f"ONNX export needs the '{module}' package: pip install 'pyramidal[onnx]'")
 
@@ -61,17 +63,18 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_
     `min_side(model)` (32 for five-level pyramids). The file's metadata holds `pyramidal` (JSON: the model
     spec, `min_side` and `metadata`).
     """
-    if getattr(model, "mask_input", False):
+    conditions = conditions_of(model)
+    if conditions.mask_input:
         # The ONNX runner feeds 3-channel images: a mask-conditioned model needs its mask channel built first.
         raise PyramidalError("ONNX export takes blind models only; this one is mask-conditioned (mask_input), "
                              "run it with the torch backend and --mask")
-    if getattr(model, "find_holes", "none") != "none" or getattr(model, "hole_fill", "grey") != "grey":
+    if conditions.find_holes != "none" or conditions.hole_fill != "grey":
         # Finding and filling holes takes steps that depend on the pixels and on the image size (the fill's
         # pyramid depth), which a traced graph would freeze at the example's.
         raise PyramidalError("ONNX export takes models without hole finding or filling; this one has "
-                             f"find_holes={getattr(model, 'find_holes', 'none')}, "
-                             f"hole_fill={getattr(model, 'hole_fill', 'grey')}: run it with the torch backend")
-    if getattr(model, "noise_map", False):
+                             f"find_holes={conditions.find_holes}, hole_fill={conditions.hole_fill}: run it with "
+                             "the torch backend")
+    if conditions.noise_map:
         raise PyramidalError("ONNX export takes blind models only; this one takes the noise level (noise_map), "
                              "run it with the torch backend and --sigma")
     _require("onnx")
@@ -125,9 +128,6 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, sizes: tuple[tuple[int
 
     The torch side is what `restore` runs: the model through `prepare_for_inference` on the CPU in fp32.
     """
-    from pyramidal.inference.model import prepare_for_inference
-    from pyramidal.onnx_backend import onnx_restore_fn
-
     lo = min_side(model)
     sizes = sizes or ((max(64, 2 * lo), max(64, 2 * lo)), (max(48, lo) + 3, max(80, 2 * lo) + 7))
     run = onnx_restore_fn(path)

@@ -24,8 +24,8 @@ from pyramidal.device import resolve_device
 from pyramidal.figures import line_plot
 from pyramidal.io import atomic_write, write_json
 from pyramidal.models import create_model
-from pyramidal.models.blocks import example_input
-from pyramidal.step import make_optimizer, model_conditions, train_step
+from pyramidal.models.conditions import example_input
+from pyramidal.step import make_optimizer, train_step, training_conditions
 
 CONV_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
 
@@ -90,12 +90,12 @@ def measure_model(
     dev = resolve_device(device) if isinstance(device, str) else device
     damage = create_task(task, train=True)
     # A mask-conditioned or noise-map model is given its holes or σ, as in training.
-    with_mask, with_noise_level = model_conditions(options or {}, damage)
+    conditions = training_conditions(options or {}, damage)
     torch.manual_seed(seed)
     model = create_model(name, **(options or {})).to(dev).train()
     source = source or load_source(data, size=size, seed=seed, patches_per_epoch=max(64, (steps + 1) * batch_size))
     loader = make_loader(source.split("train"), damage, batch_size=batch_size, train=True, seed=seed,
-                         with_mask=with_mask, with_noise_level=with_noise_level)
+                         with_mask=conditions.mask_input, with_noise_level=conditions.noise_map)
     batches = iter(loader)
     optimizer = make_optimizer(model.parameters(), "adam", lr, weight_decay, dev)
     layers = convs_in_forward_order(model, example_input(model, 1, size, size).to(dev))
@@ -105,8 +105,8 @@ def measure_model(
         given = condition[0] if condition else None
         # fp32 and NCHW: the norms measure the architecture, not rounding. The last backward is only measured.
         loss, _ = train_step(model, optimizer, damaged, clean, device=dev, precision="fp32", channels_last=False,
-                             update=step < steps, mask=given if with_mask else None,
-                             noise_level=given if with_noise_level else None)
+                             update=step < steps, mask=given if conditions.mask_input else None,
+                             noise_level=given if conditions.noise_map else None, conditions=conditions)
         losses.append(float(loss))
     rows = layer_gradients(layers)
     first, last = rows[0]["grad_norm"], rows[-1]["grad_norm"]

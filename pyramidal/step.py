@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyramidal.damage import Task
 from pyramidal.device import autocast
+from pyramidal.models.conditions import BLIND, Conditions, check_task, model_input
 
 
 def psnr_from_mse(mse: float) -> float:
@@ -72,54 +74,37 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | 
     return torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
 
-def model_conditions(options: dict, task) -> tuple[bool, bool]:
-    """(with_mask, with_noise_level): whether a model built with `options` is given each image's holes
-    (`mask_input`) or σ (`noise_map`) besides it; a one-line error when `task` cannot supply them, or
-    paints no holes in the colour key a `find_holes` model looks for."""
-    from pyramidal.damage import TASKS
-    from pyramidal.errors import PyramidalError
-
-    with_mask = bool(options.get("mask_input"))
-    if with_mask and not task.has_mask:
-        holes = ", ".join(n for n in TASKS.names() if TASKS.get(n).has_mask)
-        raise PyramidalError(f"mask_input: task {task.name} makes no holes to give the model; choose one that "
-                             f"does ({holes})")
-    finder = options.get("find_holes", "none")
-    if finder != "none" and getattr(task, "hole_colour", None) is None:
-        keyed = ", ".join(n for n in TASKS.names() if getattr(TASKS.get(n), "hole_colour", None) is not None)
-        raise PyramidalError(f"find_holes={finder}: task {task.name} paints no holes in the colour key for the model "
-                             f"to find; choose one that does ({keyed})")
-    with_noise_level = bool(options.get("noise_map"))
-    if with_noise_level and not task.has_noise_level:
-        raise PyramidalError(f"noise_map: task {task.name} has no noise level σ to give the model; train it on "
-                             "--task noise")
-    return with_mask, with_noise_level
+def training_conditions(options: dict, task: Task) -> Conditions:
+    """The conditions of a model built with `options` (`Conditions.from_options`), checked against the training
+    `task` (`check_task`): a one-line error when it cannot supply what the model is given besides each image."""
+    conditions = Conditions.from_options(options)
+    check_task(conditions, task)
+    return conditions
 
 
-def model_output(model: nn.Module, damaged: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor | None, *,
+def model_output(model: nn.Module, damaged: torch.Tensor, clean: torch.Tensor, mask: torch.Tensor | None = None, *,
                  device: torch.device, precision: str, channels_last: bool = True,
-                 noise_level: torch.Tensor | None = None) -> torch.Tensor:
+                 noise_level: torch.Tensor | None = None, conditions: Conditions = BLIND) -> torch.Tensor:
     """The model's float32 output on `device` under autocast, as `restore` would return it.
 
-    With a bool B×1×H×W `mask` of holes (a mask-conditioned model), the model sees
-    `mask_conditioned_input(damaged, mask)` and only its prediction inside the holes is kept: the clean pixels
-    elsewhere, which `restore --mask` keeps exactly, so the loss scores the holes alone. With `noise_level`,
-    each image's true σ (0-255; a noise-map model), the model sees `noise_map_input(damaged, noise_level)`.
+    The model sees `model_input(conditions, damaged, mask, noise_level)`, its `conditions` being what it takes
+    besides the image (the default takes `damaged` as the model's whole input): with a bool B×1×H×W `mask` of
+    holes, a mask-conditioned model is given them, and only its prediction inside the holes is kept: the clean
+    pixels elsewhere, which `restore --mask` keeps exactly, so the loss scores the holes alone; with
+    `noise_level`, each image's true σ (0-255), a noise-map model is given it.
     """
-    from pyramidal.models.blocks import mask_conditioned_input, noise_map_input
-
     damaged = damaged.to(device, non_blocking=True)
     if mask is not None:
         mask = mask.to(device, non_blocking=True)
-        damaged = mask_conditioned_input(damaged, mask)
-    if noise_level is not None:
-        damaged = noise_map_input(damaged, noise_level)
+    damaged = model_input(conditions, damaged, mask, noise_level)
     if channels_last:
         damaged = damaged.contiguous(memory_format=torch.channels_last)
     with autocast(device, precision):
         output = model(damaged)
     output = output.float()
-    return output if mask is None else torch.where(mask, output, clean.to(device, non_blocking=True).float())
+    if not conditions.mask_input:
+        return output
+    return torch.where(mask, output, clean.to(device, non_blocking=True).float())
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, damaged: torch.Tensor, clean: torch.Tensor, *,
@@ -127,18 +112,19 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, damaged: torc
                scaler: torch.amp.GradScaler | None = None, clip_grad: float | None = None,
                check_loss: Callable[[torch.Tensor], None] | None = None, update: bool = True,
                mask: torch.Tensor | None = None, noise_level: torch.Tensor | None = None,
-               objective: str = "mse") -> tuple[torch.Tensor, torch.Tensor]:
+               conditions: Conditions = BLIND, objective: str = "mse") -> tuple[torch.Tensor, torch.Tensor]:
     """One step of `pyramidal train`; returns the loss and the output, detached.
 
     Forward under autocast in `precision` (channels_last input), the `objective` (`LOSS_FUNCTIONS`: mse, l1,
     charbonnier, psnr) in fp32, backward (scaled for fp16), optional clipping of the global gradient norm, the
     optimizer's update. `check_loss` sees the loss before the backward pass and may raise to stop;
-    `update=False` leaves the gradients in place, unapplied. `mask`: the holes, for a mask-conditioned model;
-    `noise_level`: each image's σ, for a noise-map model (see `model_output`).
+    `update=False` leaves the gradients in place, unapplied. `conditions`: what the model takes besides the image
+    (`model.conditions`); `mask`: the holes, for a mask-conditioned model; `noise_level`: each image's σ, for a
+    noise-map model (see `model_output`).
     """
     clean = clean.to(device, non_blocking=True)
     output = model_output(model, damaged, clean, mask, device=device, precision=precision,
-                          channels_last=channels_last, noise_level=noise_level)
+                          channels_last=channels_last, noise_level=noise_level, conditions=conditions)
     loss = LOSS_FUNCTIONS[objective](output, clean.float())
     if check_loss is not None:
         check_loss(loss.detach())

@@ -17,7 +17,7 @@ from pyramidal.damage import MAGENTA, TASKS, create_task, eval_seed
 from pyramidal.errors import PyramidalError
 from pyramidal.hub import available_builtin_weights, builtin_weights_path
 from pyramidal.inference import restore_image, restore_images
-from pyramidal.inference.inputs import check_mask, magenta_mask, model_input, needs_mask
+from pyramidal.inference.inputs import check_mask, magenta_mask, needs_mask, restore_input
 from pyramidal.io import read_mask
 from pyramidal.models import create_model
 from pyramidal.models.blocks import fill_holes, magenta_holes, mask_conditioned_input, smooth_fill
@@ -332,11 +332,11 @@ def test_blind_model_sees_holes_painted_as_its_task_painted_them():
     image = torch.from_numpy(photo()).permute(2, 0, 1).float() / 127.5 - 1
     holes = torch.from_numpy(box_mask())
     magenta = torch.tensor(MAGENTA).float().view(3, 1) / 127.5 - 1
-    fed = model_input(tiny(task="squares"), image, holes)
+    fed = restore_input(tiny(task="squares"), image, holes)
     assert torch.equal(fed[:, holes], magenta.expand(3, int(holes.sum())))
     assert torch.equal(fed[:, ~holes], image[:, ~holes])
-    assert torch.equal(model_input(tiny(task="text"), image, holes), image)  # text keeps its own pixels
-    assert model_input(tiny(mask_input=True), image, holes).shape == (4, *holes.shape)
+    assert torch.equal(restore_input(tiny(task="text"), image, holes), image)  # text keeps its own pixels
+    assert restore_input(tiny(mask_input=True), image, holes).shape == (4, *holes.shape)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -605,8 +605,8 @@ def test_train_step_scores_only_the_holes():
     holes = torch.zeros(2, 1, 16, 16, dtype=torch.bool)
     holes[..., 4:8, 4:8] = True
     damaged = torch.where(holes, torch.tensor([1.0, -1.0, 1.0]).view(1, 3, 1, 1), clean)
-    loss, output = train_step(model, optimizer, damaged, clean, mask=holes, device=torch.device("cpu"),
-                              precision="fp32")
+    loss, output = train_step(model, optimizer, damaged, clean, mask=holes, conditions=model.conditions,
+                              device=torch.device("cpu"), precision="fp32")
     keep = ~holes.expand(-1, 3, -1, -1)
     assert torch.equal(output[keep], clean[keep])
     assert loss.item() == pytest.approx(((output - clean) ** 2).mean().item())

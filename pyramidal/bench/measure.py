@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from pyramidal.models.blocks import example_input
+from pyramidal.models.conditions import example_input
 
 
 def _status_kb(key: str) -> int | None:

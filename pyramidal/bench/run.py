@@ -37,7 +37,7 @@ from pyramidal.errors import PyramidalError
 from pyramidal.fastpath import memory_format, tune_cpu_allocator
 from pyramidal.inference.model import prepare_for_inference
 from pyramidal.models import create_model
-from pyramidal.models.blocks import example_input
+from pyramidal.models.conditions import example_input
 from pyramidal.step import grad_scaler, make_optimizer, train_step
 
 REFERENCE_FILE = Path(__file__).resolve().parents[2] / "benchmarks" / "plain_fc_densenet.py"

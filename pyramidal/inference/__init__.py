@@ -16,7 +16,7 @@ from torch import nn
 
 from pyramidal.errors import PyramidalError
 from pyramidal.fastpath import map_one_thread_each
-from pyramidal.inference.inputs import auto_mask, check_mask, model_input
+from pyramidal.inference.inputs import auto_mask, check_mask, restore_input
 from pyramidal.inference.model import (
     InferenceModel,
     device_and_precision,
@@ -78,7 +78,7 @@ def restore_array(model: Callable, image: torch.Tensor, options: RestoreOptions 
     if isinstance(mask, str):
         raise PyramidalError(f"mask {mask!r}: give an H×W array of holes, or options.mask='auto' for magenta holes")
     mask = _holes(image, mask, options)
-    known, image = image, model_input(model, image, mask, options.sigma)  # the model may see 4 channels
+    known, image = image, restore_input(model, image, mask, options.sigma)  # the model may see 4 channels
     dev, prec = device_and_precision(model, options.device, options.precision)
     model = prepare_for_inference(model, dev, prec)
     _, h, w = image.shape
@@ -206,7 +206,7 @@ def restore_images(model: Callable, images: Sequence[np.ndarray | torch.Tensor],
     if masks is not None and len(masks) != len(images):
         raise PyramidalError(f"got {len(masks)} masks for {len(images)} images")
     holes = [_holes(x, None if masks is None else masks[i], options, f"mask {i}") for i, x in enumerate(converted)]
-    inputs = [model_input(model, x, m, options.sigma) for x, m in zip(converted, holes)]
+    inputs = [restore_input(model, x, m, options.sigma) for x, m in zip(converted, holes)]
     results: list[np.ndarray | torch.Tensor | None] = [None] * len(images)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, x in enumerate(converted):

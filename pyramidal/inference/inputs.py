@@ -10,7 +10,8 @@ import torch
 from pyramidal.damage import TASKS
 from pyramidal.errors import PyramidalError, option_error
 from pyramidal.inference.model import unwrapped
-from pyramidal.models.blocks import MAGENTA_TOLERANCE, magenta_holes, mask_conditioned_input, noise_map_input
+from pyramidal.models.blocks import MAGENTA_TOLERANCE, magenta_holes
+from pyramidal.models.conditions import Conditions, conditions_of, model_input
 
 # `mask="auto"` finds the holes by the research's colour key, as a model built with find_holes=magenta does
 # (`models.blocks.magenta_holes`: exact magenta, or near it and smeared by a lossy file).
@@ -55,9 +56,15 @@ def check_mask(mask: np.ndarray | torch.Tensor, size: tuple[int, int], source: s
     return m
 
 
+def model_conditions(model: Callable) -> Conditions:
+    """What `model` (a model, a prepared one, or an ONNX runner, which takes the image alone) takes besides the
+    image (`models.conditions.Conditions`)."""
+    return conditions_of(unwrapped(model))
+
+
 def needs_mask(model: Callable) -> bool:
     """True for a mask-conditioned model (built with `mask_input=True`): it must be given the holes."""
-    return bool(getattr(unwrapped(model), "mask_input", False))
+    return model_conditions(model).mask_input
 
 
 NEEDS_SIGMA = ("takes the noise level as an input (built with noise_map=true): give the images' noise σ on the "
@@ -66,7 +73,7 @@ NEEDS_SIGMA = ("takes the noise level as an input (built with noise_map=true): g
 
 def needs_noise_level(model: Callable) -> bool:
     """True for a noise-map model (built with `noise_map=True`): it must be given the noise σ."""
-    return bool(getattr(unwrapped(model), "noise_map", False))
+    return model_conditions(model).noise_map
 
 
 def check_sigma(model: Callable, sigma: float | None) -> None:
@@ -90,25 +97,17 @@ def hole_colour(model: Callable) -> tuple[int, int, int] | None:
     return getattr(TASKS.get(task), "hole_colour", None) if task in TASKS.names() else None
 
 
-def model_input(model: Callable, image: torch.Tensor, mask: torch.Tensor | None,
-                sigma: float | None = None) -> torch.Tensor:
-    """What `model` is run on for a C×H×W image in [-1, 1], its H×W hole mask (or None) and its noise σ (or None).
+def restore_input(model: Callable, image: torch.Tensor, mask: torch.Tensor | None,
+                  sigma: float | None = None) -> torch.Tensor:
+    """What `model` is run on for a C×H×W image in [-1, 1], its H×W hole mask (or None) and its noise σ (or None):
+    `models.conditions.model_input` for the model's conditions, once `sigma` and `mask` are checked.
 
     A mask-conditioned model gets the mask as a fourth channel with the holes made neutral; a blind model
     sees the holes painted as its training task painted them (magenta), since that is how it finds them. A
     noise-map model gets σ/255 as a fourth channel (`check_sigma`).
     """
     check_sigma(model, sigma)
-    if sigma is not None:
-        image = noise_map_input(image[None], float(sigma))[0]
-    if mask is None:
-        if needs_mask(model):
-            raise PyramidalError("this model " + NEEDS_MASK)
-        return image
-    if needs_mask(model):
-        return mask_conditioned_input(image[None], mask[None, None])[0]
-    colour = hole_colour(model)
-    if colour is None:
-        return image
-    fill = torch.tensor(colour, dtype=image.dtype).view(3, 1, 1) / 127.5 - 1
-    return torch.where(mask.to(image.device), fill.to(image.device), image)
+    if mask is None and needs_mask(model):
+        raise PyramidalError("this model " + NEEDS_MASK)
+    return model_input(model_conditions(model), image[None], None if mask is None else mask[None, None],
+                       None if sigma is None else float(sigma), hole_colour=hole_colour(model))[0]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyramidal.errors import OptionError
+from pyramidal.damage import MAGENTA
 from pyramidal.registry import Registry
+
+if TYPE_CHECKING:
+    from pyramidal.models.conditions import Conditions
 
 ACTIVATIONS = Registry("activation")
 
@@ -97,8 +102,6 @@ HOLE_FINDERS = ("none", "magenta")
 
 def magenta_holes(images: torch.Tensor, tolerance: int = MAGENTA_TOLERANCE) -> torch.Tensor:
     """B×1×H×W bool: the holes painted in the colour key in B×3×H×W `images` in [-1, 1], per image."""
-    from pyramidal.damage import MAGENTA
-
     px = ((images.detach()[:, :3].float() + 1) * 127.5).round()
     key = torch.tensor(MAGENTA, dtype=px.dtype, device=px.device).view(1, 3, 1, 1)
     distance = (px - key).abs().amax(dim=1, keepdim=True)
@@ -111,15 +114,6 @@ def magenta_holes(images: torch.Tensor, tolerance: int = MAGENTA_TOLERANCE) -> t
     # An image that kept the key exactly (most candidate pixels exact) has exactly those holes: nothing smeared.
     kept = (2 * exact.sum(dim=(1, 2, 3), keepdim=True)) >= holes.sum(dim=(1, 2, 3), keepdim=True)
     return torch.where(kept, exact, grown)
-
-
-def check_find_holes(find_holes: str, mask_input: bool) -> str:
-    """Validate the `find_holes` model option: one of HOLE_FINDERS, and not with mask_input (holes given)."""
-    if find_holes not in HOLE_FINDERS:
-        raise OptionError(f"find_holes {find_holes!r}: choose one of {', '.join(HOLE_FINDERS)}")
-    if find_holes != "none" and mask_input:
-        raise OptionError(f"find_holes={find_holes} finds the holes itself; mask_input=true is given them: choose one")
-    return find_holes
 
 
 # How a mask-conditioned model sees its holes before its first layer (a model option, stored in its weights):
@@ -173,17 +167,6 @@ def smooth_fill(images: torch.Tensor, hole: torch.Tensor, harmonic: int = 16, bi
     return torch.where(hole.bool(), filled, values).to(dtype)
 
 
-def check_hole_fill(hole_fill: str, knows_holes: bool) -> str:
-    """Validate the `hole_fill` model option: one of HOLE_FILLS, and anything but grey only for a model that knows
-    its holes (mask_input, or find_holes)."""
-    if hole_fill not in HOLE_FILLS:
-        raise OptionError(f"hole_fill {hole_fill!r}: choose one of {', '.join(HOLE_FILLS)}")
-    if hole_fill != "grey" and not knows_holes:
-        raise OptionError(f"hole_fill={hole_fill} fills holes the model knows of; it needs mask_input=true (given) "
-                         "or find_holes=magenta (found)")
-    return hole_fill
-
-
 def start_at_fill(output: OutputBlock, hole_fill: str) -> None:
     """With hole_fill=smooth, zero a residual output conv, so that the model starts as the classical fill itself."""
     if hole_fill == "smooth" and output.residual:
@@ -206,24 +189,6 @@ def noise_map_input(images: torch.Tensor, sigma: torch.Tensor | float) -> torch.
     after the colours."""
     level = torch.as_tensor(sigma, dtype=images.dtype, device=images.device).reshape(-1, 1, 1, 1) / 255.0
     return torch.cat([images, level.expand(images.shape[0], 1, *images.shape[2:])], dim=1)
-
-
-def example_input(model: nn.Module, batch: int, height: int, width: int, *,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """A random input of the kind `model` takes, for timing and counting: images in [-1, 1], then a 0/1 mask
-    with a fifth of the pixels holes (`mask_input`; painted magenta for `find_holes`) or a σ = 25 noise-level channel (`noise_map`)."""
-    images = torch.rand(batch, getattr(getattr(model, "config", None), "in_channels", 3), height, width,
-                        generator=generator) * 2 - 1
-    if getattr(model, "mask_input", False):
-        images = mask_conditioned_input(images, torch.rand(batch, 1, height, width, generator=generator) < 0.2)
-    elif getattr(model, "find_holes", "none") == "magenta":
-        from pyramidal.damage import MAGENTA
-
-        holes = torch.rand(batch, 1, height, width, generator=generator) < 0.2
-        images = torch.where(holes, torch.tensor(MAGENTA).view(1, 3, 1, 1) / 127.5 - 1, images)
-    elif getattr(model, "noise_map", False):
-        images = noise_map_input(images, 25.0)
-    return images
 
 
 NORMS = Registry("normalisation")
@@ -263,27 +228,29 @@ def no_norm(channels: int) -> nn.Module:
 
 
 class PaddedModel(nn.Module):
-    """Base for models that down-sample `levels` times: pads the input to 2**levels and crops back."""
+    """Base for models that down-sample `levels` times: pads the input to 2**levels and crops back.
+
+    `conditions` (`models.conditions.Conditions`, set by the model from its config) says what the model takes
+    besides the image; the forward pass finds the holes of a find_holes model and fills the holes it knows of.
+    """
 
     levels: int = 0
-    mask_input: bool = False  # True: the input is `mask_conditioned_input(images, mask)`, 4 channels
-    noise_map: bool = False  # True: the input is `noise_map_input(images, sigma)`, 4 channels
-    hole_fill: str = "grey"  # HOLE_FILLS; "smooth": the holes are `smooth_fill`ed before the first layer
-    find_holes: str = "none"  # HOLE_FINDERS; "magenta": a blind model that finds its holes by the colour key
+    conditions: Conditions
 
-    @property
-    def mask_channel(self) -> bool:
-        """True when the first layer sees a mask of holes after the colours: given (mask_input) or found."""
-        return self.mask_input or self.find_holes != "none"
+    # Each condition by its option name, for reading (`model.noise_map`); the model declares them in `conditions`.
+    mask_input = property(lambda self: self.conditions.mask_input)
+    noise_map = property(lambda self: self.conditions.noise_map)
+    find_holes = property(lambda self: self.conditions.find_holes)
+    hole_fill = property(lambda self: self.conditions.hole_fill)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         given = hole = None
-        if self.find_holes == "magenta":
+        if self.conditions.find_holes == "magenta":
             # Blind, but it knows the research's key: it finds the holes, fills them like a mask-conditioned
             # model, and keeps every pixel it found no hole in.
             given, hole = x, magenta_holes(x)
             x = mask_conditioned_input(x, hole)
-        if self.hole_fill == "smooth":
+        if self.conditions.hole_fill == "smooth":
             x = fill_holes(x)
         padded, (h, w) = pad_to_multiple(x, 2**self.levels)
         out = self.body(padded)[..., :h, :w]

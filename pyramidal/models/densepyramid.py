@@ -14,10 +14,9 @@ from pyramidal.models.blocks import (
     NORMS,
     OutputBlock,
     PaddedModel,
-    check_find_holes,
-    check_hole_fill,
     start_at_fill,
 )
+from pyramidal.models.conditions import Conditions
 from pyramidal.models.dense import BLOCKS, DOWN, UP, PlainBlock, checkpointed, concat, wants_checkpoint
 
 
@@ -39,10 +38,11 @@ class DensePyramidConfig:
     in_channels: int = 3
     out_channels: int = 3
     decoder_blocks: tuple[int, ...] | None = field(default=None)  # default: the encoder sizes reversed
-    mask_input: bool = False  # one more input channel: the mask of holes (blocks.mask_conditioned_input)
-    noise_map: bool = False  # one more input channel: the noise level σ/255 (blocks.noise_map_input)
-    hole_fill: str = "grey"  # with mask_input or find_holes: grey, or smooth (blocks.smooth_fill before the first layer)
-    find_holes: str = "none"  # blind, but finds its holes by the colour key: none, magenta (blocks.magenta_holes)
+    # What the model takes besides the image (models.conditions.Conditions, which says what each means):
+    mask_input: bool = False  # the holes given, as one more input channel
+    noise_map: bool = False  # the noise σ given, as one more input channel
+    hole_fill: str = "grey"  # grey, or smooth: how the holes the model knows of are filled before its first layer
+    find_holes: str = "none"  # none, or magenta: blind, but finds its holes by the colour key
     block: str = "dense"  # the block kind of every level (models.dense.BLOCKS): dense, nafnet
     norm: str = "batch"  # normalisation in dense layers and transitions (models.blocks.NORMS): batch, layer, none
     # FFDNet-style first level: the image is pixel-unshuffled into u×u sub-images stacked as channels before the
@@ -60,13 +60,7 @@ class DensePyramid(PaddedModel):
         super().__init__()
         self.config = config
         c = config
-        self.mask_input = bool(c.mask_input)
-        self.find_holes = check_find_holes(c.find_holes, self.mask_input)
-        self.hole_fill = check_hole_fill(c.hole_fill, self.mask_channel)
-        self.noise_map = bool(c.noise_map)
-        if self.mask_channel and self.noise_map:
-            raise OptionError("noise_map and a mask channel (mask_input or find_holes): choose one extra input channel, "
-                             "not both")
+        self.conditions = Conditions.from_options(vars(c))
         DOWN.get(c.down), UP.get(c.up), NORMS.get(c.norm)  # fail early with the list of valid names
         if not c.dense and c.block != "dense":
             raise OptionError(f"dense=false (plain sequential layers) replaces the dense block; block={c.block!r} "
@@ -84,7 +78,7 @@ class DensePyramid(PaddedModel):
         def block(in_ch: int, n: int) -> nn.Module:
             return block_cls(in_ch, c.growth, n, c.dropout, memory_efficient=c.memory_efficient, norm=c.norm)
 
-        stem_in = (c.in_channels + self.mask_channel + self.noise_map) * self.unshuffle**2
+        stem_in = (c.in_channels + self.conditions.extra_channels) * self.unshuffle**2
         self.stem = nn.Sequential(nn.Conv2d(stem_in, c.m, 3, padding=1), nn.ReLU(inplace=True))
         channels = c.m
         self.encoder, self.down = nn.ModuleList(), nn.ModuleList()
@@ -113,7 +107,7 @@ class DensePyramid(PaddedModel):
         # Unshuffled, the colours come first (channel c becomes channels c·u² ... c·u² + u² − 1), so a residual
         # output adds its correction to the image's own sub-images.
         self.output = OutputBlock(final, c.out_channels * self.unshuffle**2, residual=c.residual)
-        start_at_fill(self.output, self.hole_fill)
+        start_at_fill(self.output, self.conditions.hole_fill)
 
     def _stage(self, module: nn.Module, features: list[torch.Tensor], *extra: torch.Tensor) -> torch.Tensor:
         """`module(concat(features), *extra)`; memory-efficiently, the concat and the module's inner maps

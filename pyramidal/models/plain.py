@@ -13,13 +13,12 @@ from pyramidal.models.blocks import (
     ACTIVATIONS,
     OutputBlock,
     PaddedModel,
-    check_find_holes,
-    check_hole_fill,
     conv_block,
     convtranspose_block,
     input_block,
     start_at_fill,
 )
+from pyramidal.models.conditions import Conditions
 from pyramidal.models.dense import UP
 
 
@@ -39,9 +38,10 @@ class AutoencoderConfig:
     residual: bool = False
     in_channels: int = 3
     out_channels: int = 3
-    mask_input: bool = False  # one more input channel: the mask of holes (blocks.mask_conditioned_input)
-    hole_fill: str = "grey"  # with mask_input or find_holes: grey, or smooth (blocks.smooth_fill before the first layer)
-    find_holes: str = "none"  # blind, but finds its holes by the colour key: none, magenta (blocks.magenta_holes)
+    # What the model takes besides the image (models.conditions.Conditions, which says what each means):
+    mask_input: bool = False  # the holes given, as one more input channel
+    hole_fill: str = "grey"  # grey, or smooth: how the holes the model knows of are filled before its first layer
+    find_holes: str = "none"  # none, or magenta: blind, but finds its holes by the colour key
 
     # (low, high) for `pyramidal.models.check_options`; other whole numbers must be >= 1.
     LIMITS = {"levels": (1, 12), "convs_per_level": (1, 64)}
@@ -74,13 +74,11 @@ class Autoencoder(PaddedModel):
         if len(widths) != c.levels + 1:
             raise OptionError(f"channels needs {c.levels + 1} widths for {c.levels} levels, got {widths}")
         self.config, self.levels, self.widths = c, c.levels, widths
-        self.mask_input = bool(c.mask_input)
-        self.find_holes = check_find_holes(c.find_holes, self.mask_input)
-        self.hole_fill = check_hole_fill(c.hole_fill, self.mask_channel)
+        self.conditions = Conditions.from_options(vars(c))
         act = c.activation
         UP.get(c.up)  # fail early with the list of valid names
         extra = c.convs_per_level - 1
-        self.stem = input_block(c.in_channels + self.mask_channel, widths[0], act)
+        self.stem = input_block(c.in_channels + self.conditions.extra_channels, widths[0], act)
         self.encoder = nn.ModuleList()
         for i in range(c.levels):
             self.encoder.append(
@@ -99,7 +97,7 @@ class Autoencoder(PaddedModel):
             self.decoder.append(nn.Sequential(*convs))
             incoming = widths[i] if extra else merged
         self.output = OutputBlock(incoming, c.out_channels, residual=c.residual)
-        start_at_fill(self.output, self.hole_fill)
+        start_at_fill(self.output, self.conditions.hole_fill)
 
     def body(self, image: torch.Tensor) -> torch.Tensor:
         x = self.stem(image)

@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from pyramidal.device import device_memory
 from pyramidal.errors import PyramidalError
 from pyramidal.models import check_model, create_model
-from pyramidal.models.blocks import example_input
+from pyramidal.models.conditions import example_input
 
 
 @dataclass

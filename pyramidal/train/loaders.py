@@ -12,6 +12,7 @@ from pyramidal.config import TrainConfig, flag_error, size_phases
 from pyramidal.data.loader import make_loader
 from pyramidal.data.sources import load_source
 from pyramidal.gpudata import DeviceBatches, DevicePhotos, check_device_task, window_side
+from pyramidal.models.conditions import Conditions
 from pyramidal.train.machine import Machine
 
 
@@ -35,16 +36,16 @@ def cached_device_photos(config: TrainConfig, device: torch.device, cache: dict)
 
 
 class TrainingData:
-    """The loaders of one run. `with_mask` / `with_noise_level`: a conditioned model's extra input, which each
-    batch then carries as a third item (`step.model_conditions`)."""
+    """The loaders of one run. `conditions`: what the model takes besides the image; a mask-conditioned or
+    noise-map model's batches carry the holes or each σ as a third item (`step.training_conditions`)."""
 
     def __init__(self, config: TrainConfig, task, val_task, machine: Machine, cache: dict | None,
-                 with_mask: bool, with_noise_level: bool):
+                 conditions: Conditions):
         """`cache`: a dict the caller keeps to share loaded data sources and device photographs among the
         runs it trains in one process (the GPU campaign); None loads them for this run alone."""
         self.config = c = config
         self.task, self.val_task, self.machine = task, val_task, machine
-        self.with_mask, self.with_noise_level = with_mask, with_noise_level
+        self.with_mask, self.with_noise_level = conditions.mask_input, conditions.noise_map
         self.phases = size_phases(c)  # (first step, patch size, batch size) of each phase
         self._sources: dict[int, Any] = {}
         self._loaders: dict[int, Any] = {}

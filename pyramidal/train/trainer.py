@@ -39,7 +39,7 @@ from pyramidal.runstate import (
     set_rng_state,
     summary_line,
 )
-from pyramidal.step import grad_scaler, make_optimizer, model_conditions, psnr_from_mse, train_step
+from pyramidal.step import grad_scaler, make_optimizer, psnr_from_mse, train_step, training_conditions
 from pyramidal.train.loaders import TrainingData
 from pyramidal.train.machine import (
     end_process_group,
@@ -68,8 +68,7 @@ class Trainer:
         self.progress = self.machine.is_main and (sys.stderr.isatty() if c.progress is None else bool(c.progress))
         seed_everything(c.seed)
         self._make_tasks()
-        self.data = TrainingData(c, self.task, self.val_task, self.machine, cache,
-                                 with_mask=self.with_mask, with_noise_level=self.with_noise_level)
+        self.data = TrainingData(c, self.task, self.val_task, self.machine, cache, self.conditions)
         self._build_model()
         self._build_optimizer()
         self._start_counters()
@@ -93,8 +92,8 @@ class Trainer:
         task_kwargs = c.task_kwargs()
         self.task = create_task(c.task, train=True, **task_kwargs)
         self.val_task = create_task(c.task, train=False, **task_kwargs)
-        # What a conditioned model is given besides the image: the holes (mask_input) or each σ (noise_map).
-        self.with_mask, self.with_noise_level = model_conditions(c.model_kwargs(), self.task)
+        # What the model takes besides the image (models.conditions.Conditions): the holes, or each σ.
+        self.conditions = training_conditions(c.model_kwargs(), self.task)
 
     def _build_model(self) -> None:
         """The model (from init_weights unless resuming), its EMA, and what the step calls (DDP, compiled)."""
@@ -264,8 +263,8 @@ class Trainer:
 
     def _train_step(self, damaged: torch.Tensor, clean: torch.Tensor, condition: torch.Tensor | None = None) -> None:
         c, m = self.config, self.machine
-        mask = condition if self.with_mask else None
-        noise_level = condition if self.with_noise_level else None
+        mask = condition if self.conditions.mask_input else None
+        noise_level = condition if self.conditions.noise_map else None
         # Dropout draws from the global RNG: seeding it from (seed, step, rank) makes every step's masks a
         # pure function of its position, so a resumed run repeats them exactly whatever else used the RNG.
         torch.manual_seed(derive_seed(c.seed, self.step, m.rank))
@@ -274,7 +273,7 @@ class Trainer:
         loss, output = train_step(self.train_model, self.optimizer, damaged, clean, device=m.device,
                                   precision=m.precision, channels_last=c.channels_last, scaler=self.scaler,
                                   clip_grad=c.clip_grad, check_loss=self._check_loss, mask=mask,
-                                  noise_level=noise_level, objective=c.loss)
+                                  noise_level=noise_level, conditions=self.conditions, objective=c.loss)
         if self.ema is not None:
             self.ema.update(self.model, self.step)
         self.step += 1
@@ -357,8 +356,7 @@ class Trainer:
         c = self.config
         model = self.ema.model if self.ema is not None else self.model
         scores = validation_scores(model, self.data.val_loader, self.machine, channels_last=c.channels_last,
-                                   log_images=c.log_images, with_mask=self.with_mask,
-                                   with_noise_level=self.with_noise_level)
+                                   log_images=c.log_images, conditions=self.conditions)
         self.model.train()
         values = dict(scores.values)
         if first:

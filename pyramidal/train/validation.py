@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyramidal.models.conditions import Conditions
 from pyramidal.step import model_output, psnr_from_mse
 from pyramidal.train.machine import Machine
 
@@ -25,7 +26,7 @@ class Scores:
 
 @torch.no_grad()
 def validation_scores(model: nn.Module, loader, machine: Machine, *, channels_last: bool, log_images: int,
-                      with_mask: bool, with_noise_level: bool) -> Scores:
+                      conditions: Conditions) -> Scores:
     """`model`'s scores over `loader` (put in eval mode; the caller puts its training model back)."""
     model.eval()
     se = se_in = 0.0
@@ -35,9 +36,9 @@ def validation_scores(model: nn.Module, loader, machine: Machine, *, channels_la
     # A third item comes only for a conditioned model: the holes (mask_input) or each σ (noise_map).
     for damaged, clean, *condition in loader:
         given = condition[0] if condition else None
-        out = model_output(model, damaged, clean, given if with_mask else None, device=machine.device,
+        out = model_output(model, damaged, clean, given if conditions.mask_input else None, device=machine.device,
                            precision=machine.precision, channels_last=channels_last,
-                           noise_level=given if with_noise_level else None).cpu()
+                           noise_level=given if conditions.noise_map else None, conditions=conditions).cpu()
         squared = (out - clean).pow(2).flatten(1)
         se += squared.sum().item()
         image_psnrs += [psnr_from_mse(v) for v in squared.mean(dim=1).tolist()]
