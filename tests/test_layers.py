@@ -160,3 +160,36 @@ def test_help_path_imports_no_torch_at_module_level(module):
             elif name.startswith("pyramidal.") and name.partition(".")[2] not in TORCH_FREE:
                 heavy.append(f"line {node.lineno}: {name} (not on the torch-free list)")
     assert heavy == []
+
+
+def _lazy_reason(lines: list[str], import_lines: set[int], line: int, end: int) -> bool:
+    """A `# lazy: <reason>` comment on the import, or above it across the block of imports it stands in."""
+    if any("# lazy:" in lines[n - 1] for n in range(line, end + 1)):
+        return True
+    n = line - 1
+    while n >= 1 and (n in import_lines or not lines[n - 1].strip() or lines[n - 1].strip().startswith("#")):
+        if "# lazy:" in lines[n - 1]:
+            return True
+        n -= 1
+    return False
+
+
+def test_function_local_imports_serve_the_torch_free_help_and_say_so():
+    """Inside a function, a module imports the package's own modules only to keep torch out of `--help` (it is on
+    the torch-free list), and says so in a `# lazy: <reason>` comment on the import or its block of imports."""
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = module_name(path)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        lines = path.read_text(encoding="utf-8").splitlines()
+        spans = {n.lineno: n.end_lineno for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))}
+        import_lines = {n for start, end in spans.items() for n in range(start, end + 1)}
+        for line, target, top in imports(path):
+            where = f"{path.relative_to(PACKAGE.parent)}:{line}: {target}"
+            if top:
+                continue
+            if name.removeprefix("pyramidal.") not in TORCH_FREE and name != "pyramidal":
+                bad.append(f"{where}: import it at module level ({name} is not on the --help path)")
+            elif not _lazy_reason(lines, import_lines, line, spans[line]):
+                bad.append(f"{where}: say why in a `# lazy: <reason>` comment")
+    assert sorted(set(bad)) == []
