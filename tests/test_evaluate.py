@@ -22,7 +22,7 @@ CPU = ["--device", "cpu", "--precision", "fp32"]
 
 
 @pytest.fixture
-def weights(tmp_path):
+def pixelate_weights(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "tiny.safetensors"
     save_weights(create_tiny(), path, {"task": "pixelate"})
@@ -41,8 +41,8 @@ def printed(out: str, method: str) -> tuple[float, float]:
     return float(values[0]), float(values[1])
 
 
-def test_printed_psnr_matches_direct_computation(tmp_path, weights, capsys):
-    code = main(["evaluate", "--task", "pixelate", "--weights", str(weights), "--crop", "64", "--limit", "1",
+def test_printed_psnr_matches_direct_computation(tmp_path, pixelate_weights, capsys):
+    code = main(["evaluate", "--task", "pixelate", "--weights", str(pixelate_weights), "--crop", "64", "--limit", "1",
                  "--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md"), *CPU])
     out = capsys.readouterr().out
     assert code == 0
@@ -51,7 +51,7 @@ def test_printed_psnr_matches_direct_computation(tmp_path, weights, capsys):
     task = create_task("pixelate")
     damaged = task(clean[None], seeds=[eval_seed(0)])
     with torch.no_grad():
-        restored = load_weights(weights)(to_float(damaged))
+        restored = load_weights(pixelate_weights)(to_float(damaged))
     restored = ((restored[0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     ref = clean.permute(1, 2, 0).numpy()
     dam = damaged[0].permute(1, 2, 0).numpy()
@@ -106,8 +106,8 @@ def test_classical_baselines_beat_the_damaged_input(task):
         assert row["psnr"] > rows[0]["psnr"] + 1, row["method"]
 
 
-def test_ensemble_row_and_figures(tmp_path, weights, capsys):
-    code = main(["evaluate", "--task", "jpeg", "--quality", "10", "--weights", str(weights), "--crop", "48",
+def test_ensemble_row_and_figures(tmp_path, pixelate_weights, capsys):
+    code = main(["evaluate", "--task", "jpeg", "--quality", "10", "--weights", str(pixelate_weights), "--crop", "48",
                  "--limit", "2", "--ensemble", "--figures", str(tmp_path / "figs"), *CPU])
     out = capsys.readouterr().out
     assert code == 0
@@ -116,8 +116,8 @@ def test_ensemble_row_and_figures(tmp_path, weights, capsys):
     assert f"wrote {tmp_path / 'figs' / 'jpeg_quality10.png'}" in out
 
 
-def test_option_for_another_task_is_refused(weights, capsys):
-    assert main(["evaluate", "--task", "blur", "--sigma", "25", "--weights", str(weights), *CPU]) == 2
+def test_option_for_another_task_is_refused(pixelate_weights, capsys):
+    assert main(["evaluate", "--task", "blur", "--sigma", "25", "--weights", str(pixelate_weights), *CPU]) == 2
     assert "pyramidal evaluate: error: --sigma applies to --task noise" in capsys.readouterr().err
 
 

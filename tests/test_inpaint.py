@@ -53,7 +53,7 @@ def tiny(mask_input: bool = False, task: str = "squares"):
 
 
 @pytest.fixture
-def weights(tmp_path):
+def blind_and_inpaint_weights(tmp_path):
     """(blind squares weights, mask-conditioned inpaint weights) as files."""
     blind, masked = tmp_path / "w" / "blind.safetensors", tmp_path / "w" / "masked.safetensors"
     save_weights(tiny(), blind, {"task": "squares"})
@@ -316,13 +316,13 @@ def _blind(tmp_path):
     return path
 
 
-def test_mask_conditioned_model_refuses_to_run_without_a_mask(tmp_path, weights, capsys):
+def test_mask_conditioned_model_refuses_to_run_without_a_mask(tmp_path, blind_and_inpaint_weights, capsys):
     image = photo()
     with pytest.raises(PyramidalError, match="mask-conditioned"):
         restore_image(tiny(mask_input=True), image, options=RestoreOptions(**CPU))
     Image.fromarray(image).save(tmp_path / "a.png")
     out = tmp_path / "out"
-    assert main(["restore", "--weights", str(weights[1]), str(tmp_path / "a.png"), "-o", str(out), *FAST]) != 0
+    assert main(["restore", "--weights", str(blind_and_inpaint_weights[1]), str(tmp_path / "a.png"), "-o", str(out), *FAST]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "mask-conditioned" in err[0] and "--mask" in err[0]
     assert not out.exists() or not any(out.iterdir())
@@ -351,11 +351,11 @@ def _inputs(tmp_path, names=("a", "b", "c")):
     return src
 
 
-def test_restore_one_mask_file_keeps_known_pixels(tmp_path, weights):
+def test_restore_one_mask_file_keeps_known_pixels(tmp_path, blind_and_inpaint_weights):
     src = _inputs(tmp_path, ["a"])
     holes = box_mask()
     Image.fromarray(np.where(holes, 255, 0).astype(np.uint8)).save(tmp_path / "m.png")
-    for w in weights:
+    for w in blind_and_inpaint_weights:
         out = tmp_path / f"out-{w.stem}"
         assert main(["restore", "--weights", str(w), str(src / "a.png"), "--mask", str(tmp_path / "m.png"),
                      "-o", str(out), "--tile", "32", "--overlap", "8", *FAST]) == 0
@@ -365,7 +365,7 @@ def test_restore_one_mask_file_keeps_known_pixels(tmp_path, weights):
         assert (result[holes] != original[holes]).any()
 
 
-def test_restore_mask_folder_matches_stems_and_reports_each_bad_mask(tmp_path, weights, capsys):
+def test_restore_mask_folder_matches_stems_and_reports_each_bad_mask(tmp_path, blind_and_inpaint_weights, capsys):
     src = _inputs(tmp_path, ["good", "jpegmask", "missing", "small", "empty", "full", "broken"])
     masks = tmp_path / "masks"
     masks.mkdir()
@@ -379,7 +379,7 @@ def test_restore_mask_folder_matches_stems_and_reports_each_bad_mask(tmp_path, w
     out = tmp_path / "out"
     out.mkdir()
     (out / "small.png").write_bytes(b"an earlier result")  # a failed input never loses an existing output
-    code = main(["restore", "--weights", str(weights[1]), str(src), "--mask", str(masks), "-o", str(out),
+    code = main(["restore", "--weights", str(blind_and_inpaint_weights[1]), str(src), "--mask", str(masks), "-o", str(out),
                  "--overwrite", *FAST])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0
@@ -396,14 +396,14 @@ def test_restore_mask_folder_matches_stems_and_reports_each_bad_mask(tmp_path, w
     assert "not a readable image" in by_file["broken"] and str(masks / "broken.png") in by_file["broken"]
 
 
-def test_restore_mask_arguments_refused_before_any_work(tmp_path, weights, capsys):
+def test_restore_mask_arguments_refused_before_any_work(tmp_path, blind_and_inpaint_weights, capsys):
     src = _inputs(tmp_path, ["a", "b"])
     Image.fromarray(np.where(box_mask(), 255, 0).astype(np.uint8)).save(tmp_path / "m.png")
     out = tmp_path / "out"
-    assert main(["restore", "--weights", str(weights[0]), str(src), "--mask", str(tmp_path / "m.png"),
+    assert main(["restore", "--weights", str(blind_and_inpaint_weights[0]), str(src), "--mask", str(tmp_path / "m.png"),
                  "-o", str(out), *FAST]) != 0
     assert "one mask for 2 images" in capsys.readouterr().err
-    assert main(["restore", "--weights", str(weights[0]), str(src), "--mask", str(tmp_path / "nothing"),
+    assert main(["restore", "--weights", str(blind_and_inpaint_weights[0]), str(src), "--mask", str(tmp_path / "nothing"),
                  "-o", str(out), *FAST]) != 0
     assert "no such file or folder" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
@@ -432,13 +432,13 @@ def test_magenta_mask_tolerates_jpeg():
     assert found_any and not magenta_mask(photo(seed=11)).any()
 
 
-def test_restore_mask_auto_on_a_jpeg(tmp_path, weights, capsys):
+def test_restore_mask_auto_on_a_jpeg(tmp_path, blind_and_inpaint_weights, capsys):
     image = torch.from_numpy(photo()).permute(2, 0, 1)[None].contiguous()
     damaged = create_task("squares")(image, seeds=[1])[0].permute(1, 2, 0).numpy()
     Image.fromarray(damaged).save(tmp_path / "holes.jpg", quality=85)
     Image.fromarray(photo(seed=5)).save(tmp_path / "none.png")
     out = tmp_path / "out"
-    code = main(["restore", "--weights", str(weights[1]), str(tmp_path / "holes.jpg"), str(tmp_path / "none.png"),
+    code = main(["restore", "--weights", str(blind_and_inpaint_weights[1]), str(tmp_path / "holes.jpg"), str(tmp_path / "none.png"),
                  "--mask", "auto", "-o", str(out), *FAST])
     err = capsys.readouterr().err
     assert code != 0 and "none.png: --mask auto: no magenta (255, 0, 255) pixels found" in err
@@ -512,7 +512,7 @@ def test_inpaint_draws_each_hole_task():
 # degrade --masks
 
 
-def test_degrade_masks_then_restore_with_them(tmp_path, weights, capsys):
+def test_degrade_masks_then_restore_with_them(tmp_path, blind_and_inpaint_weights, capsys):
     src = _inputs(tmp_path, ["a", "b"])
     out, masks = tmp_path / "damaged", tmp_path / "masks"
     assert main(["degrade", "--task", "strokes", str(src), "-o", str(out), "--masks", str(masks)]) == 0
@@ -524,7 +524,7 @@ def test_degrade_masks_then_restore_with_them(tmp_path, weights, capsys):
         damaged = np.asarray(Image.open(out / name))
         assert np.array_equal(mask == 255, magenta_mask(damaged))
     restored = tmp_path / "restored"
-    assert main(["restore", "--weights", str(weights[1]), str(out), "--mask", str(masks), "-o", str(restored),
+    assert main(["restore", "--weights", str(blind_and_inpaint_weights[1]), str(out), "--mask", str(masks), "-o", str(restored),
                  *FAST]) == 0
     assert sorted(p.name for p in restored.iterdir()) == ["a.png", "b.png"]
     assert main(["degrade", "--task", "noise", str(src), "-o", str(tmp_path / "n"), "--masks", str(masks)]) != 0

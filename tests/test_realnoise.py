@@ -46,7 +46,7 @@ def pairs(tmp_path):
 
 
 @pytest.fixture
-def weights(tmp_path):
+def camera_weights(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "tiny.safetensors"
     save_weights(create_model("basic21", channels=(4, 8, 8), residual=True).eval(), path, {"task": "camera"})
@@ -87,10 +87,10 @@ def test_the_oracle_finds_the_grids_best_sigma():
     assert np.array_equal(blind, nlmeans(noisy, estimated_sigma(noisy)))
 
 
-def test_evaluate_pairs_scores_the_input_baselines_and_model(pairs, weights):
+def test_evaluate_pairs_scores_the_input_baselines_and_model(pairs, camera_weights):
     (pairs / "odd_real.png").write_bytes((pairs / "cam0_scene_Real.png").read_bytes())
     Image.fromarray(smooth_image(20, 20)).save(pairs / "odd_mean.png")  # a pair of two sizes: reported, left out
-    result = evaluate_pairs(weights, pairs, "camera", baselines="fast",
+    result = evaluate_pairs(camera_weights, pairs, "camera", baselines="fast",
                             options=EVALUATION.replace(device="cpu", precision="fp32"))
     assert result["image_names"] == ["cam0_scene", "cam1_scene", "cam2_scene"]
     assert any("odd_real.png: 64×48, but odd_mean.png is 20×20" in note for note in result["skipped"])
@@ -107,9 +107,9 @@ def test_evaluate_pairs_scores_the_input_baselines_and_model(pairs, weights):
     assert rows["model basic21 (camera weights)"]["psnr"] is not None
 
 
-def test_evaluate_cli_pairs_writes_table_json_and_markdown(pairs, weights, tmp_path, capsys):
+def test_evaluate_cli_pairs_writes_table_json_and_markdown(pairs, camera_weights, tmp_path, capsys):
     out_json, out_md = tmp_path / "polyu.json", tmp_path / "polyu.md"
-    assert main(["evaluate", "--pairs", str(pairs), "--task", "camera", "--weights", str(weights),
+    assert main(["evaluate", "--pairs", str(pairs), "--task", "camera", "--weights", str(camera_weights),
                  "--baselines", "fast", "--limit", "2", "--json", str(out_json), "--markdown", str(out_md), *CPU]) == 0
     printed = capsys.readouterr().out
     assert "noisy input" in printed and "oracle σ" in printed
