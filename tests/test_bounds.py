@@ -7,14 +7,10 @@ import resource
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
 from helpers import cli, env
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 BIG = ["--size", "100000"]
 

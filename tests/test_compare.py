@@ -22,7 +22,8 @@ from pyramidal.models import create_model
 from pyramidal.models.dense import UP
 from pyramidal.models.summary import count_parameters
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
 TRAIN = ["--size", "32", "--batch-size", "4", "--train-option", "val_images=4", "--train-option", "patches_per_epoch=8",
          "--device", "cpu", "--precision", "fp32"]
 EVAL = ["--eval-limit", "3", "--figure-rows", "2"]

@@ -20,8 +20,8 @@ import pyramidal.io
 from pyramidal.cli import main
 from pyramidal.io import OutputExists, atomic_write, read_image, write_text
 
-REPO = Path(__file__).resolve().parents[1]
-CPU = ["--device", "cpu", "--precision", "fp32"]
+from helpers import FAST as CPU
+from helpers import REPO
 
 
 def picture(path: Path, h: int = 24, w: int = 32, seed: int = 0) -> Path:

@@ -25,10 +25,12 @@ from pyramidal.checkpoint import load_checkpoint
 from pyramidal.cli import main
 from pyramidal.models import create_model
 
+from helpers import REPO
+
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (pytest -m cuda on one)")]
 
-REPO = Path(__file__).resolve().parents[1]
+
 # A tiny dense pyramid on 32-px squares; model options as --model-option (torchrun's parser takes `--m`).
 TRAIN_ARGS = ["train", "--task", "squares", "--model", "pyramidal44", "--model-option", "m=8",
               "--model-option", "growth=4", "--data", "builtin", "--size", "32", "--batch-size", "8",

@@ -23,8 +23,9 @@ from pyramidal.checkpoint import save_state, save_weights
 from pyramidal.cli import COMMANDS, main
 from pyramidal.models import create_model
 
-REPO = Path(__file__).resolve().parents[1]
-CPU = ["--device", "cpu", "--precision", "fp32"]
+from helpers import FAST as CPU
+from helpers import REPO
+
 TINY_TRAIN = ["--size", "16", "--batch-size", "2", "--steps", "1", "--patches-per-epoch", "4", "--val-images", "2",
               "--out", "runs", "--threads", "1", "--no-progress"]
 

@@ -18,7 +18,7 @@ from pyramidal.data.sources import load_source
 from pyramidal.evaluate import evaluate, format_markdown
 from pyramidal.metrics import psnr, ssim
 
-CPU = ["--device", "cpu", "--precision", "fp32"]
+from helpers import FAST as CPU
 
 
 @pytest.fixture

@@ -23,7 +23,8 @@ import pytest
 
 from pyramidal.compare import gpucall
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
 SCRIPT = REPO / "scripts" / "gpu-campaign.sh"
 MiB = 2**20
 BUDGET = 50

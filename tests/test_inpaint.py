@@ -23,7 +23,8 @@ from pyramidal.models import create_model
 from pyramidal.models.blocks import fill_holes, magenta_holes, mask_conditioned_input, smooth_fill
 from pyramidal.options import EVALUATION, RestoreOptions
 
-FAST = ["--device", "cpu", "--precision", "fp32"]
+from helpers import FAST
+
 CPU = dict(device="cpu", precision="fp32")
 # One tiny model of each family: the plain/pyramidal autoencoders and the dense pyramids.
 FAMILIES = [("basic21", dict(channels=(4, 8, 8))), ("pyramidal51", dict(channels=(4, 4, 4, 4, 4, 4))),

@@ -33,8 +33,7 @@ from pyramidal.io import (
 from pyramidal.models import create_model
 
 from helpers import FAST, cli, env, files_under, in_thread, one_error, picture
-
-CPU = ["--device", "cpu", "--precision", "fp32"]
+from helpers import FAST as CPU
 
 
 def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -17,7 +17,8 @@ from PIL import Image, ImageCms, PngImagePlugin
 from pyramidal.cli import main
 from pyramidal.io import FORMAT_METADATA, ImageMetadata, read_image, write_image
 
-CPU = ["--device", "cpu", "--precision", "fp32"]
+from helpers import FAST as CPU
+
 MAKE, MODEL, TAKEN = 0x010F, 0x0110, 0x9003  # EXIF: camera make and model, DateTimeOriginal (Exif directory)
 ORIENTATION, EXIF_IFD = 0x0112, 0x8769
 

@@ -19,7 +19,7 @@ from pyramidal.io import read_image
 from pyramidal.models import create_model
 from pyramidal.options import RestoreOptions
 
-CPU = ["--device", "cpu", "--precision", "fp32"]
+from helpers import FAST as CPU
 
 
 def lines(text: str) -> list[str]:

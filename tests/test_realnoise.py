@@ -20,7 +20,7 @@ from pyramidal.models import create_model
 from pyramidal.options import EVALUATION
 from pyramidal.realnoise import PAIR_BASELINES, evaluate_pairs, find_pairs
 
-CPU = ["--device", "cpu", "--precision", "fp32"]
+from helpers import FAST as CPU
 
 
 def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:

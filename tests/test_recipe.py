@@ -13,7 +13,8 @@ from pyramidal.errors import PyramidalError
 from pyramidal.hub import available_builtin_weights, list_recipes
 from pyramidal.recipe import load_recipe, parse_stages, run_recipe, stage_run
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
 TINY = '''task = "noise"
 model = "pyramidal44"
 m = 8

@@ -13,7 +13,7 @@ from pyramidal.inference.model import load_restorer
 from pyramidal.io import read_image, write_image
 from pyramidal.options import RestoreOptions
 
-FAST = ["--device", "cpu", "--precision", "fp32"]
+from helpers import FAST
 
 
 def photo(h: int = 40, w: int = 56, seed: int = 0) -> np.ndarray:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,9 +17,7 @@ from pyramidal.checkpoint import load_checkpoint
 from pyramidal.errors import PyramidalError
 from pyramidal.models import create_model
 
-from helpers import cli, copy_run, env, one_error
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, cli, copy_run, env, one_error
 
 
 def test_first_nonfinite_sees_buffers_and_optimizer_state():

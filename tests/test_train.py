@@ -24,7 +24,7 @@ from pyramidal.options import RestoreOptions
 from pyramidal.step import psnr_from_mse
 from pyramidal.train import Trainer, TrainingDiverged, train
 
-from helpers import cli, copy_run, one_error
+from helpers import REPO, cli, copy_run, one_error
 
 # A tiny dense pyramid: 8-wide stem, growth 4, one level; dropout stays on (its RNG must resume exactly).
 TINY = dict(task="squares", model="pyramidal44", m=8, growth=4, data="builtin", size=32, batch_size=4,
@@ -33,7 +33,6 @@ TINY_ARGS = ["--task", "squares", "--model", "pyramidal44", "--m", "8", "--growt
              "--size", "32", "--batch-size", "4", "--val-images", "4", "--log-images", "4",
              "--precision", "fp32", "--quiet", "--device", "cpu"]
 assert TINY_ARGS[4:8] == ["--m", "8", "--growth", "4"]
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _env() -> dict:

@@ -20,7 +20,8 @@ from pyramidal.data.sources import FolderSource
 from pyramidal.errors import PyramidalError
 from pyramidal.evaluate import eval_images
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
 SCRIPT = REPO / "scripts" / "get-training-photos.sh"
 KEYS = ("split", "folder", "name", "package", "version", "path", "licence", "size", "sha256", "author")
 # Licences that allow training and redistributing the weights' record (each one a free licence).
