@@ -1,7 +1,8 @@
-"""Training configuration: TrainConfig, TOML files in and out, `key=value` options, resolution and validation.
+"""Training configuration: TrainConfig and its resolution, the size schedule and the learning rate it sets.
 
 Resolution: TrainConfig defaults ← a TOML config file ← explicit options; a resumed run starts from its saved
-config.json instead. Every bad value fails here with one line naming the option or the file.
+config.json instead. A misspelt option or a value of the wrong type fails here with one line naming the option
+or the file; `configcheck.validate_config` checks the values themselves, `configfiles` reads the files.
 """
 
 from __future__ import annotations
@@ -14,91 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyramidal.damage import TASKS
-from pyramidal.device import resolve_device
+from pyramidal.configfiles import find_config, load_toml
 from pyramidal.errors import OptionError, PyramidalError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
-
-# The presets shipped inside the package: `--config quick`, `--config noise`.
-CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
-
-
-def list_configs() -> list[str]:
-    """The config presets shipped with the package, by name.
-
-    Returns:
-        Sorted names such as "quick", "noise", "squares".
-    """
-    if not CONFIGS_DIR.is_dir():
-        return []
-    return sorted(p.relative_to(CONFIGS_DIR).with_suffix("").as_posix() for p in CONFIGS_DIR.rglob("*.toml"))
-
-
-def find_config(name: str | os.PathLike) -> Path:
-    """The TOML file for `--config NAME`: an existing path, else a preset shipped with the package.
-
-    Args:
-        name: a path to a TOML file, or a preset name ("quick", "noise"; a path such as
-            "configs/quick.toml" also names the preset "quick").
-
-    Returns:
-        The path of the TOML file.
-
-    Raises:
-        PyramidalError: neither a file nor a preset (the message lists the presets).
-    """
-    path = Path(name)
-    if path.is_file():
-        return path
-    preset = path.as_posix().removeprefix("./").removeprefix("pyramidal/").removeprefix("configs/")
-    preset = preset.removesuffix(".toml")
-    if preset in list_configs():
-        return CONFIGS_DIR / f"{preset}.toml"
-    raise PyramidalError(f"{name}: no such config file or preset; presets: {', '.join(list_configs())}")
-
-
-def load_toml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a TOML file; a missing or malformed file is a PyramidalError naming it."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise PyramidalError(f"{path}: no such config file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise PyramidalError(f"{path}: not valid TOML ({exc})") from None
-    except UnicodeDecodeError:
-        raise PyramidalError(f"{path}: not a text file (a config is UTF-8 TOML)") from None
-    except OSError as exc:
-        raise PyramidalError(f"{path}: cannot read ({exc.strerror})") from None
-
-
-def parse_value(text: str) -> Any:
-    """A command-line value as TOML (`8`, `0.5`, `true`, `[8, 16]`); anything else stays a string."""
-    special = {"True": True, "False": False}
-    if text in special:
-        return special[text]
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def parse_options(items: list[str] | None, flag: str) -> dict[str, Any]:
-    """`["key=value", ...]` → dict, values parsed with `parse_value`."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise PyramidalError(f"{flag} {item!r}: expected KEY=VALUE")
-        out[key] = parse_value(value.strip())
-    return out
 
 
 def option_wording(template: str, *options: str, **values: Any) -> tuple[str, str]:
@@ -121,12 +39,8 @@ def flag_error(template: str, *options: str, **values: Any) -> OptionError:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Training options: defaults ← config file ← explicit options, then validation.
+# Training options: defaults ← config file ← explicit options.
 
-SCHEDULES = ("none", "cosine", "step")
-OPTIMIZERS = ("adam", "adamw")
-LOSSES = ("mse", "l1", "charbonnier", "psnr")  # the training objective (step.LOSS_FUNCTIONS); PSNR is reported either way
-DEFAULT_EPOCHS = 10  # when no --epochs, --steps or --max-minutes is given
 TASK_SHORTHANDS = ("sigma", "factor", "quality")
 MODEL_SHORTHANDS = ("m", "growth", "down", "up", "dropout", "residual", "memory_efficient", "channels")
 # Fields that may change when a run is resumed without a note (they do not change what is computed).
@@ -369,97 +283,6 @@ def parse_size_schedule(text: str | None) -> list[tuple[int, int, int | None]]:
                              part=part)
         out.append((nums[0], nums[1], nums[2] if len(nums) == 3 else None))
     return sorted(out)
-
-
-# Highest sensible values: an image side, a batch, a count of steps (at 100 steps/s, 10⁹ steps take 4 months).
-MAX_SIDE = 32_768
-MAX_BATCH = 1 << 20
-MAX_STEPS = 10**9
-# Highest allowed value of numeric options; what fits in memory is checked on top (`models.summary.check_memory`).
-_HIGHEST = {"size": MAX_SIDE, "batch_size": MAX_BATCH, "steps": MAX_STEPS, "epochs": 10**6,
-            "patches_per_epoch": 10**8, "val_images": 10**6, "max_images": 10**9, "warmup_steps": MAX_STEPS,
-            "lr_step": MAX_STEPS, "val_every": MAX_STEPS, "log_every": MAX_STEPS, "checkpoint_every_steps": MAX_STEPS,
-            "log_images": 1024, "num_workers": 1024, "threads": 4096}
-# Lowest allowed value of numeric options (None leaves an option unset); NaN and infinity are refused too.
-_LOWEST = {"threads": 1, "num_workers": 0, "max_images": 1, "val_images": 0, "val_every": 0, "log_images": 0,
-           "checkpoint_minutes": 0, "checkpoint_every_steps": 0, "warmup_steps": 0, "lr_step": 0,
-           "weight_decay": 0, "min_lr": 0, "max_minutes": 0, "max_cpu_minutes": 0}
-
-
-def _check_limits(c: TrainConfig) -> None:
-    """The numeric options' lower limits, the learning-rate factor, and the task and model, before any work."""
-    for name, low in _LOWEST.items():
-        value = getattr(c, name)
-        if value is not None and not (math.isfinite(value) and value >= low):
-            raise flag_error(f"{{{name}}} must be at least {low}, got {value}", name)
-    for name, high in _HIGHEST.items():
-        value = getattr(c, name)
-        if value is not None and value > high:
-            raise flag_error(f"{{{name}=}}{value}: at most {high:,}", name)
-    for at, size, batch in parse_size_schedule(c.size_schedule):
-        if at > MAX_STEPS or size > MAX_SIDE or (batch or 0) > MAX_BATCH:
-            raise flag_error("{size_schedule=}{part}: steps at most {steps:,}, sizes at most {sides:,}, batches at "
-                             "most {batches:,}", "size_schedule", part=f"{at}:{size}{f':{batch}' if batch else ''}",
-                             steps=MAX_STEPS, sides=MAX_SIDE, batches=MAX_BATCH)
-    if not (math.isfinite(c.lr_gamma) and c.lr_gamma > 0):
-        raise flag_error(f"{{lr_gamma}} must be a positive number, got {c.lr_gamma}", "lr_gamma")
-    # lazy: models imports torch; config stays torch-free for --help
-    from pyramidal.models import check_model
-
-    TASKS.get(c.task)  # ValueError naming the registered tasks
-    check_model(c.model, **c.model_kwargs())  # types, limits and size of the model options, nothing built
-
-
-def check_training_memory(c: TrainConfig) -> None:
-    """PyramidalError before anything is allocated when a training step of some phase (--size and --batch-size,
-    then each --size-schedule phase) cannot fit in the training device's memory."""
-    # lazy: it imports torch; config stays torch-free for --help
-    from pyramidal.models.summary import check_memory
-
-    device = resolve_device(c.device)
-    for _, size, batch in size_phases(c):
-        check_memory(c.model, c.model_kwargs(), batch=batch, size=size, device=device)
-
-
-def validate_config(c: TrainConfig) -> None:
-    """One clear PyramidalError for an impossible option; fills in the default length (--epochs)."""
-    if c.schedule not in SCHEDULES:
-        raise flag_error("{schedule=}{value!r}: choose one of {choices}", "schedule", value=c.schedule,
-                         choices=", ".join(SCHEDULES))
-    if c.optimizer not in OPTIMIZERS:
-        raise flag_error("{optimizer=}{value!r}: choose one of {choices}", "optimizer", value=c.optimizer,
-                         choices=", ".join(OPTIMIZERS))
-    if c.loss not in LOSSES:
-        raise flag_error("{loss=}{value!r}: choose one of {choices}", "loss", value=c.loss, choices=", ".join(LOSSES))
-    if c.schedule == "step" and c.lr_step <= 0:
-        raise flag_error("{schedule=}step needs {lr_step=}N (multiply the LR by {lr_gamma} every N steps)",
-                         "schedule", "lr_step", "lr_gamma")
-    for name in ("size", "batch_size", "patches_per_epoch", "log_every"):
-        if getattr(c, name) <= 0:
-            raise flag_error(f"{{{name}}} must be positive, got {getattr(c, name)}", name)
-    for name in ("epochs", "steps", "max_minutes"):
-        v = getattr(c, name)
-        if v is not None and v < 0:
-            raise flag_error(f"{{{name}}} must be >= 0, got {v}", name)
-    if not (c.lr >= 0 and math.isfinite(c.lr)):
-        raise flag_error(f"{{lr}} must be a non-negative number, got {c.lr}", "lr")
-    if c.ema and not 0.0 < c.ema < 1.0:
-        raise flag_error(f"{{ema=}}{c.ema}: the decay must be between 0 and 1 (e.g. 0.999)", "ema")
-    if c.clip_grad is not None and c.clip_grad <= 0:
-        raise flag_error(f"{{clip_grad}} must be positive, got {c.clip_grad}", "clip_grad")
-    _check_limits(c)
-    check_training_memory(c)
-    from pyramidal.models.conditions import Conditions  # lazy: config is on the torch-free --help path
-
-    if (Conditions.from_options(c.model_kwargs()).hole_fill == "smooth" and c.optimizer == "adam"
-            and c.weight_decay > 0 and not c.init_weights and not c.resume):
-        # Measured: the output conv starts at zero, so no gradient reaches the other layers at first, and
-        # Adam's normalised L2 step (lr-sized, whatever the decay) shrank them to nothing within 800 steps.
-        raise flag_error("hole_fill=smooth starts from a zeroed output layer; with {optimizer=}adam and "
-                         "{weight_decay} > 0 the L2 decay alone drives the other layers to zero before any "
-                         "gradient reaches them: use {optimizer=}adamw (or {weight_decay=}0)", "optimizer", "weight_decay")
-    if c.epochs is None and c.steps is None and c.max_minutes is None and c.max_cpu_minutes is None:
-        c.epochs = DEFAULT_EPOCHS
 
 
 def learning_rate(c: TrainConfig, step: int, total_steps: int | None) -> float:

@@ -42,7 +42,7 @@ def psnr_loss(output: torch.Tensor, target: torch.Tensor, eps: float = 1e-10) ->
     return 10.0 * torch.log10(mse + eps).mean()
 
 
-# The training objectives by `--loss` name (config.LOSSES); validation and the logged PSNR use the MSE whatever
+# The training objectives by `--loss` name (configcheck.LOSSES); validation and the logged PSNR use the MSE whatever
 # the objective, so runs with different losses are compared on the same number. torch's functions are looked
 # up at each call, so patching `F.mse_loss` (as the divergence tests do) reaches the training loss too.
 LOSS_FUNCTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {

@@ -95,7 +95,7 @@ def test_json_dash_prints_only_json(capsys):
 
 def test_one_key_value_parser():
     from pyramidal.compare import parse_model_options
-    from pyramidal.config import parse_options
+    from pyramidal.configfiles import parse_options
 
     items = ["channels=[16,32]", "m=16", "down=avgpool", "residual=true", "lr=1e-3", "name=\"a b\""]
     want = {"channels": [16, 32], "m": 16, "down": "avgpool", "residual": True, "lr": 1e-3, "name": "a b"}

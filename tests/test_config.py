@@ -1,11 +1,12 @@
-"""pyramidal.config: the default recipe, the loss and CPU-budget checks, a model option from a config file."""
+"""pyramidal.config and configcheck: the default recipe, the loss and CPU-budget checks, a model option from a config file."""
 
 from __future__ import annotations
 
 import pytest
 from torch import nn
 
-from pyramidal.config import TrainConfig, resolve_config, validate_config
+from pyramidal.config import TrainConfig, resolve_config
+from pyramidal.configcheck import validate_config
 from pyramidal.damage import NoiseTask
 from pyramidal.errors import PyramidalError
 from pyramidal.models import create_model

@@ -242,7 +242,8 @@ def test_web_download_keeps_metadata(camera_jpeg):
     from starlette.testclient import TestClient
 
     from pyramidal.options import RestoreOptions
-    from pyramidal.web.app import ServeConfig, create_app
+    from pyramidal.web.app import create_app
+    from pyramidal.web.settings import ServeConfig
 
     with TestClient(create_app(ServeConfig(options=RestoreOptions(tile=64, device="cpu", precision="fp32"))),
                     base_url="http://127.0.0.1:7860") as client:

@@ -25,7 +25,7 @@ LAYERS = {
     # the classical methods they are compared with
     "models": 1, "damage": 1, "camera": 1, "data": 1, "gpudata": 1, "step": 1, "metrics": 1, "baselines": 1,
     # 2: the files of a run: weights and checkpoints, configuration, RNG/EMA/lock/logs
-    "checkpoint": 2, "config": 2, "runstate": 2,
+    "checkpoint": 2, "config": 2, "configfiles": 2, "configcheck": 2, "runstate": 2,
     # 3: the hub: built-in weights, create_model(pretrained=), recipe lookup
     "hub": 3,
     # 4: compute: inference, training, evaluation and what is built on them
@@ -39,9 +39,10 @@ LAYERS = {
 # torch and no package module outside this list: they reach the rest of the package (hub, inference, train,
 # web, ...) only inside the functions that run a command. Those function-local imports are the ones that
 # serve the torch-free `--help`; tests/test_cli.py checks the same at run time.
-TORCH_FREE = {"pyramidal", "errors", "registry", "lazy", "device", "options", "camera", "damage", "config", "compare",
-              "__main__", "cli", "cli.common", "cli.bench", "cli.compare", "cli.degrade", "cli.demo", "cli.evaluate",
-              "cli.export", "cli.gradients", "cli.models", "cli.restore", "cli.serve", "cli.train", "cli.weights"}
+TORCH_FREE = {"pyramidal", "errors", "registry", "lazy", "device", "options", "camera", "damage", "config",
+              "configfiles", "configcheck", "compare", "__main__", "cli", "cli.common", "cli.bench", "cli.compare",
+              "cli.degrade", "cli.demo", "cli.evaluate", "cli.export", "cli.gradients", "cli.models", "cli.restore",
+              "cli.serve", "cli.train", "cli.weights"}
 
 
 def unit(module: str) -> str:

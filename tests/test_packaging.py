@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pyramidal.config import CONFIGS_DIR, find_config, list_configs, resolve_config
+from pyramidal.config import resolve_config
+from pyramidal.configfiles import CONFIGS_DIR, find_config, list_configs
 from pyramidal.errors import PyramidalError
 
 if sys.version_info >= (3, 11):

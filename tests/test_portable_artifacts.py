@@ -12,7 +12,7 @@ import pytest
 from safetensors import safe_open
 
 from pyramidal.checkpoint import METADATA_KEY
-from pyramidal.config import CONFIGS_DIR
+from pyramidal.configfiles import CONFIGS_DIR
 from pyramidal.hub import WEIGHTS_DIR, available_builtin_weights
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,10 +21,13 @@ from starlette.testclient import TestClient  # noqa: E402
 from pyramidal.damage import TASKS, create_task, eval_seed  # noqa: E402
 from pyramidal.errors import PyramidalError  # noqa: E402
 from pyramidal.evaluate import eval_images  # noqa: E402
+from pyramidal.hub import available_builtin_weights  # noqa: E402
+from pyramidal.inference.inputs import magenta_mask  # noqa: E402
 from pyramidal.metrics import psnr  # noqa: E402
 from pyramidal.options import RestoreOptions
 from pyramidal.web import engine  # noqa: E402
-from pyramidal.web.app import ServeConfig, create_app  # noqa: E402
+from pyramidal.web.app import create_app  # noqa: E402
+from pyramidal.web.settings import ServeConfig  # noqa: E402
 
 LOCAL = "http://127.0.0.1:7860"  # the server answers only requests addressed to this computer
 
@@ -105,7 +108,7 @@ def test_cross_site_posts_are_refused(client):
 def test_info_lists_the_registry_and_weights(client):
     info = client.get("/api/info").json()
     assert [t["name"] for t in info["tasks"]] == TASKS.names()
-    have = set(engine.builtin_tasks())
+    have = set(available_builtin_weights())
     assert {t["name"] for t in info["tasks"] if t["builtin"]} == have
     hole = {t["name"] for t in info["tasks"] if t["hole"]}
     maskable = {t["name"] for t in info["tasks"] if t["maskable"]}
@@ -323,7 +326,7 @@ def test_trained_weights_are_offered_by_id_only(tmp_path):
 def test_auto_mask_finds_exactly_the_painted_holes():
     for task in ("squares", "block", "grid"):
         damaged, true_mask = damage(task, photo(128))
-        np.testing.assert_array_equal(engine.magenta_mask(damaged), true_mask)
+        np.testing.assert_array_equal(magenta_mask(damaged), true_mask)
 
 
 def test_strength_scales_the_models_change(client):

@@ -16,7 +16,9 @@ pytest.importorskip("multipart", reason="pyramidal serve needs the web extra: pi
 from starlette.testclient import TestClient  # noqa: E402
 
 from pyramidal.cli.serve import served_hosts  # noqa: E402
-from pyramidal.web.app import ServeConfig, create_app, host_name  # noqa: E402
+from pyramidal.web.app import create_app  # noqa: E402
+from pyramidal.web.guard import host_name  # noqa: E402
+from pyramidal.web.settings import ServeConfig  # noqa: E402
 
 
 def png() -> bytes:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyramidal.config import LOSSES
+from pyramidal.configcheck import LOSSES
 from pyramidal.models import create_model
 from pyramidal.step import LOSS_FUNCTIONS, make_optimizer, psnr_from_mse, train_step
 

@@ -412,7 +412,7 @@ def test_bad_config_file_names_file_and_key(tmp_path: Path, text: str, match: st
 
 
 def test_toml_round_trip():
-    from pyramidal.config import load_toml, parse_options, tomllib
+    from pyramidal.configfiles import load_toml, parse_options, tomllib
     from pyramidal.io import to_toml
 
     data = {"a": 1, "b": 2.5, "c": "x\"y", "d": True, "e": [1, 2], "f": None, "t": {"k": "v", "n": [1.0]}}

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyramidal.config import MAX_BATCH, MAX_SIDE, MAX_STEPS
+from pyramidal.configcheck import MAX_BATCH, MAX_SIDE, MAX_STEPS
 from pyramidal.device import resolve_device
 from pyramidal.errors import PyramidalError
 from pyramidal.models import check_model

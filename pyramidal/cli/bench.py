@@ -20,7 +20,7 @@ from pyramidal.cli.common import (
     write_json_output,
     write_outputs,
 )
-from pyramidal.config import parse_options
+from pyramidal.configfiles import parse_options
 from pyramidal.damage import TASKS
 from pyramidal.errors import PyramidalError
 from pyramidal.options import DEFAULT_OVERLAP, RestoreOptions

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from pyramidal.config import MAX_BATCH, MAX_SIDE, MAX_STEPS
+from pyramidal.configcheck import MAX_BATCH, MAX_SIDE, MAX_STEPS
 from pyramidal.damage import TASKS
 from pyramidal.device import PRECISIONS
 from pyramidal.errors import PyramidalError
@@ -63,17 +63,17 @@ def at_least(low: int, high: int | None = None) -> Callable[[str], int]:
 
 
 def side(low: int = 1) -> Callable[[str], int]:
-    """An argparse type: an image or patch side in px, from `low` to `config.MAX_SIDE`."""
+    """An argparse type: an image or patch side in px, from `low` to `configcheck.MAX_SIDE`."""
     return at_least(low, MAX_SIDE)
 
 
 def batch_size() -> Callable[[str], int]:
-    """An argparse type: a batch size, from 1 to `config.MAX_BATCH`."""
+    """An argparse type: a batch size, from 1 to `configcheck.MAX_BATCH`."""
     return at_least(1, MAX_BATCH)
 
 
 def step_count(low: int = 1) -> Callable[[str], int]:
-    """An argparse type: a number of steps, from `low` to `config.MAX_STEPS`."""
+    """An argparse type: a number of steps, from `low` to `configcheck.MAX_STEPS`."""
     return at_least(low, MAX_STEPS)
 
 

@@ -19,7 +19,7 @@ from pyramidal.cli.common import (
     task_name,
 )
 from pyramidal.compare import PRESETS, parse_model_options
-from pyramidal.config import parse_options
+from pyramidal.configfiles import parse_options
 from pyramidal.errors import PyramidalError
 
 HELP = ("train several models under the same budget, seed and data, evaluate them alike; tables, learning "

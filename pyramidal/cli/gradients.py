@@ -15,7 +15,7 @@ from pyramidal.cli.common import (
     task_name,
     write_outputs,
 )
-from pyramidal.config import parse_options
+from pyramidal.configfiles import parse_options
 from pyramidal.device import resolve_device
 from pyramidal.errors import PyramidalError
 

@@ -49,7 +49,7 @@ def served_hosts(host: str, allowed: list[str]) -> tuple[str, ...]:
     --allow-host names, and on a wildcard --host (every interface) this computer's name and addresses."""
     import socket
 
-    from pyramidal.web.app import LOCAL_HOSTS  # lazy: the web extra (starlette) only when serving
+    from pyramidal.web.settings import LOCAL_HOSTS  # lazy: web/ loads torch, only when serving
 
     names = [*LOCAL_HOSTS, host, *allowed]
     if host in WILDCARD_HOSTS:
@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from pyramidal.web.app import TILE_RANGE, ServeConfig, create_app  # lazy: the web extra, and torch
+        from pyramidal.web.app import create_app  # lazy: the web extra, and torch
+        from pyramidal.web.settings import TILE_RANGE, ServeConfig
     except ModuleNotFoundError as exc:
         raise PyramidalError(f"pyramidal serve needs the web extra ({exc.name} is missing): "
                              "pip install -e .[web]") from None

@@ -6,7 +6,9 @@ import argparse
 import dataclasses
 
 from pyramidal.cli import common
-from pyramidal.config import LOSSES, TrainConfig, non_default, parse_options, resolve_config, resume_config
+from pyramidal.config import TrainConfig, non_default, resolve_config, resume_config
+from pyramidal.configcheck import LOSSES
+from pyramidal.configfiles import parse_options
 from pyramidal.errors import PyramidalError
 
 HELP = "train a model on a damage task (TensorBoard as PSNR, crash-proof checkpoints, --resume, torchrun)"

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pyramidal.config import parse_options
+from pyramidal.configfiles import parse_options
 from pyramidal.errors import PyramidalError
 
 RESEARCH_MODELS = ["basic21", "basic51", "pyramidal51", "pyramidal51cat"]
@@ -50,7 +50,7 @@ LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 def parse_model_options(items: list[str] | None, models: list[str]) -> dict[str, dict]:
     """'KEY=VALUE' (every model) or 'MODEL:KEY=VALUE' (one model) → {model: options}; values as in
-    `config.parse_options` (TOML syntax)."""
+    `configfiles.parse_options` (TOML syntax)."""
     options: dict[str, dict] = {m: {} for m in models}
     for item in items or []:
         target, key_value = (item.split(":", 1) if ":" in item.split("=", 1)[0] else (None, item))

@@ -39,7 +39,7 @@ from pyramidal.bench.measure import machine_kind
 from pyramidal.bench.report import format_sweep
 from pyramidal.bench.run import run_sweep
 from pyramidal.compare import campaign, parse_model_options
-from pyramidal.config import parse_options
+from pyramidal.configfiles import parse_options
 from pyramidal.errors import PyramidalError
 from pyramidal.io import read_rgb, scan_images, write_image
 

@@ -22,7 +22,9 @@ from pyramidal import __version__
 from pyramidal.checkpoint import checkpoint_progress, read_weights_info
 from pyramidal.compare import LABEL, learning_curve, trained_steps
 from pyramidal.compare.runs import count_parameters, evaluate_weights, model_row, train_run
-from pyramidal.config import RESUME_QUIET, parse_value, resolve_config, resume_config, validate_config
+from pyramidal.config import RESUME_QUIET, resolve_config, resume_config
+from pyramidal.configcheck import validate_config
+from pyramidal.configfiles import parse_value
 from pyramidal.errors import PyramidalError
 from pyramidal.evaluate import per_image_psnr
 from pyramidal.figures import comparison_figure, file_suffix, line_plot

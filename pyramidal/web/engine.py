@@ -1,7 +1,7 @@
-"""The web app's one link to the library: tasks and weights, a model cache, restoring with masks and progress,
-samples from the built-in validation photographs, and their scores.
+"""The web app's link to the library's models and photographs: tasks and weights, a model cache, restoring
+with masks and progress, samples from the built-in validation photographs, and their scores.
 
-The app itself (`web/app.py`) speaks HTTP; everything it asks of the library goes through these functions.
+The HTTP side (`app`, `jobs`) asks the library for models, restores, samples and scores through these functions.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from pyramidal.errors import OptionError, PyramidalError
 from pyramidal.evaluate import eval_images
 from pyramidal.hub import available_builtin_weights
 from pyramidal.inference import restore_image
-from pyramidal.inference.inputs import magenta_mask as magenta_mask  # the page's "auto (magenta)" holes
 from pyramidal.inference.tiling import tile_layout
 from pyramidal.io import ImageMetadata, encode_image, read_image
 from pyramidal.metrics import psnr, ssim
@@ -44,33 +43,18 @@ class TooLarge(PyramidalError):
     """An image with more pixels than the server accepts."""
 
 
-def hole_colour(task: str) -> tuple[int, int, int] | None:
-    """The colour the task paints its holes with, which its model expects inside a mask (None: text, noise...)."""
-    return TASKS.get(task).hole_colour
-
-
-def is_hole_task(task: str) -> bool:
-    """True for tasks whose damage is coloured holes (so "auto (magenta)" can find them)."""
-    return hole_colour(task) is not None
-
-
-def is_maskable(task: str) -> bool:
-    """True for tasks where a user mask makes sense: those that report a mask of what they damaged."""
-    return TASKS.get(task).has_mask
-
-
-def builtin_tasks() -> list[str]:
-    """Tasks with weights shipped inside the package."""
-    return available_builtin_weights()
-
-
 def tasks() -> list[dict]:
-    """Every registered damage task: name, one-line description, mask kind, whether built-in weights exist."""
-    have = set(builtin_tasks())
+    """Every registered damage task: name, one-line description, mask kind, whether built-in weights exist.
+
+    `hole`: its damage is coloured holes (its `hole_colour`), which "auto (magenta)" can find; `maskable`: a user
+    mask makes sense (the task reports a mask of what it damaged, `has_mask`).
+    """
+    have = set(available_builtin_weights())
     out = []
     for name in TASKS.names():
-        out.append({"name": name, "description": TASKS.get(name).description, "hole": is_hole_task(name),
-                    "maskable": is_maskable(name), "builtin": name in have})
+        task = TASKS.get(name)
+        out.append({"name": name, "description": task.description, "hole": task.hole_colour is not None,
+                    "maskable": task.has_mask, "builtin": name in have})
     return out
 
 
@@ -139,13 +123,9 @@ def runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     return Runtime(dev, resolve_precision(precision, dev))
 
 
-def load(task: str, weights: str | Path = "builtin", device: str = "auto", precision: str = "auto") -> Any:
-    """The model for `task` from `weights` (`builtin` or a .safetensors path), prepared for inference, from the
-    library's one model cache (`pyramidal.api.cached_model`, which `pyramidal.restore` uses too)."""
-    prepared = cached_model(weights, task, device, precision)
-    if not getattr(prepared, "info", None):
-        prepared.info = dict(getattr(prepared.model, "info", {}))
-    return prepared
+def model_name(task: str, weights: str | Path = "builtin", options: RestoreOptions = RestoreOptions()) -> str:
+    """The architecture of the model `restore` runs for `task` and `weights`, as its weights record names it."""
+    return cached_model(weights, task, options.device, options.precision).model.info["model"]
 
 
 def forward_passes(height: int, width: int, options: RestoreOptions) -> int:
@@ -174,12 +154,8 @@ def restore(
     the input outside it, the holes shown to the model as its training task painted them.
     `progress(done, total)` is called after each forward pass over a batch of tiles.
     """
-    if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != rgb.shape[:2]:
-            raise PyramidalError(f"mask is {mask.shape[1]}×{mask.shape[0]} px but the image is "
-                                 f"{rgb.shape[1]}×{rgb.shape[0]} px")
-    model = load(task, weights, options.device, options.precision)
+    # The library's one model cache, which `pyramidal.restore` uses too; restore_image checks the mask.
+    model = cached_model(weights, task, options.device, options.precision)
     rt = runtime(options.device, options.precision)
     options = options.replace(device=rt.device, precision=rt.precision)
     hook = None
