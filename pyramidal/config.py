@@ -16,7 +16,7 @@ from typing import Any
 
 from pyramidal.damage import TASKS
 from pyramidal.device import resolve_device
-from pyramidal.errors import OptionError, PyramidalError
+from pyramidal.errors import OptionError, PyramidalError, flag_error
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -99,25 +99,6 @@ def parse_options(items: list[str] | None, flag: str) -> dict[str, Any]:
             raise PyramidalError(f"{flag} {item!r}: expected KEY=VALUE")
         out[key] = parse_value(value.strip())
     return out
-
-
-def option_wording(template: str, *options: str, **values: Any) -> tuple[str, str]:
-    """A message about training options, (as Python callers name them, as the command line does).
-
-    In `template`, `{name}` is an option of `options` (`lr` / `--lr`), `{name=}` the same with a value to follow
-    (`lr=` / `--lr `); any other `{field}` is filled from `values`, as str.format does. E.g.
-    `option_wording("{schedule=}{value!r}: unknown", "schedule", value="x")` is
-    ("schedule='x': unknown", "--schedule 'x': unknown").
-    """
-    python = {**values, **{o: o for o in options}, **{f"{o}=": f"{o}=" for o in options}}
-    flags = {**values, **{o: "--" + o.replace("_", "-") for o in options},
-             **{f"{o}=": "--" + o.replace("_", "-") + " " for o in options}}
-    return template.format_map(python), template.format_map(flags)
-
-
-def flag_error(template: str, *options: str, **values: Any) -> OptionError:
-    """An OptionError worded by `option_wording`: parameters for Python callers, flags on the command line."""
-    return OptionError(*option_wording(template, *options, **values))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,5 +1,9 @@
 """User-facing errors: the CLI prints them as one line and exits non-zero."""
 
+from __future__ import annotations
+
+from typing import Any
+
 
 class PyramidalError(Exception):
     """A problem with the user's input (file, option, data) rather than a bug."""
@@ -25,6 +29,25 @@ def option_error(template: str, **values: object) -> OptionError:
     flags = template.format(**{name: f"--{name.replace('_', '-')} {value:g}" if isinstance(value, float) else
                                f"--{name.replace('_', '-')} {value}" for name, value in values.items()})
     return OptionError(python, flags)
+
+
+def option_wording(template: str, *options: str, **values: Any) -> tuple[str, str]:
+    """A message about options, (as Python callers name them, as the command line does).
+
+    In `template`, `{name}` is an option of `options` (`lr` / `--lr`), `{name=}` the same with a value to follow
+    (`lr=` / `--lr `); any other `{field}` is filled from `values`, as str.format does. E.g.
+    `option_wording("{schedule=}{value!r}: unknown", "schedule", value="x")` is
+    ("schedule='x': unknown", "--schedule 'x': unknown").
+    """
+    python = {**values, **{o: o for o in options}, **{f"{o}=": f"{o}=" for o in options}}
+    flags = {**values, **{o: "--" + o.replace("_", "-") for o in options},
+             **{f"{o}=": "--" + o.replace("_", "-") + " " for o in options}}
+    return template.format_map(python), template.format_map(flags)
+
+
+def flag_error(template: str, *options: str, **values: Any) -> OptionError:
+    """An OptionError worded by `option_wording`: parameters for Python callers, flags on the command line."""
+    return OptionError(*option_wording(template, *options, **values))
 
 
 def printable(text: str) -> str:

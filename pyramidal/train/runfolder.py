@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from pyramidal.checkpoint import load_checkpoint, load_checkpoint_model, save_checkpoint, save_weights
-from pyramidal.config import TrainConfig, check_run_folder, option_wording
-from pyramidal.errors import OptionError, PyramidalError
+from pyramidal.config import TrainConfig, check_run_folder
+from pyramidal.errors import OptionError, PyramidalError, option_wording
 from pyramidal.io import folder_problem, missing_folders, remove_empty_folders
 from pyramidal.runstate import EMA, RunLock, new_run_dir
 from pyramidal.train.machine import Machine, broadcast_from_main
