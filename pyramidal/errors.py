@@ -6,19 +6,20 @@ from typing import Any
 
 
 class PyramidalError(Exception):
-    """A problem with the user's input (file, option, data) rather than a bug."""
-
-
-class OptionError(PyramidalError, ValueError):
-    """A bad option value (a model option, a tile size, ...); also a ValueError for library callers.
+    """A problem with the user's input (file, option, data) rather than a bug.
 
     Its message names parameters as Python callers write them (`tile=-1: ...`); `flags`, when given, is the same
-    message as the command line words it (`--tile -1: ...`), which the CLI prints instead (`option_error`).
+    message as the command line words it (`--tile -1: ...`), which the CLI prints instead.
     """
 
     def __init__(self, message: str, flags: str | None = None):
         super().__init__(message)
         self.flags = flags
+
+
+class OptionError(PyramidalError, ValueError):
+    """A bad option value (a model option, a tile size, ...); also a ValueError for library callers. Worded
+    for both, as every PyramidalError may be (`option_error`, `flag_error`)."""
 
 
 def option_error(template: str, **values: object) -> OptionError:

@@ -20,15 +20,8 @@ from pyramidal.train.machine import Machine, broadcast_from_main
 
 
 class TrainingDiverged(PyramidalError):
-    """The loss became NaN or infinite; the last good checkpoint was kept.
-
-    The message names options as Python callers write them (`lr=`); `flags` is the same as the command line
-    words it (`--lr`), which the CLI prints instead.
-    """
-
-    def __init__(self, message: str, flags: str | None = None):
-        super().__init__(message)
-        self.flags = flags
+    """The loss became NaN or infinite; the last good checkpoint was kept. The message names options as Python
+    callers write them (`lr=`), its `flags` as the command line does (`--lr`)."""
 
 
 def check_destination(c: TrainConfig, machine: Machine) -> None:
