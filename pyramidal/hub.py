@@ -79,10 +79,10 @@ def builtin_weights_path(task: str) -> Path:
     have = available_builtin_weights()
     listing = ", ".join(have) if have else "none are installed in this copy of pyramidal"
     if task in list_recipes():  # a recipe whose weights are not shipped yet
-        raise PyramidalError(
-            f"no built-in weights for {task} ({listing}); train them with `pyramidal train "
-            f"--recipe {task}` and pass the last stage's best.safetensors as the weights"
-        )
+        message = f"no built-in weights for {task} ({listing}); train them with "
+        weights = "and pass the last stage's best.safetensors as the weights"
+        raise PyramidalError(f"{message}`pyramidal.recipe.run_recipe({task!r})` {weights}",
+                             f"{message}`pyramidal train --recipe {task}` {weights}")
     raise PyramidalError(
         f"no built-in weights for task {task!r} ({listing}); "
         "pass a .safetensors file written by `pyramidal train` instead"
