@@ -22,6 +22,11 @@ class OptionError(PyramidalError, ValueError):
     for both, as every PyramidalError may be (`option_error`, `flag_error`)."""
 
 
+def command_line(exc: BaseException) -> str:
+    """`exc`'s message as the command line words it: its `flags` when it has them, else its message."""
+    return getattr(exc, "flags", None) or str(exc)
+
+
 def option_error(template: str, **values: object) -> OptionError:
     """An OptionError whose `template` names each parameter as `{name}`: written `name=value` in the message,
     `--name value` in its command-line form. E.g. `option_error("{overlap}: must be smaller than {tile}",

@@ -20,7 +20,7 @@ from torch import nn
 from pyramidal import models
 from pyramidal.checkpoint import load_weights, read_weights_info, weights_file
 from pyramidal.damage import TASKS
-from pyramidal.errors import OptionError, PyramidalError
+from pyramidal.errors import OptionError, PyramidalError, command_line
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
@@ -110,7 +110,7 @@ def resolve_weights(weights: str | os.PathLike, task: str | None) -> Path:
         try:
             return builtin_weights_path(task)
         except PyramidalError as exc:
-            raise OptionError(f"weights='builtin': {exc}", f"--weights builtin: {exc}") from None
+            raise OptionError(f"weights='builtin': {exc}", f"--weights builtin: {command_line(exc)}") from None
     return weights_file(weights)
 
 
@@ -123,7 +123,7 @@ def resolve_init_weights(path: str | os.PathLike) -> Path:
         try:
             return builtin_weights_path(task)
         except (PyramidalError, ValueError) as exc:
-            raise OptionError(f"init_weights={text!r}: {exc}", f"--init-weights {text}: {exc}") from None
+            raise OptionError(f"init_weights={text!r}: {exc}", f"--init-weights {text}: {command_line(exc)}") from None
     return Path(path)
 
 
