@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pyramidal.errors import OptionError, PyramidalError
+from pyramidal.errors import OptionError, PyramidalError, command_line
 from pyramidal.io import atomic_write, jsonable, read_json, special_file
 from pyramidal.models import check_model, create_model
 
@@ -455,7 +455,7 @@ def load_init_weights(model: nn.Module, path: str) -> None:
         try:
             p = weights_file(p)
         except PyramidalError as exc:
-            raise OptionError(f"{exc} (init_weights)", f"{exc} (--init-weights)") from None
+            raise OptionError(f"{exc} (init_weights)", f"{command_line(exc)} (--init-weights)") from None
         saved = {"spec": read_weights_info(p), "model": _read_state(p)}
     load_checkpoint_model(saved, model, str(p))
 

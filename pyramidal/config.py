@@ -16,27 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pyramidal.configfiles import find_config, load_toml
-from pyramidal.errors import OptionError, PyramidalError
-
-
-def option_wording(template: str, *options: str, **values: Any) -> tuple[str, str]:
-    """A message about training options, (as Python callers name them, as the command line does).
-
-    In `template`, `{name}` is an option of `options` (`lr` / `--lr`), `{name=}` the same with a value to follow
-    (`lr=` / `--lr `); any other `{field}` is filled from `values`, as str.format does. E.g.
-    `option_wording("{schedule=}{value!r}: unknown", "schedule", value="x")` is
-    ("schedule='x': unknown", "--schedule 'x': unknown").
-    """
-    python = {**values, **{o: o for o in options}, **{f"{o}=": f"{o}=" for o in options}}
-    flags = {**values, **{o: "--" + o.replace("_", "-") for o in options},
-             **{f"{o}=": "--" + o.replace("_", "-") + " " for o in options}}
-    return template.format_map(python), template.format_map(flags)
-
-
-def flag_error(template: str, *options: str, **values: Any) -> OptionError:
-    """An OptionError worded by `option_wording`: parameters for Python callers, flags on the command line."""
-    return OptionError(*option_wording(template, *options, **values))
-
+from pyramidal.errors import OptionError, PyramidalError, flag_error
 
 # ----------------------------------------------------------------------------------------------------------
 # Training options: defaults ← config file ← explicit options.

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import math
 
-from pyramidal.config import TrainConfig, flag_error, parse_size_schedule, size_phases
+from pyramidal.config import TrainConfig, parse_size_schedule, size_phases
 from pyramidal.damage import TASKS
 from pyramidal.device import resolve_device
+from pyramidal.errors import flag_error
 
 SCHEDULES = ("none", "cosine", "step")
 OPTIMIZERS = ("adam", "adamw")

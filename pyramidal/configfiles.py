@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pyramidal.errors import PyramidalError
+from pyramidal.errors import OptionError, PyramidalError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -84,12 +84,12 @@ def parse_value(text: str) -> Any:
 
 
 def parse_options(items: list[str] | None, flag: str) -> dict[str, Any]:
-    """`["key=value", ...]` → dict, values parsed with `parse_value`."""
+    """`["key=value", ...]` → dict, values parsed with `parse_value`; `flag` names the items on the command line."""
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
-            raise PyramidalError(f"{flag} {item!r}: expected KEY=VALUE")
+            raise OptionError(f"{item!r}: expected KEY=VALUE", f"{flag} {item!r}: expected KEY=VALUE")
         out[key] = parse_value(value.strip())
     return out

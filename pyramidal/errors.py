@@ -1,20 +1,30 @@
 """User-facing errors: the CLI prints them as one line and exits non-zero."""
 
+from __future__ import annotations
+
+from typing import Any
+
 
 class PyramidalError(Exception):
-    """A problem with the user's input (file, option, data) rather than a bug."""
-
-
-class OptionError(PyramidalError, ValueError):
-    """A bad option value (a model option, a tile size, ...); also a ValueError for library callers.
+    """A problem with the user's input (file, option, data) rather than a bug.
 
     Its message names parameters as Python callers write them (`tile=-1: ...`); `flags`, when given, is the same
-    message as the command line words it (`--tile -1: ...`), which the CLI prints instead (`option_error`).
+    message as the command line words it (`--tile -1: ...`), which the CLI prints instead.
     """
 
     def __init__(self, message: str, flags: str | None = None):
         super().__init__(message)
         self.flags = flags
+
+
+class OptionError(PyramidalError, ValueError):
+    """A bad option value (a model option, a tile size, ...); also a ValueError for library callers. Worded
+    for both, as every PyramidalError may be (`option_error`, `flag_error`)."""
+
+
+def command_line(exc: BaseException) -> str:
+    """`exc`'s message as the command line words it: its `flags` when it has them, else its message."""
+    return getattr(exc, "flags", None) or str(exc)
 
 
 def option_error(template: str, **values: object) -> OptionError:
@@ -25,6 +35,25 @@ def option_error(template: str, **values: object) -> OptionError:
     flags = template.format(**{name: f"--{name.replace('_', '-')} {value:g}" if isinstance(value, float) else
                                f"--{name.replace('_', '-')} {value}" for name, value in values.items()})
     return OptionError(python, flags)
+
+
+def option_wording(template: str, *options: str, **values: Any) -> tuple[str, str]:
+    """A message about options, (as Python callers name them, as the command line does).
+
+    In `template`, `{name}` is an option of `options` (`lr` / `--lr`), `{name=}` the same with a value to follow
+    (`lr=` / `--lr `); any other `{field}` is filled from `values`, as str.format does. E.g.
+    `option_wording("{schedule=}{value!r}: unknown", "schedule", value="x")` is
+    ("schedule='x': unknown", "--schedule 'x': unknown").
+    """
+    python = {**values, **{o: o for o in options}, **{f"{o}=": f"{o}=" for o in options}}
+    flags = {**values, **{o: "--" + o.replace("_", "-") for o in options},
+             **{f"{o}=": "--" + o.replace("_", "-") + " " for o in options}}
+    return template.format_map(python), template.format_map(flags)
+
+
+def flag_error(template: str, *options: str, **values: Any) -> OptionError:
+    """An OptionError worded by `option_wording`: parameters for Python callers, flags on the command line."""
+    return OptionError(*option_wording(template, *options, **values))
 
 
 def printable(text: str) -> str:

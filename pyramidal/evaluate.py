@@ -18,7 +18,7 @@ from pyramidal.baselines import INSTALL_HINT, Context, baselines_for, module_ava
 from pyramidal.damage import TASKS, create_task, eval_seed
 from pyramidal.data.sources import BuiltinSource, FolderSource, load_source
 from pyramidal.device import resolve_device, resolve_precision
-from pyramidal.errors import PyramidalError, option_error
+from pyramidal.errors import PyramidalError, option_error, option_wording
 from pyramidal.inference import restore_images
 from pyramidal.inference.inputs import model_conditions
 from pyramidal.inference.model import load_restorer, prepare_for_inference
@@ -56,8 +56,8 @@ def eval_images(data: str, split: str = "val", crop: int | None = 256, crops: in
     crop = crop or None
     source = load_source(data, size=crop or 64, val_crops=max(1, crops))
     if split == "all" and not isinstance(source, FolderSource):
-        raise PyramidalError(f"{data}: --split all scores every image of a folder kept out of training; "
-                             "use it with --data folder:PATH")
+        raise PyramidalError(*option_wording("{source}: {split=}all scores every image of a folder kept out of "
+                                             "training; use it with {data=}folder:PATH", "split", "data", source=data))
     if crop and crops > 1 and isinstance(source, BuiltinSource):
         dataset = source.split(split)
         names = source.names[split]

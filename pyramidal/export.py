@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyramidal.errors import PyramidalError
+from pyramidal.errors import PyramidalError, option_wording
 from pyramidal.inference.model import prepare_for_inference
 from pyramidal.io import atomic_write
 from pyramidal.models.conditions import conditions_of
@@ -66,8 +66,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_
     conditions = conditions_of(model)
     if conditions.mask_input:
         # The ONNX runner feeds 3-channel images: a mask-conditioned model needs its mask channel built first.
-        raise PyramidalError("ONNX export takes blind models only; this one is mask-conditioned (mask_input), "
-                             "run it with the torch backend and --mask")
+        raise PyramidalError(*option_wording("ONNX export takes blind models only; this one is mask-conditioned "
+                                             "(mask_input), run it with the torch backend and {mask}", "mask"))
     if conditions.find_holes != "none" or conditions.hole_fill != "grey":
         # Finding and filling holes takes steps that depend on the pixels and on the image size (the fill's
         # pyramid depth), which a traced graph would freeze at the example's.
@@ -75,8 +75,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_
                              f"find_holes={conditions.find_holes}, hole_fill={conditions.hole_fill}: run it with "
                              "the torch backend")
     if conditions.noise_map:
-        raise PyramidalError("ONNX export takes blind models only; this one takes the noise level (noise_map), "
-                             "run it with the torch backend and --sigma")
+        raise PyramidalError(*option_wording("ONNX export takes blind models only; this one takes the noise level "
+                                             "(noise_map), run it with the torch backend and {sigma}", "sigma"))
     _require("onnx")
     _require("onnxscript")
     path = Path(path)

@@ -34,7 +34,7 @@ from PIL import Image
 from pyramidal.damage import MAGENTA, Task, derive_seed, gaussian_kernel_1d
 from pyramidal.data.datasets import ImageFiles, PhotoPatches, SkippedImageWarning
 from pyramidal.data.patches import _upscale_to
-from pyramidal.errors import PyramidalError
+from pyramidal.errors import OptionError, PyramidalError, flag_error, option_wording
 from pyramidal.io import read_rgb
 from pyramidal.registry import Registry
 
@@ -53,9 +53,9 @@ DEVICE_DAMAGE = Registry("on-device damage")
 def check_device_task(task: Task) -> None:
     """One-line error when `task` has no on-device damage (it then needs the CPU pipeline)."""
     if task.name not in DEVICE_DAMAGE.names():
-        raise PyramidalError(f"--data-on-device: task {task.name} is damaged on the CPU (a codec, fonts or a "
-                             f"brush); on the device: {', '.join(DEVICE_DAMAGE.names())}. Leave "
-                             "--data-on-device off (with --num-workers N) for this task")
+        raise flag_error("{data_on_device}: task {task} is damaged on the CPU (a codec, fonts or a brush); on the "
+                         "device: {names}. Leave {data_on_device} off (with {num_workers=}N) for this task",
+                         "data_on_device", "num_workers", task=task.name, names=", ".join(DEVICE_DAMAGE.names()))
 
 
 def window_side(size: int) -> int:
@@ -82,7 +82,7 @@ class DevicePhotos:
 
     def __init__(self, images: Sequence[torch.Tensor], device: torch.device | str, min_side: int = 1):
         if not images:
-            raise PyramidalError("--data-on-device: no training photographs")
+            raise PyramidalError(*option_wording("{data_on_device}: no training photographs", "data_on_device"))
         flat, heights, widths = [], [], []
         for image in images:
             if min(image.shape[1:]) < min_side:  # as the CPU pipeline upscales a photo smaller than its crop
@@ -124,8 +124,9 @@ class DevicePhotos:
                 except PyramidalError as exc:
                     warnings.warn(f"{exc}; skipped", SkippedImageWarning, stacklevel=2)
         else:
-            raise PyramidalError(f"--data-on-device: {getattr(dataset, 'where', type(dataset).__name__)} is prepared "
-                                 "on the CPU (CelebA's face crops); leave --data-on-device off for it")
+            raise flag_error("{data_on_device}: {where} is prepared on the CPU (CelebA's face crops); leave "
+                             "{data_on_device} off for it", "data_on_device",
+                             where=getattr(dataset, "where", type(dataset).__name__))
         return cls(images, device, min_side)
 
     def windows(self, photo: torch.Tensor, top: torch.Tensor, left: torch.Tensor, side: int) -> torch.Tensor:
@@ -308,9 +309,9 @@ class DeviceBatches:
                  seed: int = 0, rank: int = 0, with_mask: bool = False, with_noise_level: bool = False):
         check_device_task(task)
         if with_mask and not task.has_mask:
-            raise ValueError(f"task {task.name} makes no holes, so it has no mask to give")
+            raise OptionError(f"with_mask=True: task {task.name} makes no holes, so it has no mask to give")
         if with_noise_level and not task.has_noise_level:
-            raise ValueError(f"task {task.name} has no noise level to give")
+            raise OptionError(f"with_noise_level=True: task {task.name} has no noise level to give")
         self.photos, self.task, self.size, self.batch_size = photos, task, int(size), int(batch_size)
         self.steps_per_epoch, self.seed, self.rank = max(1, int(steps_per_epoch)), int(seed), int(rank)
         self.with_mask, self.with_noise_level = bool(with_mask), bool(with_noise_level)

@@ -20,7 +20,7 @@ from torch import nn
 from pyramidal import models
 from pyramidal.checkpoint import load_weights, read_weights_info, weights_file
 from pyramidal.damage import TASKS
-from pyramidal.errors import OptionError, PyramidalError
+from pyramidal.errors import OptionError, PyramidalError, command_line
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
@@ -79,10 +79,10 @@ def builtin_weights_path(task: str) -> Path:
     have = available_builtin_weights()
     listing = ", ".join(have) if have else "none are installed in this copy of pyramidal"
     if task in list_recipes():  # a recipe whose weights are not shipped yet
-        raise PyramidalError(
-            f"no built-in weights for {task} ({listing}); train them with `pyramidal train "
-            f"--recipe {task}` and pass the last stage's best.safetensors as the weights"
-        )
+        message = f"no built-in weights for {task} ({listing}); train them with "
+        weights = "and pass the last stage's best.safetensors as the weights"
+        raise PyramidalError(f"{message}`pyramidal.recipe.run_recipe({task!r})` {weights}",
+                             f"{message}`pyramidal train --recipe {task}` {weights}")
     raise PyramidalError(
         f"no built-in weights for task {task!r} ({listing}); "
         "pass a .safetensors file written by `pyramidal train` instead"
@@ -110,7 +110,7 @@ def resolve_weights(weights: str | os.PathLike, task: str | None) -> Path:
         try:
             return builtin_weights_path(task)
         except PyramidalError as exc:
-            raise OptionError(f"weights='builtin': {exc}", f"--weights builtin: {exc}") from None
+            raise OptionError(f"weights='builtin': {exc}", f"--weights builtin: {command_line(exc)}") from None
     return weights_file(weights)
 
 
@@ -123,7 +123,7 @@ def resolve_init_weights(path: str | os.PathLike) -> Path:
         try:
             return builtin_weights_path(task)
         except (PyramidalError, ValueError) as exc:
-            raise OptionError(f"init_weights={text!r}: {exc}", f"--init-weights {text}: {exc}") from None
+            raise OptionError(f"init_weights={text!r}: {exc}", f"--init-weights {text}: {command_line(exc)}") from None
     return Path(path)
 
 

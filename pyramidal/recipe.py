@@ -84,7 +84,8 @@ def load_recipe(name: str | os.PathLike) -> Recipe:
         raise PyramidalError(f"{where}: give at least one [[stage]] table")
     for key in RUNNER_KEYS:
         if key in data or any(key in s for s in stages):
-            raise PyramidalError(f"{where}: {key} is set by `train --recipe` itself; remove it from the recipe")
+            raise PyramidalError(f"{where}: {key} is set by the recipe runner itself; remove it from the recipe",
+                                 f"{where}: {key} is set by `train --recipe` itself; remove it from the recipe")
     if any("init_weights" in s for s in stages):
         raise PyramidalError(f"{where}: a stage starts from the stage before; only the shared settings may give "
                              "init_weights (the first stage's start)")
@@ -127,8 +128,11 @@ def recipe_weights(out: str | os.PathLike, name: str) -> Path:
     run = stage_run(stage_folder(out, other, len(other.stages) - 1))
     progress = checkpoint_progress(run)
     if run is None or not progress or not progress["finished"] or not (run / "best.safetensors").is_file():
-        raise PyramidalError(f"this recipe starts from what recipe {name} makes: run `pyramidal train --recipe "
-                             f"{name} --out {out}` first, or give --init-weights (e.g. builtin:{name})")
+        start = f"this recipe starts from what recipe {name} makes: run "
+        raise PyramidalError(f"{start}`run_recipe({name!r}, {str(out)!r})` first, or give init_weights "
+                             f"(e.g. builtin:{name})",
+                             f"{start}`pyramidal train --recipe {name} --out {out}` first, or give --init-weights "
+                             f"(e.g. builtin:{name})")
     return run / "best.safetensors"
 
 
@@ -151,7 +155,8 @@ def run_recipe(name: str | os.PathLike, out: str | os.PathLike = "runs/recipes",
     overrides = dict(overrides or {})
     for key in RUNNER_KEYS:
         if key in overrides:
-            raise PyramidalError(f"--{key.replace('_', '-')} and --recipe: the recipe runner sets it for each stage")
+            raise OptionError(f"overrides[{key!r}]: the recipe runner sets it for each stage",
+                              f"--{key.replace('_', '-')} and --recipe: the recipe runner sets it for each stage")
     given_start = overrides.pop("init_weights", None)
     selected = parse_stages(stages, len(recipe.stages))
     previous: Path | None = None

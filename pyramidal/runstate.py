@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from pyramidal import __version__
-from pyramidal.errors import PyramidalError
+from pyramidal.errors import PyramidalError, flag_error
 from pyramidal.io import to_toml, write_text
 
 
@@ -58,7 +58,7 @@ class EMA:
 
     def __init__(self, model: nn.Module, decay: float):
         if not 0.0 < decay < 1.0:
-            raise PyramidalError(f"--ema {decay}: the decay must be between 0 and 1 (e.g. 0.999)")
+            raise flag_error("{ema=}{decay}: the decay must be between 0 and 1 (e.g. 0.999)", "ema", decay=decay)
         self.decay = decay
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 

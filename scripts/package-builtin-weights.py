@@ -292,7 +292,7 @@ def score_and_save(model, out: Path, task: str, metadata: dict, baselines: str =
     # as the classical rows are.
     result = evaluate(str(out), task, "builtin", baselines=baselines)
     scores = scored_settings(result, "")
-    if getattr(model, "mask_input", False):
+    if model.conditions.mask_input:
         for hole_task in HOLE_SHAPES:
             with warnings.catch_warnings():  # "trained for task inpaint, not squares": meant here
                 warnings.simplefilter("ignore")

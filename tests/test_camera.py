@@ -173,7 +173,7 @@ def test_camera_without_weights_says_how_to_train_them(monkeypatch, tmp_path):
     import pyramidal.hub as hub
 
     monkeypatch.setattr(hub, "WEIGHTS_DIR", tmp_path)
-    with pytest.raises(PyramidalError, match=r"no built-in weights for .*camera.*pyramidal train"):
+    with pytest.raises(PyramidalError, match=r"no built-in weights for .*camera.*run_recipe"):
         hub.builtin_weights_path("camera")
 
 

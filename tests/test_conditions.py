@@ -65,7 +65,7 @@ def test_the_model_declares_the_conditions_its_options_give(name, options):
     model = create_model(name, **_small(name), **options)
     conditions = Conditions.from_options(options)
     assert model.conditions == conditions == conditions_of(model)
-    assert all(getattr(model, key) == value for key, value in options.items())  # each by its option name
+    assert all(getattr(model.conditions, key) == value for key, value in options.items())  # each by its option name
     unshuffle = getattr(model, "unshuffle", 1)
     assert model.stem[0].in_channels == (3 + conditions.extra_channels) * unshuffle**2
     x = example_input(model, 2, 32, 32, generator=torch.Generator().manual_seed(0))

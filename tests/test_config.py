@@ -16,7 +16,7 @@ def test_defaults_keep_the_research_recipe():
     c = TrainConfig()
     assert (c.loss, c.optimizer, c.max_cpu_minutes) == ("mse", "adam", None)
     model = create_model("pyramidal23456")
-    assert model.config.block == "dense" and model.config.norm == "batch" and not model.noise_map
+    assert model.config.block == "dense" and model.config.norm == "batch" and not model.conditions.noise_map
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert any(isinstance(m, nn.Dropout2d) and m.p == 0.2 for m in model.modules())
     assert NoiseTask(train=True).sigma_dist == "uniform"

@@ -152,7 +152,7 @@ def test_training_refuses_device_batches_for_a_cpu_task(tmp_path):
     from pyramidal.config import TrainConfig
     from pyramidal.train import Trainer
 
-    with pytest.raises(PyramidalError, match="--data-on-device: task jpeg"):
+    with pytest.raises(PyramidalError, match="data_on_device: task jpeg"):
         Trainer(TrainConfig(**{**TINY, "task": "jpeg"}, data_on_device=True, steps=1, out=str(tmp_path)))
 
 

@@ -164,7 +164,7 @@ def test_mask_input_round_trips_through_the_weights_file(tmp_path):
     save_weights(create_model("pyramidal44", m=8, growth=4, mask_input=True), path, {"task": "inpaint"})
     loaded = load_weights(path)
     assert loaded.info["options"]["mask_input"] is True
-    assert loaded.mask_input and loaded.stem[0].in_channels == 4 and needs_mask(loaded)
+    assert loaded.conditions.mask_input and loaded.stem[0].in_channels == 4 and needs_mask(loaded)
     assert not needs_mask(load_weights(_blind(tmp_path)))
 
 
@@ -218,8 +218,8 @@ def test_hole_fill_option_validated_stored_and_starts_as_the_fill(tmp_path):
     save_weights(create_model("pyramidal44", m=8, growth=4, mask_input=True, hole_fill="smooth"), path,
                  {"task": "inpaint"})
     loaded = load_weights(path)
-    assert loaded.info["options"]["hole_fill"] == "smooth" and loaded.hole_fill == "smooth"
-    assert create_model("pyramidal44", m=8, growth=4, mask_input=True).hole_fill == "grey"
+    assert loaded.info["options"]["hole_fill"] == "smooth" and loaded.conditions.hole_fill == "smooth"
+    assert create_model("pyramidal44", m=8, growth=4, mask_input=True).conditions.hole_fill == "grey"
 
 
 def _painted(h: int = 37, w: int = 45, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -272,7 +272,7 @@ def test_find_holes_model_is_the_mask_conditioned_model_with_its_mask_found(tmp_
     path = tmp_path / "found.safetensors"
     save_weights(found, path, {"task": "squares"})
     loaded = load_weights(path)
-    assert loaded.find_holes == "magenta" and loaded.info["options"]["find_holes"] == "magenta"
+    assert loaded.conditions.find_holes == "magenta" and loaded.info["options"]["find_holes"] == "magenta"
     # restore: blind without a mask; with one, the holes are painted in the key and found again.
     image = photo()
     rgb = image.copy()
@@ -305,7 +305,7 @@ def test_training_a_find_holes_model_needs_a_keyed_task(tmp_path):
     options = {"find_holes": "magenta", "hole_fill": "smooth"}
     run = train(TrainConfig(task="grid", model_options=options, steps=2, **base))
     model = load_weights(run / "best.safetensors")
-    assert model.find_holes == "magenta" and not needs_mask(model)
+    assert model.conditions.find_holes == "magenta" and not needs_mask(model)
     for task in ("noise", "text"):
         with pytest.raises(PyramidalError, match=f"task {task} paints no holes in the colour key"):
             Trainer(TrainConfig(task=task, model_options=options, steps=1, **base))
@@ -455,7 +455,7 @@ def test_builtin_inpaint_weights_or_a_clear_hint(tmp_path, capsys):
         assert needs_mask(load_weights(builtin_weights_path("inpaint")))
         return
     with pytest.raises(PyramidalError, match=r"no built-in weights for inpaint .*train them with "
-                                             r"`pyramidal train --recipe inpaint`"):
+                                             r"`pyramidal.recipe.run_recipe\('inpaint'\)`"):
         builtin_weights_path("inpaint")
 
 

@@ -270,7 +270,7 @@ def test_huge_model_refused_before_allocating():
 
 def test_noise_map_model_takes_four_channels():
     model = create_model("pyramidal44", m=8, growth=4, noise_map=True).eval()
-    assert model.noise_map and model.stem[0].in_channels == 4
+    assert model.conditions.noise_map and model.stem[0].in_channels == 4
     assert model(torch.zeros(1, 4, 9, 9)).shape == (1, 3, 9, 9)
     with pytest.raises(ValueError, match="not both"):
         create_model("pyramidal44", noise_map=True, mask_input=True)

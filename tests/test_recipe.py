@@ -65,7 +65,7 @@ def test_stage_tables_merge_into_the_shared_ones(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     (TINY, "give at least one \\[\\[stage\\]\\] table"),
-    (TINY + 'out = "x"\n[[stage]]\n', "out is set by `train --recipe` itself"),
+    (TINY + 'out = "x"\n[[stage]]\n', "out is set by the recipe runner itself"),
     (TINY + '[[stage]]\ninit_weights = "builtin:noise"\n', "only the shared settings may give init_weights"),
     (TINY + '[[stage]]\nname = "a"\n[[stage]]\nname = "a"\n', "two stages have the same name"),
     (TINY + '[[stage]]\nname = "a b"\n', "stage name 'a b'"),
@@ -120,7 +120,7 @@ def test_a_later_stage_alone_needs_its_start(tmp_path, weights):
 
 def test_a_recipe_reference_needs_the_other_recipe_first(tmp_path):
     path = write_recipe(tmp_path, TINY + 'init_weights = "recipe:inpaint"\n[[stage]]\n')
-    with pytest.raises(PyramidalError, match="run `pyramidal train --recipe inpaint --out"):
+    with pytest.raises(PyramidalError, match="run `run_recipe\\('inpaint', '"):
         run_recipe(path, tmp_path / "runs")
 
 

@@ -620,7 +620,7 @@ def test_noise_map_training_and_restore(tmp_path):
     model = load_checkpoint_model(run_dir)
     image = torch.rand(3, 20, 24) * 2 - 1
     assert restore_array(model, image, options=RestoreOptions(sigma=25)).shape == image.shape
-    with pytest.raises(PyramidalError, match="--sigma S"):
+    with pytest.raises(PyramidalError, match="sigma=S"):
         restore_array(model, image)
     with pytest.raises(PyramidalError, match="from 0 to 255"):
         RestoreOptions(sigma=300)

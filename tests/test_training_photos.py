@@ -158,7 +158,7 @@ def test_split_all_scores_every_image_of_a_folder(tmp_path):
     assert [n for n, _ in source.eval_images("all")] == names
     items, described = eval_images(f"folder:{tmp_path}", "all", crop=32)
     assert [tuple(x.shape) for _, x in items] == [(3, 32, 32)] * 5 and "split all, 5 images" in described
-    with pytest.raises(PyramidalError, match="--split all"):
+    with pytest.raises(PyramidalError, match="split=all"):
         eval_images("builtin", "all")
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from pyramidal.configcheck import MAX_BATCH, MAX_SIDE, MAX_STEPS
 from pyramidal.device import resolve_device
-from pyramidal.errors import PyramidalError
+from pyramidal.errors import OptionError, flag_error, option_error
 from pyramidal.models import check_model
 from pyramidal.models.summary import check_memory
 
@@ -54,21 +54,23 @@ class BenchConfig:
 
     def validate(self) -> None:
         if self.mode not in MODES:
-            raise PyramidalError(f"--mode {self.mode!r}: choose one of {', '.join(MODES)}")
+            raise flag_error("{mode=}{value!r}: choose one of {modes}", "mode", value=self.mode, modes=", ".join(MODES))
         if self.size < 1 or self.batch_size < 1:
-            raise PyramidalError("--size and --batch-size must be at least 1")
+            raise flag_error("{size} and {batch_size} must be at least 1", "size", "batch_size")
         if self.steps < 1 or self.warmup < 1:
-            raise PyramidalError("--steps and --warmup must be at least 1 (the first warm-up step measures memory)")
+            raise flag_error("{steps} and {warmup} must be at least 1 (the first warm-up step measures memory)",
+                             "steps", "warmup")
         if self.threads is not None and self.threads < 1:
-            raise PyramidalError("--threads must be at least 1")
+            raise flag_error("{threads} must be at least 1", "threads")
         if not (0 < self.megapixels <= 1000):
-            raise PyramidalError(f"--megapixels {self.megapixels}: must be above 0 and at most 1000")
+            raise flag_error("{megapixels=}{value}: must be above 0 and at most 1000", "megapixels", value=self.megapixels)
         if self.weights == "builtin" and not self.task:
-            raise PyramidalError("--weights builtin needs --task to know which weights to use")
-        for flag, value, high in (("--size", self.size, MAX_SIDE), ("--batch-size", self.batch_size, MAX_BATCH),
-                                  ("--steps", self.steps, MAX_STEPS), ("--warmup", self.warmup, MAX_STEPS)):
+            raise OptionError("weights='builtin' needs task= to know which weights to use",
+                              "--weights builtin needs --task to know which weights to use")
+        for name, value, high in (("size", self.size, MAX_SIDE), ("batch_size", self.batch_size, MAX_BATCH),
+                                  ("steps", self.steps, MAX_STEPS), ("warmup", self.warmup, MAX_STEPS)):
             if value > high:
-                raise PyramidalError(f"{flag} {value}: at most {high:,}")
+                raise option_error(f"{{{name}}}: at most {high:,}", **{name: value})
         if self.mode != "restore":  # before anything is allocated: a step that cannot fit is one line
             self.build(check_model)
             check_memory(self.model, self.model_options, batch=self.batch_size, size=self.size,
@@ -86,6 +88,7 @@ class BenchConfig:
             return make(self.model, **self.model_options)
         except ValueError as exc:
             if self.memory_efficient and "memory_efficient" in str(exc):
-                raise PyramidalError(f"--memory-efficient: model {self.model} has no dense blocks") from None
+                raise flag_error("{memory_efficient}: model {model} has no dense blocks", "memory_efficient",
+                                 model=self.model) from None
             raise
 

@@ -33,7 +33,7 @@ from pyramidal.bench.pipeline import bench_data_pipeline
 from pyramidal.bench.restore import bench_restore
 from pyramidal.config import TrainConfig
 from pyramidal.device import resolve_device, resolve_precision
-from pyramidal.errors import PyramidalError
+from pyramidal.errors import PyramidalError, flag_error
 from pyramidal.fastpath import memory_format, tune_cpu_allocator
 from pyramidal.inference.model import prepare_for_inference
 from pyramidal.models import create_model
@@ -47,9 +47,8 @@ def load_reference_module(path: str | Path | None = None) -> ModuleType:
     """Import benchmarks/plain_fc_densenet.py by file path (it is not part of the installed package)."""
     path = Path(path) if path else REFERENCE_FILE
     if not path.is_file():
-        raise PyramidalError(
-            f"{path}: plain reference not found (it lives in the source tree's benchmarks/, which an installed "
-            "package does not have; pass --reference-file PATH)")
+        raise flag_error("{path}: plain reference not found (it lives in the source tree's benchmarks/, which an "
+                         "installed package does not have; pass {reference_file=}PATH)", "reference_file", path=path)
     spec = importlib.util.spec_from_file_location("pyramidal_plain_reference", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -13,7 +13,7 @@ import sys
 import warnings
 
 from pyramidal import __version__
-from pyramidal.errors import PyramidalError, printable
+from pyramidal.errors import PyramidalError, command_line, printable
 
 # Order is the order shown in `pyramidal --help`.
 COMMANDS = (
@@ -67,7 +67,7 @@ def _one_line(exc: BaseException) -> str:
     """An error as one line, worded for the command line (an OptionError's `flags`: `--tile 5`, not `tile=5`):
     characters a terminal would not show as themselves are escaped (a newline in a file name, bytes of a name
     that are not UTF-8), so that stderr gets one line per error naming the file exactly."""
-    text = getattr(exc, "flags", None) or str(exc)
+    text = command_line(exc)
     return printable(text.strip()) or type(exc).__name__
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pyramidal.configfiles import parse_options
-from pyramidal.errors import PyramidalError
+from pyramidal.errors import OptionError
 
 RESEARCH_MODELS = ["basic21", "basic51", "pyramidal51", "pyramidal51cat"]
 PRESETS: dict[str, dict[str, Any]] = {
@@ -55,7 +55,8 @@ def parse_model_options(items: list[str] | None, models: list[str]) -> dict[str,
     for item in items or []:
         target, key_value = (item.split(":", 1) if ":" in item.split("=", 1)[0] else (None, item))
         if target is not None and target not in options:
-            raise PyramidalError(f"--model-option {item!r}: {target} is not one of --models {','.join(models)}")
+            raise OptionError(f"{item!r}: {target} is not one of {','.join(models)}",
+                              f"--model-option {item!r}: {target} is not one of --models {','.join(models)}")
         parsed = parse_options([key_value], "--model-option")
         for m in [target] if target else models:
             options[m].update(parsed)

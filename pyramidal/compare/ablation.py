@@ -19,7 +19,7 @@ from typing import Any
 from pyramidal.compare import trained_steps
 from pyramidal.compare.runs import evaluate_weights, model_row, train_run
 from pyramidal.config import TrainConfig
-from pyramidal.errors import PyramidalError
+from pyramidal.errors import PyramidalError, option_wording
 from pyramidal.io import to_toml, write_json
 from pyramidal.recipe import load_recipe
 
@@ -69,7 +69,8 @@ def write_base(recipe_name: str, stage: int, path: Path) -> Path:
     trains with (`--config`)."""
     recipe = load_recipe(recipe_name)
     if not 1 <= stage <= len(recipe.stages):
-        raise PyramidalError(f"--stage {stage}: recipe {recipe_name} has stages 1-{len(recipe.stages)}")
+        raise PyramidalError(*option_wording("{stage=}{value}: recipe {recipe} has stages 1-{count}", "stage",
+                                             value=stage, recipe=recipe_name, count=len(recipe.stages)))
     settings = {k: v for k, v in recipe.settings(stage - 1).items() if k != "init_weights"}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# recipe {recipe_name}, stage {stage}, without its start weights\n" + to_toml(settings))

@@ -30,7 +30,7 @@ from pyramidal.compare import LABEL, parse_model_options
 from pyramidal.compare.runs import evaluate_weights, model_psnr, train_summary
 from pyramidal.config import TrainConfig, resolve_config
 from pyramidal.device import resolve_device, resolve_precision
-from pyramidal.errors import PyramidalError
+from pyramidal.errors import OptionError
 from pyramidal.gpudata import DEVICE_DAMAGE, describe
 from pyramidal.hub import available_builtin_weights
 from pyramidal.inference.model import load_restorer
@@ -69,18 +69,20 @@ def parse_entries(items: list[str], model_items: list[str] | None = None,
         label, sep, recipe = (part.strip() for part in item.partition("="))
         recipe = recipe if sep else label
         if not LABEL.fullmatch(label):
-            raise PyramidalError(f"--train {item!r}: expected RECIPE or LABEL=RECIPE (a label of letters, digits, "
-                                 "'.', '_', '+' and '-')")
+            problem = f"{item!r}: expected RECIPE or LABEL=RECIPE (a label of letters, digits, '.', '_', '+' and '-')"
+            raise OptionError(f"items: {problem}", f"--train {problem}")
         load_recipe(recipe)  # one line naming the shipped recipes when it is not one
         entries.append(Entry(label, recipe))
     labels = [e.label for e in entries]
     if len(set(labels)) != len(labels):
-        raise PyramidalError(f"--train {','.join(items)}: a label is given twice (name a second entry LABEL=RECIPE)")
+        problem = "a label is given twice (name a second entry LABEL=RECIPE)"
+        raise OptionError(f"items={items!r}: {problem}", f"--train {','.join(items)}: {problem}")
     by_label = {e.label: e for e in entries}
     for item in model_items or []:
         label, sep, model = item.partition(":")
         if not sep or label not in by_label:
-            raise PyramidalError(f"--model {item!r}: expected LABEL:MODEL with LABEL one of {', '.join(labels)}")
+            problem = f"{item!r}: expected LABEL:MODEL with LABEL one of {', '.join(labels)}"
+            raise OptionError(f"model_items: {problem}", f"--model {problem}")
 
         MODELS.get(model)
         by_label[label].model = model
@@ -105,7 +107,8 @@ def scaled_lr(lr: float, batch: int, recipe_batch: int, rule: str = "sqrt") -> f
     """The learning rate for `batch` from the recipe's (`lr` at `recipe_batch`): ×√k (the square-root rule for
     Adam: the update's noise falls as 1/√B) or ×k (linear, for SGD-like steps; it needs the warm-up)."""
     if rule not in LR_RULES:
-        raise PyramidalError(f"--lr-rule {rule!r}: choose one of {', '.join(LR_RULES)}")
+        problem = f"{rule!r}: choose one of {', '.join(LR_RULES)}"
+        raise OptionError(f"rule={problem}", f"--lr-rule {problem}")
     k = batch / recipe_batch
     return lr * (math.sqrt(k) if rule == "sqrt" else k)
 

@@ -40,7 +40,7 @@ from pyramidal.bench.report import format_sweep
 from pyramidal.bench.run import run_sweep
 from pyramidal.compare import campaign, parse_model_options
 from pyramidal.configfiles import parse_options
-from pyramidal.errors import PyramidalError
+from pyramidal.errors import PyramidalError, option_wording
 from pyramidal.io import read_rgb, scan_images, write_image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -328,12 +328,14 @@ def prepare(data: str | None) -> str:
     data spec that reads the copies, and what travels."""
     spec = data or campaign.base_settings("noise")["data"]
     if not spec.startswith("builtin+"):
-        raise PyramidalError(f"--data {spec}: prepare copies the folders of a builtin+A+B spec")
+        raise PyramidalError(*option_wording("{data=}{spec}: prepare copies the folders of a builtin+A+B spec", "data",
+                                             spec=spec))
     parts = []
     for part in spec[len("builtin+"):].split("+"):
         root = ROOT / part
         if not root.is_dir():
-            raise PyramidalError(f"--data {spec}: {part}: no such folder here")
+            raise PyramidalError(*option_wording("{data=}{spec}: {part}: no such folder here", "data", spec=spec,
+                                                 part=part))
         dest = ROOT / PREPARED / root.name
         shutil.rmtree(dest, ignore_errors=True)
         good, _ = scan_images(root)

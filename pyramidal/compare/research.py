@@ -25,7 +25,7 @@ from pyramidal.compare.runs import count_parameters, evaluate_weights, model_row
 from pyramidal.config import RESUME_QUIET, resolve_config, resume_config
 from pyramidal.configcheck import validate_config
 from pyramidal.configfiles import parse_value
-from pyramidal.errors import PyramidalError
+from pyramidal.errors import OptionError, PyramidalError, flag_error, option_wording
 from pyramidal.evaluate import per_image_psnr
 from pyramidal.figures import comparison_figure, file_suffix, line_plot
 from pyramidal.io import format_number, read_json, to_toml, write_json, write_text
@@ -49,19 +49,20 @@ def parse_entries(entries: list[str]) -> list[tuple[str, str]]:
         label, sep, model = (part.strip() for part in entry.partition("="))
         model = model if sep else label
         if not LABEL.fullmatch(label) or not model:
-            raise PyramidalError(f"--models {entry!r}: expected MODEL or LABEL=MODEL (a label of letters, digits, "
-                                 "'.', '_', '+' and '-')")
+            raise flag_error("{models=}{entry!r}: expected MODEL or LABEL=MODEL (a label of letters, digits, "
+                             "'.', '_', '+' and '-')", "models", entry=entry)
         MODELS.get(model)  # ValueError naming the registered models, before any training
         if label != model and label in MODELS:
-            raise PyramidalError(f"--models {entry!r}: {label} is another model's name; choose another label")
+            raise flag_error("{models=}{entry!r}: {label} is another model's name; choose another label", "models",
+                             entry=entry, label=label)
         out.append((label, model))
     labels = [label for label, _ in out]
     if not out:
-        raise PyramidalError("--models: give at least one model name")
+        raise flag_error("{models}: give at least one model name", "models")
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:
-        raise PyramidalError(f"--models {','.join(entries)}: {repeated[0]} is listed twice (give a second row of "
-                             "one model a label: LABEL=MODEL)")
+        raise flag_error("{models=}{entries}: {label} is listed twice (give a second row of one model a label: "
+                         "LABEL=MODEL)", "models", entries=",".join(entries), label=repeated[0])
     return out
 
 
@@ -69,7 +70,8 @@ def read_plan(folder: str | os.PathLike) -> dict:
     """The plan of the comparison in `folder` (its plan.json); PyramidalError if there is none."""
     path = Path(folder) / PLAN_FILE
     if not path.is_file():
-        raise PyramidalError(f"{folder}: not a comparison folder (no {PLAN_FILE}) (--resume)")
+        raise PyramidalError(*option_wording("{folder}: not a comparison folder (no {plan}) ({resume})", "resume",
+                                             folder=folder, plan=PLAN_FILE))
     plan = read_json(path, "comparison plan")
     if not isinstance(plan, dict) or not all(key in plan for key in PLAN_KEYS):
         raise PyramidalError(f"{path}: not a comparison plan written by `pyramidal compare`")
@@ -84,16 +86,17 @@ def _check_folder(folder: Path, plan: dict) -> bool:
         new = json.loads(json.dumps(plan))  # as it reads back: tuples become lists
         for key in PLAN_KEYS:
             if stored[key] != new[key]:
-                raise PyramidalError(
-                    f"{folder}: holds a comparison with {key} {json.dumps(stored[key])}, not {json.dumps(new[key])}; "
-                    f"continue it with its own arguments (or `pyramidal compare --resume {folder}`), or give "
-                    "another --out")
+                message = f"{folder}: holds a comparison with {key} {json.dumps(stored[key])}, not " \
+                          f"{json.dumps(new[key])}; continue it with its own arguments"
+                raise PyramidalError(f"{message}, or give another out=",
+                                     f"{message} (or `pyramidal compare --resume {folder}`), or give another --out")
         return True
     if folder.exists() and not folder.is_dir():
-        raise PyramidalError(f"{folder}: exists and is not a folder (--out)")
+        raise PyramidalError(*option_wording("{folder}: exists and is not a folder ({out})", "out", folder=folder))
     if folder.is_dir() and any(p.name != RunLock.NAME for p in folder.iterdir()):
-        raise PyramidalError(f"{folder}: exists and holds other files, but no comparison ({PLAN_FILE}); "
-                             "give an empty or new folder as --out")
+        raise PyramidalError(*option_wording("{folder}: exists and holds other files, but no comparison ({plan}); "
+                                             "give an empty or new folder as {out}", "out", folder=folder,
+                                             plan=PLAN_FILE))
     return False
 
 
@@ -140,7 +143,9 @@ def _train_row(index: int, entries: list, config, state: _State, steps: int | No
     trainer = train_run(config, started=None if progress is not None else started)
     if trainer.interrupted:
         folder = state.path.parent
-        raise PyramidalError(f"stopped while training {label}; run the same command again, or `pyramidal compare "
+        raise PyramidalError(f"stopped while training {label}; call compare again with the same arguments to "
+                             "continue where it stopped",
+                             f"stopped while training {label}; run the same command again, or `pyramidal compare "
                              f"--resume {folder}`, to continue where it stopped")
     state.record(label, trainer.run_dir, done=True)
     return trainer.run_dir
@@ -204,17 +209,19 @@ def compare(
     entries = parse_entries(models)
     labels = [label for label, _ in entries]
     if (steps is None) == (budget_minutes is None):
-        raise PyramidalError("give exactly one budget: --steps N or --budget-minutes M")
+        raise flag_error("give exactly one budget: {steps=}N or {budget_minutes=}M", "steps", "budget_minutes")
     if steps is not None and steps < 1 or budget_minutes is not None and budget_minutes <= 0:
         raise PyramidalError("the budget must be positive")
     unknown = sorted(set(model_options or {}) - set(labels))
     if unknown:
-        raise PyramidalError(f"--model-option {unknown[0]}: not one of --models {','.join(labels)}")
+        raise OptionError(f"model_options[{unknown[0]!r}]: not one of models {','.join(labels)}",
+                          f"--model-option {unknown[0]}: not one of --models {','.join(labels)}")
     options = {label: dict((model_options or {}).get(label, {})) for label in labels}
     train_options = dict(train_options or {})
     own = [key for key in OWN_SETTINGS if key in train_options]
     if own:
-        raise PyramidalError(f"--train-option {own[0]}: compare sets it alike for every model; use its own flag")
+        raise OptionError(f"train_options[{own[0]!r}]: compare sets it alike for every model; use its own parameter",
+                          f"--train-option {own[0]}: compare sets it alike for every model; use its own flag")
     folder = Path(out) if out is not None else Path("runs/compare") / task
     configs = []
     for label, name in entries:

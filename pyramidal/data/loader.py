@@ -9,6 +9,7 @@ import torch
 
 from pyramidal.damage import Task, create_task, derive_seed, eval_seed, one_thread
 from pyramidal.data.patches import _TAG_DAMAGE, _TAG_ORDER, to_float
+from pyramidal.errors import OptionError
 
 
 class _EpochView(torch.utils.data.Dataset):
@@ -90,9 +91,9 @@ class PairLoader:
         self.dataset = dataset
         self.task = create_task(task, train=train) if isinstance(task, str) else task
         if with_mask and not self.task.has_mask:
-            raise ValueError(f"task {self.task.name} makes no holes, so it has no mask to give")
+            raise OptionError(f"with_mask=True: task {self.task.name} makes no holes, so it has no mask to give")
         if with_noise_level and not self.task.has_noise_level:
-            raise ValueError(f"task {self.task.name} has no noise level to give")
+            raise OptionError(f"with_noise_level=True: task {self.task.name} has no noise level to give")
         if with_mask and with_noise_level:
             raise ValueError("give the mask or the noise level, not both")
         self.with_mask, self.with_noise_level = bool(with_mask), bool(with_noise_level)

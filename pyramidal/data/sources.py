@@ -15,7 +15,7 @@ from PIL import Image
 
 from pyramidal.data.datasets import FixedCrops, ImageFiles, PhotoPatches, SkippedImageWarning
 from pyramidal.data.patches import _TAG_TESTCROP, _TAG_VALCROP, _centre_crop, _pil_to_tensor, celeba_patch
-from pyramidal.errors import PyramidalError
+from pyramidal.errors import PyramidalError, option_wording
 from pyramidal.io import read_rgb, scan_images
 
 # Photographs shipped inside scikit-image's wheel (skimage/data/), name -> file. Synthetic or document
@@ -165,7 +165,8 @@ class BuiltinSource(Source):
         self.seed, self.patches_per_epoch, self.val_crops = int(seed), int(patches_per_epoch), int(val_crops)
         folder = skimage_data_dir()
         if folder is None or not folder.is_dir():
-            raise PyramidalError("builtin: scikit-image is not installed; install it or give --data folder:PATH")
+            raise PyramidalError(*option_wording("builtin: scikit-image is not installed; install it or give "
+                                                 "{data=}folder:PATH", "data"))
         self.photos: dict[str, Image.Image] = {}
         for name, file in BUILTIN_PHOTOS.items():
             try:

@@ -11,7 +11,14 @@ import numpy as np
 
 from pyramidal.errors import OptionError, PyramidalError, option_error
 from pyramidal.inference import restore_array, restore_image
-from pyramidal.inference.inputs import NEEDS_MASK, auto_mask, check_mask, check_sigma, needs_mask
+from pyramidal.inference.inputs import (
+    NEEDS_MASK,
+    NEEDS_MASK_FLAGS,
+    auto_mask,
+    check_mask,
+    check_sigma,
+    needs_mask,
+)
 from pyramidal.inference.model import device_and_precision, prepare_for_inference, unwrapped
 from pyramidal.inference.pixels import from_model_range, to_model_range
 from pyramidal.io import (
@@ -107,7 +114,8 @@ def restore_files(
     items = plan_restore_outputs(inputs, outdir, overwrite=overwrite, recursive=recursive, format=fmt,
                                  on_skip=on_skip)
     if needs_mask(model) and mask is None and options.mask is None:
-        raise PyramidalError(f"{getattr(unwrapped(model), 'weights_path', 'this model')} {NEEDS_MASK}")
+        name = getattr(unwrapped(model), "weights_path", "this model")
+        raise PyramidalError(f"{name} {NEEDS_MASK}", f"{name} {NEEDS_MASK_FLAGS}")
     check_sigma(model, options.sigma)  # before any file, not once per file
     holes_of = _mask_finder(mask, options.mask, len(items))
     dev, prec = device_and_precision(model, options.device, options.precision)

@@ -15,8 +15,12 @@ from pyramidal.models.conditions import Conditions, conditions_of, model_input
 
 # `mask="auto"` finds the holes by the research's colour key, as a model built with find_holes=magenta does
 # (`models.blocks.magenta_holes`: exact magenta, or near it and smeared by a lossy file).
-NEEDS_MASK = ("is mask-conditioned (built with mask_input=true): it fills the holes it is shown and cannot find "
-              "them itself; give them with --mask FILE, --mask FOLDER or --mask auto (mask= in Python)")
+# What a model that must be given its holes or σ says without them: for Python callers, and as the command
+# line words it (an error's `flags`).
+_MASK_CONDITIONED = ("is mask-conditioned (built with mask_input=true): it fills the holes it is shown and cannot "
+                     "find them itself; give them with ")
+NEEDS_MASK = _MASK_CONDITIONED + "mask= (arrays or files) or mask='auto' (holes painted magenta)"
+NEEDS_MASK_FLAGS = _MASK_CONDITIONED + "--mask FILE, --mask FOLDER or --mask auto (mask= in Python)"
 
 
 def magenta_mask(rgb: np.ndarray, tolerance: int | None = None) -> np.ndarray:
@@ -67,8 +71,10 @@ def needs_mask(model: Callable) -> bool:
     return model_conditions(model).mask_input
 
 
-NEEDS_SIGMA = ("takes the noise level as an input (built with noise_map=true): give the images' noise σ on the "
-               "0-255 scale with --sigma S (sigma= in Python)")
+_NOISE_MAP = ("takes the noise level as an input (built with noise_map=true): give the images' noise σ on the "
+              "0-255 scale with ")
+NEEDS_SIGMA = _NOISE_MAP + "sigma=S"
+NEEDS_SIGMA_FLAGS = _NOISE_MAP + "--sigma S (sigma= in Python)"
 
 
 def needs_noise_level(model: Callable) -> bool:
@@ -77,15 +83,12 @@ def needs_noise_level(model: Callable) -> bool:
 
 
 def check_sigma(model: Callable, sigma: float | None) -> None:
-    """OptionError naming sigma unless `sigma` suits `model`: needed by a noise-map model, refused by others."""
-    if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, (int, float))):
-        raise option_error("{sigma}: must be a number (the noise σ on the 0-255 scale)", sigma=sigma)
+    """PyramidalError naming sigma unless `sigma` (a RestoreOptions' σ, validated there) suits `model`: needed by
+    a noise-map model, refused by others."""
     if needs_noise_level(model):
         if sigma is None:
-            raise PyramidalError("this model " + NEEDS_SIGMA)
-        if not 0 <= sigma <= 255:
-            raise option_error("{sigma}: must be a number from 0 to 255 (the noise σ on the 0-255 scale)", sigma=sigma)
-    elif isinstance(sigma, (int, float)):
+            raise PyramidalError("this model " + NEEDS_SIGMA, "this model " + NEEDS_SIGMA_FLAGS)
+    elif sigma is not None:
         raise option_error("{sigma}: this model has no noise-level input (it was not built with noise_map=true); "
                            "leave it out, or apply less or more of the model's change with strength", sigma=sigma)
 
@@ -108,6 +111,6 @@ def restore_input(model: Callable, image: torch.Tensor, mask: torch.Tensor | Non
     """
     check_sigma(model, sigma)
     if mask is None and needs_mask(model):
-        raise PyramidalError("this model " + NEEDS_MASK)
+        raise PyramidalError("this model " + NEEDS_MASK, "this model " + NEEDS_MASK_FLAGS)
     return model_input(model_conditions(model), image[None], None if mask is None else mask[None, None],
                        None if sigma is None else float(sigma), hole_colour=hole_colour(model))[0]

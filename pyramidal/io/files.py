@@ -71,8 +71,9 @@ class OutputExists(PyramidalError):
     """A file appeared at an output path after the command checked it: another process wrote it first."""
 
     def __init__(self, path: str | os.PathLike):
-        super().__init__(f"{path}: a file appeared here after this run checked its outputs (another run writing "
-                         "into the same folder?); left it as it is (--overwrite replaces it)")
+        message = f"{path}: a file appeared here after this run checked its outputs (another run writing into " \
+                  "the same folder?); left it as it is"
+        super().__init__(f"{message} (overwrite=True replaces it)", f"{message} (--overwrite replaces it)")
         self.path = Path(path)
 
 

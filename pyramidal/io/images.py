@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pyramidal.errors import PyramidalError
+from pyramidal.errors import PyramidalError, flag_error
 from pyramidal.io.files import atomic_write
 from pyramidal.io.metadata import (
     _ORIENTATION,
@@ -283,7 +283,7 @@ def format_for(path: str | os.PathLike, format: str | None = None) -> str:
         return _SUFFIX_FORMAT.get(Path(path).suffix.lower(), "png")
     name = "jpg" if format.lower() == "jpeg" else "tiff" if format.lower() == "tif" else format.lower()
     if name not in FORMATS:
-        raise PyramidalError(f"--format {format!r}: choose one of {', '.join(FORMATS)}")
+        raise flag_error("{format=}{value!r}: choose one of {names}", "format", value=format, names=", ".join(FORMATS))
     return name
 
 
@@ -355,7 +355,7 @@ def encode_image(rgb: np.ndarray, alpha: np.ndarray | None = None, grayscale: bo
     name = format_for("", format)
     pil_format, _, deep_ok, alpha_ok = FORMATS[name]
     if quality is not None and not 1 <= quality <= 100:
-        raise PyramidalError(f"--quality {quality}: must be between 1 and 100")
+        raise flag_error("{quality=}{value}: must be between 1 and 100", "quality", value=quality)
     if not alpha_ok:
         alpha = None
     if rgb.dtype == np.uint16 and deep_ok:

@@ -91,9 +91,9 @@ class OutputPlan:
             if path.exists() and not path.is_file():
                 raise PyramidalError(f"{path}: not a regular file; refusing to replace it")
             if key in self.inputs and not (self.overwrite and self.inputs_replaceable):
-                raise PyramidalError(
-                    f"{source}: its output {path} would replace an input file; choose another output folder"
-                    + (" or pass --overwrite" if self.inputs_replaceable else ""))
+                message = f"{source}: its output {path} would replace an input file; choose another output folder"
+                raise PyramidalError(message + (" or pass overwrite=True" if self.inputs_replaceable else ""),
+                                     message + (" or pass --overwrite" if self.inputs_replaceable else ""))
             if path.exists() and not (self.overwrite or replace_ok or key in self.inputs):
                 existing.append(path)
             folders.setdefault(path.parent)
@@ -106,6 +106,7 @@ class OutputPlan:
                 raise PyramidalError(problem)
         if existing:
             more = f" (and {len(existing) - 1} more output(s) that exist)" if len(existing) > 1 else ""
-            raise PyramidalError(f"{existing[0]}: exists and this run did not write it{more}; pass --overwrite "
-                                 "to replace, or choose another output folder")
+            message = f"{existing[0]}: exists and this run did not write it{more}; pass "
+            raise PyramidalError(f"{message}overwrite=True to replace, or choose another output folder",
+                                 f"{message}--overwrite to replace, or choose another output folder")
         return self

@@ -237,12 +237,6 @@ class PaddedModel(nn.Module):
     levels: int = 0
     conditions: Conditions
 
-    # Each condition by its option name, for reading (`model.noise_map`); the model declares them in `conditions`.
-    mask_input = property(lambda self: self.conditions.mask_input)
-    noise_map = property(lambda self: self.conditions.noise_map)
-    find_holes = property(lambda self: self.conditions.find_holes)
-    hole_fill = property(lambda self: self.conditions.hole_fill)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         given = hole = None
         if self.conditions.find_holes == "magenta":

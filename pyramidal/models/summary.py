@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pyramidal.device import device_memory
-from pyramidal.errors import PyramidalError
+from pyramidal.errors import PyramidalError, option_wording
 from pyramidal.models import check_model, create_model
 from pyramidal.models.conditions import example_input
 
@@ -119,7 +119,7 @@ def _memory_estimate(name: str, options: str, batch: int, size: int, training: b
 
 def check_memory(name: str, options: dict | None, *, batch: int, size: int, device: torch.device,
                  training: bool = True) -> None:
-    """PyramidalError (one line naming --size and --batch-size) when a step cannot fit in the device's memory.
+    """PyramidalError (one line naming size and batch_size) when a step cannot fit in the device's memory.
 
     Checked before anything is allocated, from `memory_estimate` against `device.device_memory`.
     """
@@ -128,11 +128,11 @@ def check_memory(name: str, options: dict | None, *, batch: int, size: int, devi
     if need is None or have is None or need <= have:
         return
     hint = "; or memory_efficient=true" if training and _takes_memory_efficient(name, options) else ""
-    raise PyramidalError(
-        f"--size {size} --batch-size {batch}: {'a training step of' if training else 'running'} {name} needs at "
-        f"least {_bytes(need)}, more than the {_bytes(have)} of memory "
-        f"{'this machine' if device.type == 'cpu' else device} has; lower --size or --batch-size"
-        f"{hint}")
+    raise PyramidalError(*option_wording(
+        "{size=}{s} {batch_size=}{b}: {step} {name} needs at least {need}, more than the {have} of memory {where} "
+        "has; lower {size} or {batch_size}{hint}", "size", "batch_size", s=size, b=batch,
+        step="a training step of" if training else "running", name=name, need=_bytes(need), have=_bytes(have),
+        where="this machine" if device.type == "cpu" else device, hint=hint))
 
 
 def _takes_memory_efficient(name: str, options: dict | None) -> bool:

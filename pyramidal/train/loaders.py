@@ -8,9 +8,10 @@ from typing import Any
 import torch
 from torch.utils.data.distributed import DistributedSampler
 
-from pyramidal.config import TrainConfig, flag_error, size_phases
+from pyramidal.config import TrainConfig, size_phases
 from pyramidal.data.loader import make_loader
 from pyramidal.data.sources import load_source
+from pyramidal.errors import flag_error
 from pyramidal.gpudata import DeviceBatches, DevicePhotos, check_device_task, window_side
 from pyramidal.models.conditions import Conditions
 from pyramidal.train.machine import Machine

@@ -12,23 +12,16 @@ import torch
 from torch import nn
 
 from pyramidal.checkpoint import load_checkpoint, load_checkpoint_model, save_checkpoint, save_weights
-from pyramidal.config import TrainConfig, check_run_folder, option_wording
-from pyramidal.errors import OptionError, PyramidalError
+from pyramidal.config import TrainConfig, check_run_folder
+from pyramidal.errors import OptionError, PyramidalError, option_wording
 from pyramidal.io import folder_problem, missing_folders, remove_empty_folders
 from pyramidal.runstate import EMA, RunLock, new_run_dir
 from pyramidal.train.machine import Machine, broadcast_from_main
 
 
 class TrainingDiverged(PyramidalError):
-    """The loss became NaN or infinite; the last good checkpoint was kept.
-
-    The message names options as Python callers write them (`lr=`); `flags` is the same as the command line
-    words it (`--lr`), which the CLI prints instead.
-    """
-
-    def __init__(self, message: str, flags: str | None = None):
-        super().__init__(message)
-        self.flags = flags
+    """The loss became NaN or infinite; the last good checkpoint was kept. The message names options as Python
+    callers write them (`lr=`), its `flags` as the command line does (`--lr`)."""
 
 
 def check_destination(c: TrainConfig, machine: Machine) -> None:

@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from pyramidal.checkpoint import describe_spec, load_init_weights
-from pyramidal.config import TrainConfig, flag_error, learning_rate
+from pyramidal.config import TrainConfig, learning_rate
 from pyramidal.configcheck import validate_config
 from pyramidal.damage import create_task, derive_seed
+from pyramidal.errors import flag_error
 from pyramidal.hub import resolve_init_weights
 from pyramidal.models import create_model
 from pyramidal.progress import progress

@@ -88,8 +88,8 @@ class App:
             raise HTTPError(400, f"unknown weights {shown(weights_id)}; choose one of {', '.join(self.weights)}")
         weights = self.weights[weights_id]
         if weights.path is None and not self.tasks[task]["builtin"]:
-            raise HTTPError(400, f"no built-in weights for task {task!r}; start the server with "
-                                 f"--weights FILE trained for it")
+            raise HTTPError(400, f"no built-in weights for task {task!r}; choose weights trained for it (the form "
+                                 "field 'weights'), or start the server with a weights file trained for it")
         try:
             tile = int(fields.get("tile") or self.config.options.tile)
         except ValueError:

@@ -69,9 +69,13 @@ class WeightsChoice:
     model: str | None
 
 
-def _choice_error(parameter: str, flag: str, path: Path, problem: str) -> OptionError:
+# `weights_choices`' parameters as `pyramidal serve` names them.
+_SERVE_FLAGS = {"files": "--weights", "folders": "--weights-dir"}
+
+
+def _choice_error(parameter: str, path: Path, problem: str) -> OptionError:
     """An error about one entry of `weights_choices`' files or folders, worded for Python and for `serve`."""
-    return OptionError(f"{parameter}: {path}: {problem}", f"{flag} {path}: {problem}")
+    return OptionError(f"{parameter}: {path}: {problem}", f"{_SERVE_FLAGS[parameter]} {path}: {problem}")
 
 
 def weights_choices(files: Sequence[str | Path] = (), folders: Sequence[str | Path] = ()) -> list[WeightsChoice]:
@@ -80,10 +84,10 @@ def weights_choices(files: Sequence[str | Path] = (), folders: Sequence[str | Pa
     for folder in folders:
         root = Path(folder)
         if not root.is_dir():
-            raise _choice_error("folders", "--weights-dir", root, "no such folder")
+            raise _choice_error("folders", root, "no such folder")
         listed = sorted(p for p in root.rglob("*.safetensors") if p.with_suffix(".json").is_file())
         if not listed:
-            raise _choice_error("folders", "--weights-dir", root, "no .safetensors files with their .json sidecar")
+            raise _choice_error("folders", root, "no .safetensors files with their .json sidecar")
         found += [(p, p.relative_to(root).as_posix()) for p in listed]
     choices = [WeightsChoice("builtin", "built-in, for the chosen task", None, None, None)]
     seen: set[Path] = set()
@@ -91,9 +95,9 @@ def weights_choices(files: Sequence[str | Path] = (), folders: Sequence[str | Pa
         if path.is_dir():  # a training run folder, or a folder with model.safetensors + config.json
             path = weights_file(path)
         if path.suffix not in (".safetensors", ".ckpt"):
-            raise _choice_error("files", "--weights", path, "not a .safetensors file or a training checkpoint (.ckpt)")
+            raise _choice_error("files", path, "not a .safetensors file or a training checkpoint (.ckpt)")
         if not path.is_file():
-            raise _choice_error("files", "--weights", path, "no such file")
+            raise _choice_error("files", path, "no such file")
         if path.resolve() in seen:
             continue
         seen.add(path.resolve())
