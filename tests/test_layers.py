@@ -8,6 +8,7 @@ here; the README's layout section and docs/development.md draw the same layers.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,24 @@ def test_function_local_imports_serve_the_torch_free_help_and_say_so():
             elif not _lazy_reason(lines, import_lines, line, spans[line]):
                 bad.append(f"{where}: say why in a `# lazy: <reason>` comment")
     assert sorted(set(bad)) == []
+
+
+def test_the_docs_draw_the_layers_as_they_are():
+    """docs/development.md's layer table holds LAYERS exactly; the README's layout names every unit in its layer."""
+    root = PACKAGE.parent
+    table: dict[str, int] = {}
+    for row in re.findall(r"^\| (\d) \| (.+?) \|", (root / "docs" / "development.md").read_text(encoding="utf-8"), re.M):
+        names = re.findall(r"`([\w.]+)/?`", re.sub(r"\(`[^)]*`\)", "", row[1]))
+        table.update((name, int(row[0])) for name in names)
+    assert table == LAYERS
+    layout = (root / "README.md").read_text(encoding="utf-8").split("\npyramidal/\n", 1)[1].split("```", 1)[0]
+    drawn: dict[str, int] = {}
+    layer = None
+    for line in layout.splitlines():
+        if m := re.match(r"  (\d) ", line):
+            layer = int(m.group(1))
+        if layer is not None:
+            for name in re.findall(r"(?<![\w.])(\w+)(?:\.py|/)", line):
+                drawn.setdefault(name, layer)
+    missing = {u: n for u, n in LAYERS.items() if u not in ("pyramidal", "__main__") and drawn.get(u) != n}
+    assert missing == {}, "draw these units in their layer in the README's layout"
