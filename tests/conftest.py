@@ -11,7 +11,7 @@ from pyramidal.checkpoint import save_weights
 from pyramidal.cli import main
 from pyramidal.models import create_model
 
-from helpers import TRAIN, picture
+from helpers import TRAIN, picture, torch_threads
 
 # The suite runs as two pytest-xdist workers on two cores: one torch thread each avoids the
 # oversubscription that makes small CPU ops (BatchNorm above all) tens of times slower.
@@ -34,10 +34,8 @@ def weights(tmp_path):
 @pytest.fixture
 def one_torch_thread():
     """One torch thread for the test, the thread count as it was afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

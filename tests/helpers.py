@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
 import shutil
+import sys
 import threading
+import types
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from pyramidal.cli import main
@@ -87,3 +92,25 @@ def in_thread(target, timeout: float = 30.0):
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")
+
+
+def script(filename: str) -> types.ModuleType:
+    """A script of scripts/ freshly imported as a module (`gpu-campaign.py` as `gpu_campaign`)."""
+    name = Path(filename).stem.replace("-", "_")
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / filename)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look the module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """`count` intra-op torch threads inside the block, the thread count as it was afterwards. On a shared 2-core
+    machine OpenMP barriers make two threads far slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

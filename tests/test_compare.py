@@ -22,7 +22,7 @@ from pyramidal.models import create_model
 from pyramidal.models.dense import UP
 from pyramidal.models.summary import count_parameters
 
-from helpers import REPO
+from helpers import REPO, script
 
 TRAIN = ["--size", "32", "--batch-size", "4", "--train-option", "val_images=4", "--train-option", "patches_per_epoch=8",
          "--device", "cpu", "--precision", "fp32"]
@@ -261,15 +261,6 @@ def test_compare_resumes_after_a_real_kill(tmp_path):
 # The ablation: candidates trained and scored in this process
 
 
-def _ablation_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ablation_script", REPO / "scripts" / "ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("task", sorted(EVAL_OPTIONS))
 def test_ablation_scores_what_its_evaluate_command_says(task):
     """The settings an ablation scores are those its recorded `pyramidal evaluate` command reports."""
@@ -280,7 +271,7 @@ def test_ablation_scores_what_its_evaluate_command_says(task):
 
 
 def test_ablation_trains_what_its_train_command_says(tmp_path):
-    ab = _ablation_script()
+    ab = script("ablation.py")
     args = ab.parse_args(["--candidates", "l1", "--cpu-minutes", "3", "--threads", "2", "--out", str(tmp_path)])
     args.config = ab.base_config(args, tmp_path / "noise")
     train, _ = ab.commands(args, "l1", tmp_path / "noise" / "l1")

@@ -8,7 +8,6 @@ time guard must stop it and still return its files. The device tool brings back 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -23,19 +22,11 @@ import pytest
 
 from pyramidal.compare import gpucall
 
-from helpers import REPO
+from helpers import REPO, script
 
 SCRIPT = REPO / "scripts" / "gpu-campaign.sh"
 MiB = 2**20
 BUDGET = 50
-
-
-def _load(name: str, path: Path) -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _last_stage(recipe: str) -> dict:
@@ -47,7 +38,7 @@ def _last_stage(recipe: str) -> dict:
 
 @pytest.fixture(scope="module")
 def campaign_script() -> types.ModuleType:
-    return _load("gpu_campaign", REPO / "scripts" / "gpu-campaign.py")
+    return script("gpu-campaign.py")
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +112,7 @@ def test_packaging_round_trip_counts_steps_once_and_names_the_device(smoke, tmp_
     from pyramidal.checkpoint import load_weights, read_weights_info
     from pyramidal.hub import builtin_weights_path
 
-    packager = _load("package_builtin_weights", REPO / "scripts" / "package-builtin-weights.py")
+    packager = script("package-builtin-weights.py")
     monkeypatch.setattr(pyramidal.evaluate, "evaluate", partial(pyramidal.evaluate.evaluate, limit=1, crop=64))
     target = packager.campaign_main(str(smoke["out"] / "noise.tar"), str(tmp_path / "noise.safetensors"), "none")
     record = read_weights_info(target)

@@ -3,7 +3,6 @@ records, their sidecars, the config presets or the docs; and the packager refuse
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -14,6 +13,8 @@ from safetensors import safe_open
 from pyramidal.checkpoint import METADATA_KEY
 from pyramidal.configfiles import CONFIGS_DIR
 from pyramidal.hub import WEIGHTS_DIR, available_builtin_weights
+
+from helpers import script
 
 ROOT = Path(__file__).resolve().parents[1]
 # A path of someone's machine: a home, a scratch or work root, a temporary folder, a Windows drive or `~/`.
@@ -27,13 +28,6 @@ TEXT_ARTIFACTS = sorted(
      *WEIGHTS_DIR.glob("*.json")])
 
 
-def load_packager():
-    spec = importlib.util.spec_from_file_location("packager", ROOT / "scripts" / "package-builtin-weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def strings(value):
     if isinstance(value, dict):
         return [s for v in value.values() for s in strings(v)]
@@ -44,7 +38,7 @@ def strings(value):
 
 @pytest.mark.parametrize("task", available_builtin_weights())
 def test_a_shipped_weight_record_holds_no_absolute_path(task):
-    packager = load_packager()
+    packager = script("package-builtin-weights.py")
     with safe_open(str(WEIGHTS_DIR / f"{task}.safetensors"), framework="pt") as fh:
         record = json.loads(fh.metadata()[METADATA_KEY])
     assert packager.absolute_paths(record) == []
@@ -62,19 +56,19 @@ def test_committed_text_names_no_machine_path(path):
 @pytest.mark.parametrize("text", ["/work/runs-bg/builtin-phase6", "<~/runs/x run>/best.safetensors",
                                   "out=C:\\runs", "pyramidal train --config /tmp/noise.toml"])
 def test_the_guards_catch_machine_paths(text):
-    assert load_packager().absolute_paths({"a": [text]}) == [text]
+    assert script("package-builtin-weights.py").absolute_paths({"a": [text]}) == [text]
     assert MACHINE_PATH.search(text)
 
 
 @pytest.mark.parametrize("text", ["builtin:inpaint", "<builtin/inpaint-phase5 run>/best.safetensors",
                                   "builtin+.data/photos", "http://127.0.0.1:7860/", "scripts/train-builtin.sh"])
 def test_the_guards_pass_portable_names(text):
-    assert load_packager().absolute_paths({"a": text}) == []
+    assert script("package-builtin-weights.py").absolute_paths({"a": text}) == []
     assert not MACHINE_PATH.search(text)
 
 
 def test_the_packager_names_a_run_as_a_user_reruns_it(tmp_path):
-    packager = load_packager()
+    packager = script("package-builtin-weights.py")
     earlier = tmp_path / "stage-2" / "noise" / "pyramidal23456" / "stamp"
     earlier.mkdir(parents=True)
     (earlier / "config.json").write_text(json.dumps({"recipe": "noise", "stage": "stage-2"}))
@@ -95,13 +89,13 @@ def test_the_packager_names_a_run_as_a_user_reruns_it(tmp_path):
     ({"recipe": "noise", "data": "folder:/home/me/photos"}, "path of this machine"),
 ])
 def test_the_packager_refuses_a_machine_path(config, message):
-    packager = load_packager()
+    packager = script("package-builtin-weights.py")
     with pytest.raises(packager.NotPortable, match=message):
         packager.portable_config(config)
 
 
 @pytest.mark.parametrize("recipe", [None, "inpaint-phase5", "/work/runs-bg/inpaint-phase5.toml"])
 def test_the_packager_refuses_a_run_not_made_by_a_shipped_recipe(recipe):
-    packager = load_packager()
+    packager = script("package-builtin-weights.py")
     with pytest.raises(packager.NotPortable, match="not trained by a recipe shipped"):
         packager.shipped_recipe(recipe, "RUN")

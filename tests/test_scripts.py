@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-from helpers import REPO
-
-
-def _ablation():
-    spec = importlib.util.spec_from_file_location("ablation", REPO / "scripts" / "ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import script
 
 
 def test_ablation_commands_and_table(tmp_path):
-    ab = _ablation()
+    ab = script("ablation.py")
     args = ab.parse_args(["--candidates", "baseline,nafnet", "--cpu-minutes", "3", "--nice", "10",
                           "--out", str(tmp_path)])
     args.config = ab.base_config(args, tmp_path / "noise")
@@ -37,7 +28,7 @@ def test_ablation_commands_and_table(tmp_path):
 
 def test_ablation_refuses_an_unknown_candidate(capsys):
     with pytest.raises(SystemExit):
-        _ablation().parse_args(["--candidates", "baseline,bigger"])
+        script("ablation.py").parse_args(["--candidates", "baseline,bigger"])
     assert "unknown bigger" in capsys.readouterr().err
 
 
@@ -47,15 +38,8 @@ def test_every_candidate_flag_is_a_train_flag():
     parser = build_parser()
     train = next(a for a in parser._actions if a.dest == "command").choices["train"]
     flags = {s for a in train._actions for s in a.option_strings}
-    for name, (_, extra) in _ablation().CANDIDATES.items():
+    for name, (_, extra) in script("ablation.py").CANDIDATES.items():
         assert {f for f in extra if f.startswith("--")} <= flags, name
-
-
-def _learning_curves():
-    spec = importlib.util.spec_from_file_location("learning_curves", REPO / "scripts" / "learning-curves.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_learning_curves_plot_and_table(tmp_path, capsys):
@@ -64,7 +48,7 @@ def test_learning_curves_plot_and_table(tmp_path, capsys):
     rows = ["step,epoch,loss/train,PSNR/val"] + [f"{s},0,0.1," for s in range(0, 1001, 50)]
     rows += [f"{s},0,,{20 + s / 100:.2f}" for s in range(0, 1001, 100)]  # rises 1 dB per 100 steps
     (run / "metrics.csv").write_text("\n".join(rows) + "\n")
-    lc = _learning_curves()
+    lc = script("learning-curves.py")
     assert lc.main(["-o", str(tmp_path / "c.png"), f"ramp={run}"]) == 0
     out = capsys.readouterr().out
     assert (tmp_path / "c.png").stat().st_size > 1000

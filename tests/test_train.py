@@ -24,7 +24,7 @@ from pyramidal.options import RestoreOptions
 from pyramidal.step import psnr_from_mse
 from pyramidal.train import Trainer, TrainingDiverged, train
 
-from helpers import REPO, cli, copy_run, one_error
+from helpers import REPO, cli, copy_run, one_error, torch_threads
 
 # A tiny dense pyramid: 8-wide stem, growth 4, one level; dropout stays on (its RNG must resume exactly).
 TINY = dict(task="squares", model="pyramidal44", m=8, growth=4, data="builtin", size=32, batch_size=4,
@@ -60,11 +60,9 @@ def _rows(run_dir: Path) -> list[dict]:
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP barriers make two threads far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    """One intra-op thread for the whole module, its run fixtures included."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -600,7 +598,6 @@ TINY_NOISE = dict(task="noise", model="pyramidal44", m=8, growth=4, data="builti
             patches_per_epoch=16, val_images=4, log_images=0, precision="fp32", quiet=True, threads=1)
 
 
-@pytest.mark.usefixtures("one_torch_thread")
 def test_training_logs_psnr_from_the_mse_whatever_the_loss(tmp_path):
     run_dir = Trainer(TrainConfig(**TINY_NOISE, steps=2, log_every=1, loss="l1", out=str(tmp_path))).fit()
     import csv
@@ -611,7 +608,6 @@ def test_training_logs_psnr_from_the_mse_whatever_the_loss(tmp_path):
         assert float(r["PSNR/train"]) != pytest.approx(10 * math.log10(4 / float(r["loss/train"])), abs=1e-3)
 
 
-@pytest.mark.usefixtures("one_torch_thread")
 def test_noise_map_training_and_restore(tmp_path):
     from pyramidal.evaluate import evaluate
     from pyramidal.inference import restore_array
@@ -639,14 +635,12 @@ def load_checkpoint_model(run_dir: Path) -> nn.Module:
     return load_weights(run_dir / "best.safetensors").eval()
 
 
-@pytest.mark.usefixtures("one_torch_thread")
 def test_noise_map_needs_a_task_with_a_noise_level(tmp_path):
     with pytest.raises(PyramidalError, match="noise_map: task jpeg has no noise level"):
         Trainer(TrainConfig(**{**TINY_NOISE, "task": "jpeg"}, steps=1, model_options={"noise_map": True},
                             out=str(tmp_path)))
 
 
-@pytest.mark.usefixtures("one_torch_thread")
 def test_max_cpu_minutes_stops_training_and_sums_over_resumes(tmp_path):
     from pyramidal.config import resume_config
 
@@ -658,7 +652,6 @@ def test_max_cpu_minutes_stops_training_and_sums_over_resumes(tmp_path):
     assert second["step"] > first["step"] and second["cpu_s"] >= 1.2
 
 
-@pytest.mark.usefixtures("one_torch_thread")
 def test_max_cpu_minutes_zero_trains_nothing(tmp_path):
     run_dir = Trainer(TrainConfig(**TINY_NOISE, max_cpu_minutes=0, out=str(tmp_path))).fit()
     assert load_checkpoint(run_dir / "last.ckpt")["step"] == 0
