@@ -163,10 +163,12 @@ def test_entries_are_recipes_with_labels_and_options():
     from pyramidal.compare.campaign import parse_entries
     from pyramidal.errors import PyramidalError
 
-    wide, plain = parse_entries(["noise-wide=noise", "noise"], None, ["noise-wide:m=48", "noise-wide:growth=24"])
+    wide, plain = parse_entries(["noise-wide=noise", "noise"], None, ["noise-wide:m=48", "noise-wide:growth=24"],
+                                ["steps=9", "noise:lr=0.5"])
     assert (wide.label, wide.recipe, wide.model_options, wide.changes_architecture) == (
         "noise-wide", "noise", {"m": 48, "growth": 24}, True)
     assert plain.model_options == {} and not plain.changes_architecture
+    assert wide.train_options == {"steps": 9} and plain.train_options == {"steps": 9, "lr": 0.5}
     with pytest.raises(PyramidalError, match="recipe nosie"):
         parse_entries(["nosie"])
     with pytest.raises(PyramidalError, match="given twice"):
@@ -261,8 +263,44 @@ def test_compile_is_used_only_when_it_pays(campaign_script):
     assert not slow["use"] and slow["gain"] == 1.1
     assert not late["use"] and "did not finish" in late["why"]
     from pyramidal.cli import build_parser
+    from pyramidal.compare.callsettings import CallSettings
 
-    args = campaign_script.parse_args(["all", "--out", "x"])  # the GPU defaults: compile auto, batch 256
-    assert args.compile == "auto" and args.batch_size == 256 and args.seconds == 480
-    bench = build_parser().parse_args(gpucall.compile_bench_args(args, Path("c.json")))
+    settings = CallSettings()  # the GPU defaults: compile auto, batch 256
+    assert settings.compile == "auto" and settings.batch_size == 256 and settings.seconds == 480
+    bench = build_parser().parse_args(gpucall.compile_bench_args(settings, Path("c.json")))
     assert bench.command == "bench" and bench.compile and bench.batch_size == 256 and not bench.data
+
+
+def test_the_script_builds_the_call_settings_from_its_flags(campaign_script):
+    from pyramidal.compare.callsettings import SMOKE_TRAIN_OPTIONS, CallSettings
+
+    argv = ["all", "--out", "x"]
+    assert campaign_script.parse_args(argv) == ("all", CallSettings(out="x", argv=tuple(argv)))
+    argv = ["all", "--smoke", "--out", "x", "--train", "noise", "--train-option", "lr=0.1", "--sweep", "3,5"]
+    phase, smoke = campaign_script.parse_args(argv)
+    assert (smoke.smoke, smoke.device, smoke.batch_size, smoke.size, smoke.seconds, smoke.compile) == (
+        True, "cpu", 4, 32, 45, "off")
+    assert smoke.train == ("noise",) and smoke.model_option == () and smoke.sweep == (3, 5)
+    assert smoke.train_option == (*SMOKE_TRAIN_OPTIONS, "lr=0.1") and smoke.data == "builtin"
+    with pytest.raises(SystemExit) as exit:
+        campaign_script.parse_args(["all", "--out", "x", "--train", "a", "--train", "b", "--train", "c"])
+    assert exit.value.code == 2
+
+
+def test_call_settings_are_checked_where_they_are_made_and_name_parameters():
+    from pyramidal.compare.callsettings import CallSettings
+    from pyramidal.errors import OptionError
+
+    with pytest.raises(OptionError) as error:
+        CallSettings(train=("noise", "jpeg", "blur"))
+    assert str(error.value) == "train: at most two entries (the budget has room for two)"
+    assert error.value.flags == "--train: at most two entries (the budget has room for two)"
+    with pytest.raises(OptionError, match=r"^compile='fast': choose one of off, on, auto$") as error:
+        CallSettings(compile="fast")
+    assert error.value.flags == "--compile 'fast': choose one of off, on, auto"
+    with pytest.raises(OptionError, match=r"^lr_rule='cube': choose one of sqrt, linear$"):
+        CallSettings(lr_rule="cube")
+    settings = CallSettings(train=["noise"], sweep=[1, 2])  # lists are kept as tuples: the settings are frozen
+    assert settings.train == ("noise",) and settings.sweep == (1, 2) and hash(settings)
+    with pytest.raises(AttributeError):
+        settings.compile = "on"

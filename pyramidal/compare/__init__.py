@@ -7,7 +7,8 @@ Three studies are built on it:
 - `ablation`: one base recipe with one change per candidate, each trained for the same CPU time
   (`scripts/ablation.py`);
 - `campaign`: a recipe's model trained at GPU scale and scored against the shipped weights, and `gpucall`, the
-  one call on a lent GPU that runs it under a wall-clock budget (`scripts/gpu-campaign.sh`).
+  one call on a lent GPU that runs it under a wall-clock budget (`scripts/gpu-campaign.sh`), with its settings,
+  `callsettings.CallSettings`.
 
 `runs` holds what they share: training a run in this process, its summary, and the one call into `evaluate`.
 

@@ -27,6 +27,7 @@ from pyramidal.bench.measure import count_flops
 from pyramidal.benchmark import PAPERS, run_benchmark
 from pyramidal.checkpoint import load_weights, save_weights
 from pyramidal.compare import LABEL, parse_model_options
+from pyramidal.compare.callsettings import LR_RULES, CallSettings
 from pyramidal.compare.runs import evaluate_weights, model_psnr, train_summary
 from pyramidal.config import TrainConfig, resolve_config
 from pyramidal.device import resolve_device, resolve_precision
@@ -44,16 +45,17 @@ CPU_RUN_KEYS = ("steps", "epochs", "max_minutes", "max_cpu_minutes", "threads", 
                 "checkpoint_every_steps", "log_every", "log_images", "progress", "quiet", "size_schedule",
                 "init_weights", "device", "compile", "patches_per_epoch", "batch_size", "lr", "warmup_steps",
                 "min_lr", "schedule")
-LR_RULES = ("sqrt", "linear")
 
 
 @dataclass
 class Entry:
-    """One weight file the campaign makes: `label` names it (the task's name for the default architecture)."""
+    """One weight file the campaign makes: `label` names it (the task's name for the default architecture);
+    `train_options` are its own `pyramidal train` options (the call's `train_option` for it)."""
     label: str
     recipe: str
     model: str | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
+    train_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def changes_architecture(self) -> bool:
@@ -61,9 +63,10 @@ class Entry:
 
 
 def parse_entries(items: list[str], model_items: list[str] | None = None,
-                  option_items: list[str] | None = None) -> list[Entry]:
-    """`--train RECIPE` or `--train LABEL=RECIPE` (a second entry of one recipe), `--model LABEL:MODEL` and
-    `--model-option LABEL:KEY=VALUE` (or `KEY=VALUE` for every entry), as `pyramidal compare` reads them."""
+                  option_items: list[str] | None = None, train_items: list[str] | None = None) -> list[Entry]:
+    """`--train RECIPE` or `--train LABEL=RECIPE` (a second entry of one recipe), `--model LABEL:MODEL`,
+    `--model-option LABEL:KEY=VALUE` (or `KEY=VALUE` for every entry), as `pyramidal compare` reads them, and
+    `--train-option [LABEL:]KEY=VALUE` the same way."""
     entries: list[Entry] = []
     for item in items:
         label, sep, recipe = (part.strip() for part in item.partition("="))
@@ -88,6 +91,8 @@ def parse_entries(items: list[str], model_items: list[str] | None = None,
         by_label[label].model = model
     for label, options in parse_model_options(option_items, labels).items():
         by_label[label].model_options.update(options)
+    for label, options in parse_model_options(train_items, labels).items():
+        by_label[label].train_options.update(options)
     return entries
 
 
@@ -301,13 +306,13 @@ CPU_REFERENCE = {"images_per_s": 25.6, "model": "pyramidal23456", "size": 64,
                  "machine": "AMD EPYC Zen 4, 2 cores (2 × the 1-thread rate of docs/performance.md)"}
 
 
-def call_plan(s, entry: Entry, device, **kw) -> dict[str, Any]:
-    """The entry's `pyramidal train` settings with the call's flags `s` (as scripts/gpu-campaign.py parses
-    them): `plan` at its batch, precision, data, task and training options."""
+def call_plan(s: CallSettings, entry: Entry, device, **kw) -> dict[str, Any]:
+    """The entry's `pyramidal train` settings in the call `s`: `plan` at its batch, precision, data, task
+    options and the entry's training options."""
     return plan(entry, batch_size=s.batch_size, out=Path(s.work) / entry.label, device=str(device),
-                precision=s.precision, data=s.data, task_options=s.task_options, lr_rule=s.lr_rule,
+                precision=s.precision, data=s.data, task_options=s.task_options(), lr_rule=s.lr_rule,
                 steps_per_epoch=s.steps_per_epoch, num_workers=s.workers, compile=s.compile == "on",
-                overrides=s.train_options.get(entry.label), **kw)
+                overrides=entry.train_options, **kw)
 
 
 def entry_files(summary: dict, packed: Path, scores_path: Path) -> list[tuple[Path, str]]:
@@ -319,9 +324,11 @@ def entry_files(summary: dict, packed: Path, scores_path: Path) -> list[tuple[Pa
     return files
 
 
-def train_entries(s, entries: list[Entry], device, machine: dict, guard, out) -> None:
+def train_entries(s: CallSettings, entries: list[Entry], device, machine: dict, guard, out,
+                  cache: dict | None = None) -> None:
     """Each entry in turn; one that fails leaves its error in the report and the next one its time. `guard`
-    says the time left (`left()`, `stopped`), `out` holds the report and its files (`gpucall.Out`)."""
+    says the time left (`left()`, `stopped`), `out` holds the report and its files (`gpucall.Out`), `cache`
+    the training data already read (`preload`)."""
     section = out.report.setdefault("entries", {})
     for i, entry in enumerate(entries):
         record = section.setdefault(entry.label, {"recipe": entry.recipe, "status": "waiting"})
@@ -329,7 +336,7 @@ def train_entries(s, entries: list[Entry], device, machine: dict, guard, out) ->
             record["status"] = "not started: the campaign was stopped"
             continue
         try:
-            train_entry(s, entry, len(entries) - i, device, machine, guard, out, record)
+            train_entry(s, entry, len(entries) - i, device, machine, guard, out, record, cache)
         except Exception as exc:
             record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
                           traceback=traceback.format_exc().splitlines()[-25:])
@@ -337,7 +344,8 @@ def train_entries(s, entries: list[Entry], device, machine: dict, guard, out) ->
             out.save()
 
 
-def train_entry(s, entry: Entry, remaining: int, device, machine: dict, guard, out, record: dict) -> None:
+def train_entry(s: CallSettings, entry: Entry, remaining: int, device, machine: dict, guard, out, record: dict,
+                cache: dict | None = None) -> None:
     """One entry: the start probe, the run, its scores and its archive, in its share of the time left."""
     work = Path(s.work)
     share = (guard.left() - s.final_reserve) / remaining
@@ -354,7 +362,7 @@ def train_entry(s, entry: Entry, remaining: int, device, machine: dict, guard, o
                   model_options=settings.get("model_options", {}))
     out.save()
     candidates = start_candidates(entry, task)
-    probe = probe_start(settings, candidates, s.probe_seconds, work / entry.label / "probe", s.cache, out.log)
+    probe = probe_start(settings, candidates, s.probe_seconds, work / entry.label / "probe", cache, out.log)
     record["probe"] = probe
     if guard.stopped:
         record["status"] = "stopped in the probe"
@@ -373,7 +381,7 @@ def train_entry(s, entry: Entry, remaining: int, device, machine: dict, guard, o
     out.save()
     out.log(f"{entry.label}: {steps} steps of batch {s.batch_size} at lr {settings['lr']:.2e} in {seconds:.0f} s "
             f"(start: {probe['winner'] or 'scratch'}, {rate:.0f} images/s in the probe)")
-    summary = train_settings(settings, s.cache)
+    summary = train_settings(settings, cache)
     record["run"] = summary
     if summary["images_per_s"]:  # against both CPU cores on the same model (FLOPs-scaled for another one)
         flops = flops_ratio(settings)

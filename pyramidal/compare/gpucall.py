@@ -1,10 +1,11 @@
 """The GPU campaign in one call: CUDA checks, training at GPU scale, scores against the shipped weights.
 
 Everything runs in this one process except the CUDA tests and the compiled bench (subprocesses, so that a hung
-one can be killed), under one wall-clock budget (`s.seconds`): a time guard stops training at the deadline and,
+one can be killed), under one wall-clock budget (`seconds`): a time guard stops training at the deadline and,
 should anything still run 20 s later, writes the report and exits. OUT receives, each replaced whole as it is
 ready, at most 6 files: report.json, campaign.log, check.json and one LABEL.tar per entry (fp16 weights,
-sidecar, scores, metrics). `run` is the call; `s` is its settings, the flags scripts/gpu-campaign.py parses.
+sidecar, scores, metrics). `run` is the call; its settings are a `campaign.CallSettings`, which
+scripts/gpu-campaign.py builds from its flags.
 The entries' training plan is `pyramidal.compare.campaign`; docs/gpu-campaign.md has the `run` call and its
 budget. The campaign runs from a checkout (ROOT): its CUDA tests and its data specs are the checkout's.
 """
@@ -26,6 +27,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +40,9 @@ from pyramidal.bench.config import BenchConfig
 from pyramidal.bench.measure import machine_kind
 from pyramidal.bench.report import format_sweep
 from pyramidal.bench.run import run_sweep
-from pyramidal.compare import campaign, parse_model_options
-from pyramidal.configfiles import parse_options
-from pyramidal.errors import PyramidalError, option_wording
+from pyramidal.compare import campaign
+from pyramidal.compare.callsettings import CallSettings
+from pyramidal.errors import PyramidalError, flag_error, option_wording
 from pyramidal.io import read_rgb, scan_images, write_image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,8 +209,8 @@ class Subprocess:
             pass
 
 
-def cuda_tests(s, out: Out) -> Subprocess:
-    """`pytest -m cuda` in the background: each test under --test-timeout when pytest-timeout is there, in
+def cuda_tests(s: CallSettings, out: Out) -> Subprocess:
+    """`pytest -m cuda` in the background: each test under `s.test_timeout` when pytest-timeout is there, in
     parallel workers when pytest-xdist is; the whole run is killed at the check deadline."""
     args = [sys.executable, "-m", "pytest", "-m", "cuda", "-v", "-rs", "-p", "no:cacheprovider", "-o", "addopts=",
             "-o", "faulthandler_timeout=60", "tests/test_cuda.py"]
@@ -239,7 +241,7 @@ def parse_tests(lines: list[str], returncode: int | None) -> dict[str, Any]:
 COMPILE_GAIN = 1.15  # what torch.compile must gain to be used: its compile time comes out of the training's
 
 
-def compile_probe(s, out: Out) -> Subprocess:
+def compile_probe(s: CallSettings, out: Out) -> Subprocess:
     """`pyramidal bench --compile` of the default architecture at the training batch, in the background beside
     the CUDA tests (killed with them at the check deadline): its images/s, and how long compiling took."""
     path = Path(s.work).resolve() / "compile-bench.json"
@@ -250,7 +252,7 @@ def compile_probe(s, out: Out) -> Subprocess:
     return probe
 
 
-def compile_bench_args(s, path: Path) -> list[str]:
+def compile_bench_args(s: CallSettings, path: Path) -> list[str]:
     return ["bench", "--model", "pyramidal23456", "--mode", "train", "--compile", "--no-data", "--size", str(s.size),
             "--batch-size", str(s.batch_size), "--precision", s.precision, "--steps", "10", "--warmup", "2",
             "--json", str(path)]
@@ -268,15 +270,15 @@ def compile_decision(probe: dict | None, sweep: dict, batch: int) -> dict[str, A
             "why": f"{gain:.2f}× the eager rate ({'at least' if gain >= COMPILE_GAIN else 'below'} {COMPILE_GAIN}×)"}
 
 
-def bench_sweep(s, entries, device, out: Out) -> dict[str, Any]:
-    """Training images/s and the fraction of the measured bf16 matmul peak at each --sweep batch for the default
+def bench_sweep(s: CallSettings, entries, device, out: Out) -> dict[str, Any]:
+    """Training images/s and the fraction of the measured bf16 matmul peak at each `s.sweep` batch for the default
     architecture, and at the training batch for every other architecture the entries train."""
     models = {}
     for entry in entries:
         config = campaign.train_config(campaign.call_plan(s, entry, device, steps=1, seconds=60))
         name, options = config.model, config.model_kwargs()
         key = (name, json.dumps(options, sort_keys=True))
-        models.setdefault(key, (name, options, s.sweep if not models else [s.batch_size]))
+        models.setdefault(key, (name, options, list(s.sweep) if not models else [s.batch_size]))
     results = []
     for name, options, batches in models.values():
         config = BenchConfig(model=name, options=options, size=s.size, device=str(device), precision=s.precision,
@@ -362,12 +364,14 @@ def prepare(data: str | None) -> str:
     return prepared
 
 
-def run(s) -> int:
-    """The whole campaign in one call, as `s` (the flags of scripts/gpu-campaign.py) says; 0 when it finished
-    or the time guard stopped it, 1 when it failed (the report says why)."""
+def run(s: CallSettings) -> int:
+    """The whole campaign in one call, as `s` says; 0 when it finished or the time guard stopped it, 1 when it
+    failed (the report says why)."""
+    if not s.out:
+        raise flag_error("{out}: give the folder the returned files go to", "out")
     out = Out(Path(s.out))
     guard = Guard(s.seconds, out)
-    out.report.update(budget_s=s.seconds, smoke=s.smoke, argv=s.argv, cpu_reference=campaign.CPU_REFERENCE)
+    out.report.update(budget_s=s.seconds, smoke=s.smoke, argv=list(s.argv), cpu_reference=campaign.CPU_REFERENCE)
     os.chdir(ROOT)  # data specs and the work folder are relative to the checkout
     if not s.smoke and not torch.cuda.is_available():
         sys.exit(f"gpu-campaign: no CUDA device here (torch {torch.__version__}); use --smoke on the CPU")
@@ -379,19 +383,18 @@ def run(s) -> int:
     Path(s.work).mkdir(parents=True, exist_ok=True)
     compiled = compile_probe(s, out) if s.compile == "auto" else None
     try:
-        entries = campaign.parse_entries(s.train, s.model, s.model_option)
-        s.train_options = parse_model_options(s.train_option, [e.label for e in entries])
-        s.task_options = parse_options(s.task_option, "--task-option")
+        entries = campaign.parse_entries(list(s.train), list(s.model), list(s.model_option), list(s.train_option))
+        s.task_options()  # a bad one fails here, in the report, before any data is read
         machine = out.report["machine"] = environment(device)
         out.save()
         out.log(f"campaign: {machine.get('gpu') or machine['cpu']}, torch {machine['torch']}, "
                 f"{s.seconds:.0f} s; entries {', '.join(e.label for e in entries)}")
-        s.cache = {}
+        cache: dict = {}
         data_error = None
         try:  # the photographs are read (and put on the device) while the tests run
             for entry in entries:
                 out.report.setdefault("data", {})[entry.label] = campaign.preload(
-                    campaign.call_plan(s, entry, device, steps=1, seconds=60), s.cache)
+                    campaign.call_plan(s, entry, device, steps=1, seconds=60), cache)
         except PyramidalError as exc:  # the checks still run; the training cannot
             data_error = exc
             out.log(f"gpu-campaign: {exc}")
@@ -409,7 +412,7 @@ def run(s) -> int:
             out.report["sweep"] = bench_sweep(s, entries, device, out)
         if compiled is not None:
             decision = out.report["compile"] = compile_decision(result, out.report["sweep"], s.batch_size)
-            s.compile = "on" if decision["use"] else "off"
+            s = replace(s, compile="on" if decision["use"] else "off")
             out.log(f"torch.compile: {'used' if decision['use'] else 'not used'}, {decision['why']}")
         out.json("check.json", {"cuda_tests": out.report["cuda_tests"], "sweep": out.report["sweep"],
                                 "machine": machine})
@@ -417,7 +420,7 @@ def run(s) -> int:
         out.save()
         if data_error is not None:
             raise data_error
-        campaign.train_entries(s, entries, device, machine, guard, out)
+        campaign.train_entries(s, entries, device, machine, guard, out, cache)
         out.report["status"] = "stopped by the time guard" if guard.stopped else "done"
     except PyramidalError as exc:
         out.report.update(status="failed", error=str(exc))
