@@ -304,3 +304,6 @@ def test_call_settings_are_checked_where_they_are_made_and_name_parameters():
     assert settings.train == ("noise",) and settings.sweep == (1, 2) and hash(settings)
     with pytest.raises(AttributeError):
         settings.compile = "on"
+    with pytest.raises(OptionError, match="^out: give the folder") as error:  # before anything is written
+        gpucall.run(settings)
+    assert error.value.flags.startswith("--out: ")

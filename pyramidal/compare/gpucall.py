@@ -4,7 +4,7 @@ Everything runs in this one process except the CUDA tests and the compiled bench
 one can be killed), under one wall-clock budget (`seconds`): a time guard stops training at the deadline and,
 should anything still run 20 s later, writes the report and exits. OUT receives, each replaced whole as it is
 ready, at most 6 files: report.json, campaign.log, check.json and one LABEL.tar per entry (fp16 weights,
-sidecar, scores, metrics). `run` is the call; its settings are a `campaign.CallSettings`, which
+sidecar, scores, metrics). `run` is the call; its settings are a `callsettings.CallSettings`, which
 scripts/gpu-campaign.py builds from its flags.
 The entries' training plan is `pyramidal.compare.campaign`; docs/gpu-campaign.md has the `run` call and its
 budget. The campaign runs from a checkout (ROOT): its CUDA tests and its data specs are the checkout's.
