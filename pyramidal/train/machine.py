@@ -3,8 +3,10 @@ the processes of a torchrun group."""
 
 from __future__ import annotations
 
+import gc
 import random
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +108,21 @@ def share_step(loss: torch.Tensor, stop_requested: bool, out_of_time: bool,
     return packet[0].item() / machine.world_size, packet[1].item() > 0, packet[2].item() > 0
 
 
-def end_process_group(machine: Machine) -> None:
-    if machine.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+def end_process_group(machine: Machine, drop_wrapper: Callable[[], None]) -> None:
+    """Leave the torchrun group; `drop_wrapper` lets go of the DDP wrapper.
+
+    The gloo group's destructor joins its worker threads, and a worker may still hold its last collective,
+    whose copy of the thread state holds a Python object (every backward() puts one there), so it needs the
+    GIL to finish. The destructor must therefore not run with the GIL held, as it does when the DDP wrapper's
+    C++ Reducer drops the group's last reference: a deadlock at exit. So this process holds the group through
+    its Python handle, whose release lets go of the GIL first, while the wrapper goes and the group is
+    unregistered; the handle is the last reference.
+    """
+    if not (machine.distributed and dist.is_initialized()):
+        drop_wrapper()
+        return
+    group = dist.group.WORLD
+    drop_wrapper()
+    gc.collect()  # DDP's module sits in reference cycles
+    dist.destroy_process_group()
+    del group  # ~ProcessGroupGloo, with the GIL released

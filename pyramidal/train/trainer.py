@@ -161,7 +161,12 @@ class Trainer:
             if not ok:
                 self.files.discard_untrained(self.resumed, self.step)
             self.files.release()
-            end_process_group(self.machine)
+            end_process_group(self.machine, self._drop_wrapper)
+
+    def _drop_wrapper(self) -> None:
+        """The DDP wrapper (and its reference to the process group) goes with the group."""
+        if self.machine.distributed:
+            self.train_model = self.model
 
     def _loop(self) -> None:
         self._start()
