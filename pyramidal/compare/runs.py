@@ -49,7 +49,7 @@ def run_summary(trainer: Trainer, wall_seconds: float) -> dict[str, Any]:
         "best_val_psnr": None if trainer.best_step is None else round(trainer.best_psnr, 4),
         "best_step": trainer.best_step, "val_input_psnr": getattr(trainer, "val_input_psnr", None),
         "stopped_by": "stop request" if trainer.interrupted else (
-            "time" if trainer._out_of_time else "steps"),
+            "time" if trainer.stopping.out_of_time else "steps"),
         "batch_size": c.batch_size, "lr": c.lr, "warmup_steps": c.warmup_steps,
         "data_on_device": c.data_on_device, "compile": c.compile, "init_weights": c.init_weights,
     }

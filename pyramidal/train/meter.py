@@ -1,17 +1,23 @@
-"""The training numbers between two log lines: loss, PSNR and images per second, read from the device as
-seldom as the run allows; and the pictures TensorBoard shows."""
+"""What a run logs: the training numbers between two log lines (loss, PSNR and images per second, read from the
+device as seldom as the run allows), the run's clock, and metrics.csv and TensorBoard with their pictures."""
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pyramidal.config import TrainConfig
 from pyramidal.figures import tile_grid
+from pyramidal.runstate import MetricsLog
 from pyramidal.step import psnr_from_mse
+from pyramidal.train.machine import Machine
+from pyramidal.train.runfolder import RunFolder
 
 
 def tensorboard_grid(images: torch.Tensor) -> np.ndarray:
@@ -52,6 +58,13 @@ class LossMeter:
         values = (self.loss_value, mse, images / max(now - self._step_end, 1e-9))
         self._step_end = now
         return values
+
+    @contextmanager
+    def aside(self) -> Iterator[None]:
+        """The time spent inside (validation, saving) is left out of images/s."""
+        t0 = time.perf_counter()
+        yield
+        self.excluded += time.perf_counter() - t0
 
     def read(self) -> tuple[float, int] | None:
         """Deferred: bring the losses summed on the device since the last read to the host (one sync); returns
@@ -107,3 +120,74 @@ class RunClock:
         if self.max_cpu_minutes is not None and self.cpu_elapsed() >= self.max_cpu_minutes * 60:
             return "--max-cpu-minutes"
         return None
+
+
+class TrainingLog:
+    """One run's logging: the training numbers (a LossMeter, on every process) and, on the first process,
+    metrics.csv and TensorBoard (MetricsLog) with their pictures. A non-finite loss read late stops the run
+    with the run folder's `diverged` error."""
+
+    def __init__(self, c: TrainConfig, machine: Machine, folder: RunFolder, clock: RunClock):
+        self.config, self.machine, self.folder, self.clock = c, machine, folder, clock
+        self.metrics: MetricsLog | None = None
+        self.meter: LossMeter | None = None
+        self.last_train: dict[str, float] = {}  # the last interval's train scalars, for the epoch's line
+        self._train_output: torch.Tensor | None = None
+        self._train_image_step: int | None = None
+
+    def open(self, resume_step: int | None) -> None:
+        """First process: write the config and open metrics.csv and TensorBoard (`resume_step`: see MetricsLog)."""
+        self.metrics = MetricsLog(self.folder.path, self.config.to_dict(), resume_step)
+
+    def start(self, deferred: bool) -> None:
+        """As the loop starts: a fresh interval (`deferred`: see LossMeter)."""
+        self.meter = LossMeter(self.machine.device, deferred, self.config.loss)
+        self._train_output = None
+        self._train_image_step = None
+
+    def add_step(self, loss: torch.Tensor, output: torch.Tensor, clean: torch.Tensor,
+                 images: int) -> tuple[float, float, float]:
+        """Count one training step (LossMeter.add) and keep its output for the pictures."""
+        values = self.meter.add(loss, output, clean, images)
+        self._train_output = output[: self.config.log_images]
+        return values
+
+    def scalars(self, values: dict[str, float], step: int, epoch: int) -> None:
+        if self.machine.is_main:
+            self.metrics.scalars(values, step, epoch, self.clock.elapsed())
+
+    def read_losses(self, step: int, epoch: int) -> None:
+        """Bring the losses summed on the device since the last read to the host (one sync): a non-finite one
+        stops the run before anything is saved, as a per-step check does."""
+        read = self.meter.read()
+        if read is not None and not math.isfinite(read[0]):
+            raise self.folder.diverged(f"the training loss (read every {self.config.log_every} steps)", read[0],
+                                       step, epoch)
+
+    def train(self, lr: float, step: int, epoch: int) -> None:
+        """Log the interval's train scalars (`lr`: its last step's), if it had a step."""
+        self.read_losses(step, epoch)
+        values = self.meter.take(lr)
+        if values is not None:
+            self.last_train = values
+            self.scalars(values, step, epoch)
+
+    def train_images(self, step: int) -> None:
+        if self.config.log_images and self._train_output is not None and self._train_image_step != step:
+            self.metrics.writer.add_image("4 output (train)", tensorboard_grid(self._train_output), step)
+            self._train_image_step = step
+
+    def val_images(self, shown: list[torch.Tensor], step: int, first: bool) -> None:
+        """The validation output; with `first`, also its input and ground truth."""
+        if self.config.log_images:
+            self.metrics.writer.add_image("1 output (val)", tensorboard_grid(shown[0]), step)
+            if first:
+                self.metrics.writer.add_image("2 input", tensorboard_grid(shown[1]), step)
+                self.metrics.writer.add_image("3 ground truth", tensorboard_grid(shown[2]), step)
+
+    def flush(self) -> None:
+        self.metrics.writer.flush()
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()

@@ -1,5 +1,6 @@
-"""The files of a run: its folder (new, or the one resumed) and the lock on it, last.ckpt and best.safetensors,
-and the error that stops a diverged run with the last good checkpoint kept."""
+"""The files of a run: its folder (new, or the one resumed) and the lock on it, last.ckpt (and when the next is
+due) and best.safetensors, each checked to be finite before it is written, and the error that stops a diverged
+run with the last good checkpoint kept."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pyramidal.checkpoint import load_checkpoint, load_checkpoint_model, save_ch
 from pyramidal.config import TrainConfig, check_run_folder
 from pyramidal.errors import OptionError, PyramidalError, option_wording
 from pyramidal.io import folder_problem, missing_folders, remove_empty_folders
-from pyramidal.runstate import EMA, RunLock, new_run_dir
+from pyramidal.runstate import EMA, RunLock, best_record, first_nonfinite, new_run_dir
 from pyramidal.train.machine import Machine, broadcast_from_main
 
 
@@ -36,25 +37,29 @@ def check_destination(c: TrainConfig, machine: Machine) -> None:
 
 
 class RunFolder:
-    """One run's folder and the checkpoint files in it."""
+    """One run's folder and the checkpoint files in it: `open` gives the folder resumed, or a fresh one."""
 
-    def __init__(self, path: Path, created: list[Path] | None = None):
+    def __init__(self, path: Path, c: TrainConfig, precision: str, created: list[Path] | None = None):
         self.path = path
+        self.config, self.precision = c, precision  # what the cadence and a divergence's advice depend on
         self._created = created or []  # folders this run made: removed again if it fails before training
         self._lock: RunLock | None = None
         self.last_ckpt_step: int | None = None  # the step of the last.ckpt on disk
         self.last_ckpt_time = time.monotonic()
 
     @classmethod
-    def new(cls, c: TrainConfig, machine: Machine) -> RunFolder:
-        """A fresh run's folder, OUT/TASK/MODEL/TIME, made by the first process and named to all."""
+    def open(cls, c: TrainConfig, machine: Machine) -> RunFolder:
+        """The run folder `c.resume` names, or a fresh run's folder, OUT/TASK/MODEL/TIME, made by the first
+        process and named to all."""
+        if c.resume:
+            return cls(Path(c.resume), c, machine.precision)
         path, created = None, []
         if machine.is_main:
             created = missing_folders(Path(c.out) / c.task / c.model)
             run_dir = new_run_dir(c.out, c.task, c.model)
             created.insert(0, run_dir)
             path = str(run_dir)
-        return cls(Path(broadcast_from_main(path, machine)), created)
+        return cls(Path(broadcast_from_main(path, machine)), c, machine.precision, created)
 
     def lock(self) -> None:
         """Hold the folder's lock until `release` (or until this process dies: the OS drops it)."""
@@ -78,24 +83,40 @@ class RunFolder:
             raise PyramidalError(f"{path}: no checkpoint (the run stopped before its first one); start it again")
         return load_checkpoint(path)
 
+    def checkpoint_due(self, step: int) -> bool:
+        """Whether last.ckpt is due after `step`: every checkpoint_every_steps, or checkpoint_minutes after the last."""
+        c = self.config
+        if c.checkpoint_every_steps and step % c.checkpoint_every_steps == 0:
+            return True
+        return bool(c.checkpoint_minutes and time.monotonic() - self.last_ckpt_time >= c.checkpoint_minutes * 60)
+
     def save_last(self, state: dict[str, Any]) -> None:
-        """Replace last.ckpt, whole, with `state` (checked to be finite by the caller)."""
+        """Replace last.ckpt, whole, with `state`. Everything it would hold is checked, BatchNorm statistics, EMA
+        and Adam's moments included: a non-finite value stops the run and the last good checkpoint stays."""
+        bad = first_nonfinite({key: state[key] for key in ("model", "ema", "optimizer")})
+        if bad is not None:
+            raise self.diverged(bad[0], bad[1], state["step"], state["epoch"])
         save_checkpoint(self.path / "last.ckpt", state)
         self.last_ckpt_step = state["step"]
         self.last_ckpt_time = time.monotonic()
 
-    def save_best(self, model: nn.Module, record: dict[str, Any]) -> None:
-        save_weights(model, self.path / "best.safetensors", metadata=record)
+    def save_best(self, model: nn.Module, name: str, task_options: dict, step: int, epoch: int, psnr: float) -> None:
+        """Write best.safetensors from `model` (`name`: "model" or "ema", as a divergence names it), never
+        replacing good best weights with broken ones."""
+        bad = first_nonfinite(model.state_dict(), name)
+        if bad is not None:
+            raise self.diverged(bad[0], bad[1], step, epoch)
+        save_weights(model, self.path / "best.safetensors",
+                     metadata=best_record(self.config, task_options, step, epoch, psnr))
 
-    def diverged(self, what: str, value: float, step: int, epoch: int, c: TrainConfig,
-                 precision: str) -> TrainingDiverged:
+    def diverged(self, what: str, value: float, step: int, epoch: int) -> TrainingDiverged:
         """The error for a non-finite `what` at `step`: what was kept, and what to try."""
-        ckpt = self.path / "last.ckpt"
+        c, ckpt = self.config, self.path / "last.ckpt"
         kept = (f"kept the last good checkpoint {ckpt} (step {self.last_ckpt_step})"
                 if ckpt.exists() else "no checkpoint had been written yet")
         return TrainingDiverged(*option_wording(
             "{what} became non-finite ({value}) at step {step} (epoch {epoch}); stopped and {kept}. Try a lower "
-            "{lr}" + (", {clip_grad=}1.0" if not c.clip_grad else "") + (" or {precision=}fp32" if precision != "fp32" else ""),
+            "{lr}" + (", {clip_grad=}1.0" if not c.clip_grad else "") + (" or {precision=}fp32" if self.precision != "fp32" else ""),
             "lr", "clip_grad", "precision", what=what, value=value, step=step, epoch=epoch + 1, kept=kept))
 
 

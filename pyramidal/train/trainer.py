@@ -1,9 +1,9 @@
 """The Trainer: one run's set-up, in named steps, and its loop of epochs, steps, validations and saves.
 
 What it coordinates lives beside it: the machine and processes (machine.py), the loaders (loaders.py), the
-run folder and its checkpoint files (runfolder.py), the logged numbers (meter.py) and the validation scores
-(validation.py). One optimisation step is `step.train_step`, which `pyramidal bench` and the gradient report
-run too.
+run folder, its checkpoint files and their cadence (runfolder.py), the logged numbers (meter.py), when to
+stop (stopping.py) and the validation scores (validation.py). One optimisation step is `step.train_step`,
+which `pyramidal bench` and the gradient report run too.
 """
 
 from __future__ import annotations
@@ -26,16 +26,7 @@ from pyramidal.errors import flag_error
 from pyramidal.hub import resolve_init_weights
 from pyramidal.models import create_model
 from pyramidal.progress import progress
-from pyramidal.runstate import (
-    EMA,
-    MetricsLog,
-    StopRequest,
-    best_record,
-    first_nonfinite,
-    rng_state,
-    set_rng_state,
-    summary_line,
-)
+from pyramidal.runstate import EMA, StopRequest, rng_state, set_rng_state, summary_line
 from pyramidal.step import grad_scaler, make_optimizer, psnr_from_mse, train_step, training_conditions
 from pyramidal.train.loaders import TrainingData
 from pyramidal.train.machine import (
@@ -43,12 +34,12 @@ from pyramidal.train.machine import (
     place_model,
     seed_everything,
     set_up_machine,
-    share_step,
     training_wrapper,
 )
-from pyramidal.train.meter import LossMeter, RunClock, tensorboard_grid
-from pyramidal.train.runfolder import RunFolder, TrainingDiverged, check_destination, restore_weights
-from pyramidal.train.validation import validation_scores
+from pyramidal.train.meter import RunClock, TrainingLog
+from pyramidal.train.runfolder import RunFolder, check_destination, restore_weights
+from pyramidal.train.stopping import Stopping
+from pyramidal.train.validation import val_label, validation_scores
 
 
 class Trainer:
@@ -59,30 +50,27 @@ class Trainer:
         runs it trains in one process (the GPU campaign); None loads them for this run alone."""
         self.config = c = dataclasses.replace(config)  # a copy: defaults filled in here stay ours
         validate_config(c)
-        self.machine = set_up_machine(c)
-        self._choose_loss_reading()
-        check_destination(c, self.machine)
-        self.progress = self.machine.is_main and (sys.stderr.isatty() if c.progress is None else bool(c.progress))
-        seed_everything(c.seed)
-        self._make_tasks()
-        self.data = TrainingData(c, self.task, self.val_task, self.machine, cache, self.conditions)
-        self._build_model()
-        self._build_optimizer()
-        self._start_counters()
-        self.files = RunFolder(Path(c.resume)) if c.resume else RunFolder.new(c, self.machine)
-        self.run_dir = self.files.path
-        if c.resume:
-            self._restore(self.files.load_last())
-        self.logs: MetricsLog | None = None
-
-    # -- set-up ---------------------------------------------------------------------------------------------
-
-    def _choose_loss_reading(self) -> None:
+        self.machine = m = set_up_machine(c)
         # The loss is read on the host every step on the CPU (free there) and under DDP (one collective carries
         # it with the stop flags); on a GPU it is summed on the device and read every log_every steps, so
         # that the host never waits for the GPU between steps.
-        m = self.machine
         self._defer_loss = m.device.type != "cpu" and m.world_size == 1
+        check_destination(c, m)
+        self.progress = m.is_main and (sys.stderr.isatty() if c.progress is None else bool(c.progress))
+        seed_everything(c.seed)
+        self._make_tasks()
+        self.data = TrainingData(c, self.task, self.val_task, m, cache, self.conditions)
+        self._build_model()
+        self._build_optimizer()
+        self._start_counters()
+        self.files = RunFolder.open(c, m)
+        self.run_dir = self.files.path
+        self.log = TrainingLog(c, m, self.files, self.clock)
+        self.val_label = val_label(c.loss)  # the validation number the best weights are chosen by
+        if c.resume:
+            self._restore(self.files.load_last())
+
+    # -- set-up ---------------------------------------------------------------------------------------------
 
     def _make_tasks(self) -> None:
         c = self.config
@@ -121,9 +109,9 @@ class Trainer:
         self.best_psnr = float("-inf")
         self.best_step: int | None = None
         self.clock = RunClock(self.config.max_minutes, self.config.max_cpu_minutes)
+        self.stopping = Stopping(self.config, self.machine, self.clock)
         self.last_val_step: int | None = None
         self.interrupted = False
-        self._out_of_time = False
         self.finished = False
         self.resumed = False
 
@@ -140,9 +128,9 @@ class Trainer:
             if self.machine.is_main:
                 self.files.lock()  # released in _close, or by the OS if this process dies
             with StopRequest() as stop:
-                self._stop = stop
+                self.stopping.request = stop
                 if self.machine.is_main:
-                    self.logs = MetricsLog(self.run_dir, self.config.to_dict(), self.step if self.resumed else None)
+                    self.log.open(self.step if self.resumed else None)
                 self._loop()
             ok = True
         finally:
@@ -152,8 +140,7 @@ class Trainer:
     def _close(self, ok: bool) -> None:
         """Close the logs, remove an untrained fresh run's folder after a failure, release the folder lock."""
         try:
-            if self.logs is not None:
-                self.logs.close()
+            self.log.close()
         except OSError:
             if ok:
                 raise  # a failure already on its way out says more than a failed close
@@ -170,7 +157,7 @@ class Trainer:
 
     def _loop(self) -> None:
         self._start()
-        while not self._should_stop():
+        while not self.stopping.due(self.step, self.epoch):
             if self.batch_in_epoch == 0:
                 self.phase = self.data.phase_for(self.step)
             if self._run_epoch():
@@ -178,8 +165,9 @@ class Trainer:
             self.epoch += 1
             self.batch_in_epoch = 0
             self._end_of_epoch()
-            if not self._should_stop():
-                self._timed_save()
+            if not self.stopping.due(self.step, self.epoch):
+                with self.log.meter.aside():
+                    self._save_last()
         self._finish()
 
     def _run_epoch(self) -> bool:
@@ -204,22 +192,19 @@ class Trainer:
                 if self.batch_in_epoch >= total:
                     return False  # the epoch is done: its end-of-epoch work follows in _loop
                 if self.machine.is_main and self.step % c.log_every == 0:
-                    self._log_train()
+                    self.log.train(self._lr_at(self.step - 1), self.step, self.epoch)
                 if c.val_every and self.step % c.val_every == 0:
                     self._maybe_validate()
-                if self._should_stop():
+                if self.stopping.due(self.step, self.epoch):
                     return True
-                if self._checkpoint_due():
-                    self._timed_save()
+                if self.files.checkpoint_due(self.step):
+                    with self.log.meter.aside():
+                        self._save_last()
         return False  # a loader that ran short also ends its epoch
 
     def _start(self) -> None:
         c, m = self.config, self.machine
-        self._stop_flag = False  # stop after this step: a signal, or max_minutes under DDP
-        self._interrupted = False  # the stop came from a signal
-        self.meter = LossMeter(m.device, self._defer_loss, c.loss)
-        self._last_output = None
-        self._train_image_step = None
+        self.log.start(self._defer_loss)
         self.files.last_ckpt_step = self.step if self.resumed else None
         self.files.last_ckpt_time = time.monotonic()
         self.clock.start()
@@ -231,34 +216,34 @@ class Trainer:
             self._validate(first=True)
 
     def _finish(self) -> None:
-        self.interrupted = self._interrupted
+        self.interrupted = self.stopping.interrupted
         self.finished = not self.interrupted
         if not self.machine.is_main:
             return
-        self._log_train()
+        self.log.train(self._lr_at(self.step - 1), self.step, self.epoch)
         self._maybe_validate()
-        self._log_train_images()
+        self.log.train_images(self.step)
         self._save_last()
-        self.logs.writer.flush()
+        self.log.flush()
         if not self.config.quiet:
             why = "stopped on request" if self.interrupted else (
-                f"time budget ({self.clock.budget_spent() or '--max-minutes'}) reached" if self._out_of_time else "done")
-            best = f"best {self._val_label} {self.best_psnr:.2f} dB at step {self.best_step}" if self.best_step is not None else ""
+                f"time budget ({self.clock.budget_spent() or '--max-minutes'}) reached" if self.stopping.out_of_time else "done")
+            best = f"best {self.val_label} {self.best_psnr:.2f} dB at step {self.best_step}" if self.best_step is not None else ""
             print(f"{why}: step {self.step}, epoch {self.epoch}; {best}; {self.run_dir}", flush=True)
 
     def _end_of_epoch(self) -> None:
         if not self.machine.is_main:
             return
-        self._log_train()
+        self.log.train(self._lr_at(self.step - 1), self.step, self.epoch)
         self._maybe_validate()
-        self._log_train_images()
-        self.logs.writer.flush()
+        self.log.train_images(self.step)
+        self.log.flush()
         if not self.config.quiet:
-            print(summary_line(self.epoch, self.config.epochs, self.step, getattr(self, "last_train", {}),
+            print(summary_line(self.epoch, self.config.epochs, self.step, self.log.last_train,
                                getattr(self, "last_val_psnr", None), self.best_psnr, self.clock.elapsed(),
-                               val_label=self._val_label), flush=True)
+                               val_label=self.val_label), flush=True)
 
-    # -- one step, and when to stop -------------------------------------------------------------------------
+    # -- one step -------------------------------------------------------------------------------------------
 
     def _lr_at(self, step: int) -> float:
         return learning_rate(self.config, step, self.total_steps)
@@ -281,77 +266,23 @@ class Trainer:
         self.step += 1
         self.batch_in_epoch += 1
         # PSNR/train is the MSE's whatever the objective (this process's batch when distributed).
-        self._bar_values = self.meter.add(loss, output, clean, damaged.shape[0] * m.world_size)
-        self._last_output = output[: c.log_images]
+        self._bar_values = self.log.add_step(loss, output, clean, damaged.shape[0] * m.world_size)
 
     def _check_loss(self, loss: torch.Tensor) -> None:
         """Before the update: stop on a non-finite loss; under DDP also share the loss, signals and clock."""
-        m = self.machine
-        if m.distributed:
+        if self.machine.distributed:
             # One collective per step carries the mean loss (for logging and a shared NaN verdict), any
             # rank's signal and rank 0's clock, so that every process leaves the loop at the same step.
-            out_of_time = m.is_main and self.clock.budget_spent() is not None
-            value, signalled, out_of_time = share_step(loss, self._stop.requested, out_of_time, m)
+            value = self.stopping.share(loss)
         elif self._defer_loss:
-            return  # summed on the device after the step; _read_losses checks it every log_every steps
+            return  # summed on the device after the step; TrainingLog.read_losses checks it every log_every steps
         else:
-            value = loss.item()
-            signalled = out_of_time = False  # checked between steps by _should_stop
+            value = loss.item()  # signals and the clock are checked between steps by Stopping.due
         if not math.isfinite(value):
-            raise self._diverged("the training loss", value, self.step + 1)
-        self._stop_flag = self._stop_flag or signalled or out_of_time
-        self._out_of_time = self._out_of_time or out_of_time
-        self._interrupted = self._interrupted or signalled
-        self.meter.loss_value = value
+            raise self.files.diverged("the training loss", value, self.step + 1, self.epoch)
+        self.log.meter.loss_value = value
 
-    def _should_stop(self) -> bool:
-        c = self.config
-        if c.steps is not None and self.step >= c.steps:
-            return True
-        if c.epochs is not None and self.epoch >= c.epochs:
-            return True
-        # Under DDP only rank 0 watches the clock; its verdict reaches every rank through _stop_flag.
-        if not self.machine.distributed:
-            if self.clock.budget_spent():
-                self._out_of_time = True
-                return True
-            if self._stop.requested:
-                self._stop_flag = self._interrupted = True
-        return self._stop_flag
-
-    def _diverged(self, what: str, value: float, step: int) -> TrainingDiverged:
-        return self.files.diverged(what, value, step, self.epoch, self.config, self.machine.precision)
-
-    # -- logging and validation -----------------------------------------------------------------------------
-
-    def _log(self, values: dict[str, float]) -> None:
-        if self.machine.is_main:
-            self.logs.scalars(values, self.step, self.epoch, self.clock.elapsed())
-
-    def _read_losses(self) -> None:
-        """Bring the losses summed on the device since the last read to the host (one sync): a non-finite one
-        stops the run before anything is saved, as a per-step check does."""
-        read = self.meter.read()
-        if read is not None and not math.isfinite(read[0]):
-            raise self._diverged(f"the training loss (read every {self.config.log_every} steps)", read[0], self.step)
-
-    def _log_train(self) -> None:
-        self._read_losses()
-        values = self.meter.take(self._lr_at(self.step - 1))
-        if values is not None:
-            self.last_train = values
-            self._log(values)
-
-    def _log_train_images(self) -> None:
-        if self.config.log_images and self._last_output is not None and self._train_image_step != self.step:
-            self.logs.writer.add_image("4 output (train)", tensorboard_grid(self._last_output), self.step)
-            self._train_image_step = self.step
-
-    @property
-    def _val_label(self) -> str:
-        """The validation number the best weights are chosen by: PSNR/val, or PSNR/val_images (each image's
-        PSNR counts alike) when the objective is `psnr`, which optimizes it."""
-        return "PSNR/val_images" if self.config.loss == "psnr" else "PSNR/val"
+    # -- validation and checkpoints -------------------------------------------------------------------------
 
     def _validate(self, first: bool = False) -> float:
         """PSNR over the fixed validation crops (EMA weights when on); logs it and keeps the best weights."""
@@ -363,44 +294,30 @@ class Trainer:
         values = dict(scores.values)
         if first:
             values["PSNR/val_input"] = self.val_input_psnr = scores.input_psnr
-        self._log(values)
-        if c.log_images:
-            self.logs.writer.add_image("1 output (val)", tensorboard_grid(scores.shown[0]), self.step)
-            if first:
-                self.logs.writer.add_image("2 input", tensorboard_grid(scores.shown[1]), self.step)
-                self.logs.writer.add_image("3 ground truth", tensorboard_grid(scores.shown[2]), self.step)
+        self.log.scalars(values, self.step, self.epoch)
+        self.log.val_images(scores.shown, self.step, first)
         self.last_val_step = self.step
-        psnr = values[self._val_label]  # the weights are chosen by the number the objective optimizes
+        psnr = values[self.val_label]  # the weights are chosen by the number the objective optimizes
         self.last_val_psnr = psnr
         # Step 0 counts too: a run stopped by its time budget before its first update still leaves weights.
         if math.isfinite(psnr) and psnr > self.best_psnr:
             self.best_psnr = psnr
             self.best_step = self.step
-            self._save_best(psnr)
+            self.files.save_best(model, "ema" if self.ema is not None else "model", self.task.options, self.step,
+                                 self.epoch, psnr)
         return psnr
 
     def _maybe_validate(self) -> None:
         if self.machine.is_main and self.last_val_step != self.step:
-            t0 = time.perf_counter()
-            self._validate()
-            self.meter.excluded += time.perf_counter() - t0
+            with self.log.meter.aside():
+                self._validate()
 
-    # -- checkpoints ----------------------------------------------------------------------------------------
-
-    def _checkpoint_due(self) -> bool:
+    def _save_last(self) -> None:
+        if not self.machine.is_main:
+            return
+        self.log.read_losses(self.step, self.epoch)
         c = self.config
-        if c.checkpoint_every_steps and self.step % c.checkpoint_every_steps == 0:
-            return True
-        return bool(c.checkpoint_minutes and time.monotonic() - self.files.last_ckpt_time >= c.checkpoint_minutes * 60)
-
-    def _timed_save(self) -> None:
-        t0 = time.perf_counter()
-        self._save_last()
-        self.meter.excluded += time.perf_counter() - t0
-
-    def _checkpoint_state(self) -> dict[str, Any]:
-        c = self.config
-        return {
+        self.files.save_last({
             "spec": self.model.spec,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -422,26 +339,7 @@ class Trainer:
             "rng": rng_state(),
             "config": c.to_dict(),
             "time": time.time(),
-        }
-
-    def _save_last(self) -> None:
-        if not self.machine.is_main:
-            return
-        self._read_losses()
-        state = self._checkpoint_state()
-        # Everything the checkpoint would hold is checked, BatchNorm statistics, EMA and Adam's moments
-        # included: a non-finite value stops the run and the last good checkpoint stays as it is.
-        bad = first_nonfinite({key: state[key] for key in ("model", "ema", "optimizer")})
-        if bad is not None:
-            raise self._diverged(bad[0], bad[1], self.step)
-        self.files.save_last(state)
-
-    def _save_best(self, psnr: float) -> None:
-        model = self.ema.model if self.ema is not None else self.model
-        bad = first_nonfinite(model.state_dict(), "ema" if self.ema is not None else "model")
-        if bad is not None:  # never replace good best weights with broken ones
-            raise self._diverged(bad[0], bad[1], self.step)
-        self.files.save_best(model, best_record(self.config, self.task.options, self.step, self.epoch, psnr))
+        })
 
     def _restore(self, saved: dict[str, Any]) -> None:
         """Take up the run where `saved` (its last.ckpt) left it: weights, optimizer, EMA, counters, RNG."""

@@ -1,4 +1,4 @@
-"""Validation: a model's scores on the run's fixed validation crops."""
+"""Validation: a model's scores on the run's fixed validation crops, and the one the best weights are chosen by."""
 
 from __future__ import annotations
 
@@ -50,3 +50,9 @@ def validation_scores(model: nn.Module, loader, machine: Machine, *, channels_la
     mean_psnr = sum(min(v, 100.0) for v in image_psnrs) / len(image_psnrs)  # an exact image counts 100 dB
     values = {"loss/val": mse, "PSNR/val": psnr_from_mse(mse), "PSNR/val_images": mean_psnr}
     return Scores(values, psnr_from_mse(se_in / count), shown)
+
+
+def val_label(objective: str) -> str:
+    """The validation number the best weights are chosen by: PSNR/val, or PSNR/val_images (each image's PSNR
+    counts alike) when the objective is `psnr`, which optimizes it."""
+    return "PSNR/val_images" if objective == "psnr" else "PSNR/val"
