@@ -7,9 +7,10 @@ the RNG/EMA/stop-signal state in pyramidal.runstate. The package, by job:
 - trainer.py: `Trainer`, the coordinator: its set-up in named steps, and the loop;
 - machine.py: threads, device, processes (DDP), precision, seeds;
 - loaders.py: the data source and the training and validation loaders of each patch-size phase;
-- runfolder.py: the run folder, its lock, last.ckpt and best.safetensors, `TrainingDiverged`;
-- meter.py: the logged training numbers and TensorBoard pictures;
-- validation.py: the scores on the validation crops.
+- runfolder.py: the run folder, its lock, last.ckpt (and when it is due) and best.safetensors, `TrainingDiverged`;
+- meter.py: the logged training numbers, the run's clock, metrics.csv and TensorBoard (`TrainingLog`);
+- stopping.py: when the loop ends (step and epoch limits, time budgets, signals; one verdict under DDP);
+- validation.py: the scores on the validation crops, and the one the best weights are chosen by.
 
     from pyramidal.config import TrainConfig
     from pyramidal.train import train
