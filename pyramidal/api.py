@@ -2,7 +2,7 @@
 
 Pixel ranges: this API speaks the values images are stored in, 8-bit (0-255), 16-bit (0-65535) or floats in
 [0, 1], and gives back the same. The models themselves work on floats in [-1, 1] (`restore_array` and a
-model's `forward` take and return that range); `pyramidal.inference.pixels` converts between the two.
+model's `forward` take and return that range); `pyramidal.pixels` converts between the two.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pyramidal.errors import PyramidalError
 from pyramidal.hub import resolve_weights
 from pyramidal.inference import restore_array
 from pyramidal.inference.model import load_restorer, prepare_for_inference
-from pyramidal.inference.pixels import from_model_range, to_model_range
 from pyramidal.io import NonFinitePixels, image_metadata, load_pil, read_image
 from pyramidal.options import RestoreOptions
+from pyramidal.pixels import from_model_range, to_model_range
 
 # Prepared models kept for the next `restore` call: (weights file, its mtime and size, device, precision).
 _CACHE: OrderedDict[tuple, Any] = OrderedDict()

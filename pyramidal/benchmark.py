@@ -24,9 +24,9 @@ import torch
 
 from pyramidal.errors import OptionError, PyramidalError
 from pyramidal.inference import restore_array
-from pyramidal.inference.pixels import from_model_range
 from pyramidal.io import IMAGE_SUFFIXES, read_rgb
 from pyramidal.options import RestoreOptions
+from pyramidal.pixels import from_model_range
 
 PROTOCOLS = ("papers", "file")
 DEFAULT_SIGMAS = (15.0, 25.0, 50.0)

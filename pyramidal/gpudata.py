@@ -36,6 +36,7 @@ from pyramidal.data.datasets import ImageFiles, PhotoPatches, SkippedImageWarnin
 from pyramidal.data.patches import _upscale_to
 from pyramidal.errors import OptionError, PyramidalError, flag_error, option_wording
 from pyramidal.io import read_rgb
+from pyramidal.pixels import eight_bit_to_model
 from pyramidal.registry import Registry
 
 __all__ = ["DEVICE_DAMAGE", "DeviceBatches", "DevicePhotos", "bench_device_pairs", "check_device_task",
@@ -335,7 +336,7 @@ class DeviceBatches:
         g.manual_seed(derive_seed(_TAG_BATCH, self.seed, epoch, index, self.rank))
         clean = clean_patches(self.photos, self.size, self.batch_size, g)
         damaged, mask, sigma = self.damage(self.task, clean, g)
-        pair = (damaged.div_(127.5).sub_(1.0), clean.div_(127.5).sub_(1.0))
+        pair = (eight_bit_to_model(damaged), eight_bit_to_model(clean))  # in place: float32 on the 8-bit grid
         if self.with_mask:
             return (*pair, mask)
         if self.with_noise_level:

@@ -13,9 +13,10 @@ from PIL import Image
 from pyramidal.damage import create_task
 from pyramidal.data.datasets import SkippedImageWarning
 from pyramidal.data.loader import make_loader
-from pyramidal.data.patches import celeba_shape, to_float, to_uint8
+from pyramidal.data.patches import celeba_shape
 from pyramidal.data.sources import BUILTIN_PHOTOS, BUILTIN_VAL, list_images, load_source, split_counts
 from pyramidal.errors import PyramidalError
+from pyramidal.pixels import eight_bit_to_model, model_to_eight_bit, model_to_eight_bit_grid
 
 from helpers import EVAL, TRAIN, cli, in_thread, one_error, picture, truncated
 
@@ -37,10 +38,21 @@ def batches_of(loader):
 
 def test_float_conversions():
     u = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(1, 3, 16, 16)
-    f = to_float(u)
+    f = eight_bit_to_model(u)
     assert f.dtype == torch.float32 and f.min() == -1 and f.max() == 1
-    assert torch.equal(to_uint8(f), u)
-    assert torch.equal(to_uint8(torch.tensor([-3.0, 3.0, 0.0])), torch.tensor([0, 255, 128], dtype=torch.uint8))
+    assert torch.equal(f, u.float() / 127.5 - 1)
+    assert torch.equal(model_to_eight_bit(f), u)
+    assert torch.equal(model_to_eight_bit(torch.tensor([-3.0, 3.0, 0.0])), torch.tensor([0, 255, 128], dtype=torch.uint8))
+    # unclipped: values past the range stay past it
+    assert torch.equal(model_to_eight_bit_grid(torch.tensor([-3.0, 3.0, 0.0])), torch.tensor([-255.0, 510.0, 128.0]))
+    # floats on the 8-bit grid (the loaders' batches) are converted in place; uint8 and other dtypes are copied
+    grid = u.float()
+    assert eight_bit_to_model(grid) is grid and torch.equal(grid, f)
+    assert eight_bit_to_model(u, torch.float16).dtype == torch.float16 and u.dtype == torch.uint8
+    # the model range back to 8 bits leaves its input alone
+    before = f.clone()
+    model_to_eight_bit(f)
+    assert torch.equal(f, before)
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +276,7 @@ def test_loader_pairs(builtin):
     assert d.min() >= -1 and d.max() <= 1
     # The damage is exactly the task applied with the loader's per-sample seeds.
     idx = loader.batches()[0]
-    assert torch.equal(to_uint8(d), task(to_uint8(c), seeds=loader.sample_seeds(idx)))
+    assert torch.equal(model_to_eight_bit(d), task(model_to_eight_bit(c), seeds=loader.sample_seeds(idx)))
 
 
 def test_loader_resume_reproduces_uninterrupted_run(builtin):

@@ -13,10 +13,10 @@ from pyramidal.baselines import baselines_for
 from pyramidal.checkpoint import load_weights, save_weights
 from pyramidal.cli import main
 from pyramidal.damage import create_task, eval_seed
-from pyramidal.data.patches import to_float
 from pyramidal.data.sources import load_source
 from pyramidal.evaluate import evaluate, format_markdown
 from pyramidal.metrics import psnr, ssim
+from pyramidal.pixels import eight_bit_to_model
 
 from helpers import FAST as CPU
 
@@ -51,7 +51,7 @@ def test_printed_psnr_matches_direct_computation(tmp_path, pixelate_weights, cap
     task = create_task("pixelate")
     damaged = task(clean[None], seeds=[eval_seed(0)])
     with torch.no_grad():
-        restored = load_weights(pixelate_weights)(to_float(damaged))
+        restored = load_weights(pixelate_weights)(eight_bit_to_model(damaged))
     restored = ((restored[0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     ref = clean.permute(1, 2, 0).numpy()
     dam = damaged[0].permute(1, 2, 0).numpy()

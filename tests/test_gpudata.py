@@ -51,7 +51,7 @@ def test_batches_are_reproducible_and_in_range(photos, name):
     again = list(loader)
     assert all(torch.equal(a, b) for x, y in zip(batches[1:], again) for a, b in zip(x, y))
     damaged, clean, *mask = batches[0]
-    assert damaged.shape == clean.shape == (6, 3, 64, 64)
+    assert damaged.shape == clean.shape == (6, 3, 64, 64) and damaged.dtype == clean.dtype == torch.float32
     assert clean.min() >= -1 and clean.max() <= 1 and not torch.equal(damaged, clean)
     if name != "noise":  # only unclipped noise leaves the 8-bit range
         assert damaged.min() >= -1 and damaged.max() <= 1

@@ -21,7 +21,7 @@ LAYERS = {
     # 0: the base. `pyramidal` itself only holds __version__ at import: its public names load on first use
     # (importlib, from __getattr__), so importing it from below is no upward import.
     "pyramidal": 0, "errors": 0, "registry": 0, "lazy": 0, "io": 0, "progress": 0, "device": 0,
-    "fastpath": 0, "onnx_backend": 0, "figures": 0, "options": 0,
+    "fastpath": 0, "onnx_backend": 0, "figures": 0, "options": 0, "pixels": 0,
     # 1: architectures (fresh weights only), damage tasks, data loaders, the one training step, the scores and
     # the classical methods they are compared with
     "models": 1, "damage": 1, "camera": 1, "data": 1, "gpudata": 1, "step": 1, "metrics": 1, "baselines": 1,

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 
 from pyramidal.damage import Task, create_task, derive_seed, eval_seed, one_thread
-from pyramidal.data.patches import _TAG_DAMAGE, _TAG_ORDER, to_float
+from pyramidal.data.patches import _TAG_DAMAGE, _TAG_ORDER
 from pyramidal.errors import OptionError
+from pyramidal.pixels import eight_bit_to_model
 
 
 class _EpochView(torch.utils.data.Dataset):
@@ -70,7 +71,7 @@ class _DamageCollate:
         else:
             damaged = self.task(clean, seeds=seeds)
             condition = torch.tensor(self.task.noise_levels(seeds)) if self.with_noise_level else None
-        pair = (to_float(damaged), to_float(clean)) if self.floats else (damaged, clean)
+        pair = (eight_bit_to_model(damaged), eight_bit_to_model(clean)) if self.floats else (damaged, clean)
         return pair if condition is None else (*pair, condition)
 
 

@@ -1,4 +1,4 @@
-"""The pixels of training and evaluation patches: uint8/float conversion, crops, rescaling and augmentation.
+"""The pixels of training and evaluation patches: crops, rescaling and augmentation.
 
 Every random draw comes from `_rng(tag, ...)`: the tags below keep the seed streams of different purposes
 (sample order, augmentation, damage, fixed crops) apart.
@@ -24,20 +24,6 @@ _TAG_TESTCROP = 0x7E57
 
 def _rng(*parts: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(derive_seed(*parts)))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Conversions
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 0-255 -> float32 in [-1, 1]."""
-    return images.float().div_(127.5).sub_(1.0)
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """float in [-1, 1] -> uint8 0-255 (rounded, clipped)."""
-    return images.detach().float().add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _pil_to_tensor(im: Image.Image) -> torch.Tensor:

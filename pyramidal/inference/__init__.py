@@ -24,9 +24,9 @@ from pyramidal.inference.model import (
     prepare_for_inference,
     unwrapped,
 )
-from pyramidal.inference.pixels import from_model_range, to_model_range
 from pyramidal.inference.tiling import blend_ramp, tile_layout
 from pyramidal.options import EVALUATION, RestoreOptions
+from pyramidal.pixels import from_model_range, to_model_range
 from pyramidal.progress import progress as progress_bar
 
 

@@ -20,7 +20,6 @@ from pyramidal.inference.inputs import (
     needs_mask,
 )
 from pyramidal.inference.model import device_and_precision, prepare_for_inference, unwrapped
-from pyramidal.inference.pixels import from_model_range, to_model_range
 from pyramidal.io import (
     FORMATS,
     IMAGE_SUFFIXES,
@@ -32,6 +31,7 @@ from pyramidal.io import (
     write_image,
 )
 from pyramidal.options import RestoreOptions
+from pyramidal.pixels import from_model_range, to_model_range
 from pyramidal.progress import progress as progress_bar
 
 

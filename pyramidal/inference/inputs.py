@@ -12,6 +12,7 @@ from pyramidal.errors import PyramidalError, option_error
 from pyramidal.inference.model import unwrapped
 from pyramidal.models.blocks import MAGENTA_TOLERANCE, magenta_holes
 from pyramidal.models.conditions import Conditions, conditions_of, model_input
+from pyramidal.pixels import eight_bit_to_model
 
 # `mask="auto"` finds the holes by the research's colour key, as a model built with find_holes=magenta does
 # (`models.blocks.magenta_holes`: exact magenta, or near it and smeared by a lossy file).
@@ -25,7 +26,7 @@ NEEDS_MASK_FLAGS = _MASK_CONDITIONED + "--mask FILE, --mask FOLDER or --mask aut
 
 def magenta_mask(rgb: np.ndarray, tolerance: int | None = None) -> np.ndarray:
     """H×W bool: the holes of an H×W×3 uint8 image painted in the colour key, magenta (255, 0, 255)."""
-    px = torch.tensor(np.asarray(rgb)[..., :3]).permute(2, 0, 1)[None].float() / 127.5 - 1
+    px = eight_bit_to_model(torch.tensor(np.asarray(rgb)[..., :3]).permute(2, 0, 1)[None])
     return magenta_holes(px, MAGENTA_TOLERANCE if tolerance is None else tolerance)[0, 0].numpy()
 
 

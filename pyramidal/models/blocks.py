@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyramidal.damage import MAGENTA
+from pyramidal.pixels import model_to_eight_bit_grid
 from pyramidal.registry import Registry
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ HOLE_FINDERS = ("none", "magenta")
 
 def magenta_holes(images: torch.Tensor, tolerance: int = MAGENTA_TOLERANCE) -> torch.Tensor:
     """B×1×H×W bool: the holes painted in the colour key in B×3×H×W `images` in [-1, 1], per image."""
-    px = ((images.detach()[:, :3].float() + 1) * 127.5).round()
+    px = model_to_eight_bit_grid(images[:, :3])  # unclipped: a value past the range is no exact key
     key = torch.tensor(MAGENTA, dtype=px.dtype, device=px.device).view(1, 3, 1, 1)
     distance = (px - key).abs().amax(dim=1, keepdim=True)
     holes, exact = distance <= tolerance, distance == 0

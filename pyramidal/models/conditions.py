@@ -22,6 +22,7 @@ from torch import nn
 from pyramidal.damage import MAGENTA, TASKS, Task
 from pyramidal.errors import OptionError
 from pyramidal.models.blocks import HOLE_FILLS, HOLE_FINDERS, mask_conditioned_input, noise_map_input
+from pyramidal.pixels import eight_bit_to_model
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def model_input(conditions: Conditions, images: torch.Tensor, mask: torch.Tensor
         return mask_conditioned_input(images, mask)
     if mask is None or hole_colour is None:
         return images
-    fill = torch.tensor(hole_colour, dtype=images.dtype).view(1, 3, 1, 1) / 127.5 - 1
+    fill = eight_bit_to_model(torch.tensor(hole_colour, dtype=images.dtype).view(1, 3, 1, 1), images.dtype)
     return torch.where(mask.to(images.device, torch.bool), fill.to(images.device), images)
 
 

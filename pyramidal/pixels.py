@@ -3,7 +3,9 @@
 Images are stored as 8-bit (0-255), 16-bit (0-65535) or floats in [0, 1]; the models take and give floats in
 [-1, 1], 3×H×W. `to_model_range` takes pixels in any of those types and the layouts H×W×3 (PIL, numpy),
 3×H×W (torch) or H×W (gray); `from_model_range` gives a model's output back in the type and layout of the
-pixels it came from.
+pixels it came from. For batches already in torch's layout (training, damage, colour keys):
+`eight_bit_to_model` and `model_to_eight_bit` convert 8-bit tensors of any shape, and `model_to_eight_bit_grid`
+gives the rounded 8-bit values unclipped, as floats.
 """
 
 from __future__ import annotations
@@ -14,8 +16,38 @@ import torch
 from pyramidal.errors import PyramidalError
 
 # Half the value range of each integer pixel type: v / half - 1 maps [0, max] onto the models' [-1, 1].
-_HALF_RANGE = {np.dtype(np.uint8): 127.5, np.dtype(np.uint16): 32767.5}
+_EIGHT_BIT_HALF = 127.5
+_HALF_RANGE = {np.dtype(np.uint8): _EIGHT_BIT_HALF, np.dtype(np.uint16): 32767.5}
 _FLOAT_HALF = 0.5  # floats in [0, 1]
+
+
+def _to_model(x: torch.Tensor, half: float) -> torch.Tensor:
+    """In place: [0, 2·half] -> [-1, 1]."""
+    return x.div_(half).sub_(1.0)
+
+
+def _from_model(y: torch.Tensor, half: float) -> torch.Tensor:
+    """A float32 copy of `y` in [-1, 1] scaled to [0, 2·half], neither rounded nor clipped."""
+    return y.detach().float().add(1.0).mul_(half)
+
+
+def eight_bit_to_model(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """8-bit values (0-255) -> the models' [-1, 1] as `dtype`, for a tensor of any shape on any device.
+
+    `images`: uint8, or floats holding 8-bit values. A tensor that already has `dtype` is converted in place
+    and returned (the batches of `gpudata` and `data.loader` rely on it: no second copy); any other is copied.
+    """
+    return _to_model(images.to(dtype), _EIGHT_BIT_HALF)
+
+
+def model_to_eight_bit_grid(images: torch.Tensor) -> torch.Tensor:
+    """The models' [-1, 1] -> float32 8-bit values, rounded but not clipped (a value out of range stays out)."""
+    return _from_model(images, _EIGHT_BIT_HALF).round_()
+
+
+def model_to_eight_bit(images: torch.Tensor) -> torch.Tensor:
+    """The models' [-1, 1] -> uint8 0-255, rounded and clipped, for a tensor of any shape; `images` is unchanged."""
+    return model_to_eight_bit_grid(images).clamp_(0, 255).to(torch.uint8)
 
 
 def _half_range(dtype: np.dtype) -> float:
@@ -70,7 +102,7 @@ def to_model_range(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         x = x.float()
     else:
         x = torch.from_numpy(np.array(arr, dtype=np.float32, order="C"))
-    x = x.div_(half).sub_(1.0).clamp_(-1, 1)  # in place: the copy above is the only one
+    x = _to_model(x, half).clamp_(-1, 1)  # in place: the copy above is the only one
     if x.ndim == 2:
         return x[None].expand(3, -1, -1).contiguous()
     return x.permute(2, 0, 1) if hwc else x
@@ -94,7 +126,7 @@ def from_model_range(y: torch.Tensor, like: np.ndarray | torch.Tensor | np.dtype
     else:
         dtype, hwc = np.dtype(like), True
     half = _half_range(dtype)
-    out = y.detach().cpu().float().add(1.0).mul_(half)
+    out = _from_model(y.detach().cpu(), half)
     out = out.round_().clamp_(0, 2 * half) if dtype in _HALF_RANGE else out.clamp_(0, 1)
     if hwc:
         out = out.permute(1, 2, 0)
