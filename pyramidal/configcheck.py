@@ -9,7 +9,7 @@ import math
 from pyramidal.config import TrainConfig, parse_size_schedule, size_phases
 from pyramidal.damage import TASKS
 from pyramidal.device import resolve_device
-from pyramidal.errors import flag_error
+from pyramidal.errors import check_choice, flag_error
 
 SCHEDULES = ("none", "cosine", "step")
 OPTIMIZERS = ("adam", "adamw")
@@ -68,14 +68,9 @@ def check_training_memory(c: TrainConfig) -> None:
 
 def validate_config(c: TrainConfig) -> None:
     """One clear PyramidalError for an impossible option; fills in the default length (--epochs)."""
-    if c.schedule not in SCHEDULES:
-        raise flag_error("{schedule=}{value!r}: choose one of {choices}", "schedule", value=c.schedule,
-                         choices=", ".join(SCHEDULES))
-    if c.optimizer not in OPTIMIZERS:
-        raise flag_error("{optimizer=}{value!r}: choose one of {choices}", "optimizer", value=c.optimizer,
-                         choices=", ".join(OPTIMIZERS))
-    if c.loss not in LOSSES:
-        raise flag_error("{loss=}{value!r}: choose one of {choices}", "loss", value=c.loss, choices=", ".join(LOSSES))
+    check_choice("schedule", c.schedule, SCHEDULES)
+    check_choice("optimizer", c.optimizer, OPTIMIZERS)
+    check_choice("loss", c.loss, LOSSES)
     if c.schedule == "step" and c.lr_step <= 0:
         raise flag_error("{schedule=}step needs {lr_step=}N (multiply the LR by {lr_gamma} every N steps)",
                          "schedule", "lr_step", "lr_gamma")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -54,6 +55,14 @@ def option_wording(template: str, *options: str, **values: Any) -> tuple[str, st
 def flag_error(template: str, *options: str, **values: Any) -> OptionError:
     """An OptionError worded by `option_wording`: parameters for Python callers, flags on the command line."""
     return OptionError(*option_wording(template, *options, **values))
+
+
+def check_choice(option: str, value: Any, choices: Sequence[str]) -> None:
+    """An OptionError unless `value` is one of `choices`: `loss='l3': choose one of mse, l1, charbonnier`
+    (`--loss 'l3': ...` on the command line)."""
+    if value not in choices:
+        raise flag_error(f"{{{option}=}}{{value!r}}: choose one of {{choices}}", option, value=value,
+                         choices=", ".join(choices))
 
 
 def printable(text: str) -> str:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pyramidal.configfiles import parse_options
-from pyramidal.errors import flag_error
+from pyramidal.errors import check_choice, flag_error
 
 LR_RULES = ("sqrt", "linear")
 DEFAULT_TRAIN = ("noise", "noise-wide=noise")
@@ -84,12 +84,8 @@ class CallSettings:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if len(self.train) > MAX_ENTRIES:
             raise flag_error("{train}: at most two entries (the budget has room for two)", "train")
-        if self.compile not in COMPILE_CHOICES:
-            raise flag_error("{compile=}{value!r}: choose one of {choices}", "compile", value=self.compile,
-                             choices=", ".join(COMPILE_CHOICES))
-        if self.lr_rule not in LR_RULES:
-            raise flag_error("{lr_rule=}{value!r}: choose one of {choices}", "lr_rule", value=self.lr_rule,
-                             choices=", ".join(LR_RULES))
+        check_choice("compile", self.compile, COMPILE_CHOICES)
+        check_choice("lr_rule", self.lr_rule, LR_RULES)
 
     @classmethod
     def resolve(cls, smoke: bool = False, **given: Any) -> CallSettings:
